@@ -2,8 +2,11 @@
 //!
 //! A pure-Rust, from-scratch reference engine for NVIDIA's Hymba small language models
 //! ("Hymba: A Hybrid-head Architecture for Small Language Models", arXiv 2411.13676).
-//! (Crate documentation with goals, non-goals and glossary: see below, filled in as modules land.)
 
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
 pub mod error;
+pub mod model;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,4 +1,10 @@
 //! `hymba-ref`: the command-line front end. One module per subcommand.
+//!
+//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments: reported by
+//! clap), 1 for every other failure; messages go to stderr.
+
+mod args;
+mod logits;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -11,11 +17,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Full-sequence (or --prefill incremental) logits for token ids, saved as safetensors.
+    Logits(logits::LogitsArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with code 2
-    let result: hymba_ref::Result<()> = match cli.command {};
+    let result = match cli.command {
+        Command::Logits(args) => logits::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,19 @@
+//! Parsing helpers shared by the subcommands.
+
+use hymba_ref::{Error, Result};
+
+/// Parse a comma-separated list of token ids, e.g. `5,17,300`; name the bad entry on error.
+pub fn parse_id_list(text: &str) -> Result<Vec<u32>> {
+    if text.trim().is_empty() {
+        return Err(Error::input("--ids: the token id list is empty"));
+    }
+    text.split(',')
+        .enumerate()
+        .map(|(i, item)| {
+            let item = item.trim();
+            item.parse::<u32>().map_err(|_| {
+                Error::input(format!("--ids: entry {} ({item:?}) is not a token id (a non-negative integer)", i + 1))
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,53 @@
+//! `hymba-ref logits`: run a forward pass over token ids and save the logits.
+
+use crate::args::parse_id_list;
+use clap::Args;
+use hymba_ref::checkpoint::safetensors::write_f32;
+use hymba_ref::model::Hymba;
+use hymba_ref::{Error, Result};
+use ndarray::{concatenate, Array2, Axis};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    /// Checkpoint directory (config.json + model.safetensors or shards).
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated token ids, e.g. 5,17,300.
+    #[arg(long)]
+    ids: String,
+    /// Output file: one f32 tensor `logits` of shape [n, V] (meta rows excluded).
+    #[arg(long)]
+    out: PathBuf,
+    /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.
+    /// Without it: one full-sequence forward pass.
+    #[arg(long, value_name = "K")]
+    prefill: Option<usize>,
+}
+
+pub fn run(args: LogitsArgs) -> Result<()> {
+    let ids = parse_id_list(&args.ids)?;
+    let model = Hymba::from_dir(&args.model)?;
+    model.check_ids(&ids)?;
+    let logits = match args.prefill {
+        None => model.forward(&ids)?,
+        Some(k) => incremental_logits(&model, &ids, k)?,
+    }; // (n, V)
+    let shape = [logits.nrows(), logits.ncols()];
+    let data = logits.as_standard_layout();
+    write_f32(&args.out, &[("logits", &shape, data.as_slice().expect("standard layout"))])
+}
+
+/// Prefill `ids[..k]`, then step through the rest; the logits of every position. → (n, V)
+fn incremental_logits(model: &Hymba, ids: &[u32], k: usize) -> Result<Array2<f32>> {
+    if k == 0 || k > ids.len() {
+        return Err(Error::input(format!("--prefill {k}: must be between 1 and the number of ids ({})", ids.len())));
+    }
+    let mut cache = model.new_sequence();
+    let mut rows = vec![model.forward_chunk(&ids[..k], &mut cache)?];
+    for &id in &ids[k..] {
+        rows.push(model.forward_chunk(&[id], &mut cache)?);
+    }
+    let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+    Ok(concatenate(Axis(0), &views).expect("same vocabulary width"))
+}

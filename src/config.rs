@@ -1,0 +1,578 @@
+//! `config.json` → a validated [`HymbaConfig`] and its per-layer plan, resolved once.
+//!
+//! The released config carries many fields; the engine honours exactly those SPEC lists and
+//! ignores the bookkeeping ones (`v_head_dim`, `conv_dim`, `layer_type`, `attn_implementation*`,
+//! `seq_length`, `use_mamba_kernels`, `calc_logits_for_entire_prompt`, `num_experts*`: the released
+//! model always builds exactly one MLP). Everything derived (D, dqk, dv, R, the layer plan) is
+//! computed here, so the model code never looks at raw config values again, and the config never
+//! changes after it is built.
+
+use crate::error::{Error, ErrorKind, Result};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The MLP activation (`mlp_hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// Gated: `down(SiLU(gate(h)) ⊙ up(h))`.
+    Silu,
+    /// Squared ReLU, ungated: `down(relu(up(h))²)`.
+    Relu2,
+}
+
+/// Optional RMSNorm of each query/key head before RoPE (`kq_norm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KqNorm {
+    None,
+    /// One weight vector [dqk] shared by all heads.
+    Rms,
+    /// One weight vector per head: [1, heads, 1, dqk].
+    PerHeadRms,
+}
+
+/// How the RoPE base is chosen (`rope_type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// base = rope_theta.
+    Default,
+    /// base = rope_theta · (2·max_pos/orig_max − 1)^(dqk/(dqk−2)) at every length.
+    Ntk { max_position_embeddings: usize, orig_max_position_embeddings: usize },
+    /// base = rope_theta while the forward call's positions fit in orig_max, NTK-scaled beyond.
+    DynamicNtk { orig_max_position_embeddings: usize },
+}
+
+/// Rotary position embedding settings (absent when `rope` is false).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+/// Which keys a layer's queries may attend to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionSpan {
+    /// Every earlier position (layers in `global_attn_idx`, or all layers when there is no window).
+    Global,
+    /// Itself, the `W` positions before it, and always the `M` meta tokens.
+    SlidingWindow(usize),
+}
+
+/// Where a layer's keys and values come from (cross-layer K/V sharing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvSource {
+    /// The layer projects its own K/V (its `in_proj` has k and v columns).
+    Own,
+    /// The layer reuses the rotated K/V of this earlier layer (its `in_proj` has no k, v columns).
+    ReuseFrom(usize),
+}
+
+/// The resolved plan of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerPlan {
+    pub index: usize,
+    pub attention: AttentionSpan,
+    pub kv: KvSource,
+    /// For a K/V producer: how much of its K/V a cache must keep, the widest span among the layer
+    /// itself and every layer that reuses it. `None` for reusing layers (they keep nothing).
+    pub kv_retention: Option<AttentionSpan>,
+}
+
+impl LayerPlan {
+    pub fn owns_kv(&self) -> bool {
+        self.kv == KvSource::Own
+    }
+}
+
+/// A validated Hymba config. Field names follow `config.json`; comments give the SPEC symbol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HymbaConfig {
+    /// V
+    pub vocab_size: usize,
+    /// H
+    pub hidden_size: usize,
+    /// L
+    pub num_hidden_layers: usize,
+    /// nh
+    pub num_attention_heads: usize,
+    /// nkv
+    pub num_key_value_heads: usize,
+    /// F
+    pub intermediate_size: usize,
+    /// D / H
+    pub mamba_expand: usize,
+    /// N
+    pub mamba_d_state: usize,
+    /// K
+    pub mamba_d_conv: usize,
+    /// R (`"auto"` resolved to ceil(H/16))
+    pub mamba_dt_rank: usize,
+    /// M
+    pub num_memory_tokens: usize,
+    /// W (`None`: no window anywhere)
+    pub sliding_window: Option<usize>,
+    pub global_attn_idx: Vec<usize>,
+    pub rms_norm_eps: f32,
+    pub rope: Option<RopeConfig>,
+    pub kq_norm: KqNorm,
+    pub mlp_hidden_act: MlpActivation,
+    pub mamba_conv_bias: bool,
+    pub mamba_proj_bias: bool,
+    pub mamba_inner_layernorms: bool,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    /// One entry per layer, resolved once from `global_attn_idx`, `sliding_window` and the K/V
+    /// sharing fields.
+    pub layers: Vec<LayerPlan>,
+}
+
+impl HymbaConfig {
+    /// D: the SSM inner width, also the width of the concatenated attention heads.
+    pub fn d_inner(&self) -> usize {
+        self.mamba_expand * self.hidden_size
+    }
+    /// dqk: query/key head dim.
+    pub fn head_dim_qk(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+    /// dv: value head dim (values are wider than keys: D / nh).
+    pub fn head_dim_v(&self) -> usize {
+        self.d_inner() / self.num_attention_heads
+    }
+    /// Width of the `k` columns of `in_proj`: nkv·dqk.
+    pub fn k_width(&self) -> usize {
+        self.num_key_value_heads * self.head_dim_qk()
+    }
+    /// Width of the `v` columns of `in_proj`: nkv·dv.
+    pub fn v_width(&self) -> usize {
+        self.num_key_value_heads * self.head_dim_v()
+    }
+    /// Output rows of `in_proj` for a layer: q [H] + (k, v unless reusing) + x [D] + z [D].
+    pub fn in_proj_rows(&self, plan: &LayerPlan) -> usize {
+        let kv = if plan.owns_kv() { self.k_width() + self.v_width() } else { 0 };
+        self.hidden_size + kv + 2 * self.d_inner()
+    }
+
+    /// Read and validate `path` (a `config.json`).
+    pub fn from_file(path: &Path) -> Result<HymbaConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        Self::from_json_str(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parse and validate the text of a `config.json`.
+    pub fn from_json_str(text: &str) -> Result<HymbaConfig> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::config(format!("not valid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| Error::config("expected a JSON object"))?;
+        parse(&Fields(obj))
+    }
+}
+
+/// Typed access to the JSON object, with errors that name the field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+    fn bad(key: &str, want: &str, v: &Value) -> Error {
+        Error::config(format!("field `{key}` must be {want}, found {v}"))
+    }
+    fn missing(key: &str) -> Error {
+        Error::config(format!("field `{key}` is missing"))
+    }
+    /// A required integer ≥ `min`.
+    fn int(&self, key: &str, min: u64) -> Result<usize> {
+        let v = self.get(key).ok_or_else(|| Self::missing(key))?;
+        match v.as_u64() {
+            Some(n) if n >= min && n <= u32::MAX as u64 => Ok(n as usize),
+            _ => Err(Self::bad(key, &format!("an integer ≥ {min}"), v)),
+        }
+    }
+    fn int_or(&self, key: &str, min: u64, default: usize) -> Result<usize> {
+        if self.get(key).is_some() { self.int(key, min) } else { Ok(default) }
+    }
+    /// An optional "derived when −1" integer: −1 or absent → None.
+    fn derived_int(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) if v.as_i64() == Some(-1) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => Ok(Some(n as usize)),
+                _ => Err(Self::bad(key, "a positive integer or -1", v)),
+            },
+        }
+    }
+    fn float(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                _ => Err(Self::bad(key, "a positive number", v)),
+            },
+        }
+    }
+    fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| Self::bad(key, "true or false", v)),
+        }
+    }
+    fn string(&self, key: &str, default: &str) -> Result<String> {
+        match self.get(key) {
+            None => Ok(default.to_string()),
+            Some(v) => v.as_str().map(str::to_string).ok_or_else(|| Self::bad(key, "a string", v)),
+        }
+    }
+    fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= u32::MAX as u64 => Ok(Some(n as u32)),
+                _ => Err(Self::bad(key, "a token id", v)),
+            },
+        }
+    }
+    /// A list of layer indices, each < `layers`.
+    fn layer_list(&self, key: &str, v: &Value, layers: usize) -> Result<Vec<usize>> {
+        let arr = v.as_array().ok_or_else(|| Self::bad(key, "a list of layer indices", v))?;
+        arr.iter()
+            .map(|x| match x.as_u64() {
+                Some(i) if (i as usize) < layers => Ok(i as usize),
+                _ => Err(Error::config(format!(
+                    "field `{key}`: {x} is not a layer index (the model has {layers} layers)"
+                ))),
+            })
+            .collect()
+    }
+}
+
+fn unsupported(key: &str, value: impl std::fmt::Display, why: &str) -> Error {
+    Error::new(ErrorKind::UnsupportedConfig, format!("field `{key}` = {value} is not supported: {why}"))
+}
+
+fn parse(f: &Fields) -> Result<HymbaConfig> {
+    let vocab_size = f.int("vocab_size", 1)?;
+    let hidden_size = f.int("hidden_size", 1)?;
+    let num_hidden_layers = f.int("num_hidden_layers", 1)?;
+    let num_attention_heads = f.int("num_attention_heads", 1)?;
+    let num_key_value_heads = f.int_or("num_key_value_heads", 1, num_attention_heads)?;
+    let intermediate_size = f.int("intermediate_size", 1)?;
+    let mamba_expand = f.int_or("mamba_expand", 1, 2)?;
+    let mamba_d_state = f.int_or("mamba_d_state", 1, 16)?;
+    let mamba_d_conv = f.int_or("mamba_d_conv", 1, 4)?;
+    let num_memory_tokens = f.int_or("num_memory_tokens", 0, 0)?;
+    let rms_norm_eps = f.float("rms_norm_eps", 1e-6)? as f32;
+
+    if hidden_size % num_attention_heads != 0 {
+        return Err(Error::config(format!(
+            "`num_attention_heads` = {num_attention_heads} must divide `hidden_size` = {hidden_size}"
+        )));
+    }
+    if num_attention_heads % num_key_value_heads != 0 {
+        return Err(Error::config(format!(
+            "`num_key_value_heads` = {num_key_value_heads} must divide `num_attention_heads` = {num_attention_heads}"
+        )));
+    }
+    // The released code builds q with `attn_hidden_size` columns, k/v from it, and concatenates
+    // attention heads to width D: it only runs when attn_hidden_size = H and kq_head_dim = H/nh.
+    if let Some(a) = f.derived_int("attn_hidden_size")? {
+        if a != hidden_size {
+            return Err(unsupported("attn_hidden_size", a, "the released model needs it equal to hidden_size (or -1)"));
+        }
+    }
+    if let Some(d) = f.derived_int("kq_head_dim")? {
+        if d != hidden_size / num_attention_heads {
+            return Err(unsupported("kq_head_dim", d, "the released model needs hidden_size / num_attention_heads (or -1)"));
+        }
+    }
+    let mamba_dt_rank = match f.get("mamba_dt_rank") {
+        None => hidden_size.div_ceil(16),
+        Some(Value::String(s)) if s == "auto" => hidden_size.div_ceil(16),
+        Some(_) => f.int("mamba_dt_rank", 1)?,
+    };
+
+    let interspersed = f.int_or("memory_tokens_interspersed_every", 0, 0)?;
+    if interspersed > 0 {
+        return Err(unsupported("memory_tokens_interspersed_every", interspersed, "no released model intersperses meta tokens"));
+    }
+    let hidden_act = f.string("hidden_act", "silu")?;
+    if hidden_act != "silu" {
+        return Err(unsupported("hidden_act", format!("{hidden_act:?}"), "the SSM heads use silu"));
+    }
+    let mlp_hidden_act = match f.string("mlp_hidden_act", "silu")?.as_str() {
+        "silu" => MlpActivation::Silu,
+        "relu2" => MlpActivation::Relu2,
+        other => return Err(unsupported("mlp_hidden_act", format!("{other:?}"), "expected \"silu\" or \"relu2\"")),
+    };
+    let kq_norm = match f.string("kq_norm", "none")?.as_str() {
+        "none" => KqNorm::None,
+        "rms" => KqNorm::Rms,
+        "perhead-rms" => KqNorm::PerHeadRms,
+        other => return Err(unsupported("kq_norm", format!("{other:?}"), "expected \"none\", \"rms\" or \"perhead-rms\"")),
+    };
+
+    let d_inner = mamba_expand * hidden_size;
+    if d_inner % num_attention_heads != 0 {
+        return Err(Error::config(format!(
+            "`num_attention_heads` = {num_attention_heads} must divide the SSM width D = mamba_expand·hidden_size = {d_inner}"
+        )));
+    }
+    let head_dim_qk = hidden_size / num_attention_heads;
+    let rope = parse_rope(f, head_dim_qk)?;
+
+    let sliding_window = match f.get("sliding_window") {
+        None => None,
+        Some(_) => Some(f.int("sliding_window", 1)?),
+    };
+    let global_attn_idx = match f.get("global_attn_idx") {
+        None => Vec::new(),
+        Some(v) => f.layer_list("global_attn_idx", v, num_hidden_layers)?,
+    };
+    if let Some(dup) = first_repeat(&global_attn_idx) {
+        return Err(Error::config(format!("field `global_attn_idx` lists layer {dup} twice")));
+    }
+    let kv_sources = parse_kv_sharing(f, num_hidden_layers)?;
+    let layers = resolve_plan(&kv_sources, &global_attn_idx, sliding_window);
+
+    Ok(HymbaConfig {
+        vocab_size,
+        hidden_size,
+        num_hidden_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        intermediate_size,
+        mamba_expand,
+        mamba_d_state,
+        mamba_d_conv,
+        mamba_dt_rank,
+        num_memory_tokens,
+        sliding_window,
+        global_attn_idx,
+        rms_norm_eps,
+        rope,
+        kq_norm,
+        mlp_hidden_act,
+        mamba_conv_bias: f.bool("mamba_conv_bias", true)?,
+        mamba_proj_bias: f.bool("mamba_proj_bias", false)?,
+        mamba_inner_layernorms: f.bool("mamba_inner_layernorms", true)?,
+        tie_word_embeddings: f.bool("tie_word_embeddings", true)?,
+        bos_token_id: f.token_id("bos_token_id")?,
+        eos_token_id: f.token_id("eos_token_id")?,
+        layers,
+    })
+}
+
+fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {
+    if !f.bool("rope", false)? {
+        return Ok(None);
+    }
+    if head_dim_qk % 2 != 0 || head_dim_qk < 4 {
+        return Err(Error::config(format!(
+            "RoPE needs an even query/key head dim ≥ 4 (hidden_size / num_attention_heads), found {head_dim_qk}"
+        )));
+    }
+    let theta = f.float("rope_theta", 10000.0)?;
+    let scaling = match f.string("rope_type", "default")?.as_str() {
+        "default" => RopeScaling::Default,
+        "ntk" => {
+            let max_position_embeddings = f.int("max_position_embeddings", 1)?;
+            let orig_max_position_embeddings = f.int("orig_max_position_embeddings", 1)?;
+            RopeScaling::Ntk { max_position_embeddings, orig_max_position_embeddings }
+        }
+        "dynamic_ntk" => {
+            RopeScaling::DynamicNtk { orig_max_position_embeddings: f.int("orig_max_position_embeddings", 1)? }
+        }
+        other => return Err(unsupported("rope_type", format!("{other:?}"), "expected \"default\", \"ntk\" or \"dynamic_ntk\"")),
+    };
+    Ok(Some(RopeConfig { theta, scaling }))
+}
+
+/// Each layer's K/V source, from `kv_reuse_group` (lists whose first layer produces K/V for the
+/// rest) or `kv_reuse_every_i_layer` = k (layer i reuses when i % k ≠ 0, from layer i − i % k).
+fn parse_kv_sharing(f: &Fields, layers: usize) -> Result<Vec<KvSource>> {
+    let mut sources = vec![KvSource::Own; layers];
+    let every = match f.get("kv_reuse_every_i_layer") {
+        Some(v) if v.as_i64().is_some_and(|k| k <= 0) => None,
+        Some(_) => Some(f.int("kv_reuse_every_i_layer", 1)?),
+        None => None,
+    };
+    let groups = match f.get("kv_reuse_group") {
+        None => None,
+        Some(v) => {
+            let arr = v.as_array().ok_or_else(|| Fields::bad("kv_reuse_group", "a list of layer lists", v))?;
+            Some(arr.iter().map(|g| f.layer_list("kv_reuse_group", g, layers)).collect::<Result<Vec<_>>>()?)
+        }
+    };
+    match (every, groups) {
+        (Some(_), Some(g)) if !g.is_empty() => Err(Error::config(
+            "set only one of `kv_reuse_group` and `kv_reuse_every_i_layer`",
+        )),
+        (Some(k), _) => {
+            for (i, s) in sources.iter_mut().enumerate() {
+                if i % k != 0 {
+                    *s = KvSource::ReuseFrom(i - i % k);
+                }
+            }
+            Ok(sources)
+        }
+        (None, groups) => {
+            let groups = groups.unwrap_or_default();
+            if let Some(dup) = first_repeat(&groups.concat()) {
+                return Err(Error::config(format!("field `kv_reuse_group` lists layer {dup} more than once")));
+            }
+            for group in &groups {
+                let Some((&producer, reusers)) = group.split_first() else {
+                    return Err(Error::config("field `kv_reuse_group` has an empty group"));
+                };
+                for &r in reusers {
+                    if r < producer {
+                        return Err(Error::config(format!(
+                            "field `kv_reuse_group`: layer {r} cannot reuse K/V from the later layer {producer}"
+                        )));
+                    }
+                    sources[r] = KvSource::ReuseFrom(producer);
+                }
+            }
+            Ok(sources)
+        }
+    }
+}
+
+/// Combine K/V sources with each layer's attention span, and work out how much K/V each producer
+/// must retain for itself and its reusers.
+fn resolve_plan(sources: &[KvSource], global: &[usize], window: Option<usize>) -> Vec<LayerPlan> {
+    let span = |i: usize| match window {
+        Some(w) if !global.contains(&i) => AttentionSpan::SlidingWindow(w),
+        _ => AttentionSpan::Global,
+    };
+    (0..sources.len())
+        .map(|i| {
+            let kv_retention = (sources[i] == KvSource::Own).then(|| {
+                let members = (0..sources.len()).filter(|&j| j == i || sources[j] == KvSource::ReuseFrom(i));
+                if members.into_iter().any(|j| span(j) == AttentionSpan::Global) {
+                    AttentionSpan::Global
+                } else {
+                    span(i)
+                }
+            });
+            LayerPlan { index: i, attention: span(i), kv: sources[i], kv_retention }
+        })
+        .collect()
+}
+
+fn first_repeat(xs: &[usize]) -> Option<usize> {
+    xs.iter().enumerate().find(|(i, x)| xs[..*i].contains(x)).map(|(_, &x)| x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        serde_json::json!({
+            "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
+            "mamba_expand": 2, "mamba_d_state": 4, "mamba_d_conv": 3, "mamba_dt_rank": "auto",
+            "num_memory_tokens": 2, "sliding_window": 5, "global_attn_idx": [0, 3],
+            "kv_reuse_group": [[1, 2]], "kv_reuse_every_i_layer": -1,
+            "rope": true, "rope_type": "default", "rope_theta": 10000.0
+        })
+    }
+    fn parse_value(v: &Value) -> Result<HymbaConfig> {
+        HymbaConfig::from_json_str(&v.to_string())
+    }
+    fn with(key: &str, value: Value) -> Result<HymbaConfig> {
+        let mut v = base();
+        v[key] = value;
+        parse_value(&v)
+    }
+
+    #[test]
+    fn plan_from_groups() {
+        let c = parse_value(&base()).unwrap();
+        assert_eq!(c.mamba_dt_rank, 2);
+        assert_eq!((c.d_inner(), c.head_dim_qk(), c.head_dim_v()), (64, 8, 16));
+        let kinds: Vec<_> = c.layers.iter().map(|l| (l.attention, l.kv, l.kv_retention)).collect();
+        use AttentionSpan::*;
+        assert_eq!(
+            kinds,
+            vec![
+                (Global, KvSource::Own, Some(Global)),
+                (SlidingWindow(5), KvSource::Own, Some(SlidingWindow(5))),
+                (SlidingWindow(5), KvSource::ReuseFrom(1), None),
+                (Global, KvSource::Own, Some(Global)),
+            ]
+        );
+        assert_eq!(c.in_proj_rows(&c.layers[1]), 32 + 16 + 32 + 128);
+        assert_eq!(c.in_proj_rows(&c.layers[2]), 32 + 128);
+    }
+
+    #[test]
+    fn every_i_layer_and_global_reuser_widens_retention() {
+        let mut v = base();
+        v["kv_reuse_group"] = Value::Null;
+        v["kv_reuse_every_i_layer"] = 2.into();
+        v["global_attn_idx"] = serde_json::json!([3]);
+        let c = parse_value(&v).unwrap();
+        let kv: Vec<_> = c.layers.iter().map(|l| l.kv).collect();
+        assert_eq!(kv, vec![KvSource::Own, KvSource::ReuseFrom(0), KvSource::Own, KvSource::ReuseFrom(2)]);
+        // Layer 3 is global and reuses window layer 2, so layer 2 must keep all positions.
+        assert_eq!(c.layers[2].kv_retention, Some(AttentionSpan::Global));
+        assert_eq!(c.layers[0].kv_retention, Some(AttentionSpan::SlidingWindow(5)));
+    }
+
+    #[test]
+    fn no_window_makes_every_layer_global() {
+        let c = with("sliding_window", Value::Null).unwrap();
+        assert!(c.layers.iter().all(|l| l.attention == AttentionSpan::Global));
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("num_attention_heads", 0.into(), "num_attention_heads"),
+            ("num_attention_heads", 5.into(), "num_attention_heads"),
+            ("num_key_value_heads", 3.into(), "num_key_value_heads"),
+            ("sliding_window", 0.into(), "sliding_window"),
+            ("hidden_size", (-4).into(), "hidden_size"),
+            ("global_attn_idx", serde_json::json!([0, 9]), "global_attn_idx"),
+            ("global_attn_idx", serde_json::json!([1, 1]), "global_attn_idx"),
+            ("kv_reuse_group", serde_json::json!([[1, 7]]), "kv_reuse_group"),
+            ("kv_reuse_group", serde_json::json!([[1, 2], [2, 3]]), "kv_reuse_group"),
+            ("kv_reuse_group", serde_json::json!([[2, 1]]), "kv_reuse_group"),
+            ("kv_reuse_group", serde_json::json!([[]]), "kv_reuse_group"),
+            ("rms_norm_eps", (-1.0).into(), "rms_norm_eps"),
+        ];
+        for (key, value, culprit) in cases {
+            let err = with(key, value.clone()).expect_err(&format!("{key} = {value} accepted"));
+            assert_eq!(err.kind, ErrorKind::InvalidConfig, "{key} = {value}: {err}");
+            assert!(err.message.contains(culprit), "{key} = {value}: message {:?}", err.message);
+        }
+    }
+
+    #[test]
+    fn unsupported_switches_are_refused_by_name() {
+        let cases: Vec<(&str, Value)> = vec![
+            ("memory_tokens_interspersed_every", 4.into()),
+            ("rope_type", "yarn".into()),
+            ("kq_norm", "layer".into()),
+            ("mlp_hidden_act", "gelu".into()),
+            ("hidden_act", "relu".into()),
+            ("attn_hidden_size", 64.into()),
+        ];
+        for (key, value) in cases {
+            let err = with(key, value.clone()).expect_err(key);
+            assert_eq!(err.kind, ErrorKind::UnsupportedConfig, "{key}: {err}");
+            assert!(err.message.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_field_and_bad_json() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        assert!(parse_value(&v).unwrap_err().message.contains("hidden_size"));
+        assert_eq!(HymbaConfig::from_json_str("{").unwrap_err().kind, ErrorKind::InvalidConfig);
+    }
+}

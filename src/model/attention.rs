@@ -1,0 +1,115 @@
+//! The attention heads of a Hymba layer: GQA with value heads wider than key heads, a causal
+//! mask that is either global or a sliding window, and meta tokens that every query can see.
+//!
+//! There is no output projection: the heads are concatenated to width nh·dv = D and fused with
+//! the SSM heads (see `fusion`).
+
+use crate::config::AttentionSpan;
+use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, Axis};
+use rayon::prelude::*;
+
+/// Whether a query at absolute position `i` may attend to a key at absolute position `j`:
+/// causal, and for a sliding-window layer only the `W` positions before `i` (plus `i` itself),
+/// except that the `num_meta` meta tokens (positions `0..M`) are always visible.
+pub fn is_visible(i: usize, j: usize, span: AttentionSpan, num_meta: usize) -> bool {
+    j <= i
+        && match span {
+            AttentionSpan::Global => true,
+            AttentionSpan::SlidingWindow(w) => i - j <= w || j < num_meta,
+        }
+}
+
+/// Multi-head attention over keys at `k_positions` for queries at `q_positions`.
+///
+/// q: (T, nh, dqk), k: (S, nkv, dqk), v: (S, nkv, dv) → (T, nh·dv).
+/// Query head h reads K/V head h / (nh/nkv) (grouped-query attention).
+pub fn attention_heads(
+    q: ArrayView3<f32>,
+    k: ArrayView3<f32>,
+    v: ArrayView3<f32>,
+    q_positions: &[usize],
+    k_positions: &[usize],
+    span: AttentionSpan,
+    num_meta: usize,
+) -> Array2<f32> {
+    let (t, nh, dqk) = q.dim();
+    let (s_len, nkv, dv) = v.dim();
+    debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
+    debug_assert_eq!((q_positions.len(), k_positions.len()), (t, s_len));
+    let group = nh / nkv;
+    let scale = 1.0 / (dqk as f32).sqrt();
+
+    let heads: Vec<Array2<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let qh = q.index_axis(Axis(1), h); // (T, dqk)
+            let kh = k.index_axis(Axis(1), h / group); // (S, dqk)
+            let vh = v.index_axis(Axis(1), h / group); // (S, dv)
+            let mut probs = qh.dot(&kh.t()) * scale; // (T, S) scores
+            for (row, &i) in probs.axis_iter_mut(Axis(0)).zip(q_positions) {
+                masked_softmax(row, |col| is_visible(i, k_positions[col], span, num_meta));
+            }
+            probs.dot(&vh) // (T, dv)
+        })
+        .collect();
+
+    let mut out = Array2::zeros((t, nh * dv)); // (T, nh·dv) = (T, D)
+    for (h, head) in heads.iter().enumerate() {
+        out.slice_mut(s![.., h * dv..(h + 1) * dv]).assign(head);
+    }
+    out
+}
+
+/// Softmax of `row` over the columns where `visible(col)`; the other columns become 0.
+/// At least one column must be visible (a query always sees itself).
+pub fn masked_softmax(mut row: ArrayViewMut1<f32>, visible: impl Fn(usize) -> bool) {
+    let max = row
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| visible(*j))
+        .map(|(_, &x)| x)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for (j, x) in row.iter_mut().enumerate() {
+        *x = if visible(j) { (*x - max).exp() } else { 0.0 };
+        sum += *x;
+    }
+    row.mapv_inplace(|x| x / sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn sliding_window_mask_keeps_meta_tokens_visible() {
+        // M = 2 meta tokens, W = 3: query 9 sees meta 0, 1 and positions 6..=9.
+        let span = AttentionSpan::SlidingWindow(3);
+        let visible: Vec<usize> = (0..12).filter(|&j| is_visible(9, j, span, 2)).collect();
+        assert_eq!(visible, vec![0, 1, 6, 7, 8, 9]);
+        let global: Vec<usize> = (0..12).filter(|&j| is_visible(4, j, AttentionSpan::Global, 2)).collect();
+        assert_eq!(global, vec![0, 1, 2, 3, 4]);
+        // Without meta tokens, a window query sees exactly W + 1 keys.
+        assert_eq!((0..12).filter(|&j| is_visible(9, j, span, 0)).count(), 4);
+    }
+
+    #[test]
+    fn one_key_visible_copies_its_value() {
+        // Query at position 0 sees only key 0: output = v[0] for every head.
+        let q = Array3::from_elem((1, 2, 2), 1.0f32);
+        let k = Array3::from_shape_vec((2, 1, 2), vec![1.0, 0.0, 5.0, 5.0]).unwrap();
+        let v = Array3::from_shape_vec((2, 1, 3), vec![1.0, 2.0, 3.0, 9.0, 9.0, 9.0]).unwrap();
+        let out = attention_heads(q.view(), k.view(), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0);
+        assert_eq!(out.row(0).to_vec(), vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn two_equal_scores_average_values() {
+        let q = Array3::from_elem((1, 1, 2), 0.0f32); // all scores 0 → uniform weights
+        let k = Array3::from_elem((2, 1, 2), 1.0f32);
+        let v = Array3::from_shape_vec((2, 1, 1), vec![2.0, 4.0]).unwrap();
+        let out = attention_heads(q.view(), k.view(), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0);
+        assert!((out[[0, 0]] - 3.0).abs() < 1e-6);
+    }
+}

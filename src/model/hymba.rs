@@ -1,0 +1,159 @@
+//! The whole model: meta tokens + embeddings → L hybrid-head layers → final norm → lm_head.
+
+use super::layer::{hymba_layer, LayerOutput};
+use super::norm::rms_norm;
+use super::rope::rope_base;
+use crate::cache::HybridCache;
+use crate::checkpoint::weights::HymbaWeights;
+use crate::config::HymbaConfig;
+use crate::error::{Error, ErrorKind, Result};
+use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
+use std::path::Path;
+
+/// A loaded Hymba model: its validated config, its weights, and the cache state after the meta
+/// tokens (they do not depend on the prompt, so they are run once per model). Immutable once built.
+pub struct Hymba {
+    pub config: HymbaConfig,
+    pub weights: HymbaWeights,
+    meta_prefix: HybridCache,
+}
+
+/// Everything a traced full forward pass computes (for golden tests).
+pub struct ForwardTrace {
+    /// (n, V), meta rows excluded
+    pub logits: Array2<f32>,
+    /// `hidden[i]` is the input of layer i (M+n, H); `hidden[L]` is the output of the final norm.
+    pub hidden: Vec<Array2<f32>>,
+    /// Per layer: attention heads, SSM heads, fused residual (all with meta rows).
+    pub layers: Vec<LayerOutput>,
+}
+
+/// `X = [memory_tokens ; embed[ids]]`: the M learned meta tokens go first, at positions 0..M.
+/// (M, H), (n, H) → (M+n, H)
+pub fn prepend_meta_tokens(memory_tokens: ArrayView2<f32>, embeddings: ArrayView2<f32>) -> Array2<f32> {
+    concatenate(Axis(0), &[memory_tokens.view(), embeddings.view()]).expect("same width H")
+}
+
+impl Hymba {
+    /// Load `config.json` and the safetensors weights from a checkpoint directory.
+    pub fn from_dir(dir: &Path) -> Result<Hymba> {
+        let config = HymbaConfig::from_file(&dir.join("config.json"))?;
+        let weights = HymbaWeights::load(&config, dir)?;
+        Ok(Hymba::new(config, weights))
+    }
+
+    /// Build a model from a config and matching weights; runs the meta tokens once.
+    pub fn new(config: HymbaConfig, weights: HymbaWeights) -> Hymba {
+        let mut model = Hymba { meta_prefix: HybridCache::new(&config), config, weights };
+        if model.config.num_memory_tokens > 0 {
+            let mut prefix = HybridCache::new(&model.config);
+            model.run_chunk(model.weights.memory_tokens.clone(), &mut prefix, None); // (M, H)
+            model.meta_prefix = prefix;
+        }
+        model
+    }
+
+    /// A cache for a new sequence, already holding the meta tokens (a copy of the prefix).
+    pub fn new_sequence(&self) -> HybridCache {
+        self.meta_prefix.clone()
+    }
+
+    /// Refuse empty input and ids outside the vocabulary.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::input("the token id list is empty"));
+        }
+        let v = self.config.vocab_size;
+        match ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
+            Some((i, id)) => Err(Error::new(
+                ErrorKind::TokenIdOutOfRange,
+                format!("token id {id} at index {i} is not below the vocabulary size {v}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Embedding rows for `ids` (already checked). (n, H)
+    pub fn embed(&self, ids: &[u32]) -> Array2<f32> {
+        self.weights.embed_tokens.select(Axis(0), &ids.iter().map(|&i| i as usize).collect::<Vec<_>>())
+    }
+
+    /// Run the rows `x` (T, H) through every layer as the next chunk of the sequence in `cache`.
+    /// With `trace`, each layer's input and intermediates are kept. → (T, H), before the final norm
+    pub fn run_chunk(
+        &self,
+        mut x: Array2<f32>,
+        cache: &mut HybridCache,
+        mut trace: Option<&mut (Vec<Array2<f32>>, Vec<LayerOutput>)>,
+    ) -> Array2<f32> {
+        let cfg = &self.config;
+        let start = cache.next_position;
+        let positions: Vec<usize> = (start..start + x.nrows()).collect();
+        // dynamic_ntk picks its base from the largest position of the call (SPEC, RoPE).
+        let base = cfg.rope.map(|r| rope_base(&r, cfg.head_dim_qk(), start + x.nrows()));
+        for (plan, w) in cfg.layers.iter().zip(&self.weights.layers) {
+            let out = hymba_layer(cfg, plan, w, x.view(), &positions, base, cache);
+            if let Some((hidden, layers)) = trace.as_deref_mut() {
+                hidden.push(x);
+                x = out.hidden.clone();
+                layers.push(out);
+            } else {
+                x = out.hidden;
+            }
+        }
+        cache.finish_chunk(positions.len(), cfg.num_memory_tokens);
+        x
+    }
+
+    /// Final RMSNorm. (T, H) → (T, H)
+    pub fn final_norm(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        rms_norm(x, self.weights.final_layernorm.view(), self.config.rms_norm_eps)
+    }
+
+    /// `logits = x · lm_headᵀ`, refusing non-finite results. (T, H) → (T, V)
+    pub fn lm_head(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let logits = x.dot(&self.weights.lm_head().t());
+        if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let (row, col) = (i / logits.ncols(), i % logits.ncols());
+            return Err(Error::new(
+                ErrorKind::NonFiniteOutput,
+                format!("the model produced a non-finite logit (row {row}, token {col})"),
+            ));
+        }
+        Ok(logits)
+    }
+
+    /// Full-sequence forward pass: logits for every prompt position. ids → (n, V)
+    pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>> {
+        self.check_ids(ids)?;
+        let m = self.config.num_memory_tokens;
+        let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids).view()); // (M+n, H)
+        let x = self.run_chunk(x, &mut HybridCache::new(&self.config), None); // (M+n, H)
+        self.lm_head(self.final_norm(x.slice(s![m.., ..])).view())
+    }
+
+    /// Feed `ids` as the next chunk of the sequence in `cache` (from [`Hymba::new_sequence`]):
+    /// prefill for a prompt, a single step for one id. ids → logits (n, V)
+    ///
+    /// Equals the full forward's logits for the same positions (tested), except for
+    /// `dynamic_ntk` past `orig_max_position_embeddings`, where each chunk is rotated with the base
+    /// of its own last position, as the released cached decode does (SPEC, RoPE).
+    pub fn forward_chunk(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array2<f32>> {
+        self.check_ids(ids)?;
+        let x = self.run_chunk(self.embed(ids), cache, None); // (n, H)
+        self.lm_head(self.final_norm(x.view()).view())
+    }
+
+    /// [`Hymba::forward`], keeping every hidden state and per-layer intermediate.
+    pub fn forward_traced(&self, ids: &[u32]) -> Result<ForwardTrace> {
+        self.check_ids(ids)?;
+        let m = self.config.num_memory_tokens;
+        let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids).view()); // (M+n, H)
+        let mut trace = (Vec::new(), Vec::new());
+        let x = self.run_chunk(x, &mut HybridCache::new(&self.config), Some(&mut trace));
+        let (mut hidden, layers) = trace;
+        hidden.push(self.final_norm(x.view())); // (M+n, H)
+        let logits = self.lm_head(hidden.last().expect("final").slice(s![m.., ..]))?;
+        Ok(ForwardTrace { logits, hidden, layers })
+    }
+}

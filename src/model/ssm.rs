@@ -1,0 +1,174 @@
+//! The SSM heads of a Hymba layer: Mamba-1's selective state-space model, per channel c of D.
+//!
+//! ```text
+//! u  = SiLU(conv(x) + conv_bias)            causal depthwise conv over time, kernel K
+//! [dt | B | C] = u · x_projᵀ                widths R, N, N (then RMSNorm each, if configured)
+//! Δ  = softplus(dt · dt_projᵀ + dt_bias)    (T, D)
+//! A  = −exp(A_log)                          (D, N)
+//! s_c ← exp(Δ_t,c · A_c) ⊙ s_c + Δ_t,c · u_t,c · B_t      state s_c ∈ ℝᴺ, starts at 0
+//! y_t,c = C_t · s_c + D_c · u_t,c
+//! y  = y ⊙ SiLU(z)
+//! ```
+//!
+//! The state carried between calls is explicit ([`SsmState`]): the last K−1 conv inputs and the
+//! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
+
+use super::norm::rms_norm;
+use crate::checkpoint::weights::MambaWeights;
+use ndarray::{concatenate, s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+
+/// The recurrent state of one layer's SSM heads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsmState {
+    /// The last K−1 rows of `x` before the conv (zeros before the first token). (K−1, D)
+    pub conv: Array2<f32>,
+    /// The selective-scan state. (D, N)
+    pub scan: Array2<f32>,
+}
+
+impl SsmState {
+    pub fn zeros(d_inner: usize, d_conv: usize, d_state: usize) -> SsmState {
+        SsmState { conv: Array2::zeros((d_conv - 1, d_inner)), scan: Array2::zeros((d_inner, d_state)) }
+    }
+}
+
+pub fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+/// `log(1 + eᵛ)`, and `v` itself for v > 20 (as PyTorch's softplus threshold).
+pub fn softplus(v: f32) -> f32 {
+    if v > 20.0 { v } else { v.exp().ln_1p() }
+}
+
+/// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]`, where rows
+/// before `x` come from `history` (the previous K−1 inputs). Updates `history` to the last K−1
+/// rows. x: (T, D), w: (D, K), history: (K−1, D) → (T, D)
+pub fn causal_conv1d(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+    history: &mut Array2<f32>,
+) -> Array2<f32> {
+    let (t, d) = x.dim();
+    let k = w.ncols();
+    debug_assert_eq!(history.dim(), (k - 1, d));
+    let padded = concatenate(Axis(0), &[history.view(), x.view()]).expect("same width D"); // (K−1+T, D)
+    let mut out = Array2::zeros((t, d)); // (T, D)
+    for (ti, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+        for c in 0..d {
+            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded[[ti + j, c]]).sum();
+            row[c] = acc + bias.map_or(0.0, |b| b[c]);
+        }
+    }
+    history.assign(&padded.slice(s![t.., ..]));
+    out
+}
+
+/// The selective scan, sequentially over time: the plain reference every faster variant is
+/// tested against. u, Δ: (T, D); A: (D, N); B, C: (T, N); D: (D); state: (D, N) → y (T, D)
+#[allow(clippy::too_many_arguments)]
+pub fn selective_scan(
+    u: ArrayView2<f32>,
+    delta: ArrayView2<f32>,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    c: ArrayView2<f32>,
+    d: ArrayView1<f32>,
+    state: &mut Array2<f32>,
+) -> Array2<f32> {
+    let (t, d_inner) = u.dim();
+    let n = a.ncols();
+    debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
+    let mut y = Array2::zeros((t, d_inner)); // (T, D)
+    for ti in 0..t {
+        for ch in 0..d_inner {
+            let (dt, ut) = (delta[[ti, ch]], u[[ti, ch]]);
+            let mut acc = 0.0;
+            for j in 0..n {
+                let s = (dt * a[[ch, j]]).exp() * state[[ch, j]] + dt * ut * b[[ti, j]];
+                state[[ch, j]] = s;
+                acc += c[[ti, j]] * s;
+            }
+            y[[ti, ch]] = acc + d[ch] * ut;
+        }
+    }
+    y
+}
+
+/// The SSM heads: x, z (T, D) → y (T, D), advancing `state`.
+pub fn ssm_heads(
+    x: ArrayView2<f32>,
+    z: ArrayView2<f32>,
+    w: &MambaWeights,
+    eps: f32,
+    state: &mut SsmState,
+) -> Array2<f32> {
+    let (r, n) = (w.dt_proj.weight.ncols(), w.a_log.ncols());
+    let bias = w.conv1d_bias.as_ref().map(|b| b.view());
+    let u = causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv).mapv(silu); // (T, D)
+
+    let dt_b_c = u.dot(&w.x_proj.t()); // (T, R + 2N)
+    let norm = |cols: ndarray::Slice, weight: &Option<Array1<f32>>| {
+        let part = dt_b_c.slice_axis(Axis(1), cols);
+        match weight {
+            Some(wt) => rms_norm(part, wt.view(), eps),
+            None => part.to_owned(),
+        }
+    };
+    let dt = norm(ndarray::Slice::from(0..r), &w.dt_layernorm); // (T, R)
+    let b = norm(ndarray::Slice::from(r..r + n), &w.b_layernorm); // (T, N)
+    let c = norm(ndarray::Slice::from(r + n..r + 2 * n), &w.c_layernorm); // (T, N)
+
+    let delta = w.dt_proj.forward(dt.view()).mapv(softplus); // (T, D)
+    let a = w.a_log.mapv(|v| -v.exp()); // (D, N)
+    let y = selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), w.d.view(), &mut state.scan);
+    y * &z.mapv(silu) // (T, D)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn conv_is_causal_and_carries_history() {
+        // D = 1, K = 3, w = [1, 10, 100]: out_t = x_{t−2} + 10 x_{t−1} + 100 x_t.
+        let w = array![[1.0f32, 10.0, 100.0]];
+        let mut hist = Array2::zeros((2, 1));
+        let out = causal_conv1d(array![[1.0f32], [2.0], [3.0]].view(), w.view(), None, &mut hist);
+        assert_eq!(out.column(0).to_vec(), vec![100.0, 210.0, 321.0]);
+        assert_eq!(hist.column(0).to_vec(), vec![2.0, 3.0]);
+        // Continuing with the carried history equals the unsplit sequence.
+        let next = causal_conv1d(array![[4.0f32]].view(), w.view(), Some(array![0.5f32].view()), &mut hist);
+        assert_eq!(next[[0, 0]], 2.0 + 30.0 + 400.0 + 0.5);
+    }
+
+    #[test]
+    fn scan_matches_hand_computation() {
+        // D = 1, N = 1, A = −1, Δ = ln 2 → decay e^{−ln 2} = 0.5; B = C = 1, D = 0.
+        let ln2 = 2f32.ln();
+        let u = array![[1.0f32], [1.0], [0.0]];
+        let delta = Array2::from_elem((3, 1), ln2);
+        let ones = Array2::from_elem((3, 1), 1.0f32);
+        let mut state = Array2::zeros((1, 1));
+        let y = selective_scan(u.view(), delta.view(), array![[-1.0f32]].view(), ones.view(), ones.view(), array![0.0f32].view(), &mut state);
+        // s1 = ln2, s2 = 0.5 ln2 + ln2, s3 = 0.5 s2
+        let want = [ln2, 1.5 * ln2, 0.75 * ln2];
+        for (got, want) in y.column(0).iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert!((state[[0, 0]] - 0.75 * ln2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn skip_connection_and_softplus() {
+        let mut state = Array2::zeros((2, 1));
+        let zeros = Array2::zeros((1, 2));
+        let y = selective_scan(array![[2.0f32, 3.0]].view(), zeros.view(), array![[-1.0f32], [-1.0]].view(),
+            Array2::zeros((1, 1)).view(), Array2::zeros((1, 1)).view(), array![0.5f32, -1.0].view(), &mut state);
+        assert_eq!(y.row(0).to_vec(), vec![1.0, -3.0]);
+        assert_eq!(softplus(30.0), 30.0);
+        assert!((softplus(0.0) - 2f32.ln()).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,55 @@
+//! Shared helpers for golden tests: reading golden tensors and comparing with a tolerance.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use hymba_ref::checkpoint::safetensors::SafetensorsFile;
+use ndarray::{ArrayD, ArrayView, Dimension, IxDyn};
+use std::path::{Path, PathBuf};
+
+/// `../shared/hymba/...` next to the repository, where CI puts the shared ground truth.
+pub fn shared_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hymba")
+}
+
+/// `tests/fixtures/...` in the repository.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A goldens.safetensors file.
+pub struct Goldens(pub SafetensorsFile);
+
+impl Goldens {
+    pub fn open(path: &Path) -> Goldens {
+        Goldens(SafetensorsFile::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.get(name).is_some()
+    }
+    pub fn f32(&self, name: &str) -> ArrayD<f32> {
+        let (shape, data) = self.0.to_f32(name).unwrap_or_else(|e| panic!("golden {name}: {e}"));
+        ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap()
+    }
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let (_, data) = self.0.to_i64(name).unwrap_or_else(|e| panic!("golden {name}: {e}"));
+        data.into_iter().map(|v| u32::try_from(v).expect("token id")).collect()
+    }
+}
+
+/// Assert `|got − want| ≤ atol + rtol·|want|` elementwise; on failure name the tensor, print
+/// the first mismatches and the max error. Returns the max absolute error.
+pub fn assert_close<D: Dimension>(name: &str, got: ArrayView<f32, D>, want: &ArrayD<f32>, atol: f32, rtol: f32) -> f32 {
+    assert_eq!(got.shape(), want.shape(), "{name}: shape");
+    let (mut max_err, mut failed, mut bad) = (0f32, 0usize, Vec::new());
+    for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        let err = if (g - w).is_nan() { f32::INFINITY } else { (g - w).abs() };
+        if !(err <= atol + rtol * w.abs()) {
+            failed += 1;
+            if bad.len() < 5 {
+                bad.push(format!("  flat index {i}: got {g}, want {w}, |Δ| = {err}"));
+            }
+        }
+        max_err = max_err.max(err);
+    }
+    assert!(failed == 0, "{name}: {failed} mismatches (atol {atol}, rtol {rtol}), max |Δ| = {max_err}\n{}", bad.join("\n"));
+    max_err
+}
