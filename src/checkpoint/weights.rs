@@ -6,6 +6,7 @@
 
 use super::safetensors::check_finite;
 use super::shards::Checkpoint;
+use super::TensorSource;
 use crate::config::{HymbaConfig, KqNorm, LayerPlan, MlpActivation};
 use crate::error::{Error, ErrorKind, Result};
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
@@ -191,15 +192,15 @@ pub fn parameter_count(cfg: &HymbaConfig) -> usize {
 }
 
 /// Compare the checkpoint's tensors with `expected`; report every problem by name.
-fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &Checkpoint, expected: &[TensorSpec]) -> Result<()> {
+fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &dyn TensorSource, expected: &[TensorSpec]) -> Result<()> {
     let wanted: BTreeMap<&str, &[usize]> = expected.iter().map(|t| (t.name.as_str(), &t.shape[..])).collect();
-    let missing: Vec<&str> = wanted.keys().copied().filter(|name| ckpt.info(name).is_none()).collect();
-    let unexpected: Vec<&str> =
-        ckpt.names().into_iter().filter(|name| !wanted.contains_key(name) && !is_ignored(cfg, name)).collect();
+    let missing: Vec<&str> = wanted.keys().copied().filter(|name| ckpt.shape(name).is_none()).collect();
+    let unexpected: Vec<String> =
+        ckpt.names().into_iter().filter(|name| !wanted.contains_key(name.as_str()) && !is_ignored(cfg, name)).collect();
     let mismatched: Vec<String> = wanted
         .iter()
         .filter_map(|(name, shape)| {
-            let found = &ckpt.info(name)?.shape;
+            let found = ckpt.shape(name)?;
             (found[..] != **shape).then(|| format!("{name}: expected {shape:?}, found {found:?}"))
         })
         .collect();
@@ -230,7 +231,7 @@ impl HymbaWeights {
     }
 
     /// Check every name and shape, then convert every tensor to f32 (checking it is finite).
-    pub fn from_checkpoint(cfg: &HymbaConfig, ckpt: &Checkpoint) -> Result<HymbaWeights> {
+    pub fn from_checkpoint(cfg: &HymbaConfig, ckpt: &dyn TensorSource) -> Result<HymbaWeights> {
         check_names_and_shapes(cfg, ckpt, &expected_tensors(cfg))?;
         let get = |name: &str| -> Result<ndarray::ArrayD<f32>> {
             let (shape, data) = ckpt.to_f32(name)?;
