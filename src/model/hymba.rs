@@ -7,7 +7,7 @@ use crate::cache::HybridCache;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::error::{Error, ErrorKind, Result};
-use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
+use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
 use std::path::Path;
 
 /// A loaded Hymba model: its validated config, its weights, and the cache state after the meta
@@ -142,6 +142,15 @@ impl Hymba {
         self.check_ids(ids)?;
         let x = self.run_chunk(self.embed(ids), cache, None); // (n, H)
         self.lm_head(self.final_norm(x.view()).view())
+    }
+
+    /// Like [`Hymba::forward_chunk`], but only the logits after the last id: what generation
+    /// needs, without projecting every prompt row onto the vocabulary. ids → (V)
+    pub fn next_token_logits(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array1<f32>> {
+        self.check_ids(ids)?;
+        let x = self.run_chunk(self.embed(ids), cache, None); // (n, H)
+        let last = self.final_norm(x.slice(s![x.nrows() - 1.., ..])); // (1, H)
+        Ok(self.lm_head(last.view())?.row(0).to_owned())
     }
 
     /// [`Hymba::forward`], keeping every hidden state and per-layer intermediate.
