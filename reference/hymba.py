@@ -52,8 +52,9 @@ class LayerPlan:
     index: int
     is_global: bool  # full causal attention (else sliding window of W)
     kv_source: int  # layer whose keys/values this layer attends over (itself if it produces them)
-    # How many past positions the producer must keep in a cache: None = all of them; W when
-    # every layer reading these K/V is a window layer (plus the meta rows, always kept).
+    # On a producer whose K/V are read only by window layers: W, the cache keeps the meta rows plus
+    # the last W positions. None otherwise (a producer read by a global layer keeps every position;
+    # a reusing layer caches no K/V).
     kv_window: int | None
 
     @property
@@ -176,9 +177,8 @@ def plan_layers(L: int, global_idx: set[int], window: int | None,
     sources = [source(i) for i in range(L)]
     plans = []
     for i in range(L):
-        readers = [j for j in range(L) if sources[j] == i]
-        # A producer keeps only a window when no reader is global (a global reader sees all).
-        keeps_window = window is not None and not any(j in global_idx for j in readers)
+        readers = [j for j in range(L) if sources[j] == i]  # empty unless layer i produces K/V
+        keeps_window = window is not None and readers and not any(j in global_idx for j in readers)
         plans.append(LayerPlan(index=i, is_global=window is None or i in global_idx, kv_source=sources[i],
                                kv_window=window if keeps_window else None))
     return tuple(plans)
