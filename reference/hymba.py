@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -138,6 +138,7 @@ class HymbaConfig:
 
         window = c.get("sliding_window")
         # Released: with no sliding window every layer is global and global_attn_idx is unused.
+        # (A window with no global_attn_idx crashes the released code; here it means no global layer.)
         global_idx = set(range(L)) if window is None else set(c.get("global_attn_idx") or [])
 
         return HymbaConfig(
@@ -484,8 +485,8 @@ def keep_for_future_queries(cfg: HymbaConfig, plan: LayerPlan, positions: torch.
 @dataclass
 class ForwardResult:
     logits: torch.Tensor  # (n, V): rows of the input tokens only
-    hidden: list[torch.Tensor] = field(default_factory=list)  # L+1 × (rows, H): input of each layer, then final norm
-    layers: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per layer: attn, ssm (rows, D), fused (rows, H)
+    hidden: list[torch.Tensor]  # L+1 × (rows, H): input of each layer, then the final norm's output
+    layers: list[dict[str, torch.Tensor]]  # per layer: attn, ssm (rows, D), fused (rows, H)
 
 
 def hybrid_layer(model: Hymba, plan: LayerPlan, X: torch.Tensor, positions: torch.Tensor,
@@ -535,17 +536,17 @@ def run(model: Hymba, ids: torch.Tensor, cache: HybridCache) -> ForwardResult:
         raise ValueError("need at least one token")
     X = prepend_meta_tokens(model, ids) if cache.length == 0 else model.weights["model.embed_tokens.weight"][ids]
     positions = torch.arange(cache.length, cache.length + X.shape[0])  # (T,)
-    result = ForwardResult(logits=torch.empty(0))
+    hidden, layers = [], []
     kv_bank: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for plan in cfg.layers:
-        result.hidden.append(X)
+        hidden.append(X)
         X, intermediates = hybrid_layer(model, plan, X, positions, kv_bank, cache.layers[plan.index])
-        result.layers.append(intermediates)
+        layers.append(intermediates)
     X = rms_norm(X, model.weights["model.final_layernorm.weight"], cfg.rms_norm_eps)
-    result.hidden.append(X)
-    result.logits = linear(X[X.shape[0] - ids.numel():], model.lm_head)  # (n, V): meta rows dropped
+    hidden.append(X)
     cache.length += X.shape[0]
-    return result
+    logits = linear(X[X.shape[0] - ids.numel():], model.lm_head)  # (n, V): meta rows dropped
+    return ForwardResult(logits, hidden, layers)
 
 
 @torch.no_grad()
@@ -588,7 +589,7 @@ def generate_greedy(model: Hymba, prompt, steps: int) -> tuple[list[int], torch.
 
 def decode_invariant_length(cfg: HymbaConfig) -> int:
     """A test length far past M+W, but (dynamic_ntk) no past orig_max, where decode must differ."""
-    n = 3 * (cfg.num_meta + (cfg.sliding_window or 8)) + 5
+    n = max(3 * (cfg.num_meta + (cfg.sliding_window or 0)) + 5, 24)
     if cfg.rope and cfg.rope_type == "dynamic_ntk":
         n = min(n, cfg.orig_max_position_embeddings - cfg.num_meta)
     return n
