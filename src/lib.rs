@@ -4,6 +4,7 @@
 //! ("Hymba: A Hybrid-head Architecture for Small Language Models", arXiv 2411.13676).
 //! (Crate documentation with goals, non-goals and glossary: see below, filled in as modules land.)
 
+pub mod checkpoint;
 pub mod error;
 
 pub use error::{Error, ErrorKind, Result};
