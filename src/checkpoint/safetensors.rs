@@ -38,7 +38,8 @@
 //! UTF-8 JSON; each tensor's byte length equals `product(shape) * dtype size` (computed without
 //! overflow); and the tensors, sorted by offset, tile the data buffer exactly — the first starts
 //! at 0, each starts where the previous ended, the last ends at the end of the file. Header order
-//! does not matter. We additionally reject repeated keys, which JSON parsers silently merge.
+//! does not matter, and unknown fields inside an entry are ignored, as there. We additionally
+//! reject repeated keys, which JSON parsers (the reference's included) silently merge.
 //! After that every slice we take is in bounds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -202,6 +203,17 @@ pub struct SafetensorsFile {
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
+}
+
+/// Shows the origin and tensor count, not the bytes.
+impl fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tensors = self.tensors.len();
+        f.debug_struct("SafetensorsFile")
+            .field("origin", &self.origin)
+            .field("tensors", &tensors)
+            .finish()
+    }
 }
 
 /// What the header says, once validated.
@@ -401,14 +413,14 @@ fn parse_entries(
 }
 
 fn parse_metadata(value: Value, origin: &str) -> Result<BTreeMap<String, String>> {
-    let bad = |v: &Value| {
-        corrupt(origin, format!("{METADATA_KEY} must map strings to strings, found {}", brief(v)))
+    let bad = |what: String| {
+        corrupt(origin, format!("{METADATA_KEY} must map strings to strings, but {what}"))
     };
-    let Value::Object(map) = value else { return Err(bad(&value)) };
+    let Value::Object(map) = value else { return Err(bad(format!("it is {}", brief(&value)))) };
     map.into_iter()
         .map(|(k, v)| match v {
             Value::String(s) => Ok((k, s)),
-            other => Err(bad(&other)),
+            other => Err(bad(format!("\"{k}\" maps to {}", brief(&other)))),
         })
         .collect()
 }

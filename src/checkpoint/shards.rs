@@ -112,6 +112,13 @@ pub struct Checkpoint {
     file_of: HashMap<String, usize>,
 }
 
+/// Shows the directory and the files, not the bytes.
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("dir", &self.dir).field("files", &self.files).finish()
+    }
+}
+
 impl Checkpoint {
     /// Open `dir/model.safetensors` if it exists, else the shards listed in
     /// `dir/model.safetensors.index.json`.
