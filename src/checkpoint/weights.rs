@@ -4,9 +4,8 @@
 //! [`HymbaWeights::load`] checks a checkpoint against that list, reporting every missing,
 //! unexpected or mis-shaped tensor by name, before converting anything.
 
-use super::safetensors::check_finite;
 use super::shards::Checkpoint;
-use super::TensorSource;
+use super::{check_finite, TensorSource};
 use crate::config::{HymbaConfig, KqNorm, LayerPlan, MlpActivation};
 use crate::error::{Error, ErrorKind, Result};
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
