@@ -9,7 +9,17 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::path::Path;
+
+/// The most layers a config may have. The largest released Hymba has 32; the bound only stops a
+/// corrupt `config.json` from making the engine allocate a plan for billions of layers.
+pub const MAX_LAYERS: usize = 10_000;
+
+/// The most parameters a config may imply (2⁴⁰ ≈ 1.1·10¹², 4 TiB as f32). Refusing more up front
+/// guarantees that no size derived from the config (tensor shapes, element and byte counts, the
+/// parameter count) can overflow.
+pub const MAX_PARAMETERS: u64 = 1 << 40;
 
 /// The MLP activation (`mlp_hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +265,11 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     let vocab_size = f.int("vocab_size", 1)?;
     let hidden_size = f.int("hidden_size", 1)?;
     let num_hidden_layers = f.int("num_hidden_layers", 1)?;
+    if num_hidden_layers > MAX_LAYERS {
+        return Err(Error::config(format!(
+            "field `num_hidden_layers` = {num_hidden_layers} exceeds the limit of {MAX_LAYERS} layers"
+        )));
+    }
     let num_attention_heads = f.int("num_attention_heads", 1)?;
     let num_key_value_heads = f.int_or("num_key_value_heads", 1, num_attention_heads)?;
     let intermediate_size = f.int("intermediate_size", 1)?;
@@ -263,6 +278,9 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     let mamba_d_conv = f.int_or("mamba_d_conv", 1, 4)?;
     let num_memory_tokens = f.int_or("num_memory_tokens", 0, 0)?;
     let rms_norm_eps = f.float("rms_norm_eps", 1e-6)? as f32;
+    if !rms_norm_eps.is_finite() {
+        return Err(Error::config("field `rms_norm_eps` is too large to be a float32"));
+    }
 
     if hidden_size % num_attention_heads != 0 {
         return Err(Error::config(format!(
@@ -315,7 +333,11 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
         other => return Err(unsupported("kq_norm", format!("{other:?}"), "expected \"none\", \"rms\" or \"perhead-rms\"")),
     };
 
-    let d_inner = mamba_expand * hidden_size;
+    let Some(d_inner) = mamba_expand.checked_mul(hidden_size) else {
+        return Err(Error::config(format!(
+            "`mamba_expand` = {mamba_expand} times `hidden_size` = {hidden_size} overflows"
+        )));
+    };
     if d_inner % num_attention_heads != 0 {
         return Err(Error::config(format!(
             "`num_attention_heads` = {num_attention_heads} must divide the SSM width D = mamba_expand·hidden_size = {d_inner}"
@@ -338,7 +360,7 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     let kv_sources = parse_kv_sharing(f, num_hidden_layers)?;
     let layers = resolve_plan(&kv_sources, &global_attn_idx, sliding_window);
 
-    Ok(HymbaConfig {
+    let cfg = HymbaConfig {
         vocab_size,
         hidden_size,
         num_hidden_layers,
@@ -363,7 +385,41 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
         bos_token_id: f.token_id("bos_token_id")?,
         eos_token_id: f.token_id("eos_token_id")?,
         layers,
-    })
+    };
+    check_size(&cfg)?;
+    Ok(cfg)
+}
+
+/// Refuse a config implying more than [`MAX_PARAMETERS`] parameters. The count is an upper bound
+/// on `weights::parameter_count` (every q/k norm counted as H wide, every bias present), and
+/// every intermediate product of the tensor shapes is at most this count.
+fn check_size(cfg: &HymbaConfig) -> Result<()> {
+    let u = |x: usize| x as u128;
+    let (v, h, l, f) = (u(cfg.vocab_size), u(cfg.hidden_size), u(cfg.num_hidden_layers), u(cfg.intermediate_size));
+    let (d, n, k, r, m) = (u(cfg.d_inner()), u(cfg.mamba_d_state), u(cfg.mamba_d_conv), u(cfg.mamba_dt_rank), u(cfg.num_memory_tokens));
+    let in_proj = h + u(cfg.num_key_value_heads) * (h / u(cfg.num_attention_heads) + d / u(cfg.num_attention_heads)) + 2 * d;
+    let terms_per_layer = [
+        in_proj * (h + 1),             // in_proj weight and bias
+        d * (k + 1),                   // conv1d weight and bias
+        (r + 2 * n) * d,               // x_proj
+        d * (r + 1),                   // dt_proj weight and bias
+        d * n + d,                     // A_log, D
+        r + 2 * n + 2 * d,             // inner layernorms, pre_avg layernorms
+        h * d + h,                     // out_proj weight and bias
+        2 * h + 2 * h,                 // q/k norms, input and pre-MLP layernorms
+        3 * f * h,                     // gate, up, down
+    ];
+    let per_layer = terms_per_layer.iter().fold(0u128, |a, &t| a.saturating_add(t));
+    let total = (2 * v * h + m * h + h).saturating_add(l.saturating_mul(per_layer));
+    if total > MAX_PARAMETERS as u128 {
+        return Err(Error::config(format!(
+            "the config implies about {total} parameters, more than the limit of {MAX_PARAMETERS} \
+             (vocab_size {v}, hidden_size {h}, num_hidden_layers {l}, intermediate_size {f}, \
+             mamba_expand {}, mamba_d_state {n}, mamba_d_conv {k}, mamba_dt_rank {r}, num_memory_tokens {m})",
+            cfg.mamba_expand
+        )));
+    }
+    Ok(())
 }
 
 fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {
@@ -388,7 +444,19 @@ fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {
         }
         other => return Err(unsupported("rope_type", format!("{other:?}"), "expected \"default\", \"ntk\" or \"dynamic_ntk\"")),
     };
-    Ok(Some(RopeConfig { theta, scaling }))
+    let rope = RopeConfig { theta, scaling };
+    // NTK scales the base by (2·max/orig − 1)^(dqk/(dqk−2)): that factor must be positive, and
+    // the base a finite number, or every rotation angle is NaN.
+    if let RopeScaling::Ntk { max_position_embeddings: max, orig_max_position_embeddings: orig } = scaling {
+        let base = crate::model::rope::rope_base(&rope, head_dim_qk, 1);
+        if !(base.is_finite() && base > 0.0) {
+            return Err(Error::config(format!(
+                "rope_type \"ntk\" with `max_position_embeddings` = {max} and `orig_max_position_embeddings` = {orig} \
+                 gives the RoPE base {base}; max_position_embeddings must exceed orig_max_position_embeddings / 2"
+            )));
+        }
+    }
+    Ok(Some(rope))
 }
 
 /// Each layer's K/V source, from `kv_reuse_group` (lists whose first layer produces K/V for the
@@ -441,29 +509,37 @@ fn parse_kv_sharing(f: &Fields, layers: usize) -> Result<Vec<KvSource>> {
 }
 
 /// Combine K/V sources with each layer's attention span, and work out how much K/V each producer
-/// must retain for itself and its reusers.
+/// must retain for itself and its reusers. Linear in the number of layers.
 fn resolve_plan(sources: &[KvSource], global: &[usize], window: Option<usize>) -> Vec<LayerPlan> {
+    let mut is_global = vec![window.is_none(); sources.len()];
+    for &g in global {
+        is_global[g] = true;
+    }
     let span = |i: usize| match window {
-        Some(w) if !global.contains(&i) => AttentionSpan::SlidingWindow(w),
+        Some(w) if !is_global[i] => AttentionSpan::SlidingWindow(w),
         _ => AttentionSpan::Global,
     };
+    // A producer read by any global layer (itself or a reuser) must keep every position.
+    let mut read_globally = vec![false; sources.len()];
+    for (i, source) in sources.iter().enumerate() {
+        let producer = match *source {
+            KvSource::Own => i,
+            KvSource::ReuseFrom(j) => j,
+        };
+        read_globally[producer] |= is_global[i];
+    }
     (0..sources.len())
         .map(|i| {
-            let kv_retention = (sources[i] == KvSource::Own).then(|| {
-                let members = (0..sources.len()).filter(|&j| j == i || sources[j] == KvSource::ReuseFrom(i));
-                if members.into_iter().any(|j| span(j) == AttentionSpan::Global) {
-                    AttentionSpan::Global
-                } else {
-                    span(i)
-                }
-            });
+            let kv_retention = (sources[i] == KvSource::Own)
+                .then(|| if read_globally[i] { AttentionSpan::Global } else { span(i) });
             LayerPlan { index: i, attention: span(i), kv: sources[i], kv_retention }
         })
         .collect()
 }
 
 fn first_repeat(xs: &[usize]) -> Option<usize> {
-    xs.iter().enumerate().find(|(i, x)| xs[..*i].contains(x)).map(|(_, &x)| x)
+    let mut seen = HashSet::new();
+    xs.iter().copied().find(|&x| !seen.insert(x))
 }
 
 #[cfg(test)]
@@ -575,6 +651,56 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::UnsupportedConfig, "{key}: {err}");
             assert!(err.message.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        // Found by reading for the fuzz targets: a billion layers made the plan allocate tens of
+        // GB (abort), and huge widths overflowed `in_proj_rows` / `parameter_count` (panic).
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("num_hidden_layers", 4_000_000_000u64.into(), "num_hidden_layers"),
+            ("num_hidden_layers", (MAX_LAYERS as u64 + 1).into(), "num_hidden_layers"),
+            ("hidden_size", 4_294_967_288u64.into(), "parameters"),
+            ("intermediate_size", 4_000_000_000u64.into(), "parameters"),
+            ("mamba_expand", u32::MAX.into(), "parameters"),
+            ("mamba_d_state", u32::MAX.into(), "parameters"),
+            ("rms_norm_eps", 1e300.into(), "rms_norm_eps"),
+        ];
+        for (key, value, culprit) in cases {
+            let err = with(key, value.clone()).expect_err(&format!("{key} = {value} accepted"));
+            assert_eq!(err.kind, ErrorKind::InvalidConfig, "{key} = {value}: {err}");
+            assert!(err.message.contains(culprit), "{key} = {value}: message {:?}", err.message);
+        }
+        // Large but addressable configs are still accepted.
+        assert!(with("vocab_size", 1_000_000.into()).is_ok());
+    }
+
+    #[test]
+    fn many_layers_resolve_in_linear_time() {
+        // The plan used to be resolved in O(L² · |global_attn_idx|): this took hours.
+        let mut v = base();
+        v["num_hidden_layers"] = MAX_LAYERS.into();
+        v["global_attn_idx"] = (0..MAX_LAYERS).step_by(2).collect::<Vec<_>>().into();
+        v["kv_reuse_group"] = Value::Null;
+        v["kv_reuse_every_i_layer"] = 3.into();
+        let c = parse_value(&v).unwrap();
+        assert_eq!(c.layers.len(), MAX_LAYERS);
+        // Layer 1 (window) and 2 (global) reuse layer 0, so it keeps every position.
+        assert_eq!(c.layers[0].kv_retention, Some(AttentionSpan::Global));
+        assert_eq!(c.layers[1].attention, AttentionSpan::SlidingWindow(5));
+    }
+
+    #[test]
+    fn ntk_with_a_non_positive_scale_factor_is_refused() {
+        let mut v = base();
+        v["rope_type"] = "ntk".into();
+        v["max_position_embeddings"] = 512.into();
+        v["orig_max_position_embeddings"] = 2048.into();
+        let err = parse_value(&v).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidConfig);
+        assert!(err.message.contains("max_position_embeddings"), "{err}");
+        v["max_position_embeddings"] = 8192.into();
+        assert!(parse_value(&v).is_ok());
     }
 
     #[test]

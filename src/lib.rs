@@ -7,6 +7,8 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod model;
 
 pub use error::{Error, ErrorKind, Result};

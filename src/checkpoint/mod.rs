@@ -61,3 +61,18 @@ impl TensorSource for Checkpoint {
         Checkpoint::to_f32(self, name)
     }
 }
+
+/// A single safetensors file is a checkpoint too (used by the loader fuzz target and tests).
+impl TensorSource for SafetensorsFile {
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tensors().map(|t| t.name.clone()).collect();
+        names.sort_unstable();
+        names
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).map(|t| t.shape.clone())
+    }
+    fn to_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        SafetensorsFile::to_f32(self, name)
+    }
+}

@@ -1,0 +1,171 @@
+//! The bodies of the fuzz targets, as plain functions of the input bytes.
+//!
+//! Each `fuzz/fuzz_targets/<name>.rs` (a cargo-fuzz crate, run with libFuzzer) calls the function
+//! of the same name here, and `tests/fuzz_corpus.rs` runs the same functions in `cargo test` over
+//! the committed seed corpus `fuzz/corpus/<name>/` plus proptest-generated inputs. Every function
+//! must return normally on *any* input: a panic (including a failed `debug_assert!` or an integer
+//! overflow in a checked build) or an abort is a bug. Besides "no panic", the bodies assert the
+//! invariants the library promises for accepted inputs (tensors tile the data buffer, the layer
+//! plan is consistent, logits are finite or the error says so).
+//!
+//! Not part of the public API.
+
+use std::sync::OnceLock;
+
+use crate::checkpoint::random::RandomWeights;
+use crate::checkpoint::safetensors::{Dtype, SafetensorsFile};
+use crate::checkpoint::shards::parse_index;
+use crate::checkpoint::weights::{expected_tensors, parameter_count, HymbaWeights};
+use crate::config::{HymbaConfig, KvSource};
+use crate::error::{Error, ErrorKind};
+use crate::model::Hymba;
+
+/// Every target, by name, for the corpus test.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("safetensors_bytes", safetensors_bytes),
+    ("config_json", config_json),
+    ("shard_index", shard_index),
+    ("loader", loader),
+];
+
+/// A safetensors file from arbitrary bytes: parse, then read every tensor every way.
+pub fn safetensors_bytes(data: &[u8]) {
+    let Ok(file) = SafetensorsFile::from_bytes(data.to_vec(), "fuzz.safetensors") else { return };
+    // Accepted: the tensors tile the data buffer, which ends at the end of the input.
+    let tensor_bytes: usize = file.tensors().map(|t| t.byte_len()).sum();
+    let header_len = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) as usize;
+    assert_eq!(8 + header_len + tensor_bytes, data.len(), "tensors must tile the data buffer");
+    for info in file.tensors() {
+        let bytes = file.bytes_of(&info.name).expect("a listed tensor has bytes");
+        assert_eq!(bytes.len(), info.num_elements() * info.dtype.size_in_bytes());
+        match file.to_f32(&info.name) {
+            Ok((shape, values)) => {
+                assert_eq!(shape, info.shape);
+                assert_eq!(values.len(), info.num_elements());
+            }
+            Err(e) => {
+                assert!(![Dtype::F32, Dtype::F16, Dtype::BF16].contains(&info.dtype), "{e}");
+                assert_eq!(e.kind, ErrorKind::UnknownDtype);
+            }
+        }
+        if let Ok((_, values)) = file.to_i64(&info.name) {
+            assert_eq!(values.len(), info.num_elements());
+        }
+    }
+    let _ = file.metadata();
+    assert!(file.to_f32("\u{0}no such tensor").is_err());
+}
+
+/// `config.json` text: parse and resolve the layer plan; check the plan's invariants and the
+/// tensor list; for small configs, also build a model on random weights and run it.
+pub fn config_json(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(cfg) = HymbaConfig::from_json_str(&text) else { return };
+    check_plan(&cfg);
+    let specs = expected_tensors(&cfg);
+    let params = parameter_count(&cfg);
+    assert_eq!(params, specs.iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>());
+    // Small enough to run: random weights, a full forward, and the same ids decoded in steps.
+    if params <= 40_000 && cfg.num_hidden_layers <= 8 {
+        let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 7))
+            .expect("random weights match their own config");
+        run_model(Hymba::new(cfg, weights), true);
+    }
+}
+
+fn check_plan(cfg: &HymbaConfig) {
+    assert_eq!(cfg.layers.len(), cfg.num_hidden_layers);
+    assert!(cfg.hidden_size % cfg.num_attention_heads == 0);
+    assert!(cfg.num_attention_heads % cfg.num_key_value_heads == 0);
+    assert!(cfg.d_inner() % cfg.num_attention_heads == 0);
+    for (i, plan) in cfg.layers.iter().enumerate() {
+        assert_eq!(plan.index, i);
+        match plan.kv {
+            KvSource::Own => assert!(plan.kv_retention.is_some()),
+            KvSource::ReuseFrom(j) => {
+                assert!(j < i, "layer {i} reuses the later layer {j}");
+                assert_eq!(cfg.layers[j].kv, KvSource::Own, "layer {i} reuses a reuser");
+                assert!(plan.kv_retention.is_none());
+            }
+        }
+        let _ = cfg.in_proj_rows(plan);
+    }
+}
+
+/// Run a model on a few prompts; a result is finite logits or a `NonFiniteOutput` error.
+fn run_model(model: Hymba, decode: bool) {
+    let v = model.config.vocab_size as u32;
+    let span = model.config.num_memory_tokens + model.config.sliding_window.unwrap_or(3);
+    let n = (2 * span + 1).min(24);
+    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7 + 3) % v).collect();
+    accept(model.forward(&ids).map(|l| l.iter().all(|x| x.is_finite())));
+    if decode {
+        let mut cache = model.new_sequence();
+        let (prompt, rest) = ids.split_at(n / 2 + 1);
+        accept(model.forward_chunk(prompt, &mut cache).map(|l| l.iter().all(|x| x.is_finite())));
+        for &id in rest {
+            accept(model.next_token_logits(&[id], &mut cache).map(|l| l.iter().all(|x| x.is_finite())));
+        }
+    }
+    let err = model.forward(&[v]).expect_err("id = vocab size must be refused");
+    assert_eq!(err.kind, ErrorKind::TokenIdOutOfRange);
+    assert_eq!(model.forward(&[]).expect_err("empty ids").kind, ErrorKind::InvalidInput);
+}
+
+fn accept(result: Result<bool, Error>) {
+    match result {
+        Ok(all_finite) => assert!(all_finite, "logits with NaN/inf returned as Ok"),
+        Err(e) => assert_eq!(e.kind, ErrorKind::NonFiniteOutput, "{e}"),
+    }
+}
+
+/// `model.safetensors.index.json` text.
+pub fn shard_index(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(index) = parse_index(&text, "fuzz.index.json") else { return };
+    for file in index.shard_files() {
+        // An index can only name plain files in the checkpoint directory.
+        assert!(!file.is_empty() && file != "." && file != "..", "{file:?}");
+        assert!(!file.contains('/') && !file.contains('\0'), "{file:?}");
+    }
+}
+
+/// Small configs the loader target checks fuzzed files against. The first input byte picks one.
+pub const LOADER_CONFIGS: [&str; 2] = [
+    // Meta tokens, a window, a global layer, K/V groups, RoPE, per-head kq norm, SwiGLU, tied.
+    r#"{"vocab_size": 16, "hidden_size": 8, "num_hidden_layers": 3, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "intermediate_size": 8, "mamba_expand": 2, "mamba_d_state": 2,
+        "mamba_d_conv": 2, "mamba_dt_rank": "auto", "num_memory_tokens": 2, "sliding_window": 2,
+        "global_attn_idx": [0], "kv_reuse_group": [[1, 2]], "rope": true, "rope_type": "default",
+        "kq_norm": "perhead-rms", "mlp_hidden_act": "silu", "tie_word_embeddings": true}"#,
+    // No meta tokens, no window, every-2 K/V reuse, NTK RoPE, shared kq norm, ReLU², untied,
+    // projection biases, no conv bias, no inner layernorms.
+    r#"{"vocab_size": 12, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "intermediate_size": 6, "mamba_expand": 1, "mamba_d_state": 2,
+        "mamba_d_conv": 3, "mamba_dt_rank": 2, "num_memory_tokens": 0, "kv_reuse_every_i_layer": 2,
+        "rope": true, "rope_type": "ntk", "max_position_embeddings": 64,
+        "orig_max_position_embeddings": 16, "kq_norm": "rms", "mlp_hidden_act": "relu2",
+        "tie_word_embeddings": false, "mamba_proj_bias": true, "mamba_conv_bias": false,
+        "mamba_inner_layernorms": false}"#,
+];
+
+/// The parsed [`LOADER_CONFIGS`].
+pub fn loader_configs() -> &'static [HymbaConfig] {
+    static CONFIGS: OnceLock<Vec<HymbaConfig>> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        LOADER_CONFIGS.iter().map(|t| HymbaConfig::from_json_str(t).expect("valid")).collect()
+    })
+}
+
+/// The weights loader: byte 0 picks a config from [`LOADER_CONFIGS`], the rest is a safetensors
+/// file checked against it (names, shapes, dtypes, finiteness); an accepted file is run.
+pub fn loader(data: &[u8]) {
+    let Some((&selector, file)) = data.split_first() else { return };
+    let configs = loader_configs();
+    let cfg = &configs[selector as usize % configs.len()];
+    let Ok(file) = SafetensorsFile::from_bytes(file.to_vec(), "fuzz.safetensors") else { return };
+    match HymbaWeights::from_checkpoint(cfg, &file) {
+        Ok(weights) => run_model(Hymba::new(cfg.clone(), weights), selector & 0x80 != 0),
+        Err(e) => assert!(!e.message.is_empty()),
+    }
+}

@@ -1,0 +1,382 @@
+//! One test per class of user-caused failure (issue "robustness"), asserting the error kind and
+//! that the message names the culprit: the file, tensor, field, token id or flag. Corrupt
+//! safetensors files and shard indexes are covered by `tests/safetensors.rs`, config values the
+//! parser refuses by the unit tests in `src/config.rs`; this file covers the weights loader,
+//! non-finite weights and logits, token ids, config files on disk, and the command line
+//! (exit codes, stderr, no partial output file).
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hymba_ref::checkpoint::random::RandomWeights;
+use hymba_ref::checkpoint::weights::HymbaWeights;
+use hymba_ref::checkpoint::{write_tensors, TensorData, TensorSource};
+use hymba_ref::config::HymbaConfig;
+use hymba_ref::model::Hymba;
+use hymba_ref::{Error, ErrorKind};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hymba-ref-errors-{tag}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small config with meta tokens, a window, K/V sharing, RoPE and kq norms.
+const CONFIG: &str = r#"{"vocab_size": 16, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "num_key_value_heads": 1, "intermediate_size": 8, "mamba_expand": 2, "mamba_d_state": 2,
+    "mamba_d_conv": 2, "mamba_dt_rank": "auto", "num_memory_tokens": 2, "sliding_window": 2,
+    "global_attn_idx": [0], "kv_reuse_group": [[0, 1]], "rope": true, "kq_norm": "rms"}"#;
+
+fn config() -> HymbaConfig {
+    HymbaConfig::from_json_str(CONFIG).unwrap()
+}
+
+/// The tensors of a random checkpoint for [`CONFIG`]: (name, shape, values), sorted by name.
+fn random_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let source = RandomWeights::new(&config(), 3);
+    source
+        .names()
+        .into_iter()
+        .map(|name| {
+            let (shape, values) = source.to_f32(&name).unwrap();
+            (name, shape, values)
+        })
+        .collect()
+}
+
+/// A checkpoint directory holding `config_text` and `tensors` (F32) as model.safetensors.
+fn checkpoint_dir(tag: &str, config_text: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> TempDir {
+    let dir = TempDir::new(tag);
+    fs::write(dir.join("config.json"), config_text).unwrap();
+    let named: Vec<(&str, &[usize], TensorData)> =
+        tensors.iter().map(|(n, s, v)| (n.as_str(), &s[..], TensorData::F32(v))).collect();
+    write_tensors(&dir.join("model.safetensors"), &named, &[]).unwrap();
+    dir
+}
+
+/// Load a model from `dir`, expecting an error.
+fn load_err(dir: &TempDir) -> Error {
+    match Hymba::from_dir(&dir.0) {
+        Ok(_) => panic!("{} loaded", dir.0.display()),
+        Err(e) => e,
+    }
+}
+
+/// The error has `kind` and its message contains every needle.
+fn assert_error(err: &Error, kind: ErrorKind, needles: &[&str]) {
+    assert_eq!(err.kind, kind, "wrong kind for: {}", err.message);
+    for needle in needles {
+        assert!(err.message.contains(needle), "message {:?} does not name {needle:?}", err.message);
+    }
+}
+
+fn edit(name: &str, f: impl Fn(&mut (String, Vec<usize>, Vec<f32>))) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut tensors = random_tensors();
+    let t = tensors.iter_mut().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"));
+    f(t);
+    tensors
+}
+
+// ---------------------------------------------------------------------------------------------
+// The weights loader: names, shapes, dtypes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_valid_random_checkpoint_loads_and_runs() {
+    let dir = checkpoint_dir("valid", CONFIG, &random_tensors());
+    let model = Hymba::from_dir(&dir.0).unwrap();
+    let logits = model.forward(&[1, 2, 3]).unwrap();
+    assert_eq!(logits.dim(), (3, 16));
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let mut tensors = random_tensors();
+    tensors.retain(|t| t.0 != "model.layers.1.mamba.x_proj.0.weight");
+    let dir = checkpoint_dir("missing", CONFIG, &tensors);
+    let err = load_err(&dir);
+    assert_error(&err, ErrorKind::MissingTensor, &["model.layers.1.mamba.x_proj.0.weight", &dir.0.display().to_string()]);
+}
+
+#[test]
+fn unexpected_tensor_is_named() {
+    let mut tensors = random_tensors();
+    tensors.push(("model.layers.7.extra.weight".into(), vec![2], vec![0.0, 1.0]));
+    let dir = checkpoint_dir("unexpected", CONFIG, &tensors);
+    assert_error(&load_err(&dir), ErrorKind::UnexpectedTensor, &["model.layers.7.extra.weight"]);
+}
+
+#[test]
+fn shape_mismatch_names_expected_and_found() {
+    // Swap the two dimensions of out_proj: [H, D] = [8, 16] stored as [16, 8].
+    let tensors = edit("model.layers.0.mamba.out_proj.weight", |t| t.1 = vec![16, 8]);
+    let dir = checkpoint_dir("shape", CONFIG, &tensors);
+    let err = load_err(&dir);
+    assert_error(&err, ErrorKind::ShapeMismatch, &["model.layers.0.mamba.out_proj.weight", "expected [8, 16]", "found [16, 8]"]);
+}
+
+#[test]
+fn a_checkpoint_for_another_config_reports_shapes() {
+    // Weights made for hidden_size 8 checked against a config with vocab_size 20.
+    let dir = checkpoint_dir("vocab", &CONFIG.replace("\"vocab_size\": 16", "\"vocab_size\": 20"), &random_tensors());
+    assert_error(&load_err(&dir), ErrorKind::ShapeMismatch, &["model.embed_tokens.weight", "expected [20, 8]", "found [16, 8]"]);
+}
+
+#[test]
+fn unconvertible_dtype_is_named_at_load() {
+    let dir = checkpoint_dir("dtype", CONFIG, &random_tensors());
+    // Rewrite the file with D.0 of layer 0 stored as I64.
+    let tensors = random_tensors();
+    let ints = vec![1i64; 16];
+    let named: Vec<(&str, &[usize], TensorData)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            if n == "model.layers.0.mamba.D.0" { (n.as_str(), &s[..], TensorData::I64(&ints)) } else { (n.as_str(), &s[..], TensorData::F32(v)) }
+        })
+        .collect();
+    write_tensors(&dir.join("model.safetensors"), &named, &[]).unwrap();
+    assert_error(&load_err(&dir), ErrorKind::UnknownDtype, &["model.layers.0.mamba.D.0", "I64"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Non-finite values
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nan_weight_is_reported_with_the_tensor_name() {
+    let tensors = edit("model.layers.1.mamba.dt_proj.0.weight", |t| t.2[3] = f32::NAN);
+    let dir = checkpoint_dir("nan", CONFIG, &tensors);
+    assert_error(&load_err(&dir), ErrorKind::NonFiniteWeight, &["model.layers.1.mamba.dt_proj.0.weight", "NaN", "flat index 3"]);
+}
+
+#[test]
+fn infinite_weight_is_reported_with_the_tensor_name() {
+    let tensors = edit("model.memory_tokens", |t| {
+        t.2[0] = f32::INFINITY;
+        t.2[5] = f32::NEG_INFINITY;
+    });
+    let dir = checkpoint_dir("inf", CONFIG, &tensors);
+    assert_error(&load_err(&dir), ErrorKind::NonFiniteWeight, &["model.memory_tokens", "2 non-finite", "inf"]);
+}
+
+#[test]
+fn overflowing_logits_are_an_error_not_nan() {
+    // Finite weights whose logits overflow f32: the forward pass reports it.
+    let cfg = config();
+    let mut weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 3)).unwrap();
+    weights.final_layernorm.fill(f32::MAX);
+    let model = Hymba::new(cfg, weights);
+    let err = model.forward(&[1, 2]).unwrap_err();
+    assert_error(&err, ErrorKind::NonFiniteOutput, &["non-finite logit", "row 0"]);
+    let mut cache = model.new_sequence();
+    assert_eq!(model.next_token_logits(&[1], &mut cache).unwrap_err().kind, ErrorKind::NonFiniteOutput);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token ids
+// ---------------------------------------------------------------------------------------------
+
+fn random_model() -> Hymba {
+    let cfg = config();
+    let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 3)).unwrap();
+    Hymba::new(cfg, weights)
+}
+
+#[test]
+fn token_id_at_or_past_the_vocabulary_is_refused_by_every_entry_point() {
+    let model = random_model();
+    let err = model.forward(&[1, 16, 2]).unwrap_err();
+    assert_error(&err, ErrorKind::TokenIdOutOfRange, &["token id 16", "index 1", "vocabulary size 16"]);
+    let err = model.forward(&[u32::MAX]).unwrap_err();
+    assert_error(&err, ErrorKind::TokenIdOutOfRange, &["4294967295"]);
+    let mut cache = model.new_sequence();
+    assert_eq!(model.forward_chunk(&[3, 99], &mut cache).unwrap_err().kind, ErrorKind::TokenIdOutOfRange);
+    assert_eq!(model.next_token_logits(&[17], &mut cache).unwrap_err().kind, ErrorKind::TokenIdOutOfRange);
+    assert_eq!(model.forward_traced(&[16]).unwrap_err().kind, ErrorKind::TokenIdOutOfRange);
+    // The refused calls left the cache untouched: decoding goes on from the meta tokens.
+    assert_eq!(cache, model.new_sequence());
+    assert_eq!(model.forward(&[]).unwrap_err().kind, ErrorKind::InvalidInput);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn config_errors_name_the_file_and_the_field() {
+    let dir = checkpoint_dir("cfg", &CONFIG.replace("\"sliding_window\": 2", "\"sliding_window\": 0"), &random_tensors());
+    let err = load_err(&dir);
+    assert_error(&err, ErrorKind::InvalidConfig, &["config.json", "sliding_window"]);
+}
+
+#[test]
+fn missing_config_is_an_io_error_naming_the_path() {
+    let dir = checkpoint_dir("nocfg", CONFIG, &random_tensors());
+    fs::remove_file(dir.join("config.json")).unwrap();
+    assert_error(&load_err(&dir), ErrorKind::Io, &[&dir.join("config.json").display().to_string()]);
+}
+
+#[test]
+fn non_utf8_config_is_refused_naming_the_path() {
+    let dir = checkpoint_dir("binary-cfg", CONFIG, &random_tensors());
+    let mut bytes = CONFIG.as_bytes().to_vec();
+    bytes.insert(1, 0xff);
+    fs::write(dir.join("config.json"), bytes).unwrap();
+    let err = load_err(&dir);
+    assert!(matches!(err.kind, ErrorKind::Io | ErrorKind::InvalidConfig), "{err:?}");
+    assert!(err.message.contains("config.json"), "{}", err.message);
+}
+
+#[test]
+fn config_values_in_released_files_that_the_parser_refuses() {
+    // Through the public parser: each bad value is refused naming its field.
+    let cases = [
+        ("\"num_attention_heads\": 2", "\"num_attention_heads\": 0", "num_attention_heads"),
+        ("\"num_attention_heads\": 2", "\"num_attention_heads\": 3", "num_attention_heads"),
+        ("\"num_key_value_heads\": 1", "\"num_key_value_heads\": 3", "num_key_value_heads"),
+        ("\"sliding_window\": 2", "\"sliding_window\": 0", "sliding_window"),
+        ("\"intermediate_size\": 8", "\"intermediate_size\": -8", "intermediate_size"),
+        ("\"global_attn_idx\": [0]", "\"global_attn_idx\": [0, 2]", "global_attn_idx"),
+        ("\"global_attn_idx\": [0]", "\"global_attn_idx\": [0, 0]", "global_attn_idx"),
+        ("\"kv_reuse_group\": [[0, 1]]", "\"kv_reuse_group\": [[0, 5]]", "kv_reuse_group"),
+        ("\"kv_reuse_group\": [[0, 1]]", "\"kv_reuse_group\": [[0, 1, 1]]", "kv_reuse_group"),
+        ("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4000000000", "num_hidden_layers"),
+        ("\"hidden_size\": 8", "\"hidden_size\": 4000000000", "parameters"),
+    ];
+    for (from, to, culprit) in cases {
+        let text = CONFIG.replace(from, to);
+        assert_ne!(text, CONFIG, "{from}");
+        let err = HymbaConfig::from_json_str(&text).expect_err(to);
+        assert_error(&err, ErrorKind::InvalidConfig, &[culprit]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line
+// ---------------------------------------------------------------------------------------------
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let out = cli(&["logits", "--model", ".", "--ids", "1", "--out", "x", "--frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--frobnicate"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unknown_subcommand_and_missing_argument_are_usage_errors() {
+    let out = cli(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("frobnicate"), "{}", stderr(&out));
+    let out = cli(&["logits", "--model", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--ids"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_flag_value_is_a_usage_error() {
+    let out = cli(&["logits", "--model", ".", "--ids", "1", "--out", "x", "--prefill", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--prefill"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_model_dir_exits_1_naming_the_path() {
+    let out_dir = TempDir::new("cli-nomodel");
+    let missing = out_dir.join("no-such-model");
+    let out_file = out_dir.join("logits.safetensors");
+    let out = cli(&["logits", "--model", missing.to_str().unwrap(), "--ids", "1,2", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no-such-model"), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+    assert!(out_dir.entries().is_empty(), "left {:?}", out_dir.entries());
+}
+
+#[test]
+fn bad_ids_exit_1_naming_the_entry() {
+    let dir = checkpoint_dir("cli-ids", CONFIG, &random_tensors());
+    let out_file = dir.join("logits.safetensors");
+    let out = cli(&["logits", "--model", dir.0.to_str().unwrap(), "--ids", "1,x2", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("\"x2\""), "{}", stderr(&out));
+    assert!(!out_file.exists());
+}
+
+#[test]
+fn failing_model_leaves_no_output_file() {
+    // The token id 16 is out of range for V = 16: the run fails after loading the model.
+    let dir = checkpoint_dir("cli-fail", CONFIG, &random_tensors());
+    let out_file = dir.join("logits.safetensors");
+    let out = cli(&["logits", "--model", dir.0.to_str().unwrap(), "--ids", "1,16", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("token id 16"), "{}", stderr(&out));
+    assert_eq!(dir.entries(), vec!["config.json", "model.safetensors"]);
+}
+
+#[test]
+fn output_into_a_missing_directory_fails_and_creates_nothing() {
+    let dir = checkpoint_dir("cli-outdir", CONFIG, &random_tensors());
+    let out_file = dir.join("no-such-dir/logits.safetensors");
+    let out = cli(&["logits", "--model", dir.0.to_str().unwrap(), "--ids", "1,2", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no-such-dir"), "{}", stderr(&out));
+    assert_eq!(dir.entries(), vec!["config.json", "model.safetensors"]);
+}
+
+#[test]
+fn successful_logits_run_writes_exactly_the_output() {
+    let dir = checkpoint_dir("cli-ok", CONFIG, &random_tensors());
+    let out_file = dir.join("logits.safetensors");
+    let out = cli(&["logits", "--model", dir.0.to_str().unwrap(), "--ids", "1,2,3", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(dir.entries(), vec!["config.json", "logits.safetensors", "model.safetensors"]);
+}
+
+#[test]
+fn corrupt_checkpoint_exits_1_naming_the_file() {
+    let dir = checkpoint_dir("cli-corrupt", CONFIG, &random_tensors());
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let out_file = dir.join("logits.safetensors");
+    let out = cli(&["logits", "--model", dir.0.to_str().unwrap(), "--ids", "1", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("model.safetensors"), "{}", stderr(&out));
+    assert!(!out_file.exists());
+}
