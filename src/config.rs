@@ -24,9 +24,9 @@ pub enum MlpActivation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KqNorm {
     None,
-    /// One weight vector [dqk] shared by all heads.
+    /// One weight vector `[dqk]` shared by all heads.
     Rms,
-    /// One weight vector per head: [1, heads, 1, dqk].
+    /// One weight vector per head: `[1, heads, 1, dqk]`.
     PerHeadRms,
 }
 
@@ -147,7 +147,7 @@ impl HymbaConfig {
     pub fn v_width(&self) -> usize {
         self.num_key_value_heads * self.head_dim_v()
     }
-    /// Output rows of `in_proj` for a layer: q [H] + (k, v unless reusing) + x [D] + z [D].
+    /// Output rows of `in_proj` for a layer: q `[H]` + (k, v unless reusing) + x `[D]` + z `[D]`.
     pub fn in_proj_rows(&self, plan: &LayerPlan) -> usize {
         let kv = if plan.owns_kv() { self.k_width() + self.v_width() } else { 0 };
         self.hidden_size + kv + 2 * self.d_inner()

@@ -12,7 +12,7 @@ use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A linear map `y = x · Wᵀ (+ b)`, weight in PyTorch's [out, in] layout.
+/// A linear map `y = x · Wᵀ (+ b)`, weight in PyTorch's `[out, in]` layout.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Array2<f32>,
@@ -34,28 +34,28 @@ impl Linear {
 /// `model.layers.{i}.mamba.*`: the hybrid-head mixer (attention heads + SSM heads + fusion).
 #[derive(Debug, Clone)]
 pub struct MambaWeights {
-    /// `in_proj` [P, H]: columns q | k | v (K/V producers only) | x | z.
+    /// `in_proj` `[P, H]`: columns q | k | v (K/V producers only) | x | z.
     pub in_proj: Linear,
-    /// `conv1d.weight` [D, 1, K], stored here as [D, K].
+    /// `conv1d.weight` `[D, 1, K]`, stored here as `[D, K]`.
     pub conv1d_weight: Array2<f32>,
-    /// `conv1d.bias` [D] (if `mamba_conv_bias`).
+    /// `conv1d.bias` `[D]` (if `mamba_conv_bias`).
     pub conv1d_bias: Option<Array1<f32>>,
-    /// `x_proj.0.weight` [R + 2N, D].
+    /// `x_proj.0.weight` `[R + 2N, D]`.
     pub x_proj: Array2<f32>,
-    /// `dt_proj.0.weight` [D, R] and `.bias` [D].
+    /// `dt_proj.0.weight` `[D, R]` and `.bias` `[D]`.
     pub dt_proj: Linear,
-    /// `A_log.0` [D, N]; A = −exp(A_log).
+    /// `A_log.0` `[D, N]`; A = −exp(A_log).
     pub a_log: Array2<f32>,
-    /// `D.0` [D]: the skip connection.
+    /// `D.0` `[D]`: the skip connection.
     pub d: Array1<f32>,
-    /// `dt_layernorm`, `B_layernorm`, `C_layernorm` [R], [N], [N] (if `mamba_inner_layernorms`).
+    /// `dt_layernorm`, `B_layernorm`, `C_layernorm` `[R]`, `[N]`, `[N]` (if `mamba_inner_layernorms`).
     pub dt_layernorm: Option<Array1<f32>>,
     pub b_layernorm: Option<Array1<f32>>,
     pub c_layernorm: Option<Array1<f32>>,
-    /// β1, β2 of the fusion [D].
+    /// β1, β2 of the fusion `[D]`.
     pub pre_avg_layernorm1: Array1<f32>,
     pub pre_avg_layernorm2: Array1<f32>,
-    /// `out_proj` [H, D].
+    /// `out_proj` `[H, D]`.
     pub out_proj: Linear,
     /// `self_attn.q_norm.weight` as (1 or nh, dqk): one row shared, or one per head.
     pub q_norm: Option<Array2<f32>>,
@@ -66,11 +66,11 @@ pub struct MambaWeights {
 /// `model.layers.{i}.moe.experts.0.*`: the one MLP the released model builds.
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
-    /// `gate_proj` [F, H] (silu only).
+    /// `gate_proj` `[F, H]` (silu only).
     pub gate_proj: Option<Array2<f32>>,
-    /// `up_proj` [F, H].
+    /// `up_proj` `[F, H]`.
     pub up_proj: Array2<f32>,
-    /// `down_proj` [H, F].
+    /// `down_proj` `[H, F]`.
     pub down_proj: Array2<f32>,
 }
 
@@ -86,14 +86,14 @@ pub struct LayerWeights {
 /// Every weight of a Hymba model, in f32.
 #[derive(Debug, Clone)]
 pub struct HymbaWeights {
-    /// `model.embed_tokens.weight` [V, H].
+    /// `model.embed_tokens.weight` `[V, H]`.
     pub embed_tokens: Array2<f32>,
-    /// `model.memory_tokens` [M, H]: the learned meta tokens.
+    /// `model.memory_tokens` `[M, H]`: the learned meta tokens.
     pub memory_tokens: Array2<f32>,
     pub layers: Vec<LayerWeights>,
-    /// `model.final_layernorm.weight` [H].
+    /// `model.final_layernorm.weight` `[H]`.
     pub final_layernorm: Array1<f32>,
-    /// `lm_head.weight` [V, H]; `None` when tied to the embedding.
+    /// `lm_head.weight` `[V, H]`; `None` when tied to the embedding.
     pub lm_head: Option<Array2<f32>>,
 }
 
