@@ -16,7 +16,7 @@
 //! ```json
 //! {
 //!   "__metadata__": {"format": "pt"},
-//!   "model.norm.weight": {"dtype": "BF16", "shape": `[64]`, "data_offsets": `[0, 128]`}
+//!   "model.norm.weight": {"dtype": "BF16", "shape": [64], "data_offsets": [0, 128]}
 //! }
 //! ```
 //!
