@@ -48,6 +48,7 @@
 //! - [`config`]: `config.json` → validated [`config::HymbaConfig`] with a per-layer
 //!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
+//! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
 //! - [`model`]: the forward pass, one file per concept.
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
 
@@ -55,6 +56,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod matrix;
 pub mod model;
 
 pub use error::{Error, ErrorKind, Result};
