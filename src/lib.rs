@@ -4,6 +4,7 @@
 //! ("Hymba: A Hybrid-head Architecture for Small Language Models", arXiv 2411.13676).
 
 pub mod cache;
+pub mod cache_plan;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
