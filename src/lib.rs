@@ -53,6 +53,7 @@
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
 
 pub mod cache;
+pub mod cache_plan;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
