@@ -34,9 +34,9 @@ pub enum MlpActivation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KqNorm {
     None,
-    /// One weight vector [dqk] shared by all heads.
+    /// One weight vector `[dqk]` shared by all heads.
     Rms,
-    /// One weight vector per head: [1, heads, 1, dqk].
+    /// One weight vector per head: `[1, heads, 1, dqk]`.
     PerHeadRms,
 }
 
@@ -157,7 +157,7 @@ impl HymbaConfig {
     pub fn v_width(&self) -> usize {
         self.num_key_value_heads * self.head_dim_v()
     }
-    /// Output rows of `in_proj` for a layer: q [H] + (k, v unless reusing) + x [D] + z [D].
+    /// Output rows of `in_proj` for a layer: q `[H]` + (k, v unless reusing) + x `[D]` + z `[D]`.
     pub fn in_proj_rows(&self, plan: &LayerPlan) -> usize {
         let kv = if plan.owns_kv() { self.k_width() + self.v_width() } else { 0 };
         self.hidden_size + kv + 2 * self.d_inner()
@@ -413,7 +413,7 @@ fn check_size(cfg: &HymbaConfig) -> Result<()> {
     let total = (2 * v * h + m * h + h).saturating_add(l.saturating_mul(per_layer));
     if total > MAX_PARAMETERS as u128 {
         return Err(Error::config(format!(
-            "the config implies about {total} parameters, more than the limit of {MAX_PARAMETERS} \
+            "sizes too large: the config implies about {total} parameters, more than the limit of {MAX_PARAMETERS} \
              (vocab_size {v}, hidden_size {h}, num_hidden_layers {l}, intermediate_size {f}, \
              mamba_expand {}, mamba_d_state {n}, mamba_d_conv {k}, mamba_dt_rank {r}, num_memory_tokens {m})",
             cfg.mamba_expand
@@ -701,6 +701,18 @@ mod tests {
         assert!(err.message.contains("max_position_embeddings"), "{err}");
         v["max_position_embeddings"] = 8192.into();
         assert!(parse_value(&v).is_ok());
+    }
+
+    #[test]
+    fn sizes_that_cannot_fit_are_refused() {
+        let mut v = base();
+        v["vocab_size"] = 4_000_000_000u64.into();
+        v["hidden_size"] = 4_000_000_000u64.into();
+        v["num_attention_heads"] = 1.into();
+        v["num_key_value_heads"] = 1.into();
+        let err = parse_value(&v).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidConfig);
+        assert!(err.message.contains("sizes too large"), "{err}");
     }
 
     #[test]

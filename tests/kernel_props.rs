@@ -2,7 +2,9 @@
 //! `Linear::forward` against a naive triple loop, masked softmax, RMSNorm, RoPE and masked
 //! attention.
 
+use half::{bf16, f16};
 use hymba_ref::checkpoint::weights::Linear;
+use hymba_ref::matrix::{Elements, Matrix};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, is_visible, masked_softmax};
 use hymba_ref::model::norm::rms_norm;
@@ -28,16 +30,24 @@ fn span() -> impl Strategy<Value = AttentionSpan> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// y = x · Wᵀ + b, element by element.
+    /// y = x · Wᵀ + b, element by element, for weights kept in f32, bf16 or f16, through both
+    /// the decode (few rows) and the prefill (many rows) paths of `Matrix::matmul_t`.
     #[test]
     fn linear_forward_matches_a_naive_loop(
-        (x, w) in (1usize..7, 1usize..40, 1usize..12).prop_flat_map(|(t, i, o)| (matrix(Just(t), Just(i)), matrix(Just(o), Just(i)))),
+        (x, w) in (1usize..9, 1usize..40, 1usize..150).prop_flat_map(|(t, i, o)| (matrix(Just(t), Just(i)), matrix(Just(o), Just(i)))),
+        dtype in 0usize..3,
         with_bias in any::<bool>(),
-        bias_seed in vector(12, -2.0..2.0),
+        bias_seed in vector(150, -2.0..2.0),
     ) {
         let (t, inner, out) = (x.nrows(), x.ncols(), w.nrows());
         let bias = with_bias.then(|| Array1::from(bias_seed[..out].to_vec()));
-        let linear = Linear { weight: w.clone(), bias: bias.clone() };
+        let weight = match dtype {
+            0 => Matrix::from_f32(w.clone()),
+            1 => Matrix::new(out, inner, Elements::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect())).unwrap(),
+            _ => Matrix::new(out, inner, Elements::F16(w.iter().map(|&v| f16::from_f32(v)).collect())).unwrap(),
+        };
+        let w = weight.to_f32(); // the values actually stored
+        let linear = Linear { weight, bias: bias.clone() };
         let y = linear.forward(x.view());
         prop_assert_eq!(y.dim(), (t, out));
         for r in 0..t {
