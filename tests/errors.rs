@@ -380,3 +380,42 @@ fn corrupt_checkpoint_exits_1_naming_the_file() {
     assert!(stderr(&out).contains("model.safetensors"), "{}", stderr(&out));
     assert!(!out_file.exists());
 }
+
+#[test]
+fn inspect_errors_name_the_path_and_bad_flags_are_usage_errors() {
+    let dir = TempDir::new("cli-inspect");
+    let out = cli(&["inspect", "--model", dir.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&dir.join("config.json").display().to_string()), "{}", stderr(&out));
+    fs::write(dir.join("config.json"), CONFIG.replace("\"num_attention_heads\": 2", "\"num_attention_heads\": 3")).unwrap();
+    let out = cli(&["inspect", "--model", dir.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("num_attention_heads"), "{}", stderr(&out));
+    let out = cli(&["inspect", "--model", dir.0.to_str().unwrap(), "--context", "lots"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--context"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    // `hymba-ref inspect ... | head -c 0`: the reader goes away before the report is written.
+    let dir = TempDir::new("cli-pipe");
+    fs::write(dir.join("config.json"), CONFIG).unwrap();
+    for json in [false, true] {
+        let mut args = vec!["inspect", "--model", dir.0.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // close the read end at once
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

@@ -17,3 +17,15 @@ pub fn parse_id_list(text: &str) -> Result<Vec<u32>> {
         })
         .collect()
 }
+
+/// Write `text` to stdout. `println!` panics when stdout is a closed pipe (`hymba-ref ... | head`);
+/// here a reader that stopped early is not an error, and any other failure is a typed error.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::io(std::path::Path::new("<stdout>"), "write to", e)),
+    }
+}

@@ -3,6 +3,7 @@
 //! cache a sequence needs at a given context (K/V, SSM and conv state, in scalars and in bf16 /
 //! f32 bytes) next to the dense-attention equivalent (SPEC, "Incremental decoding").
 
+use crate::args::print_stdout;
 use clap::Args;
 use hymba_ref::cache_plan::{CachePlan, CacheSize, LayerCache, ScalarType};
 use hymba_ref::checkpoint::weights::{expected_tensors, parameter_count};
@@ -30,11 +31,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let cache = CachePlan::new(&cfg, args.context)?;
     let params = ParameterBreakdown::new(&cfg);
     if args.json {
-        println!("{:#}", report_json(&cfg, &params, &cache));
+        print_stdout(&format!("{:#}\n", report_json(&cfg, &params, &cache)))
     } else {
-        print!("{}", report_text(&path.display().to_string(), &cfg, &params, &cache));
+        print_stdout(&report_text(&path.display().to_string(), &cfg, &params, &cache))
     }
-    Ok(())
 }
 
 /// Where the parameters are (sums to [`parameter_count`]).
