@@ -181,10 +181,27 @@ fn kq_norm_shape(cfg: &HymbaConfig, heads: usize) -> Option<Vec<usize>> {
 
 /// Tensors the released layout carries but never uses: a `k_norm` in a layer that reuses K/V.
 fn is_ignored(cfg: &HymbaConfig, name: &str) -> bool {
+    let layer = name
+        .strip_prefix("model.layers.")
+        .and_then(|rest| rest.strip_suffix(".mamba.self_attn.k_norm.weight"))
+        .and_then(|index| index.parse::<usize>().ok());
     cfg.kq_norm != KqNorm::None
-        && cfg.layers.iter().any(|plan: &LayerPlan| {
+        && layer.and_then(|i| cfg.layers.get(i)).is_some_and(|plan: &LayerPlan| {
             !plan.owns_kv() && name == format!("model.layers.{}.mamba.self_attn.k_norm.weight", plan.index)
         })
+}
+
+/// At most this many names are listed in one error message; the rest are counted.
+const LISTED_NAMES: usize = 12;
+
+/// `a, b, c` or `a, b, c, ... and 40 more`.
+fn name_list<S: AsRef<str>>(names: &[S], separator: &str) -> String {
+    let shown: Vec<&str> = names.iter().take(LISTED_NAMES).map(|n| n.as_ref()).collect();
+    let mut text = shown.join(separator);
+    if names.len() > LISTED_NAMES {
+        text += &format!("{separator}... and {} more", names.len() - LISTED_NAMES);
+    }
+    text
 }
 
 /// The number of parameters the config implies (what the loader will read).
@@ -206,19 +223,19 @@ fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &dyn TensorSource, expected: 
         })
         .collect();
     if !missing.is_empty() {
-        let mut msg = format!("{} tensor(s) the config requires are missing: {}", missing.len(), missing.join(", "));
+        let mut msg = format!("{} tensor(s) the config requires are missing: {}", missing.len(), name_list(&missing, ", "));
         if !unexpected.is_empty() {
-            msg += &format!(" (the checkpoint has unexpected tensors: {})", unexpected.join(", "));
+            msg += &format!(" (the checkpoint has unexpected tensors: {})", name_list(&unexpected, ", "));
         }
         return Err(Error::new(ErrorKind::MissingTensor, msg));
     }
     if !mismatched.is_empty() {
-        return Err(Error::new(ErrorKind::ShapeMismatch, format!("tensor shape mismatch: {}", mismatched.join("; "))));
+        return Err(Error::new(ErrorKind::ShapeMismatch, format!("tensor shape mismatch: {}", name_list(&mismatched, "; "))));
     }
     if !unexpected.is_empty() {
         return Err(Error::new(
             ErrorKind::UnexpectedTensor,
-            format!("the checkpoint has tensor(s) the config does not use: {}", unexpected.join(", ")),
+            format!("the checkpoint has {} tensor(s) the config does not use: {}", unexpected.len(), name_list(&unexpected, ", ")),
         ));
     }
     Ok(())
