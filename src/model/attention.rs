@@ -5,7 +5,7 @@
 //! the SSM heads (see `fusion`).
 
 use crate::config::AttentionSpan;
-use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, Axis};
+use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 /// Whether a query at absolute position `i` may attend to a key at absolute position `j`:
@@ -59,20 +59,24 @@ pub fn attention_heads(
         })
         .collect();
 
+    // One task per (query block, K/V head): gather that head's visible keys and values once
+    // (no copy when every key is visible, as in decoding), then serve its nh/nkv query heads.
     let tiles: Vec<(usize, usize, Array2<f32>)> = blocks
         .par_iter()
-        .flat_map(|(first, keys)| (0..nh).into_par_iter().map(move |h| (*first, keys, h)))
-        .map(|(first, keys, h)| {
-            let rows = (first..(first + QUERY_BLOCK).min(t)).collect::<Vec<_>>();
-            let qh = q.select(Axis(0), &rows); // (B, nh, dqk)
-            let qh = qh.index_axis(Axis(1), h); // (B, dqk)
-            let kh = k.index_axis(Axis(1), h / group).select(Axis(0), keys); // (S_b, dqk)
-            let vh = v.index_axis(Axis(1), h / group).select(Axis(0), keys); // (S_b, dv)
-            let mut probs = qh.dot(&kh.t()) * scale; // (B, S_b)
-            for (row, &r) in probs.axis_iter_mut(Axis(0)).zip(&rows) {
-                masked_softmax(row, |col| is_visible(q_positions[r], k_positions[keys[col]], span, num_meta));
-            }
-            (first, h, probs.dot(&vh)) // (B, dv)
+        .flat_map(|(first, keys)| (0..nkv).into_par_iter().map(move |g| (*first, keys, g)))
+        .flat_map_iter(|(first, keys, g)| {
+            let rows: Vec<usize> = (first..(first + QUERY_BLOCK).min(t)).collect();
+            let (kg, vg) = (gather_head(k, g, keys), gather_head(v, g, keys)); // (S_b, dqk), (S_b, dv)
+            (g * group..(g + 1) * group)
+                .map(|h| {
+                    let qh = q.slice(s![first..first + rows.len(), h, ..]); // (B, dqk)
+                    let mut probs = qh.dot(&kg.t()) * scale; // (B, S_b)
+                    for (row, &r) in probs.axis_iter_mut(Axis(0)).zip(&rows) {
+                        masked_softmax(row, |col| is_visible(q_positions[r], k_positions[keys[col]], span, num_meta));
+                    }
+                    (first, h, probs.dot(&vg)) // (B, dv)
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
 
@@ -81,6 +85,13 @@ pub fn attention_heads(
         out.slice_mut(s![first..first + tile.nrows(), h * dv..(h + 1) * dv]).assign(&tile);
     }
     out
+}
+
+/// Rows `keys` of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when `keys` is all rows.
+fn gather_head<'a>(x: ArrayView3<'a, f32>, g: usize, keys: &[usize]) -> CowArray<'a, f32, Ix2> {
+    let all = keys.len() == x.len_of(Axis(0));
+    let head = x.index_axis_move(Axis(1), g); // (S, dim)
+    if all { head.into() } else { head.select(Axis(0), keys).into() }
 }
 
 /// The plain version of [`attention_heads`]: every query against every key, then the mask.
