@@ -162,6 +162,65 @@ fn a_checkpoint_for_another_config_reports_shapes() {
 }
 
 #[test]
+fn every_swapped_shape_is_a_shape_mismatch_naming_the_tensor() {
+    let dir = checkpoint_dir("swapped", CONFIG, &random_tensors());
+    for (name, shape, _) in random_tensors() {
+        if shape.len() < 2 || shape.iter().all(|&d| d == shape[0]) {
+            continue;
+        }
+        let swapped: Vec<usize> = shape.iter().rev().copied().collect();
+        let tensors = edit(&name, |t| t.1 = swapped.clone());
+        let named: Vec<(&str, &[usize], TensorData)> =
+            tensors.iter().map(|(n, s, v)| (n.as_str(), &s[..], TensorData::F32(v))).collect();
+        write_tensors(&dir.join("model.safetensors"), &named, &[]).unwrap();
+        let err = load_err(&dir);
+        let expected = format!("{name}: expected {shape:?}, found {swapped:?}");
+        assert_error(&err, ErrorKind::ShapeMismatch, &[&expected]);
+    }
+}
+
+#[test]
+fn every_truncation_of_a_checkpoint_header_is_a_corrupt_file_error() {
+    let dir = checkpoint_dir("truncated", CONFIG, &random_tensors());
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // Every cut inside the length prefix and the header, then every 97th byte of the data.
+    let cuts = (0..header_end + 1).chain((header_end + 1..bytes.len()).step_by(97));
+    for len in cuts {
+        fs::write(&path, &bytes[..len]).unwrap();
+        let err = load_err(&dir);
+        assert_error(&err, ErrorKind::CorruptSafetensors, &["model.safetensors"]);
+    }
+}
+
+#[test]
+fn flipped_bits_in_a_checkpoint_give_errors_or_a_working_model() {
+    // Every bit of the header: the loader reports an error, or (a flip in padding, say) loads a
+    // model whose logits are finite or refused as non-finite; never a panic.
+    let dir = checkpoint_dir("flipped", CONFIG, &random_tensors());
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut loaded = 0;
+    for bit in (0..header_end * 8).step_by(3) {
+        let mut flipped = bytes.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        fs::write(&path, &flipped).unwrap();
+        match Hymba::from_dir(&dir.0) {
+            Ok(model) => {
+                loaded += 1;
+                if let Err(e) = model.forward(&[1, 2, 3]) {
+                    assert_eq!(e.kind, ErrorKind::NonFiniteOutput, "{e}");
+                }
+            }
+            Err(e) => assert!(!e.message.is_empty()),
+        }
+    }
+    assert!(loaded < header_end * 8 / 3);
+}
+
+#[test]
 fn unconvertible_dtype_is_named_at_load() {
     let dir = checkpoint_dir("dtype", CONFIG, &random_tensors());
     // Rewrite the file with D.0 of layer 0 stored as I64.
