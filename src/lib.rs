@@ -5,5 +5,6 @@
 //! (Crate documentation with goals, non-goals and glossary: see below, filled in as modules land.)
 
 pub mod error;
+pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,197 @@
+//! Byte-pair encoding: merging adjacent symbols by priority, in O(n log n).
+//!
+//! A BPE vocabulary comes with a *merge table*: for some pairs of adjacent pieces `(a, b)` it
+//! says that `a` and `b` may be fused into the piece `ab`, and with what priority (its *rank*;
+//! lower ranks merge first). Encoding a word starts from one symbol per character and repeatedly
+//! fuses the adjacent pair of lowest rank, the leftmost one on ties, until no adjacent pair is in
+//! the table.
+//!
+//! * Hugging Face `tokenizer.json` lists the merges explicitly; the rank is the line number.
+//! * SentencePiece `tokenizer.model` has no merge list: two symbols may merge when their
+//!   concatenation is a piece, and the pair whose *merged piece has the highest score* goes
+//!   first. [`MergeTable`] stores both the same way: a SentencePiece score becomes a rank by
+//!   sorting the distinct scores from highest to lowest (equal scores share a rank, so ties fall
+//!   back to the leftmost pair, exactly as SentencePiece breaks them).
+//!
+//! The naive algorithm (scan all pairs, merge the best, rescan) is quadratic in the word length,
+//! and a Llama tokenizer has no pre-tokenizer, so the "word" is the whole text. Here the symbols
+//! form a doubly linked list and the candidate pairs sit in a binary heap keyed by
+//! `(rank, position)`. A merge changes only the two pairs around the new symbol, so each merge
+//! costs O(log n). Heap entries that a merge made stale are recognised when popped and skipped:
+//! an entry is still valid exactly when the pair now at its position merges the same way.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// What a pair of pieces merges into, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Merge {
+    /// Lower ranks merge first.
+    pub rank: u32,
+    /// The id of the merged piece.
+    pub merged: u32,
+}
+
+/// The pairs of piece ids that may merge.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MergeTable {
+    map: HashMap<(u32, u32), Merge, BuildHasherDefault<PairHasher>>,
+}
+
+/// One symbol of the word being encoded: a piece id in a doubly linked list.
+struct Symbol {
+    id: u32,
+    prev: Option<usize>,
+    next: Option<usize>,
+    /// False once this symbol has been merged into its left neighbour.
+    alive: bool,
+}
+
+/// A heap entry: the pair starting at symbol `pos` merges into `merged` with rank `rank`.
+/// Ordered by `(rank, pos)`, wrapped in `Reverse` so the heap pops the smallest first.
+type Candidate = Reverse<(u32, usize, u32)>;
+
+impl MergeTable {
+    /// Declare that `left` followed by `right` merges as `merge`. A later declaration of the
+    /// same pair replaces the earlier one (as when Hugging Face reads a duplicated merge line).
+    pub fn insert(&mut self, left: u32, right: u32, merge: Merge) {
+        self.map.insert((left, right), merge);
+    }
+
+    pub fn get(&self, left: u32, right: u32) -> Option<Merge> {
+        self.map.get(&(left, right)).copied()
+    }
+
+    /// Apply all merges to `ids` (the initial symbols, one per character or byte), in place.
+    pub fn apply(&self, ids: &mut Vec<u32>) {
+        if ids.len() < 2 {
+            return;
+        }
+        let n = ids.len();
+        let mut symbols: Vec<Symbol> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| Symbol {
+                id,
+                prev: i.checked_sub(1),
+                next: if i + 1 < n { Some(i + 1) } else { None },
+                alive: true,
+            })
+            .collect();
+
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(n);
+        for pos in 0..n - 1 {
+            self.push_candidate(&mut heap, &symbols, pos, pos + 1);
+        }
+
+        while let Some(Reverse((rank, pos, merged))) = heap.pop() {
+            let left = &symbols[pos];
+            let Some(right_pos) = left.next else { continue };
+            if !left.alive || self.get(left.id, symbols[right_pos].id) != Some(Merge { rank, merged }) {
+                continue; // stale: one side of this pair was merged away since it was pushed
+            }
+            // Fuse the right symbol into the left one and unlink it.
+            let after = symbols[right_pos].next;
+            symbols[right_pos].alive = false;
+            symbols[pos].id = merged;
+            symbols[pos].next = after;
+            if let Some(after) = after {
+                symbols[after].prev = Some(pos);
+                self.push_candidate(&mut heap, &symbols, pos, after);
+            }
+            if let Some(before) = symbols[pos].prev {
+                self.push_candidate(&mut heap, &symbols, before, pos);
+            }
+        }
+
+        ids.clear();
+        ids.extend(symbols.iter().filter(|s| s.alive).map(|s| s.id));
+    }
+
+    fn push_candidate(&self, heap: &mut BinaryHeap<Candidate>, symbols: &[Symbol], left: usize, right: usize) {
+        if let Some(m) = self.get(symbols[left].id, symbols[right].id) {
+            heap.push(Reverse((m.rank, left, m.merged)));
+        }
+    }
+}
+
+/// A small, fast hasher for `(u32, u32)` keys (the merge table is the hot path of encoding).
+///
+/// The default SipHash is built to resist hash flooding by adversarial keys; piece ids are not
+/// adversarial (the keys are fixed when the tokenizer loads; the text only chooses which are
+/// looked up), so a multiply-and-rotate hash in the style of rustc's `FxHasher` is enough.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces of a toy vocabulary: 0 "a", 1 "b", 2 "c", 3 "ab", 4 "bc", 5 "abc", 6 "aa".
+    fn table(merges: &[(u32, u32, u32, u32)]) -> MergeTable {
+        let mut t = MergeTable::default();
+        for &(l, r, rank, merged) in merges {
+            t.insert(l, r, Merge { rank, merged });
+        }
+        t
+    }
+
+    fn run(t: &MergeTable, ids: &[u32]) -> Vec<u32> {
+        let mut v = ids.to_vec();
+        t.apply(&mut v);
+        v
+    }
+
+    #[test]
+    fn lowest_rank_merges_first() {
+        // "abc": ab (rank 1) vs bc (rank 0): bc wins, then a+bc has no merge.
+        let t = table(&[(0, 1, 1, 3), (1, 2, 0, 4)]);
+        assert_eq!(run(&t, &[0, 1, 2]), vec![0, 4]);
+        // With ab first, ab+c merges on to abc.
+        let t = table(&[(0, 1, 0, 3), (1, 2, 1, 4), (3, 2, 2, 5)]);
+        assert_eq!(run(&t, &[0, 1, 2]), vec![5]);
+    }
+
+    #[test]
+    fn equal_ranks_merge_leftmost_first() {
+        // "aaa" with a+a -> aa: the left pair merges, the third "a" stays.
+        let t = table(&[(0, 0, 0, 6)]);
+        assert_eq!(run(&t, &[0, 0, 0]), vec![6, 0]);
+        assert_eq!(run(&t, &[0, 0, 0, 0, 0]), vec![6, 6, 0]);
+    }
+
+    #[test]
+    fn stale_candidates_are_skipped() {
+        // "abab": ab merges twice; the candidate (b, a) in the middle goes stale.
+        let t = table(&[(0, 1, 0, 3), (1, 0, 1, 6)]);
+        assert_eq!(run(&t, &[0, 1, 0, 1]), vec![3, 3]);
+    }
+
+    #[test]
+    fn short_inputs_are_untouched() {
+        let t = table(&[(0, 1, 0, 3)]);
+        assert_eq!(run(&t, &[]), Vec::<u32>::new());
+        assert_eq!(run(&t, &[1]), vec![1]);
+    }
+}
