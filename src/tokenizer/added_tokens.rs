@@ -17,7 +17,7 @@ pub(crate) enum Segment<'a> {
     Token(u32),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct AddedTokens {
     /// `(content, id)`, content non-empty.
     tokens: Vec<(String, u32)>,
@@ -43,7 +43,7 @@ impl AddedTokens {
     /// The longest token that `text` starts with.
     fn match_at(&self, text: &[u8]) -> Option<(usize, u32)> {
         let first = *text.first()?;
-        self.by_first_byte[usize::from(first)].iter().find_map(|&i| {
+        self.by_first_byte.get(usize::from(first))?.iter().find_map(|&i| {
             let (content, id) = &self.tokens[i];
             text.starts_with(content.as_bytes()).then_some((content.len(), *id))
         })

@@ -131,7 +131,7 @@ fn check_off(object: &Map<String, Value>, key: &str, context: &str) -> std::resu
 fn check_bpe_options(model: &Map<String, Value>) -> std::result::Result<(), String> {
     match model.get("type").and_then(Value::as_str) {
         Some("BPE") => {}
-        other => return Err(format!("model.type is {other:?}; only \"BPE\" is supported")),
+        other => return Err(format!("model.type is {}; only \"BPE\" is supported", other.unwrap_or("missing"))),
     }
     for key in ["dropout", "continuing_subword_prefix", "end_of_word_suffix", "ignore_merges"] {
         check_off(model, key, "model")?;
@@ -244,7 +244,10 @@ fn push_normalizer_steps(value: &Value, context: &str, steps: &mut Vec<Step>) ->
                 .ok_or_else(|| format!("{context}.pattern is not {{\"String\": <non-empty string>}} (regex patterns are not supported)"))?;
             steps.push(Step::Replace { pattern: pattern.to_owned(), content: string("content")? });
         }
-        other => return Err(format!("{context}.type {other:?} is not supported (only Sequence, Prepend, Replace)")),
+        other => {
+            let kind = other.unwrap_or("missing");
+            return Err(format!("{context}.type {kind} is not supported (only Sequence, Prepend, Replace)"));
+        }
     }
     Ok(())
 }

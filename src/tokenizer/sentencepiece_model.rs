@@ -310,7 +310,7 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
             remove_extra_whitespaces: spec.remove_extra_whitespaces,
             escape_whitespaces: spec.escape_whitespaces,
         },
-        added: AddedTokens::default(),
+        added: AddedTokens::new(Vec::new()), // sentencepiece does not split special strings
         strip_leading_space: spec.add_dummy_prefix,
         bos,
         eos,
