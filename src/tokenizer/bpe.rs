@@ -36,7 +36,7 @@ pub(crate) struct Merge {
 /// The pairs of piece ids that may merge.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MergeTable {
-    map: HashMap<(u32, u32), Merge, BuildHasherDefault<PairHasher>>,
+    map: FastMap<(u32, u32), Merge>,
 }
 
 /// One symbol of the word being encoded: a piece id in a doubly linked list.
@@ -63,68 +63,83 @@ impl MergeTable {
         self.map.get(&(left, right)).copied()
     }
 
-    /// Apply all merges to `ids` (the initial symbols, one per character or byte), in place.
-    pub fn apply(&self, ids: &mut Vec<u32>) {
-        if ids.len() < 2 {
+    /// A merger for this table, whose buffers are reused from word to word.
+    pub fn merger(&self) -> Merger<'_> {
+        Merger { table: self, symbols: Vec::new(), heap: BinaryHeap::new() }
+    }
+}
+
+/// Applies a [`MergeTable`] to words.
+pub(crate) struct Merger<'t> {
+    table: &'t MergeTable,
+    symbols: Vec<Symbol>,
+    heap: BinaryHeap<Candidate>,
+}
+
+impl Merger<'_> {
+    /// Merge `word` (the initial symbols, one per character or byte) and append the resulting
+    /// piece ids to `out`.
+    pub fn merge_into(&mut self, word: &[u32], out: &mut Vec<u32>) {
+        if word.len() < 2 {
+            out.extend_from_slice(word);
             return;
         }
-        let n = ids.len();
-        let mut symbols: Vec<Symbol> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| Symbol {
-                id,
-                prev: i.checked_sub(1),
-                next: if i + 1 < n { Some(i + 1) } else { None },
-                alive: true,
-            })
-            .collect();
-
-        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(n);
+        let n = word.len();
+        self.symbols.clear();
+        self.symbols.extend(word.iter().enumerate().map(|(i, &id)| Symbol {
+            id,
+            prev: i.checked_sub(1),
+            next: if i + 1 < n { Some(i + 1) } else { None },
+            alive: true,
+        }));
+        self.heap.clear();
         for pos in 0..n - 1 {
-            self.push_candidate(&mut heap, &symbols, pos, pos + 1);
+            self.push_candidate(pos, pos + 1);
         }
 
-        while let Some(Reverse((rank, pos, merged))) = heap.pop() {
-            let left = &symbols[pos];
+        while let Some(Reverse((rank, pos, merged))) = self.heap.pop() {
+            let left = &self.symbols[pos];
             let Some(right_pos) = left.next else { continue };
-            if !left.alive || self.get(left.id, symbols[right_pos].id) != Some(Merge { rank, merged }) {
+            if !left.alive || self.table.get(left.id, self.symbols[right_pos].id) != Some(Merge { rank, merged }) {
                 continue; // stale: one side of this pair was merged away since it was pushed
             }
             // Fuse the right symbol into the left one and unlink it.
-            let after = symbols[right_pos].next;
-            symbols[right_pos].alive = false;
-            symbols[pos].id = merged;
-            symbols[pos].next = after;
+            let after = self.symbols[right_pos].next;
+            self.symbols[right_pos].alive = false;
+            self.symbols[pos].id = merged;
+            self.symbols[pos].next = after;
             if let Some(after) = after {
-                symbols[after].prev = Some(pos);
-                self.push_candidate(&mut heap, &symbols, pos, after);
+                self.symbols[after].prev = Some(pos);
+                self.push_candidate(pos, after);
             }
-            if let Some(before) = symbols[pos].prev {
-                self.push_candidate(&mut heap, &symbols, before, pos);
+            if let Some(before) = self.symbols[pos].prev {
+                self.push_candidate(before, pos);
             }
         }
 
-        ids.clear();
-        ids.extend(symbols.iter().filter(|s| s.alive).map(|s| s.id));
+        out.extend(self.symbols.iter().filter(|s| s.alive).map(|s| s.id));
     }
 
-    fn push_candidate(&self, heap: &mut BinaryHeap<Candidate>, symbols: &[Symbol], left: usize, right: usize) {
-        if let Some(m) = self.get(symbols[left].id, symbols[right].id) {
-            heap.push(Reverse((m.rank, left, m.merged)));
+    fn push_candidate(&mut self, left: usize, right: usize) {
+        if let Some(m) = self.table.get(self.symbols[left].id, self.symbols[right].id) {
+            self.heap.push(Reverse((m.rank, left, m.merged)));
         }
     }
 }
 
-/// A small, fast hasher for `(u32, u32)` keys (the merge table is the hot path of encoding).
+/// A small, fast hasher for the lookups on the hot path of encoding: piece-id pairs in the
+/// merge table, characters in the table of initial symbols.
 ///
-/// The default SipHash is built to resist hash flooding by adversarial keys; piece ids are not
-/// adversarial (the keys are fixed when the tokenizer loads; the text only chooses which are
-/// looked up), so a multiply-and-rotate hash in the style of rustc's `FxHasher` is enough.
+/// The default SipHash is built to resist hash flooding by adversarial keys; these keys are not
+/// adversarial (the tables are fixed when the tokenizer loads; the text only chooses which entries
+/// are looked up), so a multiply-and-rotate hash in the style of rustc's `FxHasher` is enough.
 #[derive(Default)]
-struct PairHasher(u64);
+pub(crate) struct FastHasher(u64);
 
-impl Hasher for PairHasher {
+/// A `HashMap` with [`FastHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.write_u64(u64::from(b));
@@ -158,9 +173,10 @@ mod tests {
     }
 
     fn run(t: &MergeTable, ids: &[u32]) -> Vec<u32> {
-        let mut v = ids.to_vec();
-        t.apply(&mut v);
-        v
+        let mut out = vec![99]; // merge_into appends
+        t.merger().merge_into(ids, &mut out);
+        out.remove(0);
+        out
     }
 
     #[test]

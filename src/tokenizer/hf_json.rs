@@ -20,7 +20,7 @@
 
 use super::bpe::{Merge, MergeTable};
 use super::normalizer::{Normalizer, Step};
-use super::{byte_piece_ids, pieces_by_id, tokenizer_error, AddedTokens, Tokenizer};
+use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
 use crate::error::Result;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -52,6 +52,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
         })
         .collect();
     let merges = read_merges(model, &vocab).map_err(err)?;
+    let split_words = words_are_independent(pieces.iter().map(String::as_str));
     let normalizer = Normalizer::Steps(read_normalizer(root.get("normalizer")).map_err(err)?);
     if !is_null(root.get("pre_tokenizer")) {
         return Err(err("`pre_tokenizer` must be null: this engine encodes the text between added tokens as one BPE word (Llama's layout)".into()));
@@ -68,6 +69,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
         char_ids,
         byte_ids,
         merges,
+        split_words,
         normalizer,
         added: AddedTokens::new(added),
         strip_leading_space,

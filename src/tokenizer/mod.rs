@@ -55,9 +55,8 @@ pub use stream::StreamDecoder;
 
 use crate::error::{Error, ErrorKind, Result};
 use added_tokens::{AddedTokens, Segment};
-use bpe::MergeTable;
+use bpe::{FastMap, MergeTable};
 use normalizer::{Normalizer, SPACE_SYMBOL};
-use std::collections::HashMap;
 use std::path::Path;
 
 /// A loaded tokenizer: text → ids ([`encode`](Tokenizer::encode)) and ids → text
@@ -67,10 +66,12 @@ pub struct Tokenizer {
     /// Piece text of every id below the vocabulary size (ids are contiguous from 0).
     pieces: Vec<String>,
     /// The pieces BPE starts from: single characters.
-    char_ids: HashMap<char, u32>,
+    char_ids: FastMap<char, u32>,
     /// The id of the piece `<0xNN>` for every byte value `NN`.
     byte_ids: [u32; 256],
     merges: MergeTable,
+    /// BPE may run word by word (see [`Tokenizer::encode_text`]); set by [`words_are_independent`].
+    split_words: bool,
     normalizer: Normalizer,
     added: AddedTokens,
     /// Decoding drops one leading space (the prefix `▁` that normalisation added).
@@ -144,20 +145,32 @@ impl Tokenizer {
     }
 
     /// Normalise, split into characters (or bytes, for characters without a piece), and merge.
+    ///
+    /// BPE over the whole text gives the right answer, but long texts make one long word and a
+    /// large, cache-unfriendly heap. When no piece has a `▁` after another character (true of
+    /// Llama: `▁the`, `▁▁▁`, never `a▁b`), no merge can join the text before a `▁` to a `▁`
+    /// that follows a non-`▁` character. So the text is cut before each such `▁` (into words
+    /// like `▁▁▁return`) and each word is merged alone, with the same result.
     fn encode_text(&self, text: &str, out: &mut Vec<u32>) {
         let normalized = self.normalizer.normalize(text);
-        let mut symbols = Vec::with_capacity(normalized.len());
+        let mut merger = self.merges.merger();
+        let mut word = Vec::new();
+        let mut previous = SPACE_SYMBOL;
         for c in normalized.chars() {
+            if self.split_words && c == SPACE_SYMBOL && previous != SPACE_SYMBOL {
+                merger.merge_into(&word, out);
+                word.clear();
+            }
+            previous = c;
             match self.char_ids.get(&c) {
-                Some(&id) => symbols.push(id),
+                Some(&id) => word.push(id),
                 None => {
                     let mut utf8 = [0u8; 4];
-                    symbols.extend(c.encode_utf8(&mut utf8).bytes().map(|b| self.byte_ids[usize::from(b)]));
+                    word.extend(c.encode_utf8(&mut utf8).bytes().map(|b| self.byte_ids[usize::from(b)]));
                 }
             }
         }
-        self.merges.apply(&mut symbols);
-        out.extend_from_slice(&symbols);
+        merger.merge_into(&word, out);
     }
 
     /// Decode ids to text: pieces with `▁` as space, byte runs as UTF-8, one leading space
@@ -277,6 +290,15 @@ fn pieces_by_id(origin: &str, mut pairs: Vec<(u32, String)>) -> Result<Vec<Strin
     Ok(pieces)
 }
 
+/// Whether BPE may run word by word: no piece has a `▁` after a character other than `▁`
+/// (see [`Tokenizer::encode_text`]).
+fn words_are_independent<'a>(mut pieces: impl Iterator<Item = &'a str>) -> bool {
+    pieces.all(|piece| {
+        let word_start = piece.find(|c| c != SPACE_SYMBOL).unwrap_or(piece.len());
+        !piece[word_start..].contains(SPACE_SYMBOL)
+    })
+}
+
 /// The ids of the 256 byte pieces `<0x00>` … `<0xFF>`, found by `lookup`.
 fn byte_piece_ids(origin: &str, lookup: impl Fn(&str) -> Option<u32>) -> Result<[u32; 256]> {
     let mut ids = [0u32; 256];
@@ -297,6 +319,39 @@ fn tokenizer_error(origin: &str, what: impl std::fmt::Display) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// The released tokenizer (from the test fixtures) as loaded, and with word splitting off.
+    fn split_and_whole() -> &'static (Tokenizer, Tokenizer) {
+        static PAIR: OnceLock<(Tokenizer, Tokenizer)> = OnceLock::new();
+        PAIR.get_or_init(|| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer/tokenizer.json");
+            let split = Tokenizer::from_tokenizer_json(&path).unwrap();
+            assert!(split.split_words, "Llama's vocabulary allows word-by-word BPE");
+            let mut whole = split.clone();
+            whole.split_words = false;
+            (split, whole)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn word_by_word_bpe_equals_whole_text_bpe(
+            s in prop::collection::vec(prop::sample::select(vec![' ', ' ', '\u{2581}', 'a', 'b', 'e', 'r', 't', '\n', '.', '東', '🦙']), 0..80)
+                .prop_map(|v| v.into_iter().collect::<String>())
+        ) {
+            let (split, whole) = split_and_whole();
+            prop_assert_eq!(split.encode(&s, false), whole.encode(&s, false));
+        }
+    }
+
+    #[test]
+    fn word_independence_needs_spaces_first() {
+        assert!(words_are_independent(["▁the", "▁▁▁", "ab", "<0x0A>", "▁▁x"].into_iter()));
+        assert!(!words_are_independent(["▁the", "a▁"].into_iter()));
+        assert!(!words_are_independent(["▁a▁b"].into_iter()));
+    }
 
     #[test]
     fn byte_value_follows_hf_shape_test() {

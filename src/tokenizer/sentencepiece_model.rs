@@ -39,9 +39,9 @@
 //! Only what Llama's model uses is supported: BPE, byte fallback, no character-map
 //! normalisation, no user-defined or unused pieces; anything else is refused with an error.
 
-use super::bpe::{Merge, MergeTable};
+use super::bpe::{FastMap, Merge, MergeTable};
 use super::normalizer::Normalizer;
-use super::{byte_piece_ids, pieces_by_id, tokenizer_error, AddedTokens, Tokenizer};
+use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
 use crate::error::Result;
 use std::collections::HashMap;
 
@@ -280,7 +280,7 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
 
     // Only NORMAL pieces take part in BPE.
     let normal: HashMap<&str, u32> = ids.iter().filter(|(_, &id)| pieces[id as usize].kind == NORMAL).map(|(&p, &id)| (p, id)).collect();
-    let mut char_ids = HashMap::new();
+    let mut char_ids = FastMap::default();
     for (&text, &id) in &normal {
         let mut chars = text.chars();
         if let (Some(c), None) = (chars.next(), chars.next()) {
@@ -293,6 +293,7 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
         }
     }
     let merges = merge_table(&pieces, &normal);
+    let split_words = words_are_independent(pieces_text.iter().map(String::as_str));
 
     let id_of = |n: i32, name: &str| {
         u32::try_from(n).ok().filter(|&id| (id as usize) < pieces.len()).ok_or_else(|| err(format!("trainer_spec.{name} = {n} is not a piece id")))
@@ -305,6 +306,7 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
         char_ids,
         byte_ids,
         merges,
+        split_words,
         normalizer: Normalizer::SentencePiece {
             add_dummy_prefix: spec.add_dummy_prefix,
             remove_extra_whitespaces: spec.remove_extra_whitespaces,
