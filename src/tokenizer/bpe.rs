@@ -18,7 +18,7 @@
 //! form a doubly linked list and the candidate pairs sit in a binary heap keyed by
 //! `(rank, position)`. A merge changes only the two pairs around the new symbol, so each merge
 //! costs O(log n). Heap entries that a merge made stale are recognised when popped and skipped:
-//! an entry is still valid exactly when the pair now at its position merges the same way.
+//! an entry is still valid exactly when the pair now at its position merges with its rank.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -39,18 +39,29 @@ pub(crate) struct MergeTable {
     map: FastMap<(u32, u32), Merge>,
 }
 
-/// One symbol of the word being encoded: a piece id in a doubly linked list.
+/// One symbol of the word being encoded: a piece id in a doubly linked list. Positions are
+/// `u32` indices into the word, which keeps symbols (12 bytes) and heap entries (8 bytes) small:
+/// a long word's BPE is limited by cache misses, not arithmetic.
+#[derive(Clone, Copy)]
 struct Symbol {
+    /// The piece id, or [`MERGED_AWAY`].
     id: u32,
-    prev: Option<usize>,
-    next: Option<usize>,
-    /// False once this symbol has been merged into its left neighbour.
-    alive: bool,
+    /// Position of the previous symbol, or [`NONE`].
+    prev: u32,
+    /// Position of the next symbol, or [`NONE`].
+    next: u32,
 }
 
-/// A heap entry: the pair starting at symbol `pos` merges into `merged` with rank `rank`.
-/// Ordered by `(rank, pos)`, wrapped in `Reverse` so the heap pops the smallest first.
-type Candidate = Reverse<(u32, usize, u32)>;
+/// No neighbour.
+const NONE: u32 = u32::MAX;
+/// The id of a symbol that has been merged into its left neighbour.
+const MERGED_AWAY: u32 = u32::MAX;
+/// The longest word merged in one piece (positions must stay below [`NONE`]).
+const MAX_WORD: usize = u32::MAX as usize;
+
+/// A heap entry: the pair starting at position `pos` merges with rank `rank`. Ordered by
+/// `(rank, pos)`, wrapped in `Reverse` so that the heap pops the smallest first.
+type Candidate = Reverse<(u32, u32)>;
 
 impl MergeTable {
     /// Declare that `left` followed by `right` merges as `merge`. A later declaration of the
@@ -80,49 +91,64 @@ impl Merger<'_> {
     /// Merge `word` (the initial symbols, one per character or byte) and append the resulting
     /// piece ids to `out`.
     pub fn merge_into(&mut self, word: &[u32], out: &mut Vec<u32>) {
+        if word.len() > MAX_WORD {
+            // No text comes near four billion symbols in one word; cut it rather than fail.
+            for part in word.chunks(MAX_WORD) {
+                self.merge_into(part, out);
+            }
+            return;
+        }
         if word.len() < 2 {
             out.extend_from_slice(word);
             return;
         }
-        let n = word.len();
+        let last = (word.len() - 1) as u32; // fits: word.len() <= MAX_WORD
         self.symbols.clear();
-        self.symbols.extend(word.iter().enumerate().map(|(i, &id)| Symbol {
+        self.symbols.extend(word.iter().zip(0..=last).map(|(&id, i)| Symbol {
             id,
-            prev: i.checked_sub(1),
-            next: if i + 1 < n { Some(i + 1) } else { None },
-            alive: true,
+            prev: if i == 0 { NONE } else { i - 1 },
+            next: if i == last { NONE } else { i + 1 },
         }));
-        self.heap.clear();
-        for pos in 0..n - 1 {
-            self.push_candidate(pos, pos + 1);
-        }
+        // All initial pairs at once: turning a list into a heap is O(n).
+        let mut initial = std::mem::take(&mut self.heap).into_vec();
+        initial.clear();
+        initial.extend(
+            word.windows(2)
+                .zip(0..last)
+                .filter_map(|(pair, pos)| self.table.get(pair[0], pair[1]).map(|m| Reverse((m.rank, pos)))),
+        );
+        self.heap = BinaryHeap::from(initial);
 
-        while let Some(Reverse((rank, pos, merged))) = self.heap.pop() {
-            let left = &self.symbols[pos];
-            let Some(right_pos) = left.next else { continue };
-            if !left.alive || self.table.get(left.id, self.symbols[right_pos].id) != Some(Merge { rank, merged }) {
-                continue; // stale: one side of this pair was merged away since it was pushed
+        while let Some(Reverse((rank, pos))) = self.heap.pop() {
+            let left = self.symbols[pos as usize];
+            if left.id == MERGED_AWAY || left.next == NONE {
+                continue;
             }
+            let right = self.symbols[left.next as usize];
+            // The entry may be stale: merges since it was pushed may have changed the pair at
+            // `pos`. Every pair present has its own entry, so this one is the smallest key of
+            // all present pairs exactly when the pair now at `pos` still merges with `rank`.
+            let Some(merge) = self.table.get(left.id, right.id).filter(|m| m.rank == rank) else { continue };
             // Fuse the right symbol into the left one and unlink it.
-            let after = self.symbols[right_pos].next;
-            self.symbols[right_pos].alive = false;
-            self.symbols[pos].id = merged;
-            self.symbols[pos].next = after;
-            if let Some(after) = after {
-                self.symbols[after].prev = Some(pos);
-                self.push_candidate(pos, after);
+            self.symbols[left.next as usize].id = MERGED_AWAY;
+            self.symbols[pos as usize].id = merge.merged;
+            self.symbols[pos as usize].next = right.next;
+            if right.next != NONE {
+                self.symbols[right.next as usize].prev = pos;
+                self.push_candidate(pos, right.next);
             }
-            if let Some(before) = self.symbols[pos].prev {
-                self.push_candidate(before, pos);
+            if left.prev != NONE {
+                self.push_candidate(left.prev, pos);
             }
         }
 
-        out.extend(self.symbols.iter().filter(|s| s.alive).map(|s| s.id));
+        out.extend(self.symbols.iter().map(|s| s.id).filter(|&id| id != MERGED_AWAY));
     }
 
-    fn push_candidate(&mut self, left: usize, right: usize) {
-        if let Some(m) = self.table.get(self.symbols[left].id, self.symbols[right].id) {
-            self.heap.push(Reverse((m.rank, left, m.merged)));
+    fn push_candidate(&mut self, left: u32, right: u32) {
+        let (l, r) = (self.symbols[left as usize].id, self.symbols[right as usize].id);
+        if let Some(m) = self.table.get(l, r) {
+            self.heap.push(Reverse((m.rank, left)));
         }
     }
 }
