@@ -25,7 +25,10 @@ fn tokenize_prints_a_json_array() {
     assert_eq!(stdout(&run(&["tokenize", "--model", model, "--text", "Hello world", "--no-bos"])), "[15043,3186]\n");
     assert_eq!(stdout(&run(&["tokenize", "--model", model, "--text", "", "--no-bos"])), "[]\n");
     // Added-token text becomes the token, as in the released Hugging Face tokenizer.
-    assert_eq!(stdout(&run(&["tokenize", "--model", model, "--text", "[PAD] inside text"])), "[1,32000,29871,2768,1426]\n");
+    assert_eq!(
+        stdout(&run(&["tokenize", "--model", model, "--text", "[PAD] inside text"])),
+        "[1,32000,29871,2768,1426]\n"
+    );
 }
 
 #[test]
@@ -33,7 +36,10 @@ fn detokenize_prints_the_text() {
     let model = fixture_dir();
     let model = model.to_str().unwrap();
     assert_eq!(stdout(&run(&["detokenize", "--model", model, "--ids", "15043,3186"])), "Hello world\n");
-    assert_eq!(stdout(&run(&["detokenize", "--model", model, "--ids", "953, 29877, 2397, 29901, 29871, 243, 162, 169, 156"])), "emoji: 🦙\n");
+    assert_eq!(
+        stdout(&run(&["detokenize", "--model", model, "--ids", "953, 29877, 2397, 29901, 29871, 243, 162, 169, 156"])),
+        "emoji: 🦙\n"
+    );
 }
 
 #[test]

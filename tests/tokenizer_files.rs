@@ -70,7 +70,11 @@ fn from_dir_falls_back_to_the_sentencepiece_model() {
 #[test]
 fn from_dir_without_tokenizer_files_names_the_directory() {
     let dir = temp_dir("empty");
-    assert_error(Tokenizer::from_dir(&dir), ErrorKind::Io, &[dir.to_str().unwrap(), "tokenizer.json", "tokenizer.model"]);
+    assert_error(
+        Tokenizer::from_dir(&dir),
+        ErrorKind::Io,
+        &[dir.to_str().unwrap(), "tokenizer.json", "tokenizer.model"],
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -80,7 +84,8 @@ fn tokenizer_config_sets_bos_handling() {
     copy("tokenizer.json", &dir);
     let config = dir.join("tokenizer_config.json");
 
-    std::fs::write(&config, r#"{"add_bos_token": false, "bos_token": {"content": "</s>"}, "eos_token": "[PAD]"}"#).unwrap();
+    std::fs::write(&config, r#"{"add_bos_token": false, "bos_token": {"content": "</s>"}, "eos_token": "[PAD]"}"#)
+        .unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     assert!(!tok.add_bos_token());
     assert_eq!((tok.bos_id(), tok.eos_id()), (2, 32000));
@@ -112,27 +117,39 @@ fn load_edited(edit: impl FnOnce(&mut Value)) -> Result<Tokenizer, Error> {
 fn unsupported_tokenizer_json_features_are_refused_by_name() {
     assert_error(Tokenizer::from_json_str("not json", "x.json"), ErrorKind::Tokenizer, &["x.json", "not valid JSON"]);
     assert_error(Tokenizer::from_json_str("[]", "x.json"), ErrorKind::Tokenizer, &["x.json"]);
-    let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|v| v["model"]["byte_fallback"] = json!(false)), "byte_fallback"),
         (Box::new(|v| v["model"]["type"] = json!("Unigram")), "model.type"),
         (Box::new(|v| v["model"]["dropout"] = json!(0.1)), "model.dropout"),
         (Box::new(|v| v["pre_tokenizer"] = json!({"type": "Metaspace"})), "pre_tokenizer"),
         (Box::new(|v| v["decoder"]["decoders"][2] = json!({"type": "CTC"})), "decoder"),
-        (Box::new(|v| v["normalizer"]["normalizers"][1]["pattern"] = json!({"Regex": " +"})), "normalizer.normalizers[1].pattern"),
+        (
+            Box::new(|v| v["normalizer"]["normalizers"][1]["pattern"] = json!({"Regex": " +"})),
+            "normalizer.normalizers[1].pattern",
+        ),
         (Box::new(|v| v["normalizer"] = json!({"type": "NFKC"})), "NFKC"),
         (Box::new(|v| v["model"]["merges"][7] = json!("▁t zzz")), "model.merges[7]"),
         (Box::new(|v| v["model"]["merges"][8] = json!("a b c")), "model.merges[8]"),
         (Box::new(|v| v["model"]["vocab"]["<0x41>"] = json!(-1)), "<0x41>"),
-        (Box::new(|v| {
-            let vocab = v["model"]["vocab"].as_object_mut().unwrap();
-            let id = vocab.remove("<0x41>").unwrap();
-            vocab.insert("<0x41>x".into(), id);
-        }), "<0x41> is missing"),
+        (
+            Box::new(|v| {
+                let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+                let id = vocab.remove("<0x41>").unwrap();
+                vocab.insert("<0x41>x".into(), id);
+            }),
+            "<0x41> is missing",
+        ),
         (Box::new(|v| v["added_tokens"][3]["id"] = json!(5)), "id 5 is given to two pieces"),
         (Box::new(|v| v["added_tokens"][3]["id"] = json!(40000)), "id 32000 has no piece"),
         (Box::new(|v| v["added_tokens"][3]["lstrip"] = json!(true)), "added_tokens[3].lstrip"),
         (Box::new(|v| v["added_tokens"][3]["content"] = json!("")), "added_tokens[3].content"),
-        (Box::new(|v| v["post_processor"]["single"] = json!([{"Sequence": {"id": "A"}}, {"SpecialToken": {"id": "</s>"}}])), "post_processor"),
+        (
+            Box::new(|v| {
+                v["post_processor"]["single"] = json!([{"Sequence": {"id": "A"}}, {"SpecialToken": {"id": "</s>"}}])
+            }),
+            "post_processor",
+        ),
     ];
     for (edit, needle) in cases {
         assert_error(load_edited(edit), ErrorKind::Tokenizer, &["edited.json", needle]);
@@ -186,7 +203,8 @@ fn tiny_json() -> Value {
             {"type": "Prepend", "prepend": "▁"},
             {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
         "pre_tokenizer": null,
-        "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}],
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}],
             "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
         "decoder": {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
@@ -313,8 +331,15 @@ fn tiny_model(normal: &[(&str, f32, u64)], extra_trainer: &[u8]) -> Vec<u8> {
     model
 }
 
-const TINY: [(&str, f32, u64); 7] =
-    [("▁", -100.0, 1), ("a", -1.0, 1), ("b", -2.0, 1), ("c", -3.0, 1), ("ab", -6.0, 1), ("bc", -5.0, 1), ("▁abc", -4.0, 1)];
+const TINY: [(&str, f32, u64); 7] = [
+    ("▁", -100.0, 1),
+    ("a", -1.0, 1),
+    ("b", -2.0, 1),
+    ("c", -3.0, 1),
+    ("ab", -6.0, 1),
+    ("bc", -5.0, 1),
+    ("▁abc", -4.0, 1),
+];
 
 #[test]
 fn tiny_sentencepiece_model_merges_by_score() {

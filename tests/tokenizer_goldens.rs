@@ -127,7 +127,9 @@ fn streaming_decode_gives_the_decoded_text() {
 #[ignore = "needs ../shared"]
 fn fixtures_are_the_released_files() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer");
-    for name in ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
+    for name in
+        ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]
+    {
         let released = std::fs::read(shared().join("hymba-1.5b").join(name)).unwrap();
         let copy = std::fs::read(fixtures.join(name)).unwrap();
         assert!(released == copy, "tests/fixtures/hymba-tokenizer/{name} differs from the released file");

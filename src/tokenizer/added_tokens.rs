@@ -83,12 +83,7 @@ mod tests {
     use Segment::{Text, Token};
 
     fn llama() -> AddedTokens {
-        AddedTokens::new(vec![
-            ("<unk>".into(), 0),
-            ("<s>".into(), 1),
-            ("</s>".into(), 2),
-            ("[PAD]".into(), 32000),
-        ])
+        AddedTokens::new(vec![("<unk>".into(), 0), ("<s>".into(), 1), ("</s>".into(), 2), ("[PAD]".into(), 32000)])
     }
 
     #[test]

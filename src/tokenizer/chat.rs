@@ -41,9 +41,7 @@ impl FromStr for Role {
             "user" => Ok(Role::User),
             "assistant" => Ok(Role::Assistant),
             "tool" => Ok(Role::Tool),
-            _ => Err(Error::input(format!(
-                "unknown chat role {name:?}: expected system, user, assistant or tool"
-            ))),
+            _ => Err(Error::input(format!("unknown chat role {name:?}: expected system, user, assistant or tool"))),
         }
     }
 }

@@ -55,7 +55,9 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
     let split_words = words_are_independent(pieces.iter().map(String::as_str));
     let normalizer = Normalizer::Steps(read_normalizer(root.get("normalizer")).map_err(err)?);
     if !is_null(root.get("pre_tokenizer")) {
-        return Err(err("`pre_tokenizer` must be null: this engine encodes the text between added tokens as one BPE word (Llama's layout)".into()));
+        return Err(err("`pre_tokenizer` must be null: this engine encodes the text between added tokens \
+                        as one BPE word (Llama's layout)"
+            .into()));
     }
     let strip_leading_space = read_decoder(root.get("decoder")).map_err(err)?;
 
@@ -100,7 +102,8 @@ pub(super) fn apply_tokenizer_config(tokenizer: &mut Tokenizer, text: &str, orig
         let content = match root.get(key) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => s.as_str(),
-            Some(Value::Object(o)) => o.get("content")
+            Some(Value::Object(o)) => o
+                .get("content")
                 .and_then(Value::as_str)
                 .ok_or_else(|| err(format!("`{key}` has no string `content`")))?,
             Some(_) => return Err(err(format!("`{key}` is neither a string nor an object"))),
@@ -173,11 +176,13 @@ fn read_added_tokens(root: &Map<String, Value>) -> std::result::Result<Vec<(Stri
         .map(|(i, token)| {
             let context = format!("added_tokens[{i}]");
             let token = token.as_object().ok_or_else(|| format!("{context} is not an object"))?;
-            let id = token.get("id")
+            let id = token
+                .get("id")
                 .and_then(Value::as_u64)
                 .and_then(|id| u32::try_from(id).ok())
                 .ok_or_else(|| format!("{context}.id is not an id"))?;
-            let content = token.get("content")
+            let content = token
+                .get("content")
                 .and_then(Value::as_str)
                 .filter(|c| !c.is_empty())
                 .ok_or_else(|| format!("{context}.content is not a non-empty string"))?;
@@ -206,7 +211,9 @@ fn read_merges(model: &Map<String, Value>, vocab: &HashMap<String, u32>) -> std:
             },
             _ => return Err(format!("{context} is neither a string nor a pair")),
         };
-        let id = |piece: &str| vocab.get(piece).copied().ok_or_else(|| format!("{context}: {piece:?} is not in model.vocab"));
+        let id = |piece: &str| {
+            vocab.get(piece).copied().ok_or_else(|| format!("{context}: {piece:?} is not in model.vocab"))
+        };
         let merged = id(&format!("{left}{right}"))?;
         let rank = u32::try_from(rank).map_err(|_| "model.merges has more than 2^32 entries".to_string())?;
         table.insert(id(left)?, id(right)?, Merge { rank, merged });
@@ -225,11 +232,16 @@ fn read_normalizer(value: Option<&Value>) -> std::result::Result<Vec<Step>, Stri
 fn push_normalizer_steps(value: &Value, context: &str, steps: &mut Vec<Step>) -> std::result::Result<(), String> {
     let object = value.as_object().ok_or_else(|| format!("{context} is not an object"))?;
     let string = |key: &str| {
-        object.get(key).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| format!("{context}.{key} is not a string"))
+        object
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{context}.{key} is not a string"))
     };
     match object.get("type").and_then(Value::as_str) {
         Some("Sequence") => {
-            let list = object.get("normalizers")
+            let list = object
+                .get("normalizers")
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("{context}.normalizers is not a list"))?;
             for (i, inner) in list.iter().enumerate() {
@@ -243,7 +255,9 @@ fn push_normalizer_steps(value: &Value, context: &str, steps: &mut Vec<Step>) ->
                 .and_then(|p| p.get("String"))
                 .and_then(Value::as_str)
                 .filter(|p| !p.is_empty())
-                .ok_or_else(|| format!("{context}.pattern is not {{\"String\": <non-empty string>}} (regex patterns are not supported)"))?;
+                .ok_or_else(|| {
+                    format!("{context}.pattern is not {{\"String\": <non-empty string>}} (regexes are not supported)")
+                })?;
             steps.push(Step::Replace { pattern: pattern.to_owned(), content: string("content")? });
         }
         other => {
@@ -256,7 +270,8 @@ fn push_normalizer_steps(value: &Value, context: &str, steps: &mut Vec<Step>) ->
 
 /// Check the decoder is Llama's; returns whether it ends with the strip of one leading space.
 fn read_decoder(value: Option<&Value>) -> std::result::Result<bool, String> {
-    let expected = "decoder must be Llama's: Sequence [Replace(\"▁\" → \" \"), ByteFallback, Fuse, optionally Strip(\" \", start 1, stop 0)]";
+    let expected = "decoder must be Llama's: Sequence [Replace(\"▁\" → \" \"), ByteFallback, Fuse, \
+                    optionally Strip(\" \", start 1, stop 0)]";
     let steps = value
         .and_then(Value::as_object)
         .filter(|d| d.get("type").and_then(Value::as_str) == Some("Sequence"))

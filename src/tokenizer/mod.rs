@@ -2,11 +2,11 @@
 //!
 //! Text goes to ids and back in four steps, each in its own module:
 //!
-//! 1. **Added tokens** ([`added_tokens`]): the strings `<unk>`, `<s>`, `</s>` and `[PAD]` are cut
+//! 1. **Added tokens** (`added_tokens.rs`): the strings `<unk>`, `<s>`, `</s>` and `[PAD]` are cut
 //!    out of the raw text and become their ids directly (Hugging Face behaviour).
-//! 2. **Normalisation** ([`normalizer`]): in each remaining stretch, spaces become `▁` (U+2581)
+//! 2. **Normalisation** (`normalizer.rs`): in each remaining stretch, spaces become `▁` (U+2581)
 //!    and one `▁` is put in front: `Hello world` → `▁Hello▁world`.
-//! 3. **BPE** ([`bpe`]): start from one symbol per character and repeatedly fuse the adjacent
+//! 3. **BPE** (`bpe.rs`): start from one symbol per character and repeatedly fuse the adjacent
 //!    pair that the merge table ranks best: `▁ H e l l o` → … → `▁Hello`.
 //! 4. **Byte fallback**: a character that is not itself a piece (most emoji, rare CJK, control
 //!    characters) is written as its UTF-8 bytes, each the piece `<0xNN>`: `🦙` →
@@ -261,7 +261,7 @@ fn push_piece_text(text: &mut String, piece: &str) {
 fn flush_byte_run(text: &mut String, run: &mut Vec<u8>) {
     match std::str::from_utf8(run) {
         Ok(s) => text.push_str(s),
-        Err(_) => text.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(run.len())),
+        Err(_) => text.extend(std::iter::repeat_n(char::REPLACEMENT_CHARACTER, run.len())),
     }
     run.clear();
 }
@@ -277,7 +277,10 @@ fn pieces_by_id(origin: &str, mut pairs: Vec<(u32, String)>) -> Result<Vec<Strin
         let expected = pieces.len();
         if usize::try_from(id).ok() != Some(expected) {
             return Err(if usize::try_from(id).ok() == Some(expected.wrapping_sub(1)) {
-                tokenizer_error(origin, format!("id {id} is given to two pieces: {:?} and {piece:?}", pieces[expected - 1]))
+                tokenizer_error(
+                    origin,
+                    format!("id {id} is given to two pieces: {:?} and {piece:?}", pieces[expected - 1]),
+                )
             } else {
                 tokenizer_error(origin, format!("id {expected} has no piece (ids must run from 0 without gaps)"))
             });
@@ -338,8 +341,10 @@ mod tests {
     proptest! {
         #[test]
         fn word_by_word_bpe_equals_whole_text_bpe(
-            s in prop::collection::vec(prop::sample::select(vec![' ', ' ', '\u{2581}', 'a', 'b', 'e', 'r', 't', '\n', '.', '東', '🦙']), 0..80)
-                .prop_map(|v| v.into_iter().collect::<String>())
+            s in prop::collection::vec(
+                prop::sample::select(vec![' ', ' ', '\u{2581}', 'a', 'b', 'e', 'r', 't', '\n', '.', '東', '🦙']),
+                0..80,
+            ).prop_map(|v| v.into_iter().collect::<String>())
         ) {
             let (split, whole) = split_and_whole();
             prop_assert_eq!(split.encode(&s, false), whole.encode(&s, false));

@@ -105,10 +105,8 @@ mod tests {
     use super::*;
 
     fn llama_json() -> Normalizer {
-        Normalizer::Steps(vec![
-            Step::Prepend("▁".into()),
-            Step::Replace { pattern: " ".into(), content: "▁".into() },
-        ])
+        let replace = Step::Replace { pattern: " ".into(), content: "▁".into() };
+        Normalizer::Steps(vec![Step::Prepend("▁".into()), replace])
     }
 
     fn sp(add_dummy_prefix: bool, remove_extra_whitespaces: bool, escape_whitespaces: bool) -> Normalizer {

@@ -265,7 +265,9 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
         let what = format!("piece {id} {:?}", piece.text);
         match piece.kind {
             NORMAL | UNKNOWN | CONTROL | BYTE => {}
-            USER_DEFINED | UNUSED => return Err(err(format!("{what}: USER_DEFINED and UNUSED pieces are not supported"))),
+            USER_DEFINED | UNUSED => {
+                return Err(err(format!("{what}: USER_DEFINED and UNUSED pieces are not supported")))
+            }
             other => return Err(err(format!("{what}: unknown piece type {other}"))),
         }
         if piece.text.is_empty() {
@@ -279,7 +281,8 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
     let byte_ids = byte_piece_ids(origin, |p| ids.get(p).copied().filter(|&id| pieces[id as usize].kind == BYTE))?;
 
     // Only NORMAL pieces take part in BPE.
-    let normal: HashMap<&str, u32> = ids.iter().filter(|(_, &id)| pieces[id as usize].kind == NORMAL).map(|(&p, &id)| (p, id)).collect();
+    let normal: HashMap<&str, u32> =
+        ids.iter().filter(|(_, &id)| pieces[id as usize].kind == NORMAL).map(|(&p, &id)| (p, id)).collect();
     let mut char_ids = FastMap::default();
     for (&text, &id) in &normal {
         let mut chars = text.chars();
@@ -289,14 +292,19 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
     }
     for (&text, &id) in &normal {
         if let Some(c) = text.chars().find(|c| !char_ids.contains_key(c)) {
-            return Err(err(format!("piece {id} {text:?} contains {c:?}, which is not itself a piece (not supported)")));
+            return Err(err(format!(
+                "piece {id} {text:?} contains {c:?}, which is not itself a piece (not supported)"
+            )));
         }
     }
     let merges = merge_table(&pieces, &normal);
     let split_words = words_are_independent(pieces_text.iter().map(String::as_str));
 
     let id_of = |n: i32, name: &str| {
-        u32::try_from(n).ok().filter(|&id| (id as usize) < pieces.len()).ok_or_else(|| err(format!("trainer_spec.{name} = {n} is not a piece id")))
+        u32::try_from(n)
+            .ok()
+            .filter(|&id| (id as usize) < pieces.len())
+            .ok_or_else(|| err(format!("trainer_spec.{name} = {n} is not a piece id")))
     };
     let bos = id_of(spec.bos_id, "bos_id")?;
     let eos = id_of(spec.eos_id, "eos_id")?;

@@ -77,7 +77,7 @@ impl<'t> StreamDecoder<'t> {
                     text.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
                     match e.error_len() {
                         Some(bad) => {
-                            text.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(bad));
+                            text.extend(std::iter::repeat_n(char::REPLACEMENT_CHARACTER, bad));
                             self.pending.drain(..valid + bad);
                         }
                         None => {
@@ -93,7 +93,7 @@ impl<'t> StreamDecoder<'t> {
 
     /// A non-byte token ends the byte run: an unfinished character becomes U+FFFD per byte.
     fn flush_incomplete(&mut self, text: &mut String) {
-        text.extend(std::iter::repeat(char::REPLACEMENT_CHARACTER).take(self.pending.len()));
+        text.extend(std::iter::repeat_n(char::REPLACEMENT_CHARACTER, self.pending.len()));
         self.pending.clear();
     }
 
