@@ -28,7 +28,7 @@
 //!
 //! | | `tokenizer.json` (preferred) | `tokenizer.model` |
 //! | --- | --- | --- |
-//! | vocabulary | 32000 pieces + added `[PAD]` = 32000, so 32001 ids | 32000 ids |
+//! | vocabulary | 32000 pieces and the added `[PAD]` (id 32000): 32001 ids | 32000 ids |
 //! | `<s>`, `[PAD]` typed in the text | become the token (BOS, 32000) | spelled out: `▁<`, `s`, `>` |
 //! | merge order | the explicit `merges` list | highest score of the merged piece |
 //! | prefix `▁` | per stretch between added tokens | once, for the whole text |
