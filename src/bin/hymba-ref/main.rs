@@ -6,6 +6,7 @@
 mod args;
 mod inspect;
 mod logits;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,10 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Layer plan, parameter count and cache size at a context, from config.json alone.
     Inspect(inspect::InspectArgs),
+    /// Encode text to token ids (printed as a JSON array).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Decode comma-separated token ids to text.
+    Detokenize(tokenize::DetokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +35,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Tokenize(args) => tokenize::run_tokenize(args),
+        Command::Detokenize(args) => tokenize::run_detokenize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
