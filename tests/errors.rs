@@ -489,3 +489,16 @@ fn a_closed_stdout_is_not_a_panic() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions found by fuzzing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shard_index_naming_a_file_with_a_nul_byte_is_refused_as_not_a_file_name() {
+    // fuzz/corpus/shard_index/seed-crash-nul-in-shard-name: the index was accepted and the shard
+    // then reported as missing, though no file system can hold such a name.
+    let text = r#"{"weight_map": {"a": "model-\u0000-of-00002.safetensors"}}"#;
+    let err = hymba_ref::checkpoint::parse_index(text, "my/model.safetensors.index.json").unwrap_err();
+    assert_error(&err, ErrorKind::ShardIndex, &["my/model.safetensors.index.json", "'a'", "not a file name"]);
+}

@@ -100,9 +100,11 @@ fn parse_weight_map(value: Value, origin: &str) -> Result<BTreeMap<String, Strin
         .collect()
 }
 
-/// True for `model-00001.safetensors`; false for `""`, `..`, `a/b`, `/abs`.
+/// True for `model-00001.safetensors`; false for `""`, `..`, `a/b`, `/abs`, and names with a NUL
+/// byte (no file system allows one; found by the `shard_index` fuzz target, where such a name was
+/// reported as a shard that "does not exist").
 fn is_plain_file_name(name: &str) -> bool {
-    Path::new(name).file_name().is_some_and(|f| f == name)
+    !name.contains('\0') && Path::new(name).file_name().is_some_and(|f| f == name)
 }
 
 /// The tensors of a checkpoint directory, whether in one file or in shards.
