@@ -125,6 +125,10 @@ def main():
     ]
     for i, text in enumerate(texts):
         write("tokenizer_roundtrip", f"text{i}", bytes([i & 1]) + text.encode("utf-8"))
+    # Bit 1 of the selector: the rest is little-endian u32 ids (folded to just past the vocabulary).
+    ids = [1, 15043, 3186, 3, 258, 243, 162, 169, 156, 31999, 32000, 2]
+    for which in (0, 1):
+        write("tokenizer_roundtrip", f"ids{which}", bytes([2 | which]) + b"".join(struct.pack("<I", i) for i in ids))
     print(len(keep), "pieces;", len(small_json), "bytes json;", len(small_model), "bytes model")
 
 

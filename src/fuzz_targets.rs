@@ -19,6 +19,7 @@ use crate::checkpoint::weights::{expected_tensors, parameter_count, HymbaWeights
 use crate::config::{HymbaConfig, KvSource};
 use crate::error::{Error, ErrorKind};
 use crate::model::Hymba;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Every target, by name, for the corpus test.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
@@ -26,6 +27,9 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("config_json", config_json),
     ("shard_index", shard_index),
     ("loader", loader),
+    ("tokenizer_json", tokenizer_json),
+    ("tokenizer_model", tokenizer_model),
+    ("tokenizer_roundtrip", tokenizer_roundtrip),
 ];
 
 /// A safetensors file from arbitrary bytes: parse, then read every tensor every way.
@@ -168,4 +172,124 @@ pub fn loader(data: &[u8]) {
         Ok(weights) => run_model(Hymba::new(cfg.clone(), weights), selector & 0x80 != 0),
         Err(e) => assert!(!e.message.is_empty()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer
+// ---------------------------------------------------------------------------------------------
+
+/// Texts every accepted tokenizer file is exercised on.
+const SAMPLE_TEXTS: [&str; 5] = ["Hello world", "  a\tb\nc  ", "Ünïcödé 🦙 漢字", "<s> x </s>[PAD]<unk>", ""];
+
+/// Whatever a tokenizer file produced must encode and decode without panicking, and only
+/// produce ids inside its vocabulary.
+fn exercise_tokenizer(tok: &Tokenizer, extra_ids: &[u32]) {
+    let v = tok.vocab_size();
+    for text in SAMPLE_TEXTS {
+        for add_bos in [false, true] {
+            let ids = tok.encode(text, add_bos);
+            assert!(ids.iter().all(|&id| (id as usize) < v), "encode gave an id ≥ {v}");
+            tok.decode(&ids).expect("ids from encode decode");
+        }
+    }
+    check_decode(tok, extra_ids);
+    let _ = (tok.bos_id(), tok.eos_id(), tok.id_to_piece(0), tok.id_to_piece(u32::MAX));
+}
+
+/// Decoding arbitrary ids: text, or a `TokenIdOutOfRange` error when an id is ≥ V; streaming
+/// decoding never fails on in-range ids.
+fn check_decode(tok: &Tokenizer, ids: &[u32]) {
+    let v = tok.vocab_size();
+    let in_range = ids.iter().all(|&id| (id as usize) < v);
+    match tok.decode(ids) {
+        Ok(_) => assert!(in_range, "decode accepted an id ≥ {v}"),
+        Err(e) => {
+            assert!(!in_range, "decode refused in-range ids: {e}");
+            assert_eq!(e.kind, ErrorKind::TokenIdOutOfRange, "{e}");
+        }
+    }
+    let mut stream = StreamDecoder::new(tok);
+    for &id in ids {
+        match stream.push(id) {
+            Ok(_) => assert!((id as usize) < v),
+            Err(e) => assert_eq!(e.kind, ErrorKind::TokenIdOutOfRange, "{e}"),
+        }
+    }
+    let _ = stream.finish();
+}
+
+/// Ids from raw bytes: little-endian u32s, folded to just past the vocabulary so that most are
+/// valid and some are not.
+fn ids_from_bytes(data: &[u8], vocab: usize) -> Vec<u32> {
+    let limit = vocab as u64 + 4;
+    data.chunks(4)
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            (u32::from_le_bytes(b) as u64 % limit) as u32
+        })
+        .collect()
+}
+
+/// A `tokenizer.json` from arbitrary text.
+pub fn tokenizer_json(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(tok) = Tokenizer::from_json_str(&text, "fuzz/tokenizer.json") {
+        exercise_tokenizer(&tok, &ids_from_bytes(&data[..data.len().min(64)], tok.vocab_size()));
+    }
+}
+
+/// A `tokenizer.model` (SentencePiece protobuf) from arbitrary bytes.
+pub fn tokenizer_model(data: &[u8]) {
+    if let Ok(tok) = Tokenizer::from_sp_bytes(data, "fuzz/tokenizer.model") {
+        exercise_tokenizer(&tok, &ids_from_bytes(&data[..data.len().min(64)], tok.vocab_size()));
+    }
+}
+
+/// The released tokenizer, from `tests/fixtures/hymba-tokenizer` (`tokenizer.json` for
+/// `which` = 0, `tokenizer.model` for 1), loaded once; `None` when the fixtures are absent.
+fn released_tokenizer(which: usize) -> Option<&'static Tokenizer> {
+    static TOKENIZERS: OnceLock<[Option<Tokenizer>; 2]> = OnceLock::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer");
+    TOKENIZERS
+        .get_or_init(|| {
+            [
+                Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json")).ok(),
+                Tokenizer::from_sentencepiece_model(&dir.join("tokenizer.model")).ok(),
+            ]
+        })
+        .get(which)?
+        .as_ref()
+}
+
+/// Text that decodes back to itself: no added-token strings (they become tokens) and no `▁`
+/// (it encodes like a space, so it decodes to one).
+fn round_trips(s: &str) -> bool {
+    !s.contains('\u{2581}') && !["<unk>", "<s>", "</s>", "[PAD]"].iter().any(|t| s.contains(t))
+}
+
+/// The released tokenizer on arbitrary text and ids. Byte 0: bit 0 picks `tokenizer.json` or
+/// `tokenizer.model`, bit 1 reads the rest as ids instead of text. Text: ids inside the
+/// vocabulary, `decode(encode(text)) == text` (for text without added-token strings or `▁`),
+/// streaming decoding equal to whole decoding. Ids: as [`check_decode`].
+pub fn tokenizer_roundtrip(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some(tok) = released_tokenizer(usize::from(selector & 1)) else { return };
+    if selector & 2 != 0 {
+        check_decode(tok, &ids_from_bytes(rest, tok.vocab_size()));
+        return;
+    }
+    let text = String::from_utf8_lossy(rest);
+    let ids = tok.encode(&text, false);
+    assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()));
+    let decoded = tok.decode(&ids).expect("ids from encode decode");
+    if round_trips(&text) {
+        assert_eq!(decoded, text, "decode(encode(text)) != text");
+    }
+    let mut stream = StreamDecoder::new(tok);
+    let mut streamed: String = ids.iter().map(|&id| stream.push(id).expect("in range")).collect();
+    streamed.push_str(&stream.finish());
+    assert_eq!(streamed, decoded, "streaming decode differs from decode");
+    let with_bos = tok.encode(&text, true);
+    assert!(with_bos.len() >= ids.len());
 }

@@ -98,6 +98,20 @@ fn every_bit_flip_in_the_first_kilobyte_of_every_seed() {
     }
 }
 
+#[test]
+fn trimmed_tokenizer_seeds_are_valid_tokenizers() {
+    use hymba_ref::tokenizer::Tokenizer;
+    let json = fs::read_to_string(corpus_dir("tokenizer_json").join("seed-hymba-trimmed.json")).unwrap();
+    let model = fs::read(corpus_dir("tokenizer_model").join("seed-hymba-trimmed.model")).unwrap();
+    for tok in [Tokenizer::from_json_str(&json, "json seed").unwrap(), Tokenizer::from_sp_bytes(&model, "model seed").unwrap()] {
+        assert!(tok.vocab_size() >= 600, "{}", tok.vocab_size());
+        let ids = tok.encode("Hello world, the tokens", false);
+        // Merged pieces, not one byte per character.
+        assert!(ids.len() < "Hello world, the tokens".len(), "{ids:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), "Hello world, the tokens");
+    }
+}
+
 /// A seed of some target with a few random edits: overwrite, insert, delete, truncate.
 fn mutated_seed() -> impl Strategy<Value = (usize, Vec<u8>)> {
     let edits = prop::collection::vec((0usize..4, any::<prop::sample::Index>(), any::<u8>()), 1..8);

@@ -1,6 +1,6 @@
 //! `tokenize` and `detokenize`: text → ids and ids → text with a checkpoint's tokenizer.
 
-use crate::args::parse_id_list;
+use crate::args::{parse_id_list, print_stdout};
 use clap::Args;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
@@ -34,14 +34,12 @@ pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let ids = tokenizer.encode(&args.text, tokenizer.add_bos_token() && !args.no_bos);
     let json = serde_json::to_string(&ids).map_err(|e| Error::input(format!("cannot print ids: {e}")))?;
-    println!("{json}");
-    Ok(())
+    print_stdout(&format!("{json}\n"))
 }
 
 /// Print the text of `--ids`.
 pub fn run_detokenize(args: DetokenizeArgs) -> Result<()> {
     let ids = parse_id_list(&args.ids)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
-    println!("{}", tokenizer.decode(&ids)?);
-    Ok(())
+    print_stdout(&format!("{}\n", tokenizer.decode(&ids)?))
 }
