@@ -3,7 +3,8 @@
 //! safetensors files and shard indexes are covered by `tests/safetensors.rs`, config values the
 //! parser refuses by the unit tests in `src/config.rs`; this file covers the weights loader,
 //! non-finite weights and logits, token ids, config files on disk, and the command line
-//! (exit codes, stderr, no partial output file).
+//! (exit codes, stderr, no partial output file, non-UTF-8 text, a closed stdout). Malformed
+//! tokenizer files are covered by `tests/tokenizer_files.rs`; here only through the CLI.
 
 use std::fs;
 use std::path::PathBuf;
@@ -501,4 +502,75 @@ fn shard_index_naming_a_file_with_a_nul_byte_is_refused_as_not_a_file_name() {
     let text = r#"{"weight_map": {"a": "model-\u0000-of-00002.safetensors"}}"#;
     let err = hymba_ref::checkpoint::parse_index(text, "my/model.safetensors.index.json").unwrap_err();
     assert_error(&err, ErrorKind::ShardIndex, &["my/model.safetensors.index.json", "'a'", "not a file name"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer commands
+// ---------------------------------------------------------------------------------------------
+
+fn tokenizer_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer")
+}
+
+#[test]
+fn non_utf8_text_argument_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let text = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(["tokenize", "--model", tokenizer_fixture().to_str().unwrap(), "--text"])
+        .arg(text)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn detokenize_names_the_id_past_the_vocabulary() {
+    let model = tokenizer_fixture();
+    let out = cli(&["detokenize", "--model", model.to_str().unwrap(), "--ids", "15043,32001"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("32001"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn malformed_tokenizer_files_exit_1_naming_the_file() {
+    let dir = TempDir::new("cli-tok");
+    let json = fs::read(tokenizer_fixture().join("tokenizer.json")).unwrap();
+    fs::write(dir.join("tokenizer.json"), &json[..json.len() / 2]).unwrap();
+    let out = cli(&["tokenize", "--model", dir.0.to_str().unwrap(), "--text", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("tokenizer.json"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+
+    fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let model = fs::read(tokenizer_fixture().join("tokenizer.model")).unwrap();
+    fs::write(dir.join("tokenizer.model"), &model[..model.len() - 7]).unwrap();
+    let out = cli(&["tokenize", "--model", dir.0.to_str().unwrap(), "--text", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("tokenizer.model"), "{}", stderr(&out));
+}
+
+#[test]
+fn tokenize_with_a_closed_stdout_is_not_a_panic() {
+    let model = tokenizer_fixture();
+    for args in [
+        vec!["tokenize", "--model", model.to_str().unwrap(), "--text", "Hello world"],
+        vec!["detokenize", "--model", model.to_str().unwrap(), "--ids", "15043,3186"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
 }
