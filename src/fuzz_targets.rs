@@ -21,8 +21,11 @@ use crate::error::{Error, ErrorKind};
 use crate::model::Hymba;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
+/// The body of a fuzz target.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name, for the corpus test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors_bytes", safetensors_bytes),
     ("config_json", config_json),
     ("shard_index", shard_index),
@@ -79,9 +82,9 @@ pub fn config_json(data: &[u8]) {
 
 fn check_plan(cfg: &HymbaConfig) {
     assert_eq!(cfg.layers.len(), cfg.num_hidden_layers);
-    assert!(cfg.hidden_size % cfg.num_attention_heads == 0);
-    assert!(cfg.num_attention_heads % cfg.num_key_value_heads == 0);
-    assert!(cfg.d_inner() % cfg.num_attention_heads == 0);
+    assert!(cfg.hidden_size.is_multiple_of(cfg.num_attention_heads));
+    assert!(cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads));
+    assert!(cfg.d_inner().is_multiple_of(cfg.num_attention_heads));
     for (i, plan) in cfg.layers.iter().enumerate() {
         assert_eq!(plan.index, i);
         match plan.kv {

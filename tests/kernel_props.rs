@@ -243,8 +243,8 @@ fn each_query_row_ignores_its_own_hidden_keys() {
     let out = attention_heads(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
     for (row, &i) in q_positions.iter().enumerate() {
         let (mut k2, mut v2) = (k.clone(), v.clone());
-        for j in 0..s_len {
-            if !is_visible(i, k_positions[j], span, num_meta) {
+        for (j, &p) in k_positions.iter().enumerate() {
+            if !is_visible(i, p, span, num_meta) {
                 k2.index_axis_mut(Axis(0), j).fill(55.0);
                 v2.index_axis_mut(Axis(0), j).fill(-1e6);
             }
