@@ -163,13 +163,15 @@ impl Matrix {
         Array2::from_shape_vec((self.rows, t), out_t).expect("rows · T").reversed_axes().as_standard_layout().to_owned()
     }
 
-    /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM.
+    /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM. A few large
+    /// blocks per thread, since each GEMM call re-packs all of `x`.
     fn matmul_t_gemm(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(ROWS_PER_TASK))
+        let block = self.rows.div_ceil(4 * rayon::current_num_threads()).max(ROWS_PER_TASK);
+        let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(block))
             .into_par_iter()
             .map(|b| {
-                let first = b * ROWS_PER_TASK;
-                let w = self.rows_f32(first, ROWS_PER_TASK.min(self.rows - first)); // (block, cols)
+                let first = b * block;
+                let w = self.rows_f32(first, block.min(self.rows - first)); // (block, cols)
                 (first, x.dot(&w.t())) // (T, block)
             })
             .collect();
