@@ -4,7 +4,9 @@
 //! clap), 1 for every other failure; messages go to stderr.
 
 mod args;
+mod inspect;
 mod logits;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,12 +22,21 @@ struct Cli {
 enum Command {
     /// Full-sequence (or --prefill incremental) logits for token ids, saved as safetensors.
     Logits(logits::LogitsArgs),
+    /// Layer plan, parameter count and cache size at a context, from config.json alone.
+    Inspect(inspect::InspectArgs),
+    /// Encode text to token ids (printed as a JSON array).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Decode comma-separated token ids to text.
+    Detokenize(tokenize::DetokenizeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with code 2
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Tokenize(args) => tokenize::run_tokenize(args),
+        Command::Detokenize(args) => tokenize::run_detokenize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
