@@ -6,6 +6,7 @@
 mod args;
 mod inspect;
 mod logits;
+mod perplexity;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Decode comma-separated token ids to text.
     Detokenize(tokenize::DetokenizeArgs),
+    /// Token-level NLL and perplexity of a text file (sliding windows over long files).
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Detokenize(args) => tokenize::run_detokenize(args),
+        Command::Perplexity(args) => perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
