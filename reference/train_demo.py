@@ -38,6 +38,7 @@ CPU gives the same checkpoint. Timing and hardware are recorded in MODEL_CARD.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import math
@@ -175,14 +176,15 @@ def train_tokenizer(train: list[str], workdir: Path) -> spm.SentencePieceProcess
     lines = workdir / "train_lines.txt"
     lines.write_text("\n".join(line for f in train for line in f.split("\n")) + "\n")
     spm.set_random_generator_seed(SEED)
-    spm.SentencePieceTrainer.train(
-        input=str(lines), model_prefix=str(workdir / "tokenizer"), model_type="bpe", vocab_size=VOCAB,
-        character_coverage=0.99995, byte_fallback=True, split_digits=True, split_by_unicode_script=True,
-        split_by_whitespace=True, split_by_number=True, allow_whitespace_only_pieces=True,
-        max_sentencepiece_length=16, max_sentence_length=4192, normalization_rule_name="identity",
-        add_dummy_prefix=True, remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        vocabulary_output_piece_score=True, hard_vocab_limit=True, shuffle_input_sentence=False,
-        num_threads=1, minloglevel=2)
+    with contextlib.chdir(workdir):  # tokenizer.model records these paths: keep them relative
+        spm.SentencePieceTrainer.train(
+            input=lines.name, model_prefix="tokenizer", model_type="bpe", vocab_size=VOCAB,
+            character_coverage=0.99995, byte_fallback=True, split_digits=True, split_by_unicode_script=True,
+            split_by_whitespace=True, split_by_number=True, allow_whitespace_only_pieces=True,
+            max_sentencepiece_length=16, max_sentence_length=4192, normalization_rule_name="identity",
+            add_dummy_prefix=True, remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            vocabulary_output_piece_score=True, hard_vocab_limit=True, shuffle_input_sentence=False,
+            num_threads=1, minloglevel=2)
     shutil.copy(workdir / "tokenizer.model", OUT / "tokenizer.model")
     return spm.SentencePieceProcessor(model_file=str(OUT / "tokenizer.model"))
 
