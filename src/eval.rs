@@ -144,11 +144,11 @@ mod tests {
         assert!(windows(1, 512, 256).unwrap().is_empty());
         assert_eq!(
             windows(10, 6, 3).unwrap(),
-            vec![Window { begin: 0, end: 6, first_scored: 1 }, Window { begin: 3, end: 9, first_scored: 6 }, Window {
-                begin: 6,
-                end: 10,
-                first_scored: 9
-            }]
+            vec![
+                Window { begin: 0, end: 6, first_scored: 1 },
+                Window { begin: 3, end: 9, first_scored: 6 },
+                Window { begin: 6, end: 10, first_scored: 9 }
+            ]
         );
     }
 

@@ -96,7 +96,8 @@ fn greedy(model: &Hymba, prompt: &[u32], steps: usize) -> Vec<u32> {
     let mut tokens = Vec::new();
     for _ in 0..steps {
         // First maximum, like torch.argmax.
-        let (best, _) = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+        let (best, _) =
+            logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
         tokens.push(best as u32);
         if tokens.len() < steps {
             logits = model.next_token_logits(&[best as u32], &mut cache).unwrap();
