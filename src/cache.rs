@@ -138,6 +138,13 @@ impl HybridCache {
         HybridCache { kv, ssm, next_position: 0 }
     }
 
+    /// The bytes of state held: cached keys and values plus the SSM conv and scan states (f32).
+    pub fn bytes(&self) -> usize {
+        let kv: usize = self.kv.iter().flatten().map(KvCache::scalars).sum();
+        let ssm: usize = self.ssm.iter().map(|s| s.conv.len() + s.scan.len()).sum();
+        (kv + ssm) * std::mem::size_of::<f32>()
+    }
+
     /// After a chunk: advance the position and evict K/V rows no future query can see.
     pub fn finish_chunk(&mut self, chunk_len: usize, num_meta: usize) {
         self.next_position += chunk_len;

@@ -7,6 +7,8 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod model;
+mod rng;
 
 pub use error::{Error, ErrorKind, Result};
