@@ -1,0 +1,200 @@
+//! Generation on random models: determinism, batched = alone, every stop condition, and greedy
+//! decoding checked token by token against full-forward logits.
+
+use hymba_ref::checkpoint::random::RandomWeights;
+use hymba_ref::checkpoint::weights::HymbaWeights;
+use hymba_ref::config::HymbaConfig;
+use hymba_ref::generate::sampling::{argmax, SamplingParams};
+use hymba_ref::generate::stop::StopChecker;
+use hymba_ref::generate::{generate, generate_batch, Flow, GenerateOptions, Generation, StopReason};
+use hymba_ref::model::Hymba;
+use hymba_ref::ErrorKind;
+use serde_json::json;
+
+/// A small model with meta tokens, a sliding window shorter than the generations, a global
+/// layer and K/V sharing, so that generation runs through window eviction.
+fn small_config() -> serde_json::Value {
+    json!({
+        "vocab_size": 48, "hidden_size": 16, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 24,
+        "mamba_expand": 2, "mamba_d_state": 4, "mamba_d_conv": 3, "mamba_dt_rank": "auto",
+        "num_memory_tokens": 4, "sliding_window": 5, "global_attn_idx": [0],
+        "kv_reuse_group": [[1, 2]], "kv_reuse_every_i_layer": -1,
+        "rope": true, "rope_type": "ntk", "rope_theta": 10000.0,
+        "max_position_embeddings": 256, "orig_max_position_embeddings": 128,
+        "kq_norm": "none", "mlp_hidden_act": "silu", "rms_norm_eps": 1e-6,
+        "mamba_conv_bias": true, "mamba_proj_bias": false, "mamba_inner_layernorms": true,
+        "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2,
+    })
+}
+
+fn random_model(seed: u64) -> Hymba {
+    let cfg = HymbaConfig::from_json_str(&small_config().to_string()).expect("valid config");
+    let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, seed)).expect("random weights");
+    Hymba::new(cfg, weights)
+}
+
+fn options(max_new_tokens: usize, stop_at_eos: bool, sampling: SamplingParams) -> GenerateOptions {
+    GenerateOptions { max_new_tokens, stop_at_eos, sampling }
+}
+
+fn sampled(seed: u64) -> SamplingParams {
+    SamplingParams { temperature: 0.9, top_k: 20, top_p: 0.95, min_p: 0.01, repetition_penalty: 1.1, seed }
+}
+
+fn run(model: &Hymba, prompt: &[u32], opts: &GenerateOptions) -> Generation {
+    generate(model, prompt, opts, |_| Ok(Flow::Continue)).expect("generation")
+}
+
+#[test]
+fn same_seed_same_tokens_and_the_callback_sees_each_token() {
+    let model = random_model(1);
+    let opts = options(24, false, sampled(7));
+    let mut streamed = Vec::new();
+    let a = generate(&model, &[1, 5, 9], &opts, |id| {
+        streamed.push(id);
+        Ok(Flow::Continue)
+    })
+    .unwrap();
+    let b = run(&model, &[1, 5, 9], &opts);
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.tokens, streamed);
+    assert_eq!(a.tokens.len(), 24);
+    assert_eq!(a.stop_reason, StopReason::MaxNewTokens);
+    let c = run(&model, &[1, 5, 9], &options(24, false, sampled(8)));
+    assert_ne!(a.tokens, c.tokens, "a different seed should give a different sample");
+}
+
+#[test]
+fn stats_count_tokens_steps_and_cache() {
+    let model = random_model(2);
+    let g = run(&model, &[1, 2, 3, 4], &options(10, false, SamplingParams::default()));
+    let s = g.stats;
+    assert_eq!((s.prompt_tokens, s.generated_tokens, s.decode_steps), (4, 10, 9));
+    assert!(s.prefill_seconds > 0.0 && s.decode_seconds > 0.0);
+    // The cache holds what a fresh sequence fed the same 13 tokens holds.
+    let mut cache = model.new_sequence();
+    let fed: Vec<u32> = [1, 2, 3, 4].iter().chain(&g.tokens[..9]).copied().collect();
+    model.forward_chunk(&fed, &mut cache).unwrap();
+    assert_eq!(s.cache_bytes, cache.bytes());
+    assert!(s.cache_bytes > model.new_sequence().bytes());
+}
+
+#[test]
+fn batched_generation_equals_each_prompt_alone() {
+    let model = random_model(3);
+    let prompts: Vec<Vec<u32>> = vec![vec![1], vec![1, 7, 7, 7, 30], (0..20).collect(), vec![1, 47, 3]];
+    for sampling in [SamplingParams::default(), sampled(11)] {
+        let opts = options(16, true, sampling);
+        let batch = generate_batch(&model, &prompts, &opts, |_| |_| Ok(Flow::Continue));
+        assert_eq!(batch.len(), prompts.len());
+        for (prompt, got) in prompts.iter().zip(batch) {
+            let got = got.unwrap();
+            let alone = run(&model, prompt, &opts);
+            assert_eq!(got.tokens, alone.tokens, "prompt {prompt:?}");
+            assert_eq!(got.stop_reason, alone.stop_reason);
+            assert_eq!(got.stats.cache_bytes, alone.stats.cache_bytes);
+        }
+    }
+}
+
+#[test]
+fn batched_generation_reports_each_prompts_error_in_place() {
+    let model = random_model(3);
+    let prompts = vec![vec![1, 2], vec![], vec![1, 48]];
+    let results = generate_batch(&model, &prompts, &options(3, true, SamplingParams::default()), |_| {
+        |_| Ok(Flow::Continue)
+    });
+    assert!(results[0].is_ok());
+    assert_eq!(results[1].as_ref().unwrap_err().kind, ErrorKind::InvalidInput);
+    assert_eq!(results[2].as_ref().unwrap_err().kind, ErrorKind::TokenIdOutOfRange);
+}
+
+#[test]
+fn eos_ends_generation_unless_disabled() {
+    let mut model = random_model(4);
+    let free = run(&model, &[1, 10, 20], &options(12, false, SamplingParams::default()));
+    // Make the 6th greedy token the EOS token: generation stops right before it.
+    let eos = free.tokens[5];
+    let first = free.tokens.iter().position(|&t| t == eos).unwrap();
+    assert!(first > 0, "the test wants some tokens before EOS: {:?}", free.tokens);
+    model.config.eos_token_id = Some(eos);
+    let stopped = run(&model, &[1, 10, 20], &options(12, true, SamplingParams::default()));
+    assert_eq!(stopped.stop_reason, StopReason::Eos);
+    assert_eq!(stopped.tokens, free.tokens[..first]);
+    let ignored = run(&model, &[1, 10, 20], &options(12, false, SamplingParams::default()));
+    assert_eq!(ignored.tokens, free.tokens);
+}
+
+#[test]
+fn max_new_tokens_bounds_the_output() {
+    let model = random_model(5);
+    let opts = |n| options(n, false, sampled(1));
+    let long = run(&model, &[1, 4], &opts(9));
+    for n in [0, 1, 5] {
+        let g = run(&model, &[1, 4], &opts(n));
+        assert_eq!(g.tokens, long.tokens[..n]);
+        assert_eq!(g.stop_reason, StopReason::MaxNewTokens);
+        assert_eq!(g.stats.decode_steps, n.saturating_sub(1));
+    }
+}
+
+/// Stop strings on top of the id loop: ids shown as letters, checked by a [`StopChecker`].
+#[test]
+fn a_stop_string_ends_generation_and_is_not_emitted() {
+    let model = random_model(6);
+    let letter = |id: u32| char::from(b'a' + (id % 26) as u8).to_string();
+    let opts = options(20, false, sampled(2));
+    let free = run(&model, &[1, 3], &opts);
+    let text: String = free.tokens.iter().map(|&t| letter(t)).collect();
+    let stop = text[6..9].to_string();
+    let at = text.find(&stop).unwrap();
+    assert!(at > 0, "the test wants some text before the stop string: {text}");
+
+    let mut checker = StopChecker::new(vec![stop.clone()]).unwrap();
+    let mut shown = String::new();
+    let g = generate(&model, &[1, 3], &opts, |id| {
+        let out = checker.push(&letter(id));
+        shown.push_str(&out.text);
+        Ok(if out.stopped { Flow::Stop } else { Flow::Continue })
+    })
+    .unwrap();
+    assert_eq!(g.stop_reason, StopReason::Callback);
+    assert_eq!(shown, text[..at]);
+    assert_eq!(g.tokens, free.tokens[..at + 3], "generation stops at the token completing {stop:?}");
+}
+
+#[test]
+fn a_callback_error_aborts_generation() {
+    let model = random_model(6);
+    let err = generate(&model, &[1], &options(5, false, SamplingParams::default()), |_| {
+        Err(hymba_ref::Error::input("broken pipe"))
+    })
+    .unwrap_err();
+    assert_eq!(err.message, "broken pipe");
+}
+
+#[test]
+fn invalid_sampling_parameters_are_refused_before_running() {
+    let model = random_model(6);
+    let bad = SamplingParams { top_p: 0.0, ..SamplingParams::default() };
+    let err = generate(&model, &[1], &options(5, false, bad), |_| Ok(Flow::Continue)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+}
+
+/// Greedy decoding through the cache picks, at every step, the argmax of the full forward pass
+/// over the prompt and the tokens before it (teacher forcing), well past M + W positions.
+#[test]
+fn greedy_generation_is_the_argmax_of_full_forward_logits() {
+    for seed in [7, 8, 9] {
+        let model = random_model(seed);
+        let prompt = [1, 17, 33, 8, 41];
+        let g = run(&model, &prompt, &options(30, false, SamplingParams::default()));
+        let all: Vec<u32> = prompt.iter().chain(&g.tokens).copied().collect();
+        let full = model.forward(&all).unwrap(); // (n, V)
+        for (i, &token) in g.tokens.iter().enumerate() {
+            let row = full.row(prompt.len() - 1 + i);
+            assert_eq!(token, argmax(row.as_slice().unwrap()), "seed {seed}, step {i}");
+        }
+    }
+}
