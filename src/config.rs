@@ -24,9 +24,9 @@ pub enum MlpActivation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KqNorm {
     None,
-    /// One weight vector [dqk] shared by all heads.
+    /// One weight vector `[dqk]` shared by all heads.
     Rms,
-    /// One weight vector per head: [1, heads, 1, dqk].
+    /// One weight vector per head: `[1, heads, 1, dqk]`.
     PerHeadRms,
 }
 
@@ -147,7 +147,7 @@ impl HymbaConfig {
     pub fn v_width(&self) -> usize {
         self.num_key_value_heads * self.head_dim_v()
     }
-    /// Output rows of `in_proj` for a layer: q [H] + (k, v unless reusing) + x [D] + z [D].
+    /// Output rows of `in_proj` for a layer: q `[H]` + (k, v unless reusing) + x `[D]` + z `[D]`.
     pub fn in_proj_rows(&self, plan: &LayerPlan) -> usize {
         let kv = if plan.owns_kv() { self.k_width() + self.v_width() } else { 0 };
         self.hidden_size + kv + 2 * self.d_inner()
@@ -296,6 +296,9 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     if interspersed > 0 {
         return Err(unsupported("memory_tokens_interspersed_every", interspersed, "no released model intersperses meta tokens"));
     }
+    if f.bool("kv_weight_reuse", false)? {
+        return Err(unsupported("kv_weight_reuse", true, "no released model shares K/V projection weights"));
+    }
     let hidden_act = f.string("hidden_act", "silu")?;
     if hidden_act != "silu" {
         return Err(unsupported("hidden_act", format!("{hidden_act:?}"), "the SSM heads use silu"));
@@ -404,11 +407,9 @@ fn parse_kv_sharing(f: &Fields, layers: usize) -> Result<Vec<KvSource>> {
             Some(arr.iter().map(|g| f.layer_list("kv_reuse_group", g, layers)).collect::<Result<Vec<_>>>()?)
         }
     };
+    // When both are set, the released code uses the groups (and ignores the every-i rule).
     match (every, groups) {
-        (Some(_), Some(g)) if !g.is_empty() => Err(Error::config(
-            "set only one of `kv_reuse_group` and `kv_reuse_every_i_layer`",
-        )),
-        (Some(k), _) => {
+        (Some(k), None) => {
             for (i, s) in sources.iter_mut().enumerate() {
                 if i % k != 0 {
                     *s = KvSource::ReuseFrom(i - i % k);
@@ -416,7 +417,7 @@ fn parse_kv_sharing(f: &Fields, layers: usize) -> Result<Vec<KvSource>> {
             }
             Ok(sources)
         }
-        (None, groups) => {
+        (_, groups) => {
             let groups = groups.unwrap_or_default();
             if let Some(dup) = first_repeat(&groups.concat()) {
                 return Err(Error::config(format!("field `kv_reuse_group` lists layer {dup} more than once")));
@@ -523,6 +524,13 @@ mod tests {
     }
 
     #[test]
+    fn groups_take_precedence_over_every_i_layer() {
+        let c = with("kv_reuse_every_i_layer", 2.into()).unwrap(); // base has groups [[1, 2]]
+        let kv: Vec<_> = c.layers.iter().map(|l| l.kv).collect();
+        assert_eq!(kv, vec![KvSource::Own, KvSource::Own, KvSource::ReuseFrom(1), KvSource::Own]);
+    }
+
+    #[test]
     fn no_window_makes_every_layer_global() {
         let c = with("sliding_window", Value::Null).unwrap();
         assert!(c.layers.iter().all(|l| l.attention == AttentionSpan::Global));
@@ -560,6 +568,7 @@ mod tests {
             ("mlp_hidden_act", "gelu".into()),
             ("hidden_act", "relu".into()),
             ("attn_hidden_size", 64.into()),
+            ("kv_weight_reuse", true.into()),
         ];
         for (key, value) in cases {
             let err = with(key, value.clone()).expect_err(key);

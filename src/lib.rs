@@ -1,13 +1,64 @@
 //! # hymba-ref
 //!
 //! A pure-Rust, from-scratch reference engine for NVIDIA's Hymba small language models
-//! ("Hymba: A Hybrid-head Architecture for Small Language Models", arXiv 2411.13676).
+//! ("Hymba: A Hybrid-head Architecture for Small Language Models", Dong et al., arXiv
+//! 2411.13676; checkpoints `nvidia/Hymba-1.5B-Base` and `-Instruct`).
+//!
+//! Every Hymba layer runs **attention heads** and **SSM (Mamba) heads** in parallel on the same
+//! input and fuses them; 128 learned **meta tokens** are prepended to every sequence; neighbouring
+//! layers **share K/V**; all but three layers use **sliding-window attention**.
+//!
+//! ## Goals
+//! - Read like the paper: one function per concept ([`model::hymba::prepend_meta_tokens`],
+//!   [`model::norm::rms_norm`], [`model::layer::split_in_proj`], [`model::attention::attention_heads`],
+//!   [`model::ssm::ssm_heads`], [`model::fusion::fuse_heads`], [`model::mlp::mlp`]), with the shape
+//!   of every tensor in a comment.
+//! - Be exact: the logits of the released PyTorch implementation (to 1e-4 in f32, measured ~5e-6),
+//!   checked by `cargo test` against goldens exported from PyTorch.
+//! - Run on a plain CPU: load a published checkpoint directory (config.json + safetensors +
+//!   tokenizer files) and generate, with caches that keep Hymba's efficiency (bounded
+//!   sliding-window K/V, O(1) SSM state, shared K/V).
+//!
+//! ## Non-goals
+//! - Training, GPUs, quantisation, several interchangeable backends.
+//! - Features no released model uses (interspersed meta tokens, mixture-of-experts routing:
+//!   the released model always builds exactly one MLP).
+//!
+//! ## Glossary (code name = paper / SPEC symbol)
+//!
+//! | code | symbol | meaning | Hymba-1.5B |
+//! |---|---|---|---|
+//! | `vocab_size` | V | vocabulary | 32001 |
+//! | `hidden_size` | H | model width | 1600 |
+//! | `num_hidden_layers` | L | layers | 32 |
+//! | `num_attention_heads`, `num_key_value_heads` | nh, nkv | query heads, K/V heads (GQA) | 25, 5 |
+//! | `d_inner()` | D | SSM width = `mamba_expand`·H = attention output width nh·dv | 3200 |
+//! | `head_dim_qk()` | dqk | query/key head dim H/nh | 64 |
+//! | `head_dim_v()` | dv | value head dim D/nh (wider than keys) | 128 |
+//! | `mamba_d_state` | N | SSM state size per channel | 16 |
+//! | `mamba_d_conv` | K | causal conv kernel | 4 |
+//! | `mamba_dt_rank` | R | rank of Δ (`"auto"` = ceil(H/16)) | 100 |
+//! | `intermediate_size` | F | MLP width | 5504 |
+//! | `num_memory_tokens` | M | meta tokens | 128 |
+//! | `sliding_window` | W | attention window | 1024 |
+//! | T, n | | rows in a chunk / prompt tokens | |
+//! | `pre_avg_layernorm1/2` | β1, β2 | fusion norms (paper eq. 3) | |
+//!
+//! ## Map of the crate
+//! - [`config`]: `config.json` → validated [`config::HymbaConfig`] with a per-layer
+//!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
+//! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
+//! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
+//! - [`model`]: the forward pass, one file per concept.
+//! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
+//! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod matrix;
 pub mod model;
 mod rng;
 

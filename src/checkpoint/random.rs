@@ -9,6 +9,7 @@ use super::weights::expected_tensors;
 use super::TensorSource;
 use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
+use crate::matrix::Elements;
 use crate::rng::SplitMix64;
 use std::collections::BTreeMap;
 
@@ -67,5 +68,11 @@ impl TensorSource for RandomWeights {
             (0..len).map(|_| a * rng.uniform()).collect()
         };
         Ok((shape.clone(), data))
+    }
+
+    /// Matrices come as bf16, like the released weights.
+    fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
+        let (shape, data) = self.to_f32(name)?;
+        Ok((shape, Elements::Bf16(data.into_iter().map(half::bf16::from_f32).collect())))
     }
 }

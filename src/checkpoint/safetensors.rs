@@ -38,7 +38,8 @@
 //! UTF-8 JSON; each tensor's byte length equals `product(shape) * dtype size` (computed without
 //! overflow); and the tensors, sorted by offset, tile the data buffer exactly — the first starts
 //! at 0, each starts where the previous ended, the last ends at the end of the file. Header order
-//! does not matter. We additionally reject repeated keys, which JSON parsers silently merge.
+//! does not matter, and unknown fields inside an entry are ignored, as there. We additionally
+//! reject repeated keys, which JSON parsers (the reference's included) silently merge.
 //! After that every slice we take is in bounds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -50,10 +51,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::{bf16, f16};
+
+use crate::matrix::Elements;
 use memmap2::Mmap;
 use serde_json::{json, Map, Value};
 
-use super::json_keys::first_duplicate_key;
+use super::json_text::{brief, first_duplicate_key};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The largest header accepted, as in the reference implementation: 100 MB.
@@ -165,12 +168,12 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Number of elements: the product of the shape (1 for a scalar).
+    /// Number of elements of a validated entry: the product of the shape (1 for a scalar).
     pub fn num_elements(&self) -> usize {
-        self.byte_len() / self.dtype.size_in_bytes()
+        self.shape.iter().product()
     }
 
-    /// Number of data bytes.
+    /// Number of data bytes of a validated entry.
     pub fn byte_len(&self) -> usize {
         self.data_offsets.1 - self.data_offsets.0
     }
@@ -202,6 +205,17 @@ pub struct SafetensorsFile {
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
+}
+
+/// Shows the origin and tensor count, not the bytes.
+impl fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tensors = self.tensors.len();
+        f.debug_struct("SafetensorsFile")
+            .field("origin", &self.origin)
+            .field("tensors", &tensors)
+            .finish()
+    }
 }
 
 /// What the header says, once validated.
@@ -272,7 +286,23 @@ impl SafetensorsFile {
             Dtype::F32 => decode(bytes, f32::from_le_bytes),
             Dtype::F16 => decode(bytes, |b| f16::from_le_bytes(b).to_f32()),
             Dtype::BF16 => decode(bytes, |b| bf16::from_le_bytes(b).to_f32()),
-            other => return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)")),
+            other => {
+                return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
+            }
+        };
+        Ok((info.shape.clone(), values))
+    }
+
+    /// Shape and values of an `F32`, `F16` or `BF16` tensor, kept in that dtype.
+    pub fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
+        let (info, bytes) = self.lookup(name)?;
+        let values = match info.dtype {
+            Dtype::F32 => Elements::F32(decode(bytes, f32::from_le_bytes)),
+            Dtype::F16 => Elements::F16(decode(bytes, f16::from_le_bytes)),
+            Dtype::BF16 => Elements::Bf16(decode(bytes, bf16::from_le_bytes)),
+            other => {
+                return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
+            }
         };
         Ok((info.shape.clone(), values))
     }
@@ -299,8 +329,10 @@ impl SafetensorsFile {
     }
 
     fn unconvertible(&self, name: &str, dtype: Dtype, target: &str) -> Error {
-        let message =
-            format!("{}: tensor '{name}' has dtype {dtype}, which cannot be converted to {target}", self.origin);
+        let message = format!(
+            "{}: tensor '{name}' has dtype {dtype}, which cannot be converted to {target}",
+            self.origin
+        );
         Error::new(ErrorKind::UnknownDtype, message)
     }
 }
@@ -339,7 +371,8 @@ fn parse(bytes: &[u8], origin: &str) -> Result<Header> {
 /// The header text and the offset of the data buffer.
 fn split_header<'a>(bytes: &'a [u8], origin: &str) -> Result<(&'a str, usize)> {
     let Some(prefix) = bytes.first_chunk::<8>() else {
-        let why = format!("file is {} bytes long, too short for the 8-byte header length", bytes.len());
+        let why =
+            format!("file is {} bytes long, too short for the 8-byte header length", bytes.len());
         return Err(corrupt(origin, why));
     };
     let claimed = u64::from_le_bytes(*prefix);
@@ -356,16 +389,22 @@ fn split_header<'a>(bytes: &'a [u8], origin: &str) -> Result<(&'a str, usize)> {
         return Err(corrupt(origin, why));
     }
     let text = std::str::from_utf8(&bytes[8..8 + header_len]).map_err(|e| {
-        corrupt(origin, format!("header is not valid UTF-8 (bad byte at header offset {})", e.valid_up_to()))
+        corrupt(
+            origin,
+            format!("header is not valid UTF-8 (bad byte at header offset {})", e.valid_up_to()),
+        )
     })?;
     Ok((text, 8 + header_len))
 }
 
 fn parse_json_object(text: &str, origin: &str) -> Result<Map<String, Value>> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| corrupt(origin, format!("header is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| corrupt(origin, format!("header is not valid JSON: {e}")))?;
     let Value::Object(object) = value else {
-        return Err(corrupt(origin, format!("header must be a JSON object, found {}", brief(&value))));
+        return Err(corrupt(
+            origin,
+            format!("header must be a JSON object, found {}", brief(&value)),
+        ));
     };
     if let Some(key) = first_duplicate_key(text) {
         return Err(corrupt(origin, format!("header repeats the key '{key}' within one object")));
@@ -373,7 +412,10 @@ fn parse_json_object(text: &str, origin: &str) -> Result<Map<String, Value>> {
     Ok(object)
 }
 
-fn parse_entries(object: Map<String, Value>, origin: &str) -> Result<(Vec<TensorInfo>, BTreeMap<String, String>)> {
+fn parse_entries(
+    object: Map<String, Value>,
+    origin: &str,
+) -> Result<(Vec<TensorInfo>, BTreeMap<String, String>)> {
     let mut tensors = Vec::with_capacity(object.len());
     let mut metadata = BTreeMap::new();
     for (key, value) in object {
@@ -387,12 +429,14 @@ fn parse_entries(object: Map<String, Value>, origin: &str) -> Result<(Vec<Tensor
 }
 
 fn parse_metadata(value: Value, origin: &str) -> Result<BTreeMap<String, String>> {
-    let bad = |v: &Value| corrupt(origin, format!("{METADATA_KEY} must map strings to strings, found {}", brief(v)));
-    let Value::Object(map) = value else { return Err(bad(&value)) };
+    let bad = |what: String| {
+        corrupt(origin, format!("{METADATA_KEY} must map strings to strings, but {what}"))
+    };
+    let Value::Object(map) = value else { return Err(bad(format!("it is {}", brief(&value)))) };
     map.into_iter()
         .map(|(k, v)| match v {
             Value::String(s) => Ok((k, s)),
-            other => Err(bad(&other)),
+            other => Err(bad(format!("\"{k}\" maps to {}", brief(&other)))),
         })
         .collect()
 }
@@ -405,19 +449,30 @@ fn parse_tensor(name: String, value: &Value, origin: &str) -> Result<TensorInfo>
         })
     };
     let wrong = |key: &str, expected: &str, found: &Value| {
-        corrupt(origin, format!("tensor '{name}': \"{key}\" must be {expected}, found {}", brief(found)))
+        corrupt(
+            origin,
+            format!("tensor '{name}': \"{key}\" must be {expected}, found {}", brief(found)),
+        )
     };
     if !value.is_object() {
-        return Err(wrong("entry", "an object with dtype, shape and data_offsets", value));
+        let why = format!(
+            "tensor '{name}': entry must be an object with dtype, shape and data_offsets, found {}",
+            brief(value)
+        );
+        return Err(corrupt(origin, why));
     }
     let dtype_value = field("dtype")?;
     let dtype_name = dtype_value.as_str().ok_or_else(|| wrong("dtype", "a string", dtype_value))?;
-    let dtype = Dtype::from_name(dtype_name).ok_or_else(|| unknown_dtype(&name, dtype_name, origin))?;
+    let dtype =
+        Dtype::from_name(dtype_name).ok_or_else(|| unknown_dtype(&name, dtype_name, origin))?;
     let shape_value = field("shape")?;
-    let shape = usize_array(shape_value).ok_or_else(|| wrong("shape", "an array of non-negative integers", shape_value))?;
+    let shape = usize_array(shape_value)
+        .ok_or_else(|| wrong("shape", "an array of non-negative integers", shape_value))?;
     let offsets_value = field("data_offsets")?;
     let offsets = usize_array(offsets_value).filter(|o| o.len() == 2);
-    let offsets = offsets.ok_or_else(|| wrong("data_offsets", "two non-negative integers [begin, end]", offsets_value))?;
+    let offsets = offsets.ok_or_else(|| {
+        wrong("data_offsets", "two non-negative integers [begin, end]", offsets_value)
+    })?;
     let info = TensorInfo { name, dtype, shape, data_offsets: (offsets[0], offsets[1]) };
     check_byte_len(&info, origin)?;
     Ok(info)
@@ -425,8 +480,10 @@ fn parse_tensor(name: String, value: &Value, origin: &str) -> Result<TensorInfo>
 
 fn unknown_dtype(name: &str, dtype: &str, origin: &str) -> Error {
     let known: Vec<&str> = Dtype::ALL.iter().map(|d| d.name()).collect();
-    let message =
-        format!("{origin}: tensor '{name}' has unknown dtype \"{dtype}\" (known: {})", known.join(", "));
+    let message = format!(
+        "{origin}: tensor '{name}' has unknown dtype \"{dtype}\" (known: {})",
+        known.join(", ")
+    );
     Error::new(ErrorKind::UnknownDtype, message)
 }
 
@@ -440,11 +497,17 @@ fn usize_array(value: &Value) -> Option<Vec<usize>> {
 fn check_byte_len(info: &TensorInfo, origin: &str) -> Result<()> {
     let TensorInfo { name, dtype, shape, data_offsets: (begin, end) } = info;
     if begin > end {
-        return Err(corrupt(origin, format!("tensor '{name}': data_offsets [{begin}, {end}] begin after they end")));
+        return Err(corrupt(
+            origin,
+            format!("tensor '{name}': data_offsets [{begin}, {end}] begin after they end"),
+        ));
     }
     let needed = shape.iter().try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d));
     let Some(needed) = needed else {
-        return Err(corrupt(origin, format!("tensor '{name}': shape {shape:?} of {dtype} overflows the byte count")));
+        return Err(corrupt(
+            origin,
+            format!("tensor '{name}': shape {shape:?} of {dtype} overflows the byte count"),
+        ));
     };
     let spanned = end - begin;
     if spanned != needed {
@@ -479,11 +542,17 @@ fn check_tiling(sorted: &[TensorInfo], data_len: usize, origin: &str) -> Result<
         let (begin, end) = tensor.data_offsets;
         if begin < covered {
             let prev = previous.map_or(String::new(), describe);
-            return Err(corrupt(origin, format!("tensors {prev} and {} overlap", describe(tensor))));
+            return Err(corrupt(
+                origin,
+                format!("tensors {prev} and {} overlap", describe(tensor)),
+            ));
         }
         if begin > covered {
             let after = previous.map_or("the start of the data buffer".to_string(), describe);
-            let why = format!("no tensor covers data bytes [{covered}, {begin}) between {after} and {}", describe(tensor));
+            let why = format!(
+                "no tensor covers data bytes [{covered}, {begin}) between {after} and {}",
+                describe(tensor)
+            );
             return Err(corrupt(origin, why));
         }
         covered = end;
@@ -502,16 +571,6 @@ fn check_tiling(sorted: &[TensorInfo], data_len: usize, origin: &str) -> Result<
 fn describe(tensor: &TensorInfo) -> String {
     let (begin, end) = tensor.data_offsets;
     format!("'{}' [{begin}, {end})", tensor.name)
-}
-
-/// A JSON value for an error message, cut to a readable length.
-fn brief(value: &Value) -> String {
-    const LIMIT: usize = 80;
-    let text = value.to_string();
-    match text.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,8 +601,12 @@ impl TensorData<'_> {
 
     fn write_le(&self, out: &mut impl Write) -> io::Result<()> {
         match self {
-            TensorData::F32(values) => values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes())),
-            TensorData::I64(values) => values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes())),
+            TensorData::F32(values) => {
+                values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))
+            }
+            TensorData::I64(values) => {
+                values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))
+            }
         }
     }
 }
@@ -553,7 +616,8 @@ pub type NamedTensor<'a> = (&'a str, &'a [usize], TensorData<'a>);
 
 /// Write `F32` tensors (name, shape, row-major values) to `path`; see [`write_tensors`].
 pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()> {
-    let tensors: Vec<NamedTensor> = tensors.iter().map(|&(n, s, v)| (n, s, TensorData::F32(v))).collect();
+    let tensors: Vec<NamedTensor> =
+        tensors.iter().map(|&(n, s, v)| (n, s, TensorData::F32(v))).collect();
     write_tensors(path, &tensors, &[])
 }
 
@@ -564,10 +628,16 @@ pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()
 /// untouched. As in the reference writer, tensors are laid out by decreasing element size, then
 /// by name, after a header padded with spaces to a multiple of 8 bytes, so each tensor's data is
 /// aligned to its element size.
-pub fn write_tensors(path: &Path, tensors: &[NamedTensor], metadata: &[(&str, &str)]) -> Result<()> {
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
     check_writable(path, tensors)?;
     let mut order: Vec<&NamedTensor> = tensors.iter().collect();
-    order.sort_by(|a, b| b.2.dtype().size_in_bytes().cmp(&a.2.dtype().size_in_bytes()).then(a.0.cmp(b.0)));
+    order.sort_by(|a, b| {
+        b.2.dtype().size_in_bytes().cmp(&a.2.dtype().size_in_bytes()).then(a.0.cmp(b.0))
+    });
     let header = header_bytes(&order, metadata);
     write_atomically(path, |out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
@@ -581,12 +651,18 @@ fn check_writable(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
     let refuse = |why: String| Error::input(format!("cannot write {}: {why}", path.display()));
     let mut seen = HashSet::new();
     for (name, shape, data) in tensors {
-        if *name == METADATA_KEY || !seen.insert(*name) {
-            return Err(refuse(format!("tensor name '{name}' is reserved or repeated")));
+        if *name == METADATA_KEY {
+            return Err(refuse(format!("'{METADATA_KEY}' is reserved and cannot name a tensor")));
+        }
+        if !seen.insert(*name) {
+            return Err(refuse(format!("tensor name '{name}' is given twice")));
         }
         let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if elements != Some(data.len()) {
-            return Err(refuse(format!("tensor '{name}' has shape {shape:?} but {} values", data.len())));
+            return Err(refuse(format!(
+                "tensor '{name}' has shape {shape:?} but {} values",
+                data.len()
+            )));
         }
     }
     Ok(())
@@ -596,13 +672,15 @@ fn check_writable(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
 fn header_bytes(order: &[&NamedTensor], metadata: &[(&str, &str)]) -> Vec<u8> {
     let mut object = Map::new();
     if !metadata.is_empty() {
-        let map: Map<String, Value> = metadata.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let map: Map<String, Value> =
+            metadata.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         object.insert(METADATA_KEY.to_string(), Value::Object(map));
     }
     let mut offset = 0;
     for (name, shape, data) in order {
         let end = offset + data.len() * data.dtype().size_in_bytes();
-        let entry = json!({"dtype": data.dtype().name(), "shape": shape, "data_offsets": [offset, end]});
+        let entry =
+            json!({"dtype": data.dtype().name(), "shape": shape, "data_offsets": [offset, end]});
         object.insert(name.to_string(), entry);
         offset = end;
     }
@@ -612,15 +690,19 @@ fn header_bytes(order: &[&NamedTensor], metadata: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Write via `fill` to a temporary sibling of `path`, then rename it onto `path`.
-fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> Result<()> {
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<()> {
     let temp = temporary_sibling(path)?;
     let file = OpenOptions::new().write(true).create_new(true).open(&temp);
     let file = file.map_err(|e| Error::io(path, "create", e))?;
     let mut out = BufWriter::new(file);
-    let written = fill(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error())?.sync_all());
-    let result = written
-        .map_err(|e| Error::io(path, "write", e))
-        .and_then(|()| fs::rename(&temp, path).map_err(|e| Error::io(path, "rename temporary file onto", e)));
+    let written =
+        fill(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error())?.sync_all());
+    let result = written.map_err(|e| Error::io(path, "write", e)).and_then(|()| {
+        fs::rename(&temp, path).map_err(|e| Error::io(path, "rename temporary file onto", e))
+    });
     if result.is_err() {
         let _ = fs::remove_file(&temp); // best effort; the error we report is the original one
     }
@@ -636,7 +718,4 @@ fn temporary_sibling(path: &Path) -> Result<PathBuf> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp_name = format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id());
     Ok(path.with_file_name(temp_name))
-}
-pub fn check_finite(name: &str, data: &[f32]) -> Result<()> {
-    match data.iter().position(|v| !v.is_finite()) { Some(i) => Err(Error::new(ErrorKind::NonFiniteWeight, format!("{name}[{i}] = {}", data[i]))), None => Ok(()) }
 }

@@ -36,8 +36,8 @@ pub struct InProjSplit<'a> {
     pub z: ArrayView2<'a, f32>,
 }
 
-/// Split `in_proj`'s output (T, P) into q [H], then k [nkv·dqk] and v [nkv·dv] unless the layer
-/// reuses K/V, then x [D], then z [D].
+/// Split `in_proj`'s output (T, P) into q `[H]`, then k `[nkv·dqk]` and v `[nkv·dv]` unless the layer
+/// reuses K/V, then x `[D]`, then z `[D]`.
 pub fn split_in_proj<'a>(cfg: &HymbaConfig, plan: &LayerPlan, zxbc: ArrayView2<'a, f32>) -> InProjSplit<'a> {
     debug_assert_eq!(zxbc.ncols(), cfg.in_proj_rows(plan));
     let mut widths = vec![cfg.hidden_size];

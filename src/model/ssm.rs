@@ -104,11 +104,11 @@ pub fn ssm_heads(
     eps: f32,
     state: &mut SsmState,
 ) -> Array2<f32> {
-    let (r, n) = (w.dt_proj.weight.ncols(), w.a_log.ncols());
+    let (r, n) = (w.dt_proj.weight.cols(), w.a_log.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv).mapv(silu); // (T, D)
 
-    let dt_b_c = u.dot(&w.x_proj.t()); // (T, R + 2N)
+    let dt_b_c = w.x_proj.matmul_t(u.view()); // (T, R + 2N)
     let norm = |cols: ndarray::Slice, weight: &Option<Array1<f32>>| {
         let part = dt_b_c.slice_axis(Axis(1), cols);
         match weight {

@@ -16,7 +16,7 @@ pub struct LogitsArgs {
     /// Comma-separated token ids, e.g. 5,17,300.
     #[arg(long)]
     ids: String,
-    /// Output file: one f32 tensor `logits` of shape [n, V] (meta rows excluded).
+    /// Output file: one f32 tensor `logits` of shape `[n, V]` (meta rows excluded).
     #[arg(long)]
     out: PathBuf,
     /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.

@@ -1,10 +1,22 @@
-//! Finding repeated keys in a JSON object.
+//! Two helpers for untrusted JSON: finding repeated keys, and quoting values in error messages.
 //!
 //! RFC 8259 only says object keys "SHOULD be unique", and `serde_json` silently keeps the last of
 //! two equal keys. In a safetensors header or a shard index that would silently drop a tensor, so
 //! after `serde_json` has accepted a text we scan it once more, cheaply, for repeated keys.
 
 use std::collections::HashSet;
+
+use serde_json::Value;
+
+/// A JSON value for an error message, cut to a readable length.
+pub(crate) fn brief(value: &Value) -> String {
+    const LIMIT: usize = 80;
+    let text = value.to_string();
+    match text.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
 
 /// The first key that appears twice in one object of `json`, which must already be valid JSON
 /// (on invalid JSON the answer is meaningless but the scan still terminates and never panics).
