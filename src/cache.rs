@@ -11,6 +11,7 @@
 //! The cache is a plain value passed `&mut` to the model; a full forward pass is the same code
 //! run on a fresh cache.
 
+use crate::cache_plan::CacheSize;
 use crate::config::{AttentionSpan, HymbaConfig, LayerPlan};
 use crate::model::ssm::SsmState;
 use ndarray::{ArrayView2, ArrayView3};
@@ -138,11 +139,13 @@ impl HybridCache {
         HybridCache { kv, ssm, next_position: 0 }
     }
 
-    /// The bytes of state held: cached keys and values plus the SSM conv and scan states (f32).
-    pub fn bytes(&self) -> usize {
-        let kv: usize = self.kv.iter().flatten().map(KvCache::scalars).sum();
-        let ssm: usize = self.ssm.iter().map(|s| s.conv.len() + s.scan.len()).sum();
-        (kv + ssm) * std::mem::size_of::<f32>()
+    /// The scalars this cache holds now, split as [`crate::cache_plan::CachePlan`] predicts them.
+    pub fn allocated_scalars(&self) -> CacheSize {
+        CacheSize {
+            kv_cache_elements: self.kv.iter().flatten().map(KvCache::scalars).sum(),
+            ssm_state_elements: self.ssm.iter().map(|s| s.scan.len()).sum(),
+            conv_state_elements: self.ssm.iter().map(|s| s.conv.len()).sum(),
+        }
     }
 
     /// After a chunk: advance the position and evict K/V rows no future query can see.

@@ -54,6 +54,7 @@
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 
 pub mod cache;
+pub mod cache_plan;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

@@ -3,6 +3,7 @@
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
+use hymba_ref::cache_plan::ScalarType;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::generate::sampling::{argmax, SamplingParams};
 use hymba_ref::generate::stop::StopChecker;
@@ -76,8 +77,8 @@ fn stats_count_tokens_steps_and_cache() {
     let mut cache = model.new_sequence();
     let fed: Vec<u32> = [1, 2, 3, 4].iter().chain(&g.tokens[..9]).copied().collect();
     model.forward_chunk(&fed, &mut cache).unwrap();
-    assert_eq!(s.cache_bytes, cache.bytes());
-    assert!(s.cache_bytes > model.new_sequence().bytes());
+    assert_eq!(s.cache_bytes, cache.allocated_scalars().bytes(ScalarType::F32));
+    assert!(s.cache_bytes > model.new_sequence().allocated_scalars().bytes(ScalarType::F32));
 }
 
 #[test]

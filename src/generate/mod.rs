@@ -18,6 +18,7 @@
 pub mod sampling;
 pub mod stop;
 
+use crate::cache_plan::ScalarType;
 use crate::error::Result;
 use crate::model::Hymba;
 use rayon::prelude::*;
@@ -138,7 +139,7 @@ pub fn generate(
         prefill_seconds,
         decode_steps,
         decode_seconds: start.elapsed().as_secs_f64(),
-        cache_bytes: cache.bytes(),
+        cache_bytes: cache.allocated_scalars().bytes(ScalarType::F32),
     };
     Ok(Generation { tokens, stop_reason, stats })
 }
