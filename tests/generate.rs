@@ -199,3 +199,131 @@ fn greedy_generation_is_the_argmax_of_full_forward_logits() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The `generate` command, on a random checkpoint written to disk.
+// ---------------------------------------------------------------------------------------------
+
+mod cli {
+    use super::*;
+    use hymba_ref::checkpoint::safetensors::write_f32;
+    use hymba_ref::checkpoint::TensorSource;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+    use std::sync::OnceLock;
+
+    /// The released vocabulary size (32001) on a tiny model.
+    fn cli_config() -> serde_json::Value {
+        let mut config = small_config();
+        config["vocab_size"] = json!(32001);
+        config
+    }
+
+    /// A checkpoint directory (config.json + model.safetensors) of a random model, written once
+    /// per test binary.
+    fn checkpoint() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-cli-model");
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = cli_config();
+            std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+            let cfg = HymbaConfig::from_json_str(&config.to_string()).unwrap();
+            let source = RandomWeights::new(&cfg, 21);
+            let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = source
+                .names()
+                .into_iter()
+                .map(|name| {
+                    let (shape, data) = source.to_f32(&name).unwrap();
+                    (name, shape, data)
+                })
+                .collect();
+            let views: Vec<(&str, &[usize], &[f32])> =
+                tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+            write_f32(&dir.join("model.safetensors"), &views).unwrap();
+            dir
+        })
+    }
+
+    fn model() -> &'static Hymba {
+        static MODEL: OnceLock<Hymba> = OnceLock::new();
+        MODEL.get_or_init(|| Hymba::from_dir(checkpoint()).unwrap())
+    }
+
+    fn run(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hymba-ref")).arg("generate").args(args).output().expect("the binary runs")
+    }
+
+    /// `generate --model <random checkpoint> args...`, which must succeed: its stdout.
+    fn generate_ok(args: &[&str]) -> String {
+        let dir = checkpoint().to_str().unwrap();
+        let out = run(&[&["--model", dir], args].concat());
+        assert!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn run_lib(prompt: &[u32], opts: &GenerateOptions) -> Generation {
+        super::run(model(), prompt, opts)
+    }
+
+    #[test]
+    fn ids_in_ids_out_with_timings_on_stderr() {
+        let dir = checkpoint().to_str().unwrap();
+        let out = run(&["--model", dir, "--ids", "1,15043,3186", "--print-ids", "--max-new-tokens", "7", "--no-eos-stop"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let want = run_lib(&[1, 15043, 3186], &options(7, false, SamplingParams::default()));
+        assert_eq!(String::from_utf8(out.stdout.clone()).unwrap(), serde_json::to_string(&want.tokens).unwrap() + "\n");
+        let err = stderr(&out);
+        for needle in ["prefill: 3 tokens", "tok/s", "decode: 6 steps", "generated 7 tokens", "cache: ", "bytes"] {
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn sampling_flags_reach_the_sampler_and_the_seed_repeats() {
+        let flags = ["--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--min-p", "0.02", "--repetition-penalty", "1.2"];
+        let args = |seed: &'static str| [&["--ids", "1,15043", "--print-ids", "--max-new-tokens", "10", "--seed", seed][..], &flags].concat();
+        let a = generate_ok(&args("5"));
+        assert_eq!(a, generate_ok(&[&args("5")[..], &["--threads", "1"]].concat()));
+        let sampling = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.02, repetition_penalty: 1.2, seed: 5 };
+        let want = run_lib(&[1, 15043], &options(10, true, sampling));
+        assert_eq!(a, serde_json::to_string(&want.tokens).unwrap() + "\n");
+    }
+
+    #[test]
+    fn usage_errors_exit_with_code_2() {
+        let dir = checkpoint().to_str().unwrap();
+        let cases: [(&[&str], &str); 5] = [
+            (&["--bogus"], "--bogus"),
+            (&["--model", dir, "--temperature", "-1", "--ids", "1", "--print-ids"], "--temperature"),
+            (&["--model", dir, "--top-p", "0", "--ids", "1", "--print-ids"], "--top-p"),
+            (&["--model", dir, "--min-p", "2", "--ids", "1", "--print-ids"], "--min-p"),
+            (&["--model", dir, "--threads", "0", "--ids", "1", "--print-ids"], "--threads"),
+        ];
+        for (args, needle) in cases {
+            let out = run(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(needle), "{needle:?} not in {}", stderr(&out));
+        }
+    }
+
+    #[test]
+    fn bad_input_exits_with_code_1_and_names_the_problem() {
+        let dir = checkpoint().to_str().unwrap();
+        let cases: [(&[&str], &str); 4] = [
+            (&["--model", "/nonexistent-hymba-model", "--ids", "1", "--print-ids"], "/nonexistent-hymba-model does not exist"),
+            (&["--model", dir, "--ids", "1,x,3", "--print-ids"], "entry 2 (\"x\")"),
+            (&["--model", dir, "--ids", "", "--print-ids"], "empty"),
+            (&["--model", dir, "--ids", "1,32001", "--print-ids"], "32001"),
+        ];
+        for (args, needle) in cases {
+            let out = run(args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(needle), "{needle:?} not in {}", stderr(&out));
+        }
+    }
+}

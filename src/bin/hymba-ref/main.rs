@@ -4,6 +4,7 @@
 //! clap), 1 for every other failure; messages go to stderr.
 
 mod args;
+mod generate;
 mod inspect;
 mod logits;
 
@@ -23,6 +24,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Layer plan, parameter count and cache size at a context, from config.json alone.
     Inspect(inspect::InspectArgs),
+    /// Continue a prompt, printing what is generated.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
