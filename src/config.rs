@@ -393,7 +393,7 @@ fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {
     if !f.bool("rope", false)? {
         return Ok(None);
     }
-    if head_dim_qk % 2 != 0 || head_dim_qk < 4 {
+    if !head_dim_qk.is_multiple_of(2) || head_dim_qk < 4 {
         return Err(Error::config(format!(
             "RoPE needs an even query/key head dim ≥ 4 (hidden_size / num_attention_heads), found {head_dim_qk}"
         )));

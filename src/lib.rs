@@ -50,6 +50,8 @@
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
 //! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
 //! - [`model`]: the forward pass, one file per concept.
+//! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
+//!   streaming decode, the Instruct chat format.
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 
@@ -62,5 +64,6 @@ pub mod generate;
 pub mod matrix;
 pub mod model;
 mod rng;
+pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};

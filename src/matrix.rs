@@ -51,7 +51,7 @@ impl Elements {
         let end = start + out.len();
         match self {
             Elements::F32(v) => out.copy_from_slice(&v[start..end]),
-            Elements::Bf16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = w.to_f32()),
+            Elements::Bf16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = bf16_to_f32(*w)),
             Elements::F16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = w.to_f32()),
         }
     }
@@ -61,7 +61,7 @@ impl Elements {
         let find = |it: &mut dyn Iterator<Item = f32>| it.enumerate().find(|(_, v)| !v.is_finite());
         match self {
             Elements::F32(v) => find(&mut v.iter().copied()),
-            Elements::Bf16(v) => find(&mut v.iter().map(|w| w.to_f32())),
+            Elements::Bf16(v) => find(&mut v.iter().map(|w| bf16_to_f32(*w))),
             Elements::F16(v) => find(&mut v.iter().map(|w| w.to_f32())),
         }
     }
@@ -144,24 +144,34 @@ impl Matrix {
         let x_rows: Vec<&[f32]> = x.rows().into_iter().map(|r| r.to_slice().expect("contiguous")).collect();
         let mut out_t = vec![0f32; self.rows * t]; // (rows, T): one chunk of outputs per task
         out_t.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(task, out)| {
-            let mut w_row = vec![0f32; self.cols];
+            let mut scratch = vec![0f32; self.cols];
             for (i, out_row) in out.chunks_mut(t).enumerate() {
-                self.row_into(task * ROWS_PER_TASK + i, &mut w_row);
+                let r = task * ROWS_PER_TASK + i;
+                let span = r * self.cols..(r + 1) * self.cols;
                 for (o, xr) in out_row.iter_mut().zip(&x_rows) {
-                    *o = dot(xr, &w_row);
+                    *o = match &self.data {
+                        Elements::F32(v) => dot(xr, &v[span.clone()]),
+                        Elements::Bf16(v) => dot_bf16(xr, &v[span.clone()]),
+                        Elements::F16(_) => {
+                            self.row_into(r, &mut scratch);
+                            dot(xr, &scratch)
+                        }
+                    };
                 }
             }
         });
         Array2::from_shape_vec((self.rows, t), out_t).expect("rows · T").reversed_axes().as_standard_layout().to_owned()
     }
 
-    /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM.
+    /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM. A few large
+    /// blocks per thread, since each GEMM call re-packs all of `x`.
     fn matmul_t_gemm(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(ROWS_PER_TASK))
+        let block = self.rows.div_ceil(4 * rayon::current_num_threads()).max(ROWS_PER_TASK);
+        let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(block))
             .into_par_iter()
             .map(|b| {
-                let first = b * ROWS_PER_TASK;
-                let w = self.rows_f32(first, ROWS_PER_TASK.min(self.rows - first)); // (block, cols)
+                let first = b * block;
+                let w = self.rows_f32(first, block.min(self.rows - first)); // (block, cols)
                 (first, x.dot(&w.t())) // (T, block)
             })
             .collect();
@@ -182,6 +192,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (ca, cb) in a8.zip(b8) {
         for k in 0..8 {
             acc[k] += ca[k] * cb[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// bf16 is the upper half of an f32: widening is a shift, exact for every value.
+#[inline]
+fn bf16_to_f32(w: bf16) -> f32 {
+    f32::from_bits((w.to_bits() as u32) << 16)
+}
+
+/// [`dot`] with the second operand in bf16, widened on the fly (no copy of the row).
+pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * bf16_to_f32(*y)).sum();
+    for (ca, cb) in a8.zip(b8) {
+        for k in 0..8 {
+            acc[k] += ca[k] * bf16_to_f32(cb[k]);
         }
     }
     acc.iter().sum::<f32>() + tail

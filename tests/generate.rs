@@ -316,7 +316,7 @@ mod cli {
         let dir = checkpoint().to_str().unwrap();
         let cases: [(&[&str], &str); 4] = [
             (&["--model", "/nonexistent-hymba-model", "--ids", "1", "--print-ids"], "/nonexistent-hymba-model does not exist"),
-            (&["--model", dir, "--ids", "1,x,3", "--print-ids"], "entry 2 (\"x\")"),
+            (&["--model", dir, "--ids", "1,x,3", "--print-ids"], "entry 2 is \"x\""),
             (&["--model", dir, "--ids", "", "--print-ids"], "empty"),
             (&["--model", dir, "--ids", "1,32001", "--print-ids"], "32001"),
         ];

@@ -7,6 +7,7 @@ mod args;
 mod generate;
 mod inspect;
 mod logits;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +27,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Continue a prompt, printing what is generated.
     Generate(generate::GenerateArgs),
+    /// Encode text to token ids (printed as a JSON array).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Decode comma-separated token ids to text.
+    Detokenize(tokenize::DetokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Tokenize(args) => tokenize::run_tokenize(args),
+        Command::Detokenize(args) => tokenize::run_detokenize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
