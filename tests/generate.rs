@@ -201,30 +201,34 @@ fn greedy_generation_is_the_argmax_of_full_forward_logits() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The `generate` command, on a random checkpoint written to disk.
+// The `generate` command, on a random checkpoint written to disk with the released tokenizer.
 // ---------------------------------------------------------------------------------------------
 
 mod cli {
     use super::*;
     use hymba_ref::checkpoint::safetensors::write_f32;
     use hymba_ref::checkpoint::TensorSource;
+    use hymba_ref::generate::text::generate_text;
+    use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
+    use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Output};
+    use std::process::{Command, Output, Stdio};
     use std::sync::OnceLock;
 
-    /// The released vocabulary size (32001) on a tiny model.
+    /// The released vocabulary (32001) on a tiny model, so the real tokenizer fits it.
     fn cli_config() -> serde_json::Value {
         let mut config = small_config();
         config["vocab_size"] = json!(32001);
         config
     }
 
-    /// A checkpoint directory (config.json + model.safetensors) of a random model, written once
-    /// per test binary.
-    fn checkpoint() -> &'static Path {
-        static DIR: OnceLock<PathBuf> = OnceLock::new();
-        DIR.get_or_init(|| {
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-cli-model");
+    /// A checkpoint directory (config.json + model.safetensors) of a random model, with the
+    /// tokenizer files if `with_tokenizer`. Written once per test binary.
+    fn checkpoint(with_tokenizer: bool) -> &'static Path {
+        static DIRS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+        DIRS[with_tokenizer as usize].get_or_init(|| {
+            let name = if with_tokenizer { "generate-cli-model" } else { "generate-cli-model-no-tokenizer" };
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
             std::fs::create_dir_all(&dir).unwrap();
             let config = cli_config();
             std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
@@ -241,24 +245,48 @@ mod cli {
             let views: Vec<(&str, &[usize], &[f32])> =
                 tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
             write_f32(&dir.join("model.safetensors"), &views).unwrap();
+            if with_tokenizer {
+                let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer");
+                for file in ["tokenizer.json", "tokenizer_config.json"] {
+                    std::fs::copy(fixtures.join(file), dir.join(file)).unwrap();
+                }
+            }
             dir
         })
     }
 
     fn model() -> &'static Hymba {
         static MODEL: OnceLock<Hymba> = OnceLock::new();
-        MODEL.get_or_init(|| Hymba::from_dir(checkpoint()).unwrap())
+        MODEL.get_or_init(|| Hymba::from_dir(checkpoint(true)).unwrap())
+    }
+
+    fn tokenizer() -> &'static Tokenizer {
+        static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+        TOKENIZER.get_or_init(|| Tokenizer::from_dir(checkpoint(true)).unwrap())
+    }
+
+    fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+            .arg("generate")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
     }
 
     fn run(args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_hymba-ref")).arg("generate").args(args).output().expect("the binary runs")
+        run_with_stdin(args, b"")
     }
 
     /// `generate --model <random checkpoint> args...`, which must succeed: its stdout.
     fn generate_ok(args: &[&str]) -> String {
-        let dir = checkpoint().to_str().unwrap();
+        let dir = checkpoint(true).to_str().unwrap();
         let out = run(&[&["--model", dir], args].concat());
-        assert!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -266,21 +294,54 @@ mod cli {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    fn run_lib(prompt: &[u32], opts: &GenerateOptions) -> Generation {
-        super::run(model(), prompt, opts)
+    /// The library's text for `prompt`, as the command should print it.
+    fn library_text(prompt: &str, opts: &GenerateOptions, stops: &[String]) -> String {
+        let ids = tokenizer().encode(prompt, true);
+        let mut text = String::new();
+        generate_text(model(), tokenizer(), &ids, opts, stops, |piece| {
+            text.push_str(piece);
+            Ok(())
+        })
+        .unwrap();
+        text
     }
 
     #[test]
-    fn ids_in_ids_out_with_timings_on_stderr() {
-        let dir = checkpoint().to_str().unwrap();
+    fn a_text_prompt_streams_the_librarys_text_and_reports_timings() {
+        let dir = checkpoint(true).to_str().unwrap();
+        let out = run(&["--model", dir, "--prompt", "Hello world", "--max-new-tokens", "12"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let want = library_text("Hello world", &options(12, true, SamplingParams::default()), &[]);
+        assert_eq!(String::from_utf8(out.stdout.clone()).unwrap(), want + "\n");
+        let err = stderr(&out);
+        for needle in ["prefill: 3 tokens", "tok/s", "decode: ", "cache: ", "bytes"] {
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn stdin_is_the_prompt_without_its_final_newline() {
+        let dir = checkpoint(true).to_str().unwrap();
+        let out = run_with_stdin(&["--model", dir, "--max-new-tokens", "6"], b"Hello world\n");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), generate_ok(&["--prompt", "Hello world", "--max-new-tokens", "6"]));
+    }
+
+    #[test]
+    fn ids_in_ids_out_needs_no_tokenizer() {
+        let dir = checkpoint(false).to_str().unwrap();
         let out = run(&["--model", dir, "--ids", "1,15043,3186", "--print-ids", "--max-new-tokens", "7", "--no-eos-stop"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let want = run_lib(&[1, 15043, 3186], &options(7, false, SamplingParams::default()));
         assert_eq!(String::from_utf8(out.stdout.clone()).unwrap(), serde_json::to_string(&want.tokens).unwrap() + "\n");
         let err = stderr(&out);
-        for needle in ["prefill: 3 tokens", "tok/s", "decode: 6 steps", "generated 7 tokens", "cache: ", "bytes"] {
+        for needle in ["prefill: 3 tokens", "decode: 6 steps", "generated 7 tokens, stopped by max new tokens"] {
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
+    }
+
+    fn run_lib(prompt: &[u32], opts: &GenerateOptions) -> Generation {
+        super::run(model(), prompt, opts)
     }
 
     #[test]
@@ -295,14 +356,60 @@ mod cli {
     }
 
     #[test]
+    fn chat_and_system_render_the_instruct_format() {
+        let got = generate_ok(&["--system", "Be brief.", "--prompt", "Hi there", "--print-ids", "--max-new-tokens", "5"]);
+        let rendered = render_chat(
+            &[ChatMessage::new(Role::System, "Be brief."), ChatMessage::new(Role::User, "Hi there")],
+            true,
+        );
+        let want = run_lib(&tokenizer().encode(&rendered, true), &options(5, true, SamplingParams::default()));
+        assert_eq!(got, serde_json::to_string(&want.tokens).unwrap() + "\n");
+        let chat_only = generate_ok(&["--chat", "--prompt", "Hi there", "--print-ids", "--max-new-tokens", "5"]);
+        let rendered = render_chat(&[ChatMessage::new(Role::User, "Hi there")], true);
+        let want = run_lib(&tokenizer().encode(&rendered, true), &options(5, true, SamplingParams::default()));
+        assert_eq!(chat_only, serde_json::to_string(&want.tokens).unwrap() + "\n");
+    }
+
+    #[test]
+    fn a_stop_string_cuts_the_output() {
+        let opts = options(24, false, SamplingParams::default());
+        let free = library_text("Once upon a time", &opts, &[]);
+        let chars: Vec<char> = free.chars().collect();
+        assert!(chars.len() >= 12, "the test wants a longer text: {free:?}");
+        let stop: String = chars[8..11].iter().collect();
+        let want = &free[..free.find(&stop).unwrap()];
+        let got = generate_ok(&["--prompt", "Once upon a time", "--max-new-tokens", "24", "--no-eos-stop", "--stop", "zzzq", &stop]);
+        assert_eq!(got, format!("{want}\n"));
+    }
+
+    #[test]
+    fn a_prompts_file_runs_in_parallel_and_prints_in_order() {
+        let prompts = ["Hello world", "The capital of France is", "", "1, 2, 3,"];
+        let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-prompts.txt");
+        std::fs::write(&file, prompts.join("\n") + "\n").unwrap();
+        let file = file.to_str().unwrap();
+        let flags = ["--max-new-tokens", "8", "--temperature", "0.7", "--seed", "3", "--threads", "2"];
+        let got = generate_ok(&[&["--prompts-file", file][..], &flags].concat());
+        let mut want = String::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let alone = generate_ok(&[&["--prompt", prompt][..], &flags].concat());
+            want.push_str(&format!("=== prompt {} ===\n{alone}", i + 1));
+        }
+        assert_eq!(got, want);
+        let ids = generate_ok(&[&["--prompts-file", file, "--print-ids"][..], &flags].concat());
+        assert_eq!(ids.lines().count(), prompts.len());
+    }
+
+    #[test]
     fn usage_errors_exit_with_code_2() {
-        let dir = checkpoint().to_str().unwrap();
-        let cases: [(&[&str], &str); 5] = [
+        let dir = checkpoint(true).to_str().unwrap();
+        let cases: [(&[&str], &str); 6] = [
             (&["--bogus"], "--bogus"),
-            (&["--model", dir, "--temperature", "-1", "--ids", "1", "--print-ids"], "--temperature"),
-            (&["--model", dir, "--top-p", "0", "--ids", "1", "--print-ids"], "--top-p"),
-            (&["--model", dir, "--min-p", "2", "--ids", "1", "--print-ids"], "--min-p"),
-            (&["--model", dir, "--threads", "0", "--ids", "1", "--print-ids"], "--threads"),
+            (&["--model", dir, "--temperature", "-1", "--prompt", "x"], "--temperature"),
+            (&["--model", dir, "--top-p", "0", "--prompt", "x"], "--top-p"),
+            (&["--model", dir, "--min-p", "2", "--prompt", "x"], "--min-p"),
+            (&["--model", dir, "--threads", "0", "--prompt", "x"], "--threads"),
+            (&["--model", dir, "--prompt", "x", "--ids", "1"], "--ids"),
         ];
         for (args, needle) in cases {
             let out = run(args);
@@ -313,17 +420,37 @@ mod cli {
 
     #[test]
     fn bad_input_exits_with_code_1_and_names_the_problem() {
-        let dir = checkpoint().to_str().unwrap();
-        let cases: [(&[&str], &str); 4] = [
-            (&["--model", "/nonexistent-hymba-model", "--ids", "1", "--print-ids"], "/nonexistent-hymba-model does not exist"),
-            (&["--model", dir, "--ids", "1,x,3", "--print-ids"], "entry 2 is \"x\""),
-            (&["--model", dir, "--ids", "", "--print-ids"], "empty"),
+        let dir = checkpoint(true).to_str().unwrap();
+        let no_tokenizer = checkpoint(false).to_str().unwrap();
+        let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-no-prompts.txt");
+        std::fs::write(&empty, "").unwrap();
+        let empty = empty.to_str().unwrap();
+        let cases: [(&[&str], &str); 7] = [
+            (&["--model", "/nonexistent-hymba-model", "--prompt", "x"], "/nonexistent-hymba-model does not exist"),
+            (&["--model", dir, "--prompts-file", empty], "holds no prompts"),
+            (&["--model", dir, "--ids", "1,x,3"], "entry 2 is \"x\""),
+            (&["--model", dir, "--ids", ""], "empty"),
             (&["--model", dir, "--ids", "1,32001", "--print-ids"], "32001"),
+            (&["--model", no_tokenizer, "--prompt", "x"], "tokenizer"),
+            (&["--model", dir, "--prompts-file", "/nonexistent-prompts.txt"], "/nonexistent-prompts.txt"),
         ];
         for (args, needle) in cases {
             let out = run(args);
             assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
             assert!(stderr(&out).contains(needle), "{needle:?} not in {}", stderr(&out));
         }
+    }
+
+    #[test]
+    fn non_utf8_input_is_refused() {
+        let dir = checkpoint(true).to_str().unwrap();
+        let out = run_with_stdin(&["--model", dir], b"caf\xe9\n");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("stdin is not valid UTF-8"), "{}", stderr(&out));
+        let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-latin1.txt");
+        std::fs::write(&file, b"ok\ncaf\xe9\n").unwrap();
+        let out = run(&["--model", dir, "--prompts-file", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("is not valid UTF-8 (invalid byte at offset 6)"), "{}", stderr(&out));
     }
 }

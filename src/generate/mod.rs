@@ -9,14 +9,17 @@
 //! ```
 //!
 //! Each generated id goes to a callback as soon as it is chosen, so a caller can stream it;
-//! the callback can also end generation ([`Flow::Stop`]), which is how text-level stop strings
-//! ([`stop::StopChecker`]) plug in on top of the id loop.
+//! the callback can also end generation ([`Flow::Stop`]). That is how the text layer plugs in
+//! on top of the id loop: [`text::generate_text`] decodes the ids as they come and ends at the
+//! first stop string ([`stop::StopChecker`]).
 //!
-//! [`generate_batch`] runs several prompts in parallel (rayon), each with its own cache and
-//! sampler: a prompt's result is exactly what [`generate`] gives for it alone.
+//! [`generate_batch`] (and [`text::generate_text_batch`]) run several prompts in parallel
+//! (rayon), each with its own cache and sampler: a prompt's result is exactly what
+//! [`generate`] gives for it alone.
 
 pub mod sampling;
 pub mod stop;
+pub mod text;
 
 use crate::cache_plan::ScalarType;
 use crate::error::Result;

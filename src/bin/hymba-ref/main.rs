@@ -25,7 +25,7 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Layer plan, parameter count and cache size at a context, from config.json alone.
     Inspect(inspect::InspectArgs),
-    /// Continue a prompt, printing what is generated.
+    /// Continue a prompt (text, chat or ids), streaming the generated text.
     Generate(generate::GenerateArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
