@@ -215,22 +215,30 @@ mod cli {
     use std::process::{Command, Output, Stdio};
     use std::sync::OnceLock;
 
-    /// The released vocabulary (32001) on a tiny model, so the real tokenizer fits it.
-    fn cli_config() -> serde_json::Value {
-        let mut config = small_config();
-        config["vocab_size"] = json!(32001);
-        config
+    /// The random checkpoints the command runs on: a tiny model with the released vocabulary
+    /// size (32001) and tokenizer, the same without tokenizer files, and one whose vocabulary
+    /// is one id short of the tokenizer's (so `[PAD]`, id 32000, is out of its range).
+    #[derive(Clone, Copy)]
+    enum Ckpt {
+        Full,
+        NoTokenizer,
+        ShortVocab,
     }
 
-    /// A checkpoint directory (config.json + model.safetensors) of a random model, with the
-    /// tokenizer files if `with_tokenizer`. Written once per test binary.
-    fn checkpoint(with_tokenizer: bool) -> &'static Path {
-        static DIRS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
-        DIRS[with_tokenizer as usize].get_or_init(|| {
-            let name = if with_tokenizer { "generate-cli-model" } else { "generate-cli-model-no-tokenizer" };
+    /// The checkpoint directory (config.json + model.safetensors, tokenizer files unless
+    /// `NoTokenizer`), written once per test binary.
+    fn checkpoint(kind: Ckpt) -> &'static Path {
+        static DIRS: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        DIRS[kind as usize].get_or_init(|| {
+            let (name, vocab) = match kind {
+                Ckpt::Full => ("generate-cli-model", 32001),
+                Ckpt::NoTokenizer => ("generate-cli-model-no-tokenizer", 32001),
+                Ckpt::ShortVocab => ("generate-cli-model-short-vocab", 32000),
+            };
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
             std::fs::create_dir_all(&dir).unwrap();
-            let config = cli_config();
+            let mut config = small_config();
+            config["vocab_size"] = json!(vocab);
             std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
             let cfg = HymbaConfig::from_json_str(&config.to_string()).unwrap();
             let source = RandomWeights::new(&cfg, 21);
@@ -245,7 +253,7 @@ mod cli {
             let views: Vec<(&str, &[usize], &[f32])> =
                 tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
             write_f32(&dir.join("model.safetensors"), &views).unwrap();
-            if with_tokenizer {
+            if !matches!(kind, Ckpt::NoTokenizer) {
                 let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer");
                 for file in ["tokenizer.json", "tokenizer_config.json"] {
                     std::fs::copy(fixtures.join(file), dir.join(file)).unwrap();
@@ -257,12 +265,12 @@ mod cli {
 
     fn model() -> &'static Hymba {
         static MODEL: OnceLock<Hymba> = OnceLock::new();
-        MODEL.get_or_init(|| Hymba::from_dir(checkpoint(true)).unwrap())
+        MODEL.get_or_init(|| Hymba::from_dir(checkpoint(Ckpt::Full)).unwrap())
     }
 
     fn tokenizer() -> &'static Tokenizer {
         static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
-        TOKENIZER.get_or_init(|| Tokenizer::from_dir(checkpoint(true)).unwrap())
+        TOKENIZER.get_or_init(|| Tokenizer::from_dir(checkpoint(Ckpt::Full)).unwrap())
     }
 
     fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
@@ -284,7 +292,7 @@ mod cli {
 
     /// `generate --model <random checkpoint> args...`, which must succeed: its stdout.
     fn generate_ok(args: &[&str]) -> String {
-        let dir = checkpoint(true).to_str().unwrap();
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
         let out = run(&[&["--model", dir], args].concat());
         assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
@@ -308,7 +316,7 @@ mod cli {
 
     #[test]
     fn a_text_prompt_streams_the_librarys_text_and_reports_timings() {
-        let dir = checkpoint(true).to_str().unwrap();
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
         let out = run(&["--model", dir, "--prompt", "Hello world", "--max-new-tokens", "12"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let want = library_text("Hello world", &options(12, true, SamplingParams::default()), &[]);
@@ -321,7 +329,7 @@ mod cli {
 
     #[test]
     fn stdin_is_the_prompt_without_its_final_newline() {
-        let dir = checkpoint(true).to_str().unwrap();
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
         let out = run_with_stdin(&["--model", dir, "--max-new-tokens", "6"], b"Hello world\n");
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(String::from_utf8(out.stdout).unwrap(), generate_ok(&["--prompt", "Hello world", "--max-new-tokens", "6"]));
@@ -329,7 +337,7 @@ mod cli {
 
     #[test]
     fn ids_in_ids_out_needs_no_tokenizer() {
-        let dir = checkpoint(false).to_str().unwrap();
+        let dir = checkpoint(Ckpt::NoTokenizer).to_str().unwrap();
         let out = run(&["--model", dir, "--ids", "1,15043,3186", "--print-ids", "--max-new-tokens", "7", "--no-eos-stop"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let want = run_lib(&[1, 15043, 3186], &options(7, false, SamplingParams::default()));
@@ -402,7 +410,7 @@ mod cli {
 
     #[test]
     fn usage_errors_exit_with_code_2() {
-        let dir = checkpoint(true).to_str().unwrap();
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
         let cases: [(&[&str], &str); 6] = [
             (&["--bogus"], "--bogus"),
             (&["--model", dir, "--temperature", "-1", "--prompt", "x"], "--temperature"),
@@ -420,8 +428,8 @@ mod cli {
 
     #[test]
     fn bad_input_exits_with_code_1_and_names_the_problem() {
-        let dir = checkpoint(true).to_str().unwrap();
-        let no_tokenizer = checkpoint(false).to_str().unwrap();
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
+        let no_tokenizer = checkpoint(Ckpt::NoTokenizer).to_str().unwrap();
         let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-no-prompts.txt");
         std::fs::write(&empty, "").unwrap();
         let empty = empty.to_str().unwrap();
@@ -443,7 +451,7 @@ mod cli {
 
     #[test]
     fn non_utf8_input_is_refused() {
-        let dir = checkpoint(true).to_str().unwrap();
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
         let out = run_with_stdin(&["--model", dir], b"caf\xe9\n");
         assert_eq!(out.status.code(), Some(1));
         assert!(stderr(&out).contains("stdin is not valid UTF-8"), "{}", stderr(&out));
@@ -452,5 +460,22 @@ mod cli {
         let out = run(&["--model", dir, "--prompts-file", file.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1));
         assert!(stderr(&out).contains("is not valid UTF-8 (invalid byte at offset 6)"), "{}", stderr(&out));
+    }
+
+    #[test]
+    fn a_failing_prompt_in_a_file_is_reported_in_place_and_the_others_still_print() {
+        let dir = checkpoint(Ckpt::ShortVocab).to_str().unwrap();
+        let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-one-bad-prompt.txt");
+        std::fs::write(&file, "Hello\n[PAD] is id 32000\nworld\n").unwrap();
+        let out = run(&["--model", dir, "--prompts-file", file.to_str().unwrap(), "--max-new-tokens", "3"]);
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+        let headers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("=== ")).collect();
+        assert_eq!(headers, ["=== prompt 1 ===", "=== prompt 2 ===", "=== prompt 3 ==="]);
+        assert!(stdout.contains("=== prompt 2 ===\n(failed)\n"), "{stdout}");
+        let err = stderr(&out);
+        for needle in ["prompt 2: error: token id 32000", "1 of 3 prompts failed"] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
     }
 }

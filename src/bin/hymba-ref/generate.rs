@@ -138,8 +138,11 @@ fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
     if dir.is_dir() {
         return Ok(dir);
     }
-    let what = if model.is_some() { "model directory" } else { "bundled model directory (pass --model DIR)" };
-    Err(Error::new(ErrorKind::Io, format!("{what} {} does not exist", dir.display())))
+    let message = match model {
+        Some(_) => format!("model directory {} does not exist", dir.display()),
+        None => format!("the bundled model directory {} does not exist; pass --model DIR", dir.display()),
+    };
+    Err(Error::new(ErrorKind::Io, message))
 }
 
 /// One prompt (streamed) or a file's worth (generated in parallel, printed at the end).
@@ -236,7 +239,7 @@ fn ids_json(ids: &[u32]) -> String {
     serde_json::to_string(ids).expect("a list of integers serialises")
 }
 
-/// `prefill: 12 tokens in 0.031 s (387.1 tok/s) | decode: 30 tokens in 0.402 s (74.6 tok/s) | ...`
+/// `prefill: 12 tokens in 0.031 s (387.1 tok/s) | decode: 30 steps in 0.402 s (74.6 tok/s) | ...`
 fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
     let reason = match reason {
         StopReason::Eos => "end of sequence",
