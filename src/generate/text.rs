@@ -40,8 +40,8 @@ impl<'t> TextStream<'t> {
     }
 }
 
-/// [`generate`] with the output as text: `on_text` receives each piece of final text as soon as
-/// it is known (the stop string and anything after it never arrive). A stop string ends
+/// [`generate`] with the output as text: `on_text` receives each (non-empty) piece of final text
+/// as soon as it is known (the stop string and anything after it never arrive). A stop string ends
 /// generation with [`super::StopReason::Callback`].
 pub fn generate_text(
     model: &Hymba,
@@ -55,12 +55,15 @@ pub fn generate_text(
     let mut stopped = false;
     let generation = generate(model, prompt, options, |id| {
         let out = stream.push(id)?;
-        on_text(&out.text)?;
+        if !out.text.is_empty() {
+            on_text(&out.text)?;
+        }
         stopped = out.stopped;
         Ok(if stopped { Flow::Stop } else { Flow::Continue })
     })?;
-    if !stopped {
-        on_text(&stream.finish())?;
+    let rest = if stopped { String::new() } else { stream.finish() };
+    if !rest.is_empty() {
+        on_text(&rest)?;
     }
     Ok(generation)
 }
