@@ -53,6 +53,7 @@
 //! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
 //!   streaming decode, the Instruct chat format.
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
+//! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 
 pub mod cache;
@@ -61,8 +62,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod matrix;
 pub mod model;
+mod rng;
 pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};

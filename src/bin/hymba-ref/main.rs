@@ -4,6 +4,7 @@
 //! clap), 1 for every other failure; messages go to stderr.
 
 mod args;
+mod generate;
 mod inspect;
 mod logits;
 mod perplexity;
@@ -25,6 +26,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Layer plan, parameter count and cache size at a context, from config.json alone.
     Inspect(inspect::InspectArgs),
+    /// Continue a prompt (text, chat or ids), streaming the generated text.
+    Generate(generate::GenerateArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
     /// Decode comma-separated token ids to text.
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Detokenize(args) => tokenize::run_detokenize(args),
         Command::Perplexity(args) => perplexity::run(args),
