@@ -53,16 +53,25 @@
 //! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
 //!   streaming decode, the Instruct chat format.
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
+//! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
+//! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 
 pub mod cache;
 pub mod cache_plan;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod generate;
 pub mod matrix;
 pub mod model;
+mod rng;
 pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The small demo model bundled with the repository (`reference/demo-model`, trained by
+/// `reference/train_demo.py`; see its `MODEL_CARD.md`): the commands' default `--model`.
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/demo-model");

@@ -4,8 +4,10 @@
 //! clap), 1 for every other failure; messages go to stderr.
 
 mod args;
+mod generate;
 mod inspect;
 mod logits;
+mod perplexity;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -24,10 +26,14 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Layer plan, parameter count and cache size at a context, from config.json alone.
     Inspect(inspect::InspectArgs),
+    /// Continue a prompt (text, chat or ids), streaming the generated text.
+    Generate(generate::GenerateArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
     /// Decode comma-separated token ids to text.
     Detokenize(tokenize::DetokenizeArgs),
+    /// Token-level NLL and perplexity of a text file (sliding windows over long files).
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,8 +41,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Detokenize(args) => tokenize::run_detokenize(args),
+        Command::Perplexity(args) => perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
