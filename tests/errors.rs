@@ -574,3 +574,104 @@ fn tokenize_with_a_closed_stdout_is_not_a_panic() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// generate and perplexity (on the bundled demo model)
+// ---------------------------------------------------------------------------------------------
+
+fn cli_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(input); // the program may exit before reading it all
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn non_utf8_prompt_on_stdin_is_refused() {
+    let out = cli_with_stdin(&["generate", "--model", hymba_ref::DEFAULT_MODEL_DIR, "--max-new-tokens", "2"], b"Once upon \xff\xfe a time");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stdin") && stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("offset 10"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn generate_usage_and_input_errors() {
+    let model = hymba_ref::DEFAULT_MODEL_DIR;
+    // Bad flag values are usage errors naming the flag.
+    for (flag, value) in [("--temperature", "-1"), ("--top-p", "0"), ("--max-new-tokens", "many"), ("--frobnicate", "1")] {
+        let out = cli(&["generate", "--model", model, "--prompt", "hi", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
+    }
+    // Ids past the vocabulary, and a missing model directory, exit 1 naming the culprit.
+    let out = cli(&["generate", "--model", model, "--ids", "1,99999999", "--max-new-tokens", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("99999999"), "{}", stderr(&out));
+    let out = cli(&["generate", "--model", "/no/such/model-dir", "--prompt", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/no/such/model-dir"), "{}", stderr(&out));
+}
+
+#[test]
+fn generate_with_a_closed_stdout_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(["generate", "--model", hymba_ref::DEFAULT_MODEL_DIR, "--prompt", "Once upon a time", "--max-new-tokens", "8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{:?}: {}", out.status, stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn perplexity_errors_name_the_file_and_the_bad_value() {
+    let dir = TempDir::new("ppl");
+    let model = hymba_ref::DEFAULT_MODEL_DIR;
+    let binary = dir.join("binary.txt");
+    fs::write(&binary, b"text \xc3\x28 more").unwrap();
+    let out = cli(&["perplexity", "--model", model, "--file", binary.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("binary.txt") && stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+    let text = dir.join("text.txt");
+    fs::write(&text, "Once upon a time there was a small model.").unwrap();
+    for (context, stride, needle) in [("0", "1", "context"), ("8", "8", "stride"), ("8", "0", "stride")] {
+        let out = cli(&["perplexity", "--model", model, "--file", text.to_str().unwrap(), "--context", context, "--stride", stride]);
+        assert_eq!(out.status.code(), Some(1), "{context}/{stride}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    }
+    let missing = dir.join("missing.txt");
+    let out = cli(&["perplexity", "--model", model, "--file", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
+}
+
+#[test]
+fn perplexity_with_a_closed_stdout_is_not_a_panic() {
+    let dir = TempDir::new("ppl-pipe");
+    let text = dir.join("text.txt");
+    fs::write(&text, "Once upon a time there was a small model.").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(["perplexity", "--model", hymba_ref::DEFAULT_MODEL_DIR, "--file", text.to_str().unwrap(), "--context", "16"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}

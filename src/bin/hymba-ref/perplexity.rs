@@ -1,5 +1,6 @@
 //! `hymba-ref perplexity`: token-level NLL and perplexity of a text file.
 
+use crate::args::print_stdout;
 use clap::Args;
 use hymba_ref::eval::{perplexity, windows};
 use hymba_ref::model::Hymba;
@@ -54,11 +55,14 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     if show_progress {
         eprintln!();
     }
-    println!("file: {}", args.file.display());
-    println!("tokens scored: {} (context {}, stride {stride}, {total_windows} windows)", result.tokens, args.context);
-    println!("mean NLL: {:.6} nats/token", result.mean_nll());
-    println!("perplexity: {:.4}", result.perplexity());
-    Ok(())
+    print_stdout(&format!(
+        "file: {}\ntokens scored: {} (context {}, stride {stride}, {total_windows} windows)\nmean NLL: {:.6} nats/token\nperplexity: {:.4}\n",
+        args.file.display(),
+        result.tokens,
+        args.context,
+        result.mean_nll(),
+        result.perplexity()
+    ))
 }
 
 /// `[########............] 12/27 windows, 3072/6852 tokens, 4.1 s` on one line of stderr.
