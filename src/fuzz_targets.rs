@@ -274,7 +274,7 @@ fn round_trips(s: &str) -> bool {
 /// The released tokenizer on arbitrary text and ids. Byte 0: bit 0 picks `tokenizer.json` or
 /// `tokenizer.model`, bit 1 reads the rest as ids instead of text. Text: ids inside the
 /// vocabulary, `decode(encode(text)) == text` (for text without added-token strings or `▁`),
-/// streaming decoding equal to whole decoding. Ids: as [`check_decode`].
+/// streaming decoding equal to whole decoding. Ids: as `check_decode`.
 pub fn tokenizer_roundtrip(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else { return };
     let Some(tok) = released_tokenizer(usize::from(selector & 1)) else { return };

@@ -4,7 +4,8 @@
 //! proptest-generated inputs (arbitrary bytes, and seeds with random edits).
 //!
 //! `cargo test --test fuzz_corpus -- --ignored regenerate_seed_corpus` rewrites the generated
-//! seeds (deterministic).
+//! seeds of the checkpoint, config and index targets, `python3 fuzz/make_tokenizer_seeds.py` those
+//! of the tokenizer targets (both deterministic).
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::safetensors::write_f32;
