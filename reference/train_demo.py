@@ -258,8 +258,10 @@ def write_tokenizer_files(sp: spm.SentencePieceProcessor) -> None:
         "tokenizer_class": "LlamaTokenizer", "use_default_system_prompt": False,
     }
     (OUT / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # Sampling defaults for `hymba-ref generate` (and HF's generate): greedy decoding of a model
+    # this small loops ("a man who is a man who is ..."); light sampling reads better.
     generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "transformers_version": "4.44.0",
-                  "use_cache": True}
+                  "use_cache": True, "do_sample": True, "temperature": 0.8, "top_k": 40, "repetition_penalty": 1.2}
     (OUT / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 

@@ -19,6 +19,7 @@
 //! of that ranking, so the kept set is always a prefix of it.
 
 use crate::error::{Error, Result};
+use std::path::Path;
 use crate::rng::SplitMix64;
 
 /// How to pick each token. [`SamplingParams::default`] is greedy with no penalty.
@@ -45,6 +46,36 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// The defaults a checkpoint asks for in its `generation_config.json`, read as Hugging Face's
+    /// `generate` reads them: greedy unless `do_sample` is true, then `temperature` (default 1),
+    /// `top_k` (default 50), `top_p` (default 1) and `min_p`; `repetition_penalty` (default 1)
+    /// applies either way. No file means greedy; a malformed file is an error naming it.
+    pub fn from_generation_config(dir: &Path) -> Result<SamplingParams> {
+        let path = dir.join("generation_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SamplingParams::default()),
+            Err(e) => return Err(Error::io(&path, "read", e)),
+        };
+        let bad = |what: String| Error::input(format!("{}: {what}", path.display()));
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let number = |key: &str, default: f32| -> Result<f32> {
+            match json.get(key).filter(|v| !v.is_null()) {
+                None => Ok(default),
+                Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| bad(format!("`{key}` must be a number, found {v}"))),
+            }
+        };
+        let mut params = SamplingParams { repetition_penalty: number("repetition_penalty", 1.0)?, ..Default::default() };
+        if json.get("do_sample").and_then(serde_json::Value::as_bool) == Some(true) {
+            params.temperature = number("temperature", 1.0)?;
+            params.top_k = number("top_k", 50.0)? as usize;
+            params.top_p = number("top_p", 1.0)?;
+            params.min_p = number("min_p", 0.0)?;
+        }
+        params.validate().map_err(|e| bad(e.message))?;
+        Ok(params)
+    }
+
     /// Refuse values outside their ranges, naming the parameter.
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &str, value: f32, range: &str| {
@@ -191,6 +222,24 @@ fn draw(kept: &[(u32, f32)], u: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_config_defaults_follow_hugging_face() {
+        let dir = std::env::temp_dir().join(format!("hymba-genconf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(SamplingParams::from_generation_config(&dir).unwrap(), SamplingParams::default());
+        let write = |text: &str| std::fs::write(dir.join("generation_config.json"), text).unwrap();
+        write(r#"{"do_sample": false, "temperature": 0.5, "repetition_penalty": 1.1}"#);
+        let p = SamplingParams::from_generation_config(&dir).unwrap();
+        assert_eq!((p.temperature, p.repetition_penalty), (0.0, 1.1));
+        write(r#"{"do_sample": true, "temperature": 0.8, "top_k": 40}"#);
+        let p = SamplingParams::from_generation_config(&dir).unwrap();
+        assert_eq!((p.temperature, p.top_k, p.top_p), (0.8, 40, 1.0));
+        write(r#"{"do_sample": true, "top_p": 7}"#);
+        let err = SamplingParams::from_generation_config(&dir).unwrap_err();
+        assert!(err.message.contains("generation_config.json") && err.message.contains("top_p"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use proptest::prelude::*;
 
     fn params(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingParams {

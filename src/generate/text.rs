@@ -16,9 +16,11 @@ pub struct TextStream<'t> {
 }
 
 impl<'t> TextStream<'t> {
-    /// Refuses an empty stop string.
+    /// For the continuation of a prompt (so its first space is kept). Refuses an empty stop
+    /// string.
     pub fn new(tokenizer: &'t Tokenizer, stops: &[String]) -> Result<TextStream<'t>> {
-        Ok(TextStream { decoder: StreamDecoder::new(tokenizer), stops: StopChecker::new(stops.to_vec())? })
+        let decoder = StreamDecoder::continuing(tokenizer);
+        Ok(TextStream { decoder, stops: StopChecker::new(stops.to_vec())? })
     }
 
     /// Add a generated id: the text that became final, and whether a stop string was found.
@@ -99,7 +101,8 @@ mod tests {
         Tokenizer::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer")).unwrap()
     }
 
-    /// "emoji: 🦙": the llama is four byte tokens.
+    /// "▁emoji: 🦙": the llama is four byte tokens. As a continuation, the first `▁` prints as a
+    /// space.
     const IDS: [u32; 9] = [953, 29877, 2397, 29901, 29871, 243, 162, 169, 156];
 
     fn stream(tokenizer: &Tokenizer, stops: &[&str]) -> (Vec<String>, Option<usize>, String) {
@@ -121,7 +124,7 @@ mod tests {
         let tokenizer = tokenizer();
         let (pieces, stopped, rest) = stream(&tokenizer, &[]);
         assert_eq!(stopped, None);
-        assert_eq!(pieces.concat() + &rest, tokenizer.decode(&IDS).unwrap());
+        assert_eq!(pieces.concat() + &rest, format!(" {}", tokenizer.decode(&IDS).unwrap()));
         assert_eq!(pieces[5..8], ["", "", ""], "no half characters");
         assert_eq!(pieces[8], "🦙");
     }
@@ -131,7 +134,7 @@ mod tests {
         let tokenizer = tokenizer();
         let (pieces, stopped, _) = stream(&tokenizer, &["🦙"]);
         assert_eq!(stopped, Some(8));
-        assert_eq!(pieces.concat(), "emoji: ");
+        assert_eq!(pieces.concat(), " emoji: ");
     }
 
     #[test]
@@ -139,7 +142,7 @@ mod tests {
         let tokenizer = tokenizer();
         let (pieces, stopped, rest) = stream(&tokenizer, &["🦙!"]);
         assert_eq!(stopped, None);
-        assert_eq!(pieces.concat(), "emoji: ");
+        assert_eq!(pieces.concat(), " emoji: ");
         assert_eq!(rest, "🦙");
     }
 }

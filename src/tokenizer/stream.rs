@@ -30,8 +30,16 @@ pub struct StreamDecoder<'t> {
 }
 
 impl<'t> StreamDecoder<'t> {
+    /// A decoder for a whole text: the leading-space rule applies to its first token.
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
         StreamDecoder { tokenizer, pending: Vec::new(), at_start: true }
+    }
+
+    /// A decoder for text that continues earlier text (a generated continuation of a prompt):
+    /// the leading-space rule already applied to the start of the prompt, so a first token
+    /// `▁that` after "Once upon a time" prints " that".
+    pub fn continuing(tokenizer: &'t Tokenizer) -> Self {
+        StreamDecoder { tokenizer, pending: Vec::new(), at_start: false }
     }
 
     /// Add one id; returns the text that became complete (possibly empty). An id outside the

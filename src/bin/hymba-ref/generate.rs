@@ -49,21 +49,22 @@ pub struct GenerateArgs {
     /// The most tokens to generate per prompt.
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_new_tokens: usize,
+    // Sampling: each flag overrides the model's generation_config.json (greedy if it has none).
     /// Sampling temperature; 0 = greedy (argmax).
-    #[arg(long, value_name = "T", default_value_t = 0.0, value_parser = non_negative, allow_negative_numbers = true)]
-    temperature: f32,
+    #[arg(long, value_name = "T", value_parser = non_negative, allow_negative_numbers = true)]
+    temperature: Option<f32>,
     /// Sample among the K most likely tokens only (0 = all).
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    top_k: usize,
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
     /// Sample among the most likely tokens whose probability sums to P (1 = all).
-    #[arg(long, value_name = "P", default_value_t = 1.0, value_parser = probability_above_zero, allow_negative_numbers = true)]
-    top_p: f32,
+    #[arg(long, value_name = "P", value_parser = probability_above_zero, allow_negative_numbers = true)]
+    top_p: Option<f32>,
     /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = probability, allow_negative_numbers = true)]
-    min_p: f32,
+    #[arg(long, value_name = "P", value_parser = probability, allow_negative_numbers = true)]
+    min_p: Option<f32>,
     /// Penalise tokens already in the sequence (> 1 discourages repeats; 1 = off).
-    #[arg(long, value_name = "R", default_value_t = 1.0, value_parser = positive, allow_negative_numbers = true)]
-    repetition_penalty: f32,
+    #[arg(long, value_name = "R", value_parser = positive, allow_negative_numbers = true)]
+    repetition_penalty: Option<f32>,
     /// Seed of the sampler (the same seed gives the same output).
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
@@ -88,15 +89,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let ids = args.ids.as_deref().map(parse_id_list).transpose()?;
     let dir = model_dir(args.model.as_deref())?;
     let model = Hymba::from_dir(&dir)?;
+    let defaults = SamplingParams::from_generation_config(&dir)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         stop_at_eos: !args.no_eos_stop,
         sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            repetition_penalty: args.repetition_penalty,
+            temperature: args.temperature.unwrap_or(defaults.temperature),
+            top_k: args.top_k.unwrap_or(defaults.top_k),
+            top_p: args.top_p.unwrap_or(defaults.top_p),
+            min_p: args.min_p.unwrap_or(defaults.min_p),
+            repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
             seed: args.seed,
         },
     };
