@@ -96,7 +96,7 @@ pub fn perplexity(
     let mut result = Perplexity { tokens: 0, total_nll: 0.0 };
     for (k, w) in plan.iter().enumerate() {
         let mut cache = model.new_sequence(); // meta tokens already in
-        let x = model.run_chunk(model.embed(&ids[w.begin..w.end]), &mut cache, None); // (len, H)
+        let x = model.run_chunk(model.embed(&ids[w.begin..w.end]), &mut cache); // (len, H)
         // Row r predicts token begin + r + 1: project only the rows that predict scored tokens.
         let rows = x.slice(s![w.first_scored - 1 - w.begin..w.end - 1 - w.begin, ..]);
         let logits = model.lm_head(model.final_norm(rows).view())?; // (scored, V)

@@ -91,3 +91,26 @@ proptest! {
         }
     }
 }
+
+/// Long inputs go through the layers in passes of `MAX_ROWS_PER_PASS` rows; the result equals
+/// one pass (`forward_traced` never splits), also for dynamic NTK past orig_max, since every
+/// pass of a call uses the call's RoPE base.
+#[test]
+fn passes_of_bounded_rows_equal_one_pass() {
+    use hymba_ref::model::hymba::MAX_ROWS_PER_PASS;
+    for rope in ["default", "dynamic_ntk"] {
+        let config = json!({
+            "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 24,
+            "num_memory_tokens": 3, "sliding_window": 7, "global_attn_idx": [1],
+            "kv_reuse_group": [[0, 2]], "rope": true, "rope_type": rope,
+            "orig_max_position_embeddings": 64, "mamba_d_state": 4, "mamba_d_conv": 3,
+        });
+        let model = random_model(&config, 7);
+        let ids: Vec<u32> = (0..MAX_ROWS_PER_PASS as u32 * 2 + 37).map(|i| (i * 31 + 5) % 50).collect();
+        let split = model.forward(&ids).unwrap();
+        let whole = model.forward_traced(&ids).unwrap().logits;
+        let err = max_abs_diff(split.view(), whole.view());
+        assert!(err <= 1e-4, "{rope}: max |Δ| = {err}");
+    }
+}

@@ -10,6 +10,9 @@ use crate::error::{Error, ErrorKind, Result};
 use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
 use std::path::Path;
 
+/// The most rows [`Hymba::run_chunk`] sends through the layers at once.
+pub const MAX_ROWS_PER_PASS: usize = 512;
+
 /// A loaded Hymba model: its validated config, its weights, and the cache state after the meta
 /// tokens (they do not depend on the prompt, so they are run once per model). Immutable once built.
 pub struct Hymba {
@@ -47,7 +50,7 @@ impl Hymba {
         let mut model = Hymba { meta_prefix: HybridCache::new(&config), config, weights };
         if model.config.num_memory_tokens > 0 {
             let mut prefix = HybridCache::new(&model.config);
-            model.run_chunk(model.weights.memory_tokens.clone(), &mut prefix, None); // (M, H)
+            model.run_chunk(model.weights.memory_tokens.clone(), &mut prefix); // (M, H)
             model.meta_prefix = prefix;
         }
         model
@@ -84,18 +87,43 @@ impl Hymba {
     }
 
     /// Run the rows `x` (T, H) through every layer as the next chunk of the sequence in `cache`.
-    /// With `trace`, each layer's input and intermediates are kept. → (T, H), before the final norm
-    pub fn run_chunk(
+    /// → (T, H), before the final norm
+    ///
+    /// Long inputs go through the layers [`MAX_ROWS_PER_PASS`] rows at a time, which bounds the
+    /// activation memory; the cache carries everything from one pass to the next, so the result
+    /// is the same. All rows are rotated with the RoPE base of the whole call: `dynamic_ntk`
+    /// picks it from the largest position of the call (SPEC, RoPE).
+    pub fn run_chunk(&self, x: Array2<f32>, cache: &mut HybridCache) -> Array2<f32> {
+        let base = self.rope_base_for(cache.next_position + x.nrows());
+        if x.nrows() <= MAX_ROWS_PER_PASS {
+            return self.run_layers(x, base, cache, None);
+        }
+        let outputs: Vec<Array2<f32>> = x
+            .axis_chunks_iter(Axis(0), MAX_ROWS_PER_PASS)
+            .map(|rows| self.run_layers(rows.to_owned(), base, cache, None))
+            .collect();
+        let views: Vec<_> = outputs.iter().map(|o| o.view()).collect();
+        concatenate(Axis(0), &views).expect("same width H") // (T, H)
+    }
+
+    /// The RoPE base for a call whose last position is `seq_len − 1`; `None` without RoPE.
+    fn rope_base_for(&self, seq_len: usize) -> Option<f64> {
+        let cfg = &self.config;
+        cfg.rope.map(|r| rope_base(&r, cfg.head_dim_qk(), seq_len))
+    }
+
+    /// One pass of the rows `x` (T, H) through every layer; with `trace`, each layer's input
+    /// and intermediates are kept. → (T, H)
+    fn run_layers(
         &self,
         mut x: Array2<f32>,
+        base: Option<f64>,
         cache: &mut HybridCache,
         mut trace: Option<&mut (Vec<Array2<f32>>, Vec<LayerOutput>)>,
     ) -> Array2<f32> {
         let cfg = &self.config;
         let start = cache.next_position;
         let positions: Vec<usize> = (start..start + x.nrows()).collect();
-        // dynamic_ntk picks its base from the largest position of the call (SPEC, RoPE).
-        let base = cfg.rope.map(|r| rope_base(&r, cfg.head_dim_qk(), start + x.nrows()));
         for (plan, w) in cfg.layers.iter().zip(&self.weights.layers) {
             let out = hymba_layer(cfg, plan, w, x.view(), &positions, base, cache);
             if let Some((hidden, layers)) = trace.as_deref_mut() {
@@ -133,7 +161,7 @@ impl Hymba {
         self.check_ids(ids)?;
         let m = self.config.num_memory_tokens;
         let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids).view()); // (M+n, H)
-        let x = self.run_chunk(x, &mut HybridCache::new(&self.config), None); // (M+n, H)
+        let x = self.run_chunk(x, &mut HybridCache::new(&self.config)); // (M+n, H)
         self.lm_head(self.final_norm(x.slice(s![m.., ..])).view())
     }
 
@@ -145,7 +173,7 @@ impl Hymba {
     /// of its own last position, as the released cached decode does (SPEC, RoPE).
     pub fn forward_chunk(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array2<f32>> {
         self.check_ids(ids)?;
-        let x = self.run_chunk(self.embed(ids), cache, None); // (n, H)
+        let x = self.run_chunk(self.embed(ids), cache); // (n, H)
         self.lm_head(self.final_norm(x.view()).view())
     }
 
@@ -153,7 +181,7 @@ impl Hymba {
     /// needs, without projecting every prompt row onto the vocabulary. ids → (V)
     pub fn next_token_logits(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array1<f32>> {
         self.check_ids(ids)?;
-        let x = self.run_chunk(self.embed(ids), cache, None); // (n, H)
+        let x = self.run_chunk(self.embed(ids), cache); // (n, H)
         let last = self.final_norm(x.slice(s![x.nrows() - 1.., ..])); // (1, H)
         Ok(self.lm_head(last.view())?.row(0).to_owned())
     }
@@ -164,7 +192,8 @@ impl Hymba {
         let m = self.config.num_memory_tokens;
         let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids).view()); // (M+n, H)
         let mut trace = (Vec::new(), Vec::new());
-        let x = self.run_chunk(x, &mut HybridCache::new(&self.config), Some(&mut trace));
+        let base = self.rope_base_for(x.nrows());
+        let x = self.run_layers(x, base, &mut HybridCache::new(&self.config), Some(&mut trace));
         let (mut hidden, layers) = trace;
         hidden.push(self.final_norm(x.view())); // (M+n, H)
         let logits = self.lm_head(hidden.last().expect("final").slice(s![m.., ..]))?;
