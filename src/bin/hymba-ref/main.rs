@@ -4,6 +4,7 @@
 //! clap), 1 for every other failure; messages go to stderr.
 
 mod args;
+mod bench;
 mod logits;
 
 use clap::{Parser, Subcommand};
@@ -20,12 +21,15 @@ struct Cli {
 enum Command {
     /// Full-sequence (or --prefill incremental) logits for token ids, saved as safetensors.
     Logits(logits::LogitsArgs),
+    /// Prefill and decode speed, peak memory and the decode roofline on random weights.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with code 2
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
