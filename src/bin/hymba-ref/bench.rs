@@ -85,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.runs == 0 || args.decode_tokens == 0 {
         return Err(Error::input("--runs and --decode-tokens must be at least 1"));
     }
-    if args.contexts.iter().any(|&c| c == 0) {
+    if args.contexts.contains(&0) {
         return Err(Error::input("--contexts: every context must be at least 1 token"));
     }
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
@@ -414,21 +414,26 @@ fn table(report: &Value) -> String {
         let weights = num(&cfg["weight_bytes"]);
         for c in cfg["contexts"].as_array().into_iter().flatten() {
             let peak = num(&c["peak_rss_bytes"]);
+            // Missing figures (no bandwidth measured, no /proc) print as "-".
+            let f = |x: f64, digits: usize| if x.is_finite() { format!("{x:.digits$}") } else { "-".into() };
             out += &format!(
-                "{:<7} {:>8.1}M {:>11.1} {:>6} {:>5} {:>13.1} {:>12.2} {:>9.2} {:>10.1} {:>10.1} {:>10.3} {:>14.2} {:>9.1}%\n",
+                "{:<7} {:>8.1}M {:>11} {:>6} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10}\n",
                 cfg["name"].as_str().unwrap_or("?"),
                 num(&cfg["params"]) / 1e6,
-                weights / MIB,
+                f(weights / MIB, 1),
                 c["context"].as_u64().unwrap_or(0),
                 c["runs"].as_u64().unwrap_or(0),
-                num(&c["prefill_tok_per_s"]),
-                num(&c["decode_tok_per_s"]),
-                num(&c["decode_ms_per_token"]),
-                num(&c["cache_bytes"]) / MIB,
-                peak / MIB,
-                peak / (weights + num(&c["cache_bytes"])),
-                num(&cfg["roofline_decode_tok_per_s"]),
-                100.0 * num(&c["roofline_fraction"]),
+                f(num(&c["prefill_tok_per_s"]), 1),
+                f(num(&c["decode_tok_per_s"]), 2),
+                f(num(&c["decode_ms_per_token"]), 2),
+                f(num(&c["cache_bytes"]) / MIB, 1),
+                f(peak / MIB, 1),
+                f(peak / (weights + num(&c["cache_bytes"])), 3),
+                f(num(&cfg["roofline_decode_tok_per_s"]), 2),
+                match f(100.0 * num(&c["roofline_fraction"]), 1) {
+                    x if x == "-" => x,
+                    x => x + "%",
+                },
             );
         }
     }
