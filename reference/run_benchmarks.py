@@ -266,6 +266,9 @@ METHOD = """## What is counted
   Python loop over time steps (not over channels), and a cache that concatenates each step's K/V
   onto the previous tensors. Its per-layer weight lookup (`Hymba.layer` filters the weight dict
   every call) costs a few ms per step, < 1 % of a 1.5B decode step. Nothing was changed for speed.
+- **Profiling** one engine's config × context:
+  `perf record -g --call-graph dwarf target/release/hymba-ref bench --child --configs 1.5b --contexts 16 --runs 1 --decode-tokens 8`
+  (`--child` measures in-process, without the bandwidth pass), then `perf report --children`.
 """
 
 
