@@ -69,6 +69,8 @@ def run_all(args) -> tuple[dict, dict, dict]:
         else:
             ours["configs"] += part["configs"]
             ours["bandwidth_samples"].append(part["bandwidth"])
+        if args.torch_json:
+            continue
         loads.append(f"before {name} (torch): {uptime()}")
         out = sh([args.python, str(REPO / "reference" / "bench_torch.py"), "--configs", name, *common], cwd=REPO,
                  stdout=subprocess.PIPE, text=True)
@@ -77,7 +79,16 @@ def run_all(args) -> tuple[dict, dict, dict]:
             torch = part
         else:
             torch["configs"] += part["configs"]
+    if args.torch_json:
+        torch = json.loads(Path(args.torch_json).read_text())
+        torch["reused_from"] = args.torch_json
+        earlier_meta = Path(args.torch_json).with_name("meta.json")
+        if "measured" not in torch and earlier_meta.exists():
+            earlier = json.loads(earlier_meta.read_text())
+            torch["measured"] = f"{earlier['date']}, commit {earlier['commit']}"
     loads.append(f"at the end: {uptime()}")
+    if not args.torch_json:
+        torch["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     bw = statistics.median(b["read_bytes_per_second"] for b in ours["bandwidth_samples"])
     ours["bandwidth"] = dict(ours["bandwidth_samples"][0], read_bytes_per_second=bw)
     for cfg in ours["configs"]:  # the roofline against the median bandwidth
@@ -182,6 +193,10 @@ def write_page(ours: dict, torch: dict, meta: dict, path: Path) -> None:
            if ours.get("time_budget_seconds") else "") + ".",
         f"- Read bandwidth: **{fmt(bws and bws / 1e9, 2)} GB/s** (median over the runs of the median of 7 passes "
         f"summing a {fmt(bw.get('buffer_bytes', 0) / 2**30, 1)} GiB buffer with all threads).",
+        *([f"- **The PyTorch figures are reused** from an earlier run of this script on the same machine and "
+           f"settings (`--torch-json {torch['reused_from']}`, measured {torch.get('measured', 'earlier')}): "
+           "PyTorch does not depend on this engine's code, but machine load differed between the two runs.",]
+          if torch.get("reused_from") else []),
         "- Machine load during the run (the machine is shared; figures are only as steady as this):",
         "",
         *[f"  - {line}" for line in meta.get("loads", [])],
@@ -285,6 +300,8 @@ def main() -> None:
     ap.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"), help="Python with torch")
     ap.add_argument("--out", default=str(REPO / "docs" / "PERFORMANCE.md"))
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--torch-json", metavar="FILE",
+                    help="do not run PyTorch: reuse its results from an earlier run's torch.json (said on the page)")
     ap.add_argument("--from-json", metavar="DIR", help="only rewrite the page from DIR/{ours,torch,meta}.json")
     args = ap.parse_args()
 
