@@ -11,6 +11,7 @@
 //! The cache is a plain value passed `&mut` to the model; a full forward pass is the same code
 //! run on a fresh cache.
 
+use crate::cache_plan::CacheSize;
 use crate::config::{AttentionSpan, HymbaConfig, LayerPlan};
 use crate::model::ssm::SsmState;
 use ndarray::{ArrayView2, ArrayView3};
@@ -136,6 +137,15 @@ impl HybridCache {
             .map(|_| SsmState::zeros(cfg.d_inner(), cfg.mamba_d_conv, cfg.mamba_d_state))
             .collect();
         HybridCache { kv, ssm, next_position: 0 }
+    }
+
+    /// The scalars this cache holds now, split as [`crate::cache_plan::CachePlan`] predicts them.
+    pub fn allocated_scalars(&self) -> CacheSize {
+        CacheSize {
+            kv_cache_elements: self.kv.iter().flatten().map(KvCache::scalars).sum(),
+            ssm_state_elements: self.ssm.iter().map(|s| s.scan.len()).sum(),
+            conv_state_elements: self.ssm.iter().map(|s| s.conv.len()).sum(),
+        }
     }
 
     /// After a chunk: advance the position and evict K/V rows no future query can see.

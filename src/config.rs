@@ -335,6 +335,7 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     if let Some(dup) = first_repeat(&global_attn_idx) {
         return Err(Error::config(format!("field `global_attn_idx` lists layer {dup} twice")));
     }
+    check_sizes_fit(num_hidden_layers, vocab_size, hidden_size, d_inner, intermediate_size, mamba_d_state + mamba_dt_rank)?;
     let kv_sources = parse_kv_sharing(f, num_hidden_layers)?;
     let layers = resolve_plan(&kv_sources, &global_attn_idx, sliding_window);
 
@@ -366,11 +367,33 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     })
 }
 
+/// The largest number of weights a model may have: 2⁴⁰ (two terabytes of bf16), far beyond any
+/// real model, small enough that every size computed from the config fits in usize.
+const MAX_MATRIX_ELEMENTS: u128 = 1 << 40;
+
+/// Refuse configs whose weights could not be allocated (and whose sizes would overflow).
+fn check_sizes_fit(layers: usize, vocab: usize, hidden: usize, d_inner: usize, mlp: usize, state_and_rank: usize) -> Result<()> {
+    let per_layer = (hidden as u128 + 4 * d_inner as u128) * hidden as u128 + 3 * mlp as u128 * hidden as u128;
+    let products = [
+        ("num_hidden_layers × per-layer weights", layers as u128 * per_layer),
+        ("vocab_size × hidden_size", vocab as u128 * hidden as u128),
+        ("in_proj rows × hidden_size", (hidden as u128 + 4 * d_inner as u128) * hidden as u128),
+        ("intermediate_size × hidden_size", mlp as u128 * hidden as u128),
+        ("SSM width D × (N + R)", d_inner as u128 * (2 * state_and_rank) as u128),
+    ];
+    match products.iter().find(|(_, n)| *n > MAX_MATRIX_ELEMENTS) {
+        Some((what, n)) => Err(Error::config(format!(
+            "sizes too large: {what} = {n} elements exceeds the limit of {MAX_MATRIX_ELEMENTS}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {
     if !f.bool("rope", false)? {
         return Ok(None);
     }
-    if head_dim_qk % 2 != 0 || head_dim_qk < 4 {
+    if !head_dim_qk.is_multiple_of(2) || head_dim_qk < 4 {
         return Err(Error::config(format!(
             "RoPE needs an even query/key head dim ≥ 4 (hidden_size / num_attention_heads), found {head_dim_qk}"
         )));
@@ -575,6 +598,18 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::UnsupportedConfig, "{key}: {err}");
             assert!(err.message.contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn sizes_that_cannot_fit_are_refused() {
+        let mut v = base();
+        v["vocab_size"] = 4_000_000_000u64.into();
+        v["hidden_size"] = 4_000_000_000u64.into();
+        v["num_attention_heads"] = 1.into();
+        v["num_key_value_heads"] = 1.into();
+        let err = parse_value(&v).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidConfig);
+        assert!(err.message.contains("sizes too large"), "{err}");
     }
 
     #[test]

@@ -48,13 +48,28 @@
 //! - [`config`]: `config.json` → validated [`config::HymbaConfig`] with a per-layer
 //!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
+//! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
 //! - [`model`]: the forward pass, one file per concept.
+//! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
+//!   streaming decode, the Instruct chat format.
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
+//! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
+//! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 
 pub mod cache;
+pub mod cache_plan;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod matrix;
 pub mod model;
+mod rng;
+pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The small demo model bundled with the repository (`reference/demo-model`, trained by
+/// `reference/train_demo.py`; see its `MODEL_CARD.md`): the commands' default `--model`.
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/demo-model");

@@ -24,6 +24,7 @@ pub use safetensors::{
 pub use shards::{parse_index, Checkpoint, ShardIndex};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::matrix::Elements;
 
 /// Ok if every value is finite; else a [`ErrorKind::NonFiniteWeight`] error naming tensor `name`,
 /// the first NaN or infinity (its flat row-major index and value) and how many there are.
@@ -48,6 +49,8 @@ pub trait TensorSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// A tensor converted to f32: (shape, row-major data).
     fn to_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// A tensor in its stored dtype (bf16 stays bf16): (shape, row-major data).
+    fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)>;
 }
 
 impl TensorSource for Checkpoint {
@@ -59,5 +62,8 @@ impl TensorSource for Checkpoint {
     }
     fn to_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         Checkpoint::to_f32(self, name)
+    }
+    fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
+        Checkpoint::to_elements(self, name)
     }
 }

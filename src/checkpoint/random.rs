@@ -9,6 +9,8 @@ use super::weights::expected_tensors;
 use super::TensorSource;
 use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
+use crate::matrix::Elements;
+use crate::rng::SplitMix64;
 use std::collections::BTreeMap;
 
 /// A [`TensorSource`] that makes every tensor `cfg` requires, on demand.
@@ -20,23 +22,6 @@ pub struct RandomWeights {
 impl RandomWeights {
     pub fn new(cfg: &HymbaConfig, seed: u64) -> RandomWeights {
         RandomWeights { shapes: expected_tensors(cfg).into_iter().map(|t| (t.name, t.shape)).collect(), seed }
-    }
-}
-
-/// SplitMix64: a tiny, good-enough PRNG, so we need no extra crate.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [−1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
 
@@ -83,5 +68,11 @@ impl TensorSource for RandomWeights {
             (0..len).map(|_| a * rng.uniform()).collect()
         };
         Ok((shape.clone(), data))
+    }
+
+    /// Matrices come as bf16, like the released weights.
+    fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
+        let (shape, data) = self.to_f32(name)?;
+        Ok((shape, Elements::Bf16(data.into_iter().map(half::bf16::from_f32).collect())))
     }
 }

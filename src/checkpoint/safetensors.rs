@@ -51,6 +51,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::{bf16, f16};
+
+use crate::matrix::Elements;
 use memmap2::Mmap;
 use serde_json::{json, Map, Value};
 
@@ -284,6 +286,20 @@ impl SafetensorsFile {
             Dtype::F32 => decode(bytes, f32::from_le_bytes),
             Dtype::F16 => decode(bytes, |b| f16::from_le_bytes(b).to_f32()),
             Dtype::BF16 => decode(bytes, |b| bf16::from_le_bytes(b).to_f32()),
+            other => {
+                return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
+            }
+        };
+        Ok((info.shape.clone(), values))
+    }
+
+    /// Shape and values of an `F32`, `F16` or `BF16` tensor, kept in that dtype.
+    pub fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
+        let (info, bytes) = self.lookup(name)?;
+        let values = match info.dtype {
+            Dtype::F32 => Elements::F32(decode(bytes, f32::from_le_bytes)),
+            Dtype::F16 => Elements::F16(decode(bytes, f16::from_le_bytes)),
+            Dtype::BF16 => Elements::Bf16(decode(bytes, bf16::from_le_bytes)),
             other => {
                 return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
             }

@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 use super::json_text::{brief, first_duplicate_key};
 use super::safetensors::{SafetensorsFile, TensorInfo};
 use crate::error::{Error, ErrorKind, Result};
+use crate::matrix::Elements;
 
 /// The unsharded checkpoint file.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -173,6 +174,17 @@ impl Checkpoint {
     pub fn to_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         match self.file_of.get(name) {
             Some(&i) => self.files[i].to_f32(name),
+            None => Err(Error::new(
+                ErrorKind::MissingTensor,
+                format!("{}: the checkpoint has no tensor named '{name}'", self.dir.display()),
+            )),
+        }
+    }
+
+    /// Shape and values of an `F32`, `F16` or `BF16` tensor, kept in that dtype.
+    pub fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
+        match self.file_of.get(name) {
+            Some(&i) => self.files[i].to_elements(name),
             None => Err(Error::new(
                 ErrorKind::MissingTensor,
                 format!("{}: the checkpoint has no tensor named '{name}'", self.dir.display()),

@@ -8,22 +8,24 @@ use super::shards::Checkpoint;
 use super::{check_finite, TensorSource};
 use crate::config::{HymbaConfig, KqNorm, LayerPlan, MlpActivation};
 use crate::error::{Error, ErrorKind, Result};
+use crate::matrix::Matrix;
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A linear map `y = x · Wᵀ (+ b)`, weight in PyTorch's `[out, in]` layout.
+/// A linear map `y = x · Wᵀ (+ b)`, weight in PyTorch's `[out, in]` layout, kept in its stored
+/// dtype (see [`Matrix`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Array2<f32>,
+    pub weight: Matrix,
     pub bias: Option<Array1<f32>>,
 }
 
 impl Linear {
     /// (T, in) → (T, out)
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        debug_assert_eq!(x.ncols(), self.weight.ncols());
-        let mut y = x.dot(&self.weight.t());
+        debug_assert_eq!(x.ncols(), self.weight.cols());
+        let mut y = self.weight.matmul_t(x);
         if let Some(b) = &self.bias {
             y += b;
         }
@@ -41,7 +43,7 @@ pub struct MambaWeights {
     /// `conv1d.bias` `[D]` (if `mamba_conv_bias`).
     pub conv1d_bias: Option<Array1<f32>>,
     /// `x_proj.0.weight` `[R + 2N, D]`.
-    pub x_proj: Array2<f32>,
+    pub x_proj: Matrix,
     /// `dt_proj.0.weight` `[D, R]` and `.bias` `[D]`.
     pub dt_proj: Linear,
     /// `A_log.0` `[D, N]`; A = −exp(A_log).
@@ -67,11 +69,11 @@ pub struct MambaWeights {
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
     /// `gate_proj` `[F, H]` (silu only).
-    pub gate_proj: Option<Array2<f32>>,
+    pub gate_proj: Option<Matrix>,
     /// `up_proj` `[F, H]`.
-    pub up_proj: Array2<f32>,
+    pub up_proj: Matrix,
     /// `down_proj` `[H, F]`.
-    pub down_proj: Array2<f32>,
+    pub down_proj: Matrix,
 }
 
 /// `model.layers.{i}.*`
@@ -83,23 +85,23 @@ pub struct LayerWeights {
     pub moe_expert0: MlpWeights,
 }
 
-/// Every weight of a Hymba model, in f32.
+/// Every weight of a Hymba model: matrices in their stored dtype, vectors in f32.
 #[derive(Debug, Clone)]
 pub struct HymbaWeights {
     /// `model.embed_tokens.weight` `[V, H]`.
-    pub embed_tokens: Array2<f32>,
+    pub embed_tokens: Matrix,
     /// `model.memory_tokens` `[M, H]`: the learned meta tokens.
     pub memory_tokens: Array2<f32>,
     pub layers: Vec<LayerWeights>,
     /// `model.final_layernorm.weight` `[H]`.
     pub final_layernorm: Array1<f32>,
     /// `lm_head.weight` `[V, H]`; `None` when tied to the embedding.
-    pub lm_head: Option<Array2<f32>>,
+    pub lm_head: Option<Matrix>,
 }
 
 impl HymbaWeights {
     /// The output projection: `lm_head`, or the embedding when tied.
-    pub fn lm_head(&self) -> &Array2<f32> {
+    pub fn lm_head(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 }
@@ -244,6 +246,18 @@ impl HymbaWeights {
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>> {
             into_shape2(get(name)?, name, rows, cols)
         };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
+            let (_, data) = ckpt.to_elements(name)?;
+            if let Some((i, v)) = data.first_non_finite() {
+                return Err(Error::new(
+                    ErrorKind::NonFiniteWeight,
+                    format!("tensor '{name}' holds a non-finite value: {v} at flat index {i}"),
+                ));
+            }
+            Matrix::new(rows, cols, data).ok_or_else(|| {
+                Error::new(ErrorKind::ShapeMismatch, format!("{name}: cannot view as [{rows}, {cols}]"))
+            })
+        };
         let opt = |present: bool, name: &str| -> Result<Option<Array1<f32>>> {
             present.then(|| vec1(name)).transpose()
         };
@@ -262,14 +276,14 @@ impl HymbaWeights {
             let bias = cfg.mamba_proj_bias;
             let mamba = MambaWeights {
                 in_proj: Linear {
-                    weight: mat(&p("mamba.in_proj.weight"), cfg.in_proj_rows(plan), h)?,
+                    weight: matrix(&p("mamba.in_proj.weight"), cfg.in_proj_rows(plan), h)?,
                     bias: opt(bias, &p("mamba.in_proj.bias"))?,
                 },
                 conv1d_weight: mat(&p("mamba.conv1d.weight"), d, k)?,
                 conv1d_bias: opt(cfg.mamba_conv_bias, &p("mamba.conv1d.bias"))?,
-                x_proj: mat(&p("mamba.x_proj.0.weight"), r + 2 * n, d)?,
+                x_proj: matrix(&p("mamba.x_proj.0.weight"), r + 2 * n, d)?,
                 dt_proj: Linear {
-                    weight: mat(&p("mamba.dt_proj.0.weight"), d, r)?,
+                    weight: matrix(&p("mamba.dt_proj.0.weight"), d, r)?,
                     bias: Some(vec1(&p("mamba.dt_proj.0.bias"))?),
                 },
                 a_log: mat(&p("mamba.A_log.0"), d, n)?,
@@ -280,7 +294,7 @@ impl HymbaWeights {
                 pre_avg_layernorm1: vec1(&p("mamba.pre_avg_layernorm1.weight"))?,
                 pre_avg_layernorm2: vec1(&p("mamba.pre_avg_layernorm2.weight"))?,
                 out_proj: Linear {
-                    weight: mat(&p("mamba.out_proj.weight"), h, d)?,
+                    weight: matrix(&p("mamba.out_proj.weight"), h, d)?,
                     bias: opt(bias, &p("mamba.out_proj.bias"))?,
                 },
                 q_norm: kq(&p("mamba.self_attn.q_norm.weight"), cfg.num_attention_heads)?,
@@ -292,9 +306,9 @@ impl HymbaWeights {
             };
             let silu = cfg.mlp_hidden_act == MlpActivation::Silu;
             let moe_expert0 = MlpWeights {
-                gate_proj: silu.then(|| mat(&p("moe.experts.0.gate_proj.weight"), f, h)).transpose()?,
-                up_proj: mat(&p("moe.experts.0.up_proj.weight"), f, h)?,
-                down_proj: mat(&p("moe.experts.0.down_proj.weight"), h, f)?,
+                gate_proj: silu.then(|| matrix(&p("moe.experts.0.gate_proj.weight"), f, h)).transpose()?,
+                up_proj: matrix(&p("moe.experts.0.up_proj.weight"), f, h)?,
+                down_proj: matrix(&p("moe.experts.0.down_proj.weight"), h, f)?,
             };
             layers.push(LayerWeights {
                 input_layernorm: vec1(&p("input_layernorm.weight"))?,
@@ -305,11 +319,11 @@ impl HymbaWeights {
         }
         let m = cfg.num_memory_tokens;
         Ok(HymbaWeights {
-            embed_tokens: mat("model.embed_tokens.weight", cfg.vocab_size, h)?,
+            embed_tokens: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?,
             memory_tokens: if m > 0 { mat("model.memory_tokens", m, h)? } else { Array2::zeros((0, h)) },
             layers,
             final_layernorm: vec1("model.final_layernorm.weight")?,
-            lm_head: (!cfg.tie_word_embeddings).then(|| mat("lm_head.weight", cfg.vocab_size, h)).transpose()?,
+            lm_head: (!cfg.tie_word_embeddings).then(|| matrix("lm_head.weight", cfg.vocab_size, h)).transpose()?,
         })
     }
 }

@@ -75,7 +75,12 @@ impl Hymba {
 
     /// Embedding rows for `ids` (already checked). (n, H)
     pub fn embed(&self, ids: &[u32]) -> Array2<f32> {
-        self.weights.embed_tokens.select(Axis(0), &ids.iter().map(|&i| i as usize).collect::<Vec<_>>())
+        let table = &self.weights.embed_tokens; // (V, H)
+        let mut x = Array2::zeros((ids.len(), table.cols())); // (n, H)
+        for (mut row, &id) in x.rows_mut().into_iter().zip(ids) {
+            table.row_into(id as usize, row.as_slice_mut().expect("standard layout"));
+        }
+        x
     }
 
     /// Run the rows `x` (T, H) through every layer as the next chunk of the sequence in `cache`.
@@ -112,7 +117,7 @@ impl Hymba {
 
     /// `logits = x · lm_headᵀ`, refusing non-finite results. (T, H) → (T, V)
     pub fn lm_head(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let logits = x.dot(&self.weights.lm_head().t());
+        let logits = self.weights.lm_head().matmul_t(x);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let (row, col) = (i / logits.ncols(), i % logits.ncols());
             return Err(Error::new(

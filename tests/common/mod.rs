@@ -42,7 +42,8 @@ pub fn assert_close<D: Dimension>(name: &str, got: ArrayView<f32, D>, want: &Arr
     let (mut max_err, mut failed, mut bad) = (0f32, 0usize, Vec::new());
     for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
         let err = if (g - w).is_nan() { f32::INFINITY } else { (g - w).abs() };
-        if !(err <= atol + rtol * w.abs()) {
+        let tol = atol + rtol * w.abs();
+        if err > tol || tol.is_nan() {
             failed += 1;
             if bad.len() < 5 {
                 bad.push(format!("  flat index {i}: got {g}, want {w}, |Δ| = {err}"));

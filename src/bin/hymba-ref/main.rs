@@ -5,7 +5,11 @@
 
 mod args;
 mod bench;
+mod generate;
+mod inspect;
 mod logits;
+mod perplexity;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +27,16 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Prefill and decode speed, peak memory and the decode roofline on random weights.
     Bench(bench::BenchArgs),
+    /// Layer plan, parameter count and cache size at a context, from config.json alone.
+    Inspect(inspect::InspectArgs),
+    /// Continue a prompt (text, chat or ids), streaming the generated text.
+    Generate(generate::GenerateArgs),
+    /// Encode text to token ids (printed as a JSON array).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Decode comma-separated token ids to text.
+    Detokenize(tokenize::DetokenizeArgs),
+    /// Token-level NLL and perplexity of a text file (sliding windows over long files).
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +44,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Tokenize(args) => tokenize::run_tokenize(args),
+        Command::Detokenize(args) => tokenize::run_detokenize(args),
+        Command::Perplexity(args) => perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

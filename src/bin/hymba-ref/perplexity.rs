@@ -1,0 +1,77 @@
+//! `hymba-ref perplexity`: token-level NLL and perplexity of a text file.
+
+use clap::Args;
+use hymba_ref::eval::{perplexity, windows};
+use hymba_ref::model::Hymba;
+use hymba_ref::tokenizer::Tokenizer;
+use hymba_ref::{Error, Result};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
+    #[arg(long, default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
+    model: PathBuf,
+    /// UTF-8 text file to score (encoded as one text, BOS first).
+    #[arg(long)]
+    file: PathBuf,
+    /// Tokens per window: longer texts are scored in overlapping windows of this many tokens.
+    #[arg(long, default_value_t = 512)]
+    context: usize,
+    /// Distance between window starts (default: context / 2). Each token is scored once, with at
+    /// least context − stride tokens before it (except in the first window).
+    #[arg(long)]
+    stride: Option<usize>,
+}
+
+/// Print the number of scored tokens, the mean NLL (nats/token) and the perplexity.
+pub fn run(args: PerplexityArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.file).map_err(|e| Error::io(&args.file, "read", e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::input(format!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            args.file.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let stride = args.stride.unwrap_or(args.context / 2);
+    let model = Hymba::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let ids = tokenizer.encode(&text, true);
+    if ids.len() < 2 {
+        return Err(Error::input(format!("{} has no tokens to score", args.file.display())));
+    }
+    let total_windows = windows(ids.len(), args.context, stride)?.len();
+    let show_progress = total_windows > 1 && std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let result = perplexity(&model, &ids, args.context, stride, |done, total, tokens| {
+        if show_progress {
+            progress_bar(done, total, tokens, ids.len() - 1, start);
+        }
+    })?;
+    if show_progress {
+        eprintln!();
+    }
+    println!("file: {}", args.file.display());
+    println!("tokens scored: {} (context {}, stride {stride}, {total_windows} windows)", result.tokens, args.context);
+    println!("mean NLL: {:.6} nats/token", result.mean_nll());
+    println!("perplexity: {:.4}", result.perplexity());
+    Ok(())
+}
+
+/// `[########............] 12/27 windows, 3072/6852 tokens, 4.1 s` on one line of stderr.
+fn progress_bar(done: usize, total: usize, tokens: usize, all_tokens: usize, start: Instant) {
+    const WIDTH: usize = 30;
+    let filled = WIDTH * done / total;
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(
+        stderr,
+        "\r[{}{}] {done}/{total} windows, {tokens}/{all_tokens} tokens, {:.1} s",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        start.elapsed().as_secs_f64()
+    );
+    let _ = stderr.flush();
+}

@@ -1,0 +1,168 @@
+//! Text generation over token ids: prefill the prompt, then sample and step one token at a time.
+//!
+//! ```text
+//! cache  = model.new_sequence()                 (meta tokens already in it)
+//! logits = next_token_logits(prompt, cache)     prefill: one pass over the whole prompt
+//! loop:  id = sampler.sample(logits, seen)      see [`sampling`]
+//!        stop on EOS / max_new_tokens / the callback asking to stop
+//!        logits = next_token_logits([id], cache) one decode step
+//! ```
+//!
+//! Each generated id goes to a callback as soon as it is chosen, so a caller can stream it;
+//! the callback can also end generation ([`Flow::Stop`]). That is how the text layer plugs in
+//! on top of the id loop: [`text::generate_text`] decodes the ids as they come and ends at the
+//! first stop string ([`stop::StopChecker`]).
+//!
+//! [`generate_batch`] (and [`text::generate_text_batch`]) run several prompts in parallel
+//! (rayon), each with its own cache and sampler: a prompt's result is exactly what
+//! [`generate`] gives for it alone.
+
+pub mod sampling;
+pub mod stop;
+pub mod text;
+
+use crate::cache_plan::ScalarType;
+use crate::error::Result;
+use crate::model::Hymba;
+use rayon::prelude::*;
+use sampling::{Sampler, SamplingParams};
+use std::time::Instant;
+
+/// When to stop and how to choose tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateOptions {
+    /// The most tokens to generate (the EOS token, if it ends generation, is not counted).
+    pub max_new_tokens: usize,
+    /// Stop when the model picks its EOS token (`config.eos_token_id`).
+    pub stop_at_eos: bool,
+    pub sampling: SamplingParams,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 128, stop_at_eos: true, sampling: SamplingParams::default() }
+    }
+}
+
+/// What the token callback tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model chose EOS (not included in the tokens).
+    Eos,
+    /// `max_new_tokens` tokens were generated.
+    MaxNewTokens,
+    /// The callback returned [`Flow::Stop`] (e.g. a stop string appeared).
+    Callback,
+}
+
+/// Sizes and timings of one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Wall time of the prompt pass.
+    pub prefill_seconds: f64,
+    /// Single-token forward passes after the prefill (one fewer than the generated tokens when
+    /// the last token is not fed back).
+    pub decode_steps: usize,
+    /// Wall time after the prefill: every sampling and every decode step.
+    pub decode_seconds: f64,
+    /// Bytes of K/V and SSM state the sequence's cache holds at the end.
+    pub cache_bytes: usize,
+}
+
+impl GenerationStats {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_seconds
+    }
+
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.decode_steps as f64 / self.decode_seconds
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated ids, in order (without the prompt, without a final EOS).
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub stats: GenerationStats,
+}
+
+/// Generate a continuation of `prompt`, calling `on_token` with each new id as it is chosen.
+/// Fails on an empty prompt, ids outside the vocabulary, invalid sampling parameters, a
+/// non-finite logit, or an error returned by `on_token`.
+pub fn generate(
+    model: &Hymba,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> Result<Flow>,
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(options.sampling)?;
+    let eos = model.config.eos_token_id.filter(|_| options.stop_at_eos);
+    let mut cache = model.new_sequence();
+
+    let start = Instant::now();
+    let mut logits = model.next_token_logits(prompt, &mut cache)?; // (V)
+    let prefill_seconds = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut seen = prompt.to_vec(); // prompt + generated: what the repetition penalty sees
+    let mut tokens = Vec::new();
+    let mut decode_steps = 0;
+    let stop_reason = loop {
+        if tokens.len() >= options.max_new_tokens {
+            break StopReason::MaxNewTokens;
+        }
+        let id = sampler.sample(logits.as_slice().expect("contiguous logits"), &seen);
+        if Some(id) == eos {
+            break StopReason::Eos;
+        }
+        tokens.push(id);
+        seen.push(id);
+        if on_token(id)? == Flow::Stop {
+            break StopReason::Callback;
+        }
+        if tokens.len() < options.max_new_tokens {
+            logits = model.next_token_logits(&[id], &mut cache)?;
+            decode_steps += 1;
+        }
+    };
+    let stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        generated_tokens: tokens.len(),
+        prefill_seconds,
+        decode_steps,
+        decode_seconds: start.elapsed().as_secs_f64(),
+        cache_bytes: cache.allocated_scalars().bytes(ScalarType::F32),
+    };
+    Ok(Generation { tokens, stop_reason, stats })
+}
+
+/// [`generate`] for several prompts in parallel, each with its own cache and sampler (all
+/// seeded with `options.sampling.seed`). `make_on_token(i)` builds the callback of prompt `i`.
+/// Results are in prompt order; one prompt failing does not stop the others.
+pub fn generate_batch<F, C>(
+    model: &Hymba,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    make_on_token: F,
+) -> Vec<Result<Generation>>
+where
+    F: Fn(usize) -> C + Sync,
+    C: FnMut(u32) -> Result<Flow>,
+{
+    prompts
+        .par_iter()
+        .enumerate()
+        .map(|(i, prompt)| generate(model, prompt, options, make_on_token(i)))
+        .collect()
+}

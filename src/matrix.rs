@@ -1,0 +1,261 @@
+//! Weight matrices kept in memory as they were stored, and the one product the model needs.
+//!
+//! Released Hymba weights are bf16. Converting them to f32 at load would double the memory and
+//! the bytes read per decoded token, and decoding one token is bound by exactly those bytes. So
+//! a [`Matrix`] keeps its elements in the stored dtype (bf16 stays bf16: 2 bytes per weight)
+//! and every product converts to f32 on the fly and accumulates in f32, so results are those
+//! of an f32 model with the same weights.
+//!
+//! [`Matrix::matmul_t`] computes `x · Wᵀ` two ways, chosen by the number of rows of `x`:
+//! - a few rows (decoding): a dot product per weight row, weight rows split across threads, so
+//!   the weights are streamed from memory once;
+//! - many rows (prefill): blocks of weight rows converted to f32 and multiplied with
+//!   `matrixmultiply`'s GEMM (through ndarray), blocks split across threads.
+//!
+//! Both are tested against [`matmul_t_reference`], the plain triple loop.
+
+use half::{bf16, f16};
+use ndarray::{s, Array2, ArrayView2};
+use rayon::prelude::*;
+
+/// Tensor elements in their stored dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elements {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl Elements {
+    pub fn len(&self) -> usize {
+        match self {
+            Elements::F32(v) => v.len(),
+            Elements::Bf16(v) => v.len(),
+            Elements::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes_per_element(&self) -> usize {
+        match self {
+            Elements::F32(_) => 4,
+            Elements::Bf16(_) | Elements::F16(_) => 2,
+        }
+    }
+
+    /// Convert `self[start..start + out.len()]` to f32 into `out`.
+    pub fn copy_to_f32(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        match self {
+            Elements::F32(v) => out.copy_from_slice(&v[start..end]),
+            Elements::Bf16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = bf16_to_f32(*w)),
+            Elements::F16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = w.to_f32()),
+        }
+    }
+
+    /// The flat index and value of the first NaN or infinity, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        let find = |it: &mut dyn Iterator<Item = f32>| it.enumerate().find(|(_, v)| !v.is_finite());
+        match self {
+            Elements::F32(v) => find(&mut v.iter().copied()),
+            Elements::Bf16(v) => find(&mut v.iter().map(|w| bf16_to_f32(*w))),
+            Elements::F16(v) => find(&mut v.iter().map(|w| w.to_f32())),
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` weight matrix (PyTorch's `[out, in]` for a linear map).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    data: Elements,
+}
+
+/// Below this many rows of `x`, `matmul_t` streams weight rows (decode); above, it uses GEMM.
+const MATVEC_MAX_ROWS: usize = 4;
+/// Weight rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+impl Matrix {
+    /// `None` if `data` does not hold `rows · cols` elements.
+    pub fn new(rows: usize, cols: usize, data: Elements) -> Option<Matrix> {
+        (rows.checked_mul(cols) == Some(data.len())).then_some(Matrix { rows, cols, data })
+    }
+
+    pub fn from_f32(a: Array2<f32>) -> Matrix {
+        let (rows, cols) = a.dim();
+        let data = a.as_standard_layout().iter().copied().collect();
+        Matrix { rows, cols, data: Elements::F32(data) }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn elements(&self) -> &Elements {
+        &self.data
+    }
+
+    /// Bytes held in memory.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * self.data.bytes_per_element()
+    }
+
+    /// Row `r` converted to f32 into `out` (length `cols`).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), self.cols);
+        self.data.copy_to_f32(r * self.cols, out);
+    }
+
+    /// Rows `first..first + n` as an f32 array. (n, cols)
+    pub fn rows_f32(&self, first: usize, n: usize) -> Array2<f32> {
+        let mut out = Array2::zeros((n, self.cols));
+        self.data.copy_to_f32(first * self.cols, out.as_slice_mut().expect("standard layout"));
+        out
+    }
+
+    /// The whole matrix in f32. (rows, cols)
+    pub fn to_f32(&self) -> Array2<f32> {
+        self.rows_f32(0, self.rows)
+    }
+
+    /// `x · Wᵀ`: (T, cols) → (T, rows).
+    pub fn matmul_t(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        debug_assert_eq!(x.ncols(), self.cols);
+        if x.nrows() <= MATVEC_MAX_ROWS {
+            self.matmul_t_streaming(x)
+        } else {
+            self.matmul_t_gemm(x)
+        }
+    }
+
+    /// For a few rows of `x`: each weight row is converted once and dotted with every x row.
+    fn matmul_t_streaming(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let t = x.nrows();
+        let x = x.as_standard_layout();
+        let x_rows: Vec<&[f32]> = x.rows().into_iter().map(|r| r.to_slice().expect("contiguous")).collect();
+        let mut out_t = vec![0f32; self.rows * t]; // (rows, T): one chunk of outputs per task
+        out_t.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(task, out)| {
+            let mut scratch = vec![0f32; self.cols];
+            for (i, out_row) in out.chunks_mut(t).enumerate() {
+                let r = task * ROWS_PER_TASK + i;
+                let span = r * self.cols..(r + 1) * self.cols;
+                for (o, xr) in out_row.iter_mut().zip(&x_rows) {
+                    *o = match &self.data {
+                        Elements::F32(v) => dot(xr, &v[span.clone()]),
+                        Elements::Bf16(v) => dot_bf16(xr, &v[span.clone()]),
+                        Elements::F16(_) => {
+                            self.row_into(r, &mut scratch);
+                            dot(xr, &scratch)
+                        }
+                    };
+                }
+            }
+        });
+        Array2::from_shape_vec((self.rows, t), out_t).expect("rows · T").reversed_axes().as_standard_layout().to_owned()
+    }
+
+    /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM. A few large
+    /// blocks per thread, since each GEMM call re-packs all of `x`.
+    fn matmul_t_gemm(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let block = self.rows.div_ceil(4 * rayon::current_num_threads()).max(ROWS_PER_TASK);
+        let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(block))
+            .into_par_iter()
+            .map(|b| {
+                let first = b * block;
+                let w = self.rows_f32(first, block.min(self.rows - first)); // (block, cols)
+                (first, x.dot(&w.t())) // (T, block)
+            })
+            .collect();
+        let mut out = Array2::zeros((x.nrows(), self.rows)); // (T, rows)
+        for (first, block) in blocks {
+            out.slice_mut(s![.., first..first + block.ncols()]).assign(&block);
+        }
+        out
+    }
+}
+
+/// A dot product with 8 independent partial sums, so the compiler can vectorise it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (ca, cb) in a8.zip(b8) {
+        for k in 0..8 {
+            acc[k] += ca[k] * cb[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// bf16 is the upper half of an f32: widening is a shift, exact for every value.
+#[inline]
+fn bf16_to_f32(w: bf16) -> f32 {
+    f32::from_bits((w.to_bits() as u32) << 16)
+}
+
+/// [`dot`] with the second operand in bf16, widened on the fly (no copy of the row).
+pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * bf16_to_f32(*y)).sum();
+    for (ca, cb) in a8.zip(b8) {
+        for k in 0..8 {
+            acc[k] += ca[k] * bf16_to_f32(cb[k]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The plain triple loop `x · Wᵀ`, the truth the fast paths are tested against.
+pub fn matmul_t_reference(x: ArrayView2<f32>, w: &Matrix) -> Array2<f32> {
+    let weights = w.to_f32(); // (rows, cols)
+    Array2::from_shape_fn((x.nrows(), w.rows()), |(t, o)| (0..w.cols()).map(|i| x[[t, i]] * weights[[o, i]]).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rows: usize, cols: usize, salt: f32) -> Array2<f32> {
+        Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 7) as f32 * 0.37 + salt).sin())
+    }
+
+    #[test]
+    fn both_paths_match_the_reference_in_every_dtype() {
+        let w32 = sample(150, 37, 0.1); // rows not a multiple of a task, cols not of 8
+        let as_bf16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let as_f16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        for w in [
+            Matrix::from_f32(w32.clone()),
+            Matrix::new(150, 37, Elements::Bf16(as_bf16)).unwrap(),
+            Matrix::new(150, 37, Elements::F16(as_f16)).unwrap(),
+        ] {
+            for t in [1, 3, 4, 5, 70] {
+                let x = sample(t, 37, 0.7);
+                let want = matmul_t_reference(x.view(), &w);
+                let got = w.matmul_t(x.view());
+                let err = (&got - &want).iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(err < 1e-4, "T = {t}, {:?}: max |Δ| = {err}", std::mem::discriminant(w.elements()));
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_is_kept_at_two_bytes_and_converts_exactly() {
+        let w = Matrix::new(1, 2, Elements::Bf16(vec![bf16::from_bits(0x3F80), bf16::from_bits(0xC000)])).unwrap();
+        assert_eq!(w.bytes(), 4);
+        assert_eq!(w.to_f32().row(0).to_vec(), vec![1.0, -2.0]);
+        assert!(Matrix::new(2, 2, Elements::F32(vec![0.0; 3])).is_none());
+    }
+}

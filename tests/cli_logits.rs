@@ -1,0 +1,76 @@
+//! `hymba-ref logits`: the full forward and the `--prefill K` cached path write the same logits,
+//! far past M + W, and bad input is refused without leaving an output file.
+
+mod common;
+use common::{assert_close, fixtures_dir, Goldens};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).args(args).output().expect("the binary runs")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hymba-cli-logits-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn logits_file(model: &Path, ids: &str, out: &Path, prefill: Option<usize>) {
+    let k = prefill.map(|k| k.to_string());
+    let mut args = vec!["logits", "--model", model.to_str().unwrap(), "--ids", ids, "--out", out.to_str().unwrap()];
+    if let Some(k) = &k {
+        args.extend(["--prefill", k]);
+    }
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+}
+
+#[test]
+fn prefill_path_matches_full_forward_and_goldens() {
+    // silu-groups-default: M = 3, W = 5; case2 has 27 tokens, well past M + W.
+    let fixture = fixtures_dir().join("silu-groups-default");
+    let goldens = Goldens::open(&fixture.join("goldens.safetensors"));
+    let ids = goldens.ids("case2.input_ids");
+    let ids_text = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let dir = temp_dir("prefill");
+    let want = goldens.f32("case2.logits");
+    for prefill in [None, Some(1), Some(4), Some(ids.len())] {
+        let out = dir.join(format!("logits-{prefill:?}.safetensors"));
+        logits_file(&fixture.join("model"), &ids_text, &out, prefill);
+        let got = Goldens::open(&out).f32("logits");
+        assert_close(&format!("logits --prefill {prefill:?}"), got.view(), &want, 1e-4, 1e-4);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_no_file() {
+    let model = fixtures_dir().join("silu-groups-default/model");
+    let model = model.to_str().unwrap();
+    let dir = temp_dir("bad");
+    let out = dir.join("out.safetensors");
+    let out_s = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--ids", "1,2,999"], "999"),   // vocab is 256
+        (&["--ids", ""], "empty"),
+        (&["--ids", "1,two"], "entry 2"),
+        (&["--ids", "1,2", "--prefill", "3"], "--prefill 3"),
+        (&["--ids", "1,2", "--prefill", "0"], "--prefill 0"),
+    ];
+    for (extra, culprit) in cases {
+        let mut args = vec!["logits", "--model", model, "--out", out_s];
+        args.extend(extra);
+        let result = run(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(culprit), "{extra:?}: stderr {stderr:?} should name {culprit:?}");
+        assert!(!out.exists(), "{extra:?} left an output file");
+    }
+    let missing = run(&["logits", "--model", "/no/such/dir", "--ids", "1", "--out", out_s]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/dir"));
+    assert_eq!(run(&["logits", "--model", model, "--ids", "1", "--out", out_s, "--bogus"]).status.code(), Some(2));
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,66 @@
+//! The `perplexity` command, on the bundled demo model (its default `--model`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).args(args).output().expect("the binary runs")
+}
+
+fn heldout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo/heldout.txt")
+}
+
+/// A scratch file with these bytes, unique to this test process.
+fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("hymba-ref-cli-perplexity-{}-{name}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn perplexity_of_the_heldout_text_matches_the_reference() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo/expected.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let case = &expected["perplexity"][0];
+    assert_eq!(case["context"], 512, "the first golden uses the command's default window");
+    let out = run(&["perplexity", "--file", heldout().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name:?} in {stdout}"));
+        line[name.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert_eq!(field("tokens scored:") as u64, case["tokens"].as_u64().unwrap(), "{stdout}");
+    assert!(stdout.contains("(context 512, stride 256, "), "{stdout}");
+    let want = case["perplexity"].as_f64().unwrap();
+    assert!((field("perplexity:") - want).abs() / want < 1e-3, "{stdout} vs reference {want}");
+    let want = case["mean_nll"].as_f64().unwrap();
+    assert!((field("mean NLL:") - want).abs() / want < 1e-3, "{stdout} vs reference {want}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let not_utf8 = scratch_file("latin1.txt", b"caf\xe9 au lait");
+    let empty = scratch_file("empty.txt", b"");
+    let heldout = heldout();
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["--file", not_utf8.to_str().unwrap()], "is not UTF-8 text (invalid byte at offset 3)"),
+        (vec!["--file", "/nonexistent-hymba-text.txt"], "/nonexistent-hymba-text.txt"),
+        (vec!["--file", empty.to_str().unwrap()], "has no tokens to score"),
+        (vec!["--file", heldout.to_str().unwrap(), "--context", "64", "--stride", "64"], "stride must be between 1"),
+        (vec!["--file", heldout.to_str().unwrap(), "--model", "/nonexistent-hymba-dir"], "/nonexistent-hymba-dir"),
+    ];
+    for (args, needle) in cases {
+        let out = run(&[&["perplexity"], args.as_slice()].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_file(not_utf8);
+    let _ = std::fs::remove_file(empty);
+}

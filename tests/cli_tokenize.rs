@@ -1,0 +1,61 @@
+//! The `tokenize` and `detokenize` commands, on the released tokenizer files in
+//! `tests/fixtures/hymba-tokenizer`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).args(args).output().expect("the binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn tokenize_prints_a_json_array() {
+    let model = fixture_dir();
+    let model = model.to_str().unwrap();
+    assert_eq!(stdout(&run(&["tokenize", "--model", model, "--text", "Hello world"])), "[1,15043,3186]\n");
+    assert_eq!(stdout(&run(&["tokenize", "--model", model, "--text", "Hello world", "--no-bos"])), "[15043,3186]\n");
+    assert_eq!(stdout(&run(&["tokenize", "--model", model, "--text", "", "--no-bos"])), "[]\n");
+    // Added-token text becomes the token, as in the released Hugging Face tokenizer.
+    assert_eq!(
+        stdout(&run(&["tokenize", "--model", model, "--text", "[PAD] inside text"])),
+        "[1,32000,29871,2768,1426]\n"
+    );
+}
+
+#[test]
+fn detokenize_prints_the_text() {
+    let model = fixture_dir();
+    let model = model.to_str().unwrap();
+    assert_eq!(stdout(&run(&["detokenize", "--model", model, "--ids", "15043,3186"])), "Hello world\n");
+    assert_eq!(
+        stdout(&run(&["detokenize", "--model", model, "--ids", "953, 29877, 2397, 29901, 29871, 243, 162, 169, 156"])),
+        "emoji: 🦙\n"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let model = fixture_dir();
+    let model = model.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["detokenize", "--model", model, "--ids", "1,x"], "entry 2 is \"x\""),
+        (&["detokenize", "--model", model, "--ids", "1,-3"], "entry 2 is \"-3\""),
+        (&["detokenize", "--model", model, "--ids", "1,32001"], "token id 32001 is out of range"),
+        (&["tokenize", "--model", "/nonexistent-hymba-dir", "--text", "x"], "/nonexistent-hymba-dir"),
+    ];
+    for (args, needle) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+}
