@@ -4,6 +4,7 @@
 //! clap), 1 for every other failure; messages go to stderr.
 
 mod args;
+mod bench;
 mod generate;
 mod inspect;
 mod logits;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Full-sequence (or --prefill incremental) logits for token ids, saved as safetensors.
     Logits(logits::LogitsArgs),
+    /// Prefill and decode speed, peak memory and the decode roofline on random weights.
+    Bench(bench::BenchArgs),
     /// Layer plan, parameter count and cache size at a context, from config.json alone.
     Inspect(inspect::InspectArgs),
     /// Continue a prompt (text, chat or ids), streaming the generated text.
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with code 2
     let result = match cli.command {
         Command::Logits(args) => logits::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
