@@ -36,11 +36,7 @@ fn check_set(name: &str) {
         // The cached path (prefill the prompt, then one token at a time) gives the same logits,
         // also past M + W where the released decode drifts (SPEC, "Known discrepancy").
         let prompt_len = ids.len() - goldens.ids(&format!("gen{gen}.tokens")).len();
-        let mut cache = model.new_sequence();
-        let mut rows = vec![model.forward_chunk(&ids[..prompt_len], &mut cache).unwrap()];
-        rows.extend(ids[prompt_len..].iter().map(|&id| model.forward_chunk(&[id], &mut cache).unwrap()));
-        let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
-        let incremental = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
+        let incremental = model.forward_incremental(&ids, prompt_len).unwrap();
         let got = incremental.slice(ndarray::s![incremental.nrows() - want.shape()[0].., ..]);
         assert_close(&format!("{name}/gen{gen} prefill+steps vs full_logits"), got, &want, TOL, 0.0);
         gen += 1;

@@ -40,11 +40,7 @@ fn check_fixture(name: &str) {
             Some(RopeScaling::DynamicNtk { orig_max_position_embeddings: o }) if model.config.num_memory_tokens + ids.len() > o);
         if !past_dynamic {
             let k = ids.len().div_ceil(2);
-            let mut cache = model.new_sequence();
-            let mut rows = vec![model.forward_chunk(&ids[..k], &mut cache).unwrap()];
-            rows.extend(ids[k..].iter().map(|&id| model.forward_chunk(&[id], &mut cache).unwrap()));
-            let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
-            let incremental = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
+            let incremental = model.forward_incremental(&ids, k).unwrap();
             assert_close(&key("logits via prefill + steps".into()), incremental.view(), &want, ATOL, RTOL);
         }
         case += 1;

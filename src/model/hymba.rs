@@ -177,6 +177,25 @@ impl Hymba {
         self.lm_head(self.final_norm(x.view()).view())
     }
 
+    /// The logits of every position computed through the cache: `ids[..prefill]` in one chunk,
+    /// then the rest one token at a time. Equals [`Hymba::forward`] (tested), which is the point:
+    /// it checks the decoding path. ids → (n, V); 1 ≤ prefill ≤ n.
+    pub fn forward_incremental(&self, ids: &[u32], prefill: usize) -> Result<Array2<f32>> {
+        if prefill == 0 || prefill > ids.len() {
+            return Err(Error::input(format!(
+                "--prefill {prefill}: must be between 1 and the number of ids ({})",
+                ids.len()
+            )));
+        }
+        let mut cache = self.new_sequence();
+        let mut rows = vec![self.forward_chunk(&ids[..prefill], &mut cache)?];
+        for &id in &ids[prefill..] {
+            rows.push(self.forward_chunk(&[id], &mut cache)?);
+        }
+        let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
+        Ok(concatenate(Axis(0), &views).expect("same vocabulary width")) // (n, V)
+    }
+
     /// Like [`Hymba::forward_chunk`], but only the logits after the last id: what generation
     /// needs, without projecting every prompt row onto the vocabulary. ids → (V)
     pub fn next_token_logits(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array1<f32>> {

@@ -4,8 +4,7 @@ use crate::args::parse_id_list;
 use clap::Args;
 use hymba_ref::checkpoint::safetensors::write_f32;
 use hymba_ref::model::Hymba;
-use hymba_ref::{Error, Result};
-use ndarray::{concatenate, Array2, Axis};
+use hymba_ref::Result;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -31,23 +30,9 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     model.check_ids(&ids)?;
     let logits = match args.prefill {
         None => model.forward(&ids)?,
-        Some(k) => incremental_logits(&model, &ids, k)?,
+        Some(k) => model.forward_incremental(&ids, k)?,
     }; // (n, V)
     let shape = [logits.nrows(), logits.ncols()];
     let data = logits.as_standard_layout();
     write_f32(&args.out, &[("logits", &shape, data.as_slice().expect("standard layout"))])
-}
-
-/// Prefill `ids[..k]`, then step through the rest; the logits of every position. → (n, V)
-fn incremental_logits(model: &Hymba, ids: &[u32], k: usize) -> Result<Array2<f32>> {
-    if k == 0 || k > ids.len() {
-        return Err(Error::input(format!("--prefill {k}: must be between 1 and the number of ids ({})", ids.len())));
-    }
-    let mut cache = model.new_sequence();
-    let mut rows = vec![model.forward_chunk(&ids[..k], &mut cache)?];
-    for &id in &ids[k..] {
-        rows.push(model.forward_chunk(&[id], &mut cache)?);
-    }
-    let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
-    Ok(concatenate(Axis(0), &views).expect("same vocabulary width"))
 }
