@@ -14,6 +14,7 @@
 //!
 //! Both are tested against [`matmul_t_reference`], the plain triple loop.
 
+use crate::simd::{bf16_to_f32, dot_bf16_fast, dot_fast};
 use half::{bf16, f16};
 use ndarray::{s, Array2, ArrayView2};
 use rayon::prelude::*;
@@ -150,11 +151,11 @@ impl Matrix {
                 let span = r * self.cols..(r + 1) * self.cols;
                 for (o, xr) in out_row.iter_mut().zip(&x_rows) {
                     *o = match &self.data {
-                        Elements::F32(v) => dot(xr, &v[span.clone()]),
-                        Elements::Bf16(v) => dot_bf16(xr, &v[span.clone()]),
+                        Elements::F32(v) => dot_fast(xr, &v[span.clone()]),
+                        Elements::Bf16(v) => dot_bf16_fast(xr, &v[span.clone()]),
                         Elements::F16(_) => {
                             self.row_into(r, &mut scratch);
-                            dot(xr, &scratch)
+                            dot_fast(xr, &scratch)
                         }
                     };
                 }
@@ -181,61 +182,6 @@ impl Matrix {
         }
         out
     }
-}
-
-/// A dot product with 8 independent partial sums, so the compiler can vectorise it.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (ca, cb) in a8.zip(b8) {
-        for k in 0..8 {
-            acc[k] += ca[k] * cb[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// bf16 is the upper half of an f32: widening is a shift, exact for every value.
-#[inline]
-fn bf16_to_f32(w: bf16) -> f32 {
-    f32::from_bits((w.to_bits() as u32) << 16)
-}
-
-/// [`dot`] with the second operand in bf16, widened on the fly (no copy of the row).
-///
-/// Decoding spends most of its time here. The portable build targets baseline x86-64 (SSE2,
-/// 4 lanes), so on CPUs with AVX2 the same loop is also compiled for AVX2 (8 lanes) and chosen at
-/// run time: the arithmetic, and so the result, is the same.
-pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { dot_bf16_avx2(a, b) };
-    }
-    dot_bf16_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_bf16_avx2(a: &[f32], b: &[bf16]) -> f32 {
-    dot_bf16_portable(a, b)
-}
-
-#[inline(always)]
-fn dot_bf16_portable(a: &[f32], b: &[bf16]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    // 32 partial sums: four vectors of 8 lanes, enough independent additions to hide latency.
-    let mut acc = [0f32; 32];
-    let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
-    let tail: f32 = a32.remainder().iter().zip(b32.remainder()).map(|(x, y)| x * bf16_to_f32(*y)).sum();
-    for (ca, cb) in a32.zip(b32) {
-        for k in 0..32 {
-            acc[k] += ca[k] * bf16_to_f32(cb[k]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The plain triple loop `x · Wᵀ`, the truth the fast paths are tested against.

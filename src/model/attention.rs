@@ -5,6 +5,7 @@
 //! the SSM heads (see `fusion`).
 
 use crate::config::AttentionSpan;
+use crate::simd::{axpy, best_simd, dot};
 use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
@@ -21,6 +22,8 @@ pub fn is_visible(i: usize, j: usize, span: AttentionSpan, num_meta: usize) -> b
 
 /// Query rows per block in [`attention_heads`].
 const QUERY_BLOCK: usize = 64;
+/// Up to this many query rows (decoding), [`attention_heads`] serves each (row, head) on its own.
+const FEW_QUERIES: usize = 4;
 
 /// Multi-head attention over keys at `k_positions` for queries at `q_positions`.
 ///
@@ -30,7 +33,8 @@ const QUERY_BLOCK: usize = 64;
 /// Queries are processed in blocks of consecutive rows; each block gathers only the keys that
 /// some query in it can see (for a window layer: the meta tokens and about W + block positions),
 /// so a sliding-window layer costs O(T·(M + W)) rather than O(T·S). Blocks and heads run in
-/// parallel. Tested against [`attention_heads_reference`].
+/// parallel. A few queries (decoding) go to [`attention_each_query`] instead. Both are tested
+/// against [`attention_heads_reference`].
 pub fn attention_heads(
     q: ArrayView3<f32>,
     k: ArrayView3<f32>,
@@ -44,6 +48,9 @@ pub fn attention_heads(
     let (s_len, nkv, dv) = v.dim();
     debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
     debug_assert_eq!((q_positions.len(), k_positions.len()), (t, s_len));
+    if t <= FEW_QUERIES {
+        return attention_each_query(q, k, v, q_positions, k_positions, span, num_meta);
+    }
     let group = nh / nkv;
     let scale = 1.0 / (dqk as f32).sqrt();
 
@@ -85,6 +92,87 @@ pub fn attention_heads(
         out.slice_mut(s![first..first + tile.nrows(), h * dv..(h + 1) * dv]).assign(&tile);
     }
     out
+}
+
+/// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
+/// scores the query against every visible key with a dot product, and sums the values weighted
+/// by the softmax. With one query row, a matrix product would spend its time re-packing K and V.
+/// Same shapes as [`attention_heads`].
+pub fn attention_each_query(
+    q: ArrayView3<f32>,
+    k: ArrayView3<f32>,
+    v: ArrayView3<f32>,
+    q_positions: &[usize],
+    k_positions: &[usize],
+    span: AttentionSpan,
+    num_meta: usize,
+) -> Array2<f32> {
+    let (t, nh, dqk) = q.dim();
+    let (s_len, nkv, dv) = v.dim();
+    debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
+    let (q, k, v) = (q.as_standard_layout(), k.as_standard_layout(), v.as_standard_layout());
+    let (q, k, v) = (q.as_slice().expect("standard"), k.as_slice().expect("standard"), v.as_slice().expect("standard"));
+    let mut out = vec![0f32; t * nh * dv]; // (T, nh, dv)
+    out.par_chunks_mut(dv).enumerate().for_each(|(task, out)| {
+        let (row, h) = (task / nh, task % nh);
+        let head = KvHead { keys: k, values: v, nkv, dqk, dv, g: h / (nh / nkv) }; // GQA: the K/V head it reads
+        let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
+        attend(&q[task * dqk..(task + 1) * dqk], head, visible, out); // (dv)
+    });
+    Array2::from_shape_vec((t, nh * dv), out).expect("T · nh · dv") // (T, D)
+}
+
+/// K/V head `g` of cached keys (S, nkv, dqk) and values (S, nkv, dv), both row-major.
+#[derive(Clone, Copy)]
+struct KvHead<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    nkv: usize,
+    dqk: usize,
+    dv: usize,
+    g: usize,
+}
+
+impl KvHead<'_> {
+    /// S
+    fn len(&self) -> usize {
+        self.keys.len() / (self.nkv * self.dqk)
+    }
+    /// Key j. (dqk)
+    fn key(&self, j: usize) -> &[f32] {
+        let start = (j * self.nkv + self.g) * self.dqk;
+        &self.keys[start..start + self.dqk]
+    }
+    /// Value j. (dv)
+    fn value(&self, j: usize) -> &[f32] {
+        let start = (j * self.nkv + self.g) * self.dv;
+        &self.values[start..start + self.dv]
+    }
+}
+
+best_simd! {
+    /// One query head against its K/V head: `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over the visible
+    /// keys j. q: (dqk), out: (dv)
+    fn attend(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_plain
+}
+
+#[inline(always)]
+fn attend_plain(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
+    let scale = 1.0 / (head.dqk as f32).sqrt();
+    let scores: Vec<f32> = (0..head.len())
+        .map(|j| if visible(j) { dot(q, head.key(j)) * scale } else { f32::NEG_INFINITY })
+        .collect(); // (S)
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max); // finite: a query sees itself
+    let mut sum = 0.0;
+    out.fill(0.0);
+    for (j, &score) in scores.iter().enumerate() {
+        if score > f32::NEG_INFINITY {
+            let p = (score - max).exp();
+            sum += p;
+            axpy(p, head.value(j), out);
+        }
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
 }
 
 /// Rows `keys` of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when `keys` is all rows.
@@ -177,10 +265,15 @@ mod tests {
         let mut k_pos: Vec<usize> = vec![3, 0, 19, 1, 18, 17, 2, 16, 15, 14];
         k_pos.extend(q_pos.iter());
         for span in [AttentionSpan::Global, AttentionSpan::SlidingWindow(5), AttentionSpan::SlidingWindow(70)] {
-            let fast = attention_heads(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, 3);
-            let slow = attention_heads_reference(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, 3);
-            let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
-            assert!(err < 1e-5, "{span:?}: max |Δ| = {err}");
+            // All 150 queries (the blocked path), and the last 1..=4 alone (the per-query path).
+            for rows in [t, 4, 3, 1] {
+                let (q, q_pos) = (q.slice(s![t - rows.., .., ..]), &q_pos[t - rows..]);
+                let (k, v, k_pos) = (k.slice(s![..10 + t, .., ..]), v.slice(s![..10 + t, .., ..]), &k_pos[..]);
+                let fast = attention_heads(q, k, v, q_pos, k_pos, span, 3);
+                let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
+                let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
+            }
         }
     }
 
