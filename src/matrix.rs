@@ -142,26 +142,27 @@ impl Matrix {
     fn matmul_t_streaming(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let t = x.nrows();
         let x = x.as_standard_layout();
-        let x_rows: Vec<&[f32]> = x.rows().into_iter().map(|r| r.to_slice().expect("contiguous")).collect();
+        let x = x.as_slice().expect("standard layout"); // (T·cols)
         let mut out_t = vec![0f32; self.rows * t]; // (rows, T): one chunk of outputs per task
         out_t.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(task, out)| {
-            let mut scratch = vec![0f32; self.cols];
             for (i, out_row) in out.chunks_mut(t).enumerate() {
                 let r = task * ROWS_PER_TASK + i;
-                let span = r * self.cols..(r + 1) * self.cols;
-                for (o, xr) in out_row.iter_mut().zip(&x_rows) {
+                let w_row = r * self.cols..(r + 1) * self.cols;
+                for (o, xr) in out_row.iter_mut().zip(x.chunks_exact(self.cols)) {
                     *o = match &self.data {
-                        Elements::F32(v) => dot_fast(xr, &v[span.clone()]),
-                        Elements::Bf16(v) => dot_bf16_fast(xr, &v[span.clone()]),
-                        Elements::F16(_) => {
-                            self.row_into(r, &mut scratch);
-                            dot_fast(xr, &scratch)
-                        }
+                        Elements::F32(v) => dot_fast(xr, &v[w_row.clone()]),
+                        Elements::Bf16(v) => dot_bf16_fast(xr, &v[w_row.clone()]),
+                        Elements::F16(v) => dot_f16(xr, &v[w_row.clone()]),
                     };
                 }
             }
         });
-        Array2::from_shape_vec((self.rows, t), out_t).expect("rows · T").reversed_axes().as_standard_layout().to_owned()
+        let out_t = Array2::from_shape_vec((self.rows, t), out_t).expect("rows · T");
+        if t == 1 {
+            out_t.reversed_axes() // (1, rows): already row-major, no copy
+        } else {
+            out_t.reversed_axes().as_standard_layout().into_owned() // (T, rows)
+        }
     }
 
     /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM. A few large
@@ -182,6 +183,11 @@ impl Matrix {
         }
         out
     }
+}
+
+/// Σ a·b with `b` in f16, converted on the fly (f16 checkpoints are rare: no vector variant).
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    a.iter().zip(b).map(|(x, w)| x * w.to_f32()).sum()
 }
 
 /// The plain triple loop `x · Wᵀ`, the truth the fast paths are tested against.

@@ -46,8 +46,8 @@ pub struct MambaWeights {
     pub x_proj: Matrix,
     /// `dt_proj.0.weight` `[D, R]` and `.bias` `[D]`.
     pub dt_proj: Linear,
-    /// `A_log.0` `[D, N]`; A = −exp(A_log).
-    pub a_log: Array2<f32>,
+    /// A = −exp(`A_log.0`) `[D, N]`: the state matrix (diagonal per channel), computed once at load.
+    pub a: Array2<f32>,
     /// `D.0` `[D]`: the skip connection.
     pub d: Array1<f32>,
     /// `dt_layernorm`, `B_layernorm`, `C_layernorm` `[R]`, `[N]`, `[N]` (if `mamba_inner_layernorms`).
@@ -303,7 +303,7 @@ impl HymbaWeights {
                     weight: matrix(&p("mamba.dt_proj.0.weight"), d, r)?,
                     bias: Some(vec1(&p("mamba.dt_proj.0.bias"))?),
                 },
-                a_log: mat(&p("mamba.A_log.0"), d, n)?,
+                a: mat(&p("mamba.A_log.0"), d, n)?.mapv(|v| -v.exp()),
                 d: vec1(&p("mamba.D.0"))?,
                 dt_layernorm: opt(cfg.mamba_inner_layernorms, &p("mamba.dt_layernorm.weight"))?,
                 b_layernorm: opt(cfg.mamba_inner_layernorms, &p("mamba.B_layernorm.weight"))?,

@@ -156,23 +156,44 @@ best_simd! {
     fn attend(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_plain
 }
 
+/// Keys scored at a time by [`attend_plain`] (a buffer on the stack).
+const KEY_BLOCK: usize = 64;
+
+/// The online softmax (as in FlashAttention): keys are scored a block at a time, and whenever a
+/// block raises the running maximum m, what was summed so far is rescaled by exp(m_old − m_new).
+/// At the end `out` = Σ exp(sⱼ − m)·vⱼ / Σ exp(sⱼ − m), the softmax-weighted sum, without ever
+/// holding all S scores.
 #[inline(always)]
 fn attend_plain(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
     let scale = 1.0 / (head.dqk as f32).sqrt();
-    let scores: Vec<f32> = (0..head.len())
-        .map(|j| if visible(j) { dot(q, head.key(j)) * scale } else { f32::NEG_INFINITY })
-        .collect(); // (S)
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max); // finite: a query sees itself
-    let mut sum = 0.0;
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    let mut scores = [0f32; KEY_BLOCK];
     out.fill(0.0);
-    for (j, &score) in scores.iter().enumerate() {
-        if score > f32::NEG_INFINITY {
-            let p = (score - max).exp();
-            sum += p;
-            axpy(p, head.value(j), out);
+    for first in (0..head.len()).step_by(KEY_BLOCK) {
+        let keys = first..(first + KEY_BLOCK).min(head.len());
+        let scores = &mut scores[..keys.len()]; // (block)
+        for (score, j) in scores.iter_mut().zip(keys.clone()) {
+            *score = if visible(j) { dot(q, head.key(j)) * scale } else { f32::NEG_INFINITY };
+        }
+        let block_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if block_max == f32::NEG_INFINITY {
+            continue; // nothing visible in this block
+        }
+        if block_max > max {
+            let rescale = (max - block_max).exp(); // 0 on the first visible block
+            sum *= rescale;
+            out.iter_mut().for_each(|o| *o *= rescale);
+            max = block_max;
+        }
+        for (&score, j) in scores.iter().zip(keys) {
+            if score > f32::NEG_INFINITY {
+                let p = (score - max).exp();
+                sum += p;
+                axpy(p, head.value(j), out);
+            }
         }
     }
-    out.iter_mut().for_each(|o| *o /= sum);
+    out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
 }
 
 /// Rows `keys` of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when `keys` is all rows.

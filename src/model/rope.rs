@@ -37,22 +37,16 @@ pub fn apply_rope(mut x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
     let head_dim = x.len_of(Axis(2));
     let half = head_dim / 2;
     debug_assert_eq!(x.len_of(Axis(0)), positions.len());
-    let inv_freq: Vec<f32> =
-        (0..half).map(|k| (1.0 / base.powf(2.0 * k as f64 / head_dim as f64)) as f32).collect();
+    let inv_freq = |k: usize| (1.0 / base.powf(2.0 * k as f64 / head_dim as f64)) as f32;
     for (mut row, &p) in x.axis_iter_mut(Axis(0)).zip(positions) {
-        // (heads, dqk) at position p
-        let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-            .iter()
-            .map(|&f| {
-                let angle = (p as f32 * f) as f64; // float32 angle, as the released code
-                (angle.cos() as f32, angle.sin() as f32)
-            })
-            .unzip();
-        for mut head in row.axis_iter_mut(Axis(0)) {
-            for k in 0..half {
+        for k in 0..half {
+            let angle = (p as f32 * inv_freq(k)) as f64; // float32 angle, as the released code
+            let (cos, sin) = (angle.cos() as f32, angle.sin() as f32);
+            // Every head rotates its pair (k, k + half) by the same angle.
+            for mut head in row.axis_iter_mut(Axis(0)) {
                 let (x1, x2) = (head[k], head[k + half]);
-                head[k] = x1 * cos[k] - x2 * sin[k];
-                head[k + half] = x2 * cos[k] + x1 * sin[k];
+                head[k] = x1 * cos - x2 * sin;
+                head[k + half] = x2 * cos + x1 * sin;
             }
         }
     }

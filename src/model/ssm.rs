@@ -114,9 +114,8 @@ pub fn selective_scan_parallel(
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
     let (b, c) = (b.as_standard_layout(), c.as_standard_layout()); // rows of N contiguous
-    let mut y_by_channel = Array2::zeros((d_inner, t)); // (D, T)
-    y_by_channel
-        .axis_iter_mut(Axis(0))
+    let mut y = Array2::zeros((t, d_inner)); // (T, D), filled a column (channel) per task
+    y.axis_iter_mut(Axis(1))
         .into_par_iter()
         .zip(state.axis_iter_mut(Axis(0)))
         .enumerate()
@@ -134,7 +133,7 @@ pub fn selective_scan_parallel(
                 y[ti] = acc + d[ch] * ut;
             }
         });
-    y_by_channel.reversed_axes().as_standard_layout().to_owned() // (T, D)
+    y
 }
 
 /// The SSM heads: x, z (T, D) → y (T, D), advancing `state`.
@@ -145,7 +144,7 @@ pub fn ssm_heads(
     eps: f32,
     state: &mut SsmState,
 ) -> Array2<f32> {
-    let (r, n) = (w.dt_proj.weight.cols(), w.a_log.ncols());
+    let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv).mapv(silu); // (T, D)
 
@@ -162,8 +161,7 @@ pub fn ssm_heads(
     let c = norm(ndarray::Slice::from(r + n..r + 2 * n), &w.c_layernorm); // (T, N)
 
     let delta = w.dt_proj.forward(dt.view()).mapv(softplus); // (T, D)
-    let a = w.a_log.mapv(|v| -v.exp()); // (D, N)
-    let y = selective_scan_parallel(u.view(), delta.view(), a.view(), b.view(), c.view(), w.d.view(), &mut state.scan);
+    let y = selective_scan_parallel(u.view(), delta.view(), w.a.view(), b.view(), c.view(), w.d.view(), &mut state.scan);
     y * &z.mapv(silu) // (T, D)
 }
 
