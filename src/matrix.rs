@@ -7,7 +7,7 @@
 //! of an f32 model with the same weights.
 //!
 //! [`Matrix::matmul_t`] computes `x · Wᵀ` two ways, chosen by the number of rows of `x`:
-//! - a few rows (decoding): a dot product per weight row, weight rows split across threads, so
+//! - one row (decoding): a dot product per weight row, weight rows split across threads, so
 //!   the weights are streamed from memory once;
 //! - many rows (prefill): blocks of weight rows converted to f32 and multiplied with
 //!   `matrixmultiply`'s GEMM (through ndarray), blocks split across threads.
@@ -16,7 +16,8 @@
 
 use crate::simd::{bf16_to_f32, dot_bf16_fast, dot_fast};
 use half::{bf16, f16};
-use ndarray::{s, Array2, ArrayView2};
+use crate::model::shaped;
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 use rayon::prelude::*;
 
 /// Tensor elements in their stored dtype.
@@ -76,8 +77,6 @@ pub struct Matrix {
     data: Elements,
 }
 
-/// Below this many rows of `x`, `matmul_t` streams weight rows (decode); above, it uses GEMM.
-const MATVEC_MAX_ROWS: usize = 4;
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -128,46 +127,40 @@ impl Matrix {
         self.rows_f32(0, self.rows)
     }
 
-    /// `x · Wᵀ`: (T, cols) → (T, rows).
-    pub fn matmul_t(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    /// `x · Wᵀ` into `out`: (T, cols) → (T, rows).
+    pub fn matmul_t<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.cols);
-        if x.nrows() <= MATVEC_MAX_ROWS {
-            self.matmul_t_streaming(x)
+        let out = shaped(out, (x.nrows(), self.rows)); // (T, rows)
+        if x.nrows() == 1 {
+            self.matvec(x.row(0), out.row_mut(0));
         } else {
-            self.matmul_t_gemm(x)
+            self.matmul_t_gemm(x, out);
         }
+        out.view()
     }
 
-    /// For a few rows of `x`: each weight row is converted once and dotted with every x row.
-    fn matmul_t_streaming(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let t = x.nrows();
+    /// For one row of `x` (decoding): a dot product per weight row, weight rows split across
+    /// threads, so the weights stream from memory once. (cols) → (rows)
+    fn matvec(&self, x: ArrayView1<f32>, mut out: ArrayViewMut1<f32>) {
         let x = x.as_standard_layout();
-        let x = x.as_slice().expect("standard layout"); // (T·cols)
-        let mut out_t = vec![0f32; self.rows * t]; // (rows, T): one chunk of outputs per task
-        out_t.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(task, out)| {
-            for (i, out_row) in out.chunks_mut(t).enumerate() {
+        let x = x.as_slice().expect("contiguous"); // (cols)
+        let out = out.as_slice_mut().expect("a row of a standard-layout array"); // (rows)
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, out)| {
+            for (i, o) in out.iter_mut().enumerate() {
                 let r = task * ROWS_PER_TASK + i;
                 let w_row = r * self.cols..(r + 1) * self.cols;
-                for (o, xr) in out_row.iter_mut().zip(x.chunks_exact(self.cols)) {
-                    *o = match &self.data {
-                        Elements::F32(v) => dot_fast(xr, &v[w_row.clone()]),
-                        Elements::Bf16(v) => dot_bf16_fast(xr, &v[w_row.clone()]),
-                        Elements::F16(v) => dot_f16(xr, &v[w_row.clone()]),
-                    };
-                }
+                *o = match &self.data {
+                    Elements::F32(v) => dot_fast(x, &v[w_row]),
+                    Elements::Bf16(v) => dot_bf16_fast(x, &v[w_row]),
+                    Elements::F16(v) => dot_f16(x, &v[w_row]),
+                };
             }
         });
-        let out_t = Array2::from_shape_vec((self.rows, t), out_t).expect("rows · T");
-        if t == 1 {
-            out_t.reversed_axes() // (1, rows): already row-major, no copy
-        } else {
-            out_t.reversed_axes().as_standard_layout().into_owned() // (T, rows)
-        }
     }
 
-    /// For many rows of `x`: blocks of weight rows in f32, multiplied by GEMM. A few large
-    /// blocks per thread, since each GEMM call re-packs all of `x`.
-    fn matmul_t_gemm(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    /// For many rows of `x` (prefill): blocks of weight rows in f32, multiplied by GEMM. A few
+    /// large blocks per thread, since each GEMM call re-packs all of `x`. out: (T, rows)
+    fn matmul_t_gemm(&self, x: ArrayView2<f32>, out: &mut Array2<f32>) {
         let block = self.rows.div_ceil(4 * rayon::current_num_threads()).max(ROWS_PER_TASK);
         let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(block))
             .into_par_iter()
@@ -177,11 +170,9 @@ impl Matrix {
                 (first, x.dot(&w.t())) // (T, block)
             })
             .collect();
-        let mut out = Array2::zeros((x.nrows(), self.rows)); // (T, rows)
         for (first, block) in blocks {
             out.slice_mut(s![.., first..first + block.ncols()]).assign(&block);
         }
-        out
     }
 }
 
@@ -217,7 +208,8 @@ mod tests {
             for t in [1, 3, 4, 5, 70] {
                 let x = sample(t, 37, 0.7);
                 let want = matmul_t_reference(x.view(), &w);
-                let got = w.matmul_t(x.view());
+                let mut got = Array2::zeros((0, 0));
+                w.matmul_t(x.view(), &mut got);
                 let err = (&got - &want).iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(err < 1e-4, "T = {t}, {:?}: max |Δ| = {err}", std::mem::discriminant(w.elements()));
             }

@@ -9,7 +9,7 @@ use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax};
 use hymba_ref::model::norm::rms_norm;
 use hymba_ref::model::rope::apply_rope;
-use ndarray::{Array1, Array2, Array3, Axis};
+use ndarray::{Array1, Array2, Array3, ArrayView3, Axis};
 use proptest::prelude::*;
 
 /// A (rows, cols) matrix of values in [-4, 4].
@@ -48,7 +48,8 @@ proptest! {
         };
         let w = weight.to_f32(); // the values actually stored
         let linear = Linear { weight, bias: bias.clone() };
-        let y = linear.forward(x.view());
+        let mut y = Array2::zeros((0, 0));
+        linear.forward(x.view(), &mut y);
         prop_assert_eq!(y.dim(), (t, out));
         for r in 0..t {
             for c in 0..out {
@@ -121,12 +122,13 @@ proptest! {
         prop_assume!(x.rows().into_iter().all(|r| r.iter().any(|v| v.abs() > 1e-3)));
         let width = x.ncols();
         let weight = Array1::from(weight_seed[..width].to_vec());
-        let a = rms_norm(x.view(), weight.view(), 0.0);
-        let b = rms_norm((&x * scale).view(), weight.view(), 0.0);
+        let (mut a, mut b, mut unit) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+        let a = rms_norm(x.view(), weight.view(), 0.0, &mut a);
+        let b = rms_norm((&x * scale).view(), weight.view(), 0.0, &mut b);
         for (p, q) in a.iter().zip(b.iter()) {
             prop_assert!((p * scale.signum() - q).abs() <= 1e-4 * (1.0 + p.abs()), "{p} vs {q}");
         }
-        let unit = rms_norm(x.view(), Array1::ones(width).view(), 0.0);
+        let unit = rms_norm(x.view(), Array1::ones(width).view(), 0.0, &mut unit);
         for row in unit.rows() {
             let rms = (row.iter().map(|v| v * v).sum::<f32>() / width as f32).sqrt();
             prop_assert!((rms - 1.0).abs() < 1e-4, "rms {rms}");
@@ -206,7 +208,7 @@ proptest! {
         let k = fill((s_len, nkv, dqk), 2);
         let v = fill((s_len, nkv, dv), 3);
         // The blocked kernel the model runs, or the plain one it is tested against.
-        let attend = if reference { attention_heads_reference } else { attention_heads };
+        let attend = if reference { attention_heads_reference } else { attention_heads_owned };
         let out = attend(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
         prop_assert_eq!(out.dim(), (t, nh * dv));
 
@@ -230,6 +232,21 @@ proptest! {
     }
 }
 
+/// [`attention_heads`] into a new array.
+fn attention_heads_owned(
+    q: ArrayView3<f32>,
+    k: ArrayView3<f32>,
+    v: ArrayView3<f32>,
+    q_positions: &[usize],
+    k_positions: &[usize],
+    span: AttentionSpan,
+    num_meta: usize,
+) -> Array2<f32> {
+    let mut out = Array2::zeros((0, 0));
+    attention_heads(q, k, v, q_positions, k_positions, span, num_meta, &mut out);
+    out
+}
+
 /// Each query of a per-query check: keys hidden from *that* query do not matter to its row.
 #[test]
 fn each_query_row_ignores_its_own_hidden_keys() {
@@ -240,7 +257,7 @@ fn each_query_row_ignores_its_own_hidden_keys() {
     let q = Array3::from_shape_fn((t, 2, 3), |(a, b, c)| ((a * 3 + b * 5 + c) % 7) as f32 * 0.3 - 1.0);
     let k = Array3::from_shape_fn((s_len, 1, 3), |(a, _, c)| ((a * 5 + c * 3) % 11) as f32 * 0.2 - 1.0);
     let v = Array3::from_shape_fn((s_len, 1, 2), |(a, _, c)| (a * 2 + c) as f32);
-    let out = attention_heads(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
+    let out = attention_heads_owned(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
     for (row, &i) in q_positions.iter().enumerate() {
         let (mut k2, mut v2) = (k.clone(), v.clone());
         for (j, &p) in k_positions.iter().enumerate() {
@@ -249,7 +266,7 @@ fn each_query_row_ignores_its_own_hidden_keys() {
                 v2.index_axis_mut(Axis(0), j).fill(-1e6);
             }
         }
-        let out2 = attention_heads(q.view(), k2.view(), v2.view(), &q_positions, &k_positions, span, num_meta);
+        let out2 = attention_heads_owned(q.view(), k2.view(), v2.view(), &q_positions, &k_positions, span, num_meta);
         let diff = (&out.row(row) - &out2.row(row)).iter().fold(0f32, |m, d| m.max(d.abs()));
         assert!(diff <= 1e-6, "query {i}: {diff}");
     }

@@ -23,13 +23,13 @@ pub struct Linear {
 
 impl Linear {
     /// (T, in) → (T, out)
-    pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
+    pub fn forward<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.weight.cols());
-        let mut y = self.weight.matmul_t(x);
+        self.weight.matmul_t(x, out);
         if let Some(b) = &self.bias {
-            y += b;
+            *out += b;
         }
-        y
+        out.view()
     }
 }
 

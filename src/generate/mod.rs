@@ -97,6 +97,9 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
+/// The most tokens [`generate`] reserves K/V room for before it starts.
+const RESERVE_TOKENS_LIMIT: usize = 1 << 16;
+
 /// Generate a continuation of `prompt`, calling `on_token` with each new id as it is chosen.
 /// Fails on an empty prompt, ids outside the vocabulary, invalid sampling parameters, a
 /// non-finite logit, or an error returned by `on_token`.
@@ -109,6 +112,9 @@ pub fn generate(
     let mut sampler = Sampler::new(options.sampling)?;
     let eos = model.config.eos_token_id.filter(|_| options.stop_at_eos);
     let mut cache = model.new_sequence();
+    // Room for every token up front (untouched pages cost no memory), so that decode steps do
+    // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
+    cache.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
 
     let start = Instant::now();
     let mut logits = model.next_token_logits(prompt, &mut cache)?; // (V)

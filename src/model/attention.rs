@@ -5,8 +5,9 @@
 //! the SSM heads (see `fusion`).
 
 use crate::config::AttentionSpan;
-use crate::simd::{axpy, best_simd, dot};
-use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, Axis, CowArray, Ix2};
+use crate::simd::{axpy, best_simd};
+use super::shaped;
+use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 /// Whether a query at absolute position `i` may attend to a key at absolute position `j`:
@@ -35,7 +36,8 @@ const FEW_QUERIES: usize = 4;
 /// so a sliding-window layer costs O(T·(M + W)) rather than O(T·S). Blocks and heads run in
 /// parallel. A few queries (decoding) go to [`attention_each_query`] instead. Both are tested
 /// against [`attention_heads_reference`].
-pub fn attention_heads(
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads<'o>(
     q: ArrayView3<f32>,
     k: ArrayView3<f32>,
     v: ArrayView3<f32>,
@@ -43,13 +45,16 @@ pub fn attention_heads(
     k_positions: &[usize],
     span: AttentionSpan,
     num_meta: usize,
-) -> Array2<f32> {
+    out: &'o mut Array2<f32>,
+) -> ArrayView2<'o, f32> {
     let (t, nh, dqk) = q.dim();
     let (s_len, nkv, dv) = v.dim();
     debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
     debug_assert_eq!((q_positions.len(), k_positions.len()), (t, s_len));
+    let out = shaped(out, (t, nh * dv)); // (T, nh·dv) = (T, D)
     if t <= FEW_QUERIES {
-        return attention_each_query(q, k, v, q_positions, k_positions, span, num_meta);
+        attention_each_query(q, k, v, q_positions, k_positions, span, num_meta, out);
+        return out.view();
     }
     let group = nh / nkv;
     let scale = 1.0 / (dqk as f32).sqrt();
@@ -87,18 +92,18 @@ pub fn attention_heads(
         })
         .collect();
 
-    let mut out = Array2::zeros((t, nh * dv)); // (T, nh·dv) = (T, D)
     for (first, h, tile) in tiles {
         out.slice_mut(s![first..first + tile.nrows(), h * dv..(h + 1) * dv]).assign(&tile);
     }
-    out
+    out.view()
 }
 
 /// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
 /// scores the query against every visible key with a dot product, and sums the values weighted
 /// by the softmax. With one query row, a matrix product would spend its time re-packing K and V.
-/// Same shapes as [`attention_heads`].
-pub fn attention_each_query(
+/// Same shapes as [`attention_heads`]; `out` is (T, nh·dv).
+#[allow(clippy::too_many_arguments)]
+fn attention_each_query(
     q: ArrayView3<f32>,
     k: ArrayView3<f32>,
     v: ArrayView3<f32>,
@@ -106,74 +111,64 @@ pub fn attention_each_query(
     k_positions: &[usize],
     span: AttentionSpan,
     num_meta: usize,
-) -> Array2<f32> {
+    out: &mut Array2<f32>,
+) {
     let (t, nh, dqk) = q.dim();
     let (s_len, nkv, dv) = v.dim();
-    debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
-    let (q, k, v) = (q.as_standard_layout(), k.as_standard_layout(), v.as_standard_layout());
-    let (q, k, v) = (q.as_slice().expect("standard"), k.as_slice().expect("standard"), v.as_slice().expect("standard"));
-    let mut out = vec![0f32; t * nh * dv]; // (T, nh, dv)
+    debug_assert_eq!((k.dim(), out.dim()), ((s_len, nkv, dqk), (t, nh * dv)));
+    let q = q.as_standard_layout();
+    let q = q.as_slice().expect("standard layout"); // (T·nh·dqk)
+    let out = out.as_slice_mut().expect("standard layout"); // (T, nh, dv)
     out.par_chunks_mut(dv).enumerate().for_each(|(task, out)| {
         let (row, h) = (task / nh, task % nh);
-        let head = KvHead { keys: k, values: v, nkv, dqk, dv, g: h / (nh / nkv) }; // GQA: the K/V head it reads
+        let g = h / (nh / nkv); // GQA: the K/V head this query head reads
+        let keys_t = contiguous_rows(k.index_axis(Axis(1), g).reversed_axes()); // (dqk, S)
+        let values = contiguous_rows(v.index_axis(Axis(1), g)); // (S, dv)
         let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
-        attend(&q[task * dqk..(task + 1) * dqk], head, visible, out); // (dv)
+        attend(&q[task * dqk..(task + 1) * dqk], keys_t.view(), values.view(), visible, out); // (dv)
     });
-    Array2::from_shape_vec((t, nh * dv), out).expect("T · nh · dv") // (T, D)
 }
 
-/// K/V head `g` of cached keys (S, nkv, dqk) and values (S, nkv, dv), both row-major.
-#[derive(Clone, Copy)]
-struct KvHead<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
-    nkv: usize,
-    dqk: usize,
-    dv: usize,
-    g: usize,
-}
-
-impl KvHead<'_> {
-    /// S
-    fn len(&self) -> usize {
-        self.keys.len() / (self.nkv * self.dqk)
-    }
-    /// Key j. (dqk)
-    fn key(&self, j: usize) -> &[f32] {
-        let start = (j * self.nkv + self.g) * self.dqk;
-        &self.keys[start..start + self.dqk]
-    }
-    /// Value j. (dv)
-    fn value(&self, j: usize) -> &[f32] {
-        let start = (j * self.nkv + self.g) * self.dv;
-        &self.values[start..start + self.dv]
+/// `x` itself if each of its rows is contiguous, else a copy that is. The cache's keys, read as
+/// (dqk, S), and its values, (S, dv), are views; other layouts (in tests) are copied.
+fn contiguous_rows(x: ArrayView2<f32>) -> CowArray<f32, Ix2> {
+    if x.ncols() <= 1 || x.strides()[1] == 1 {
+        x.into()
+    } else {
+        x.as_standard_layout().into_owned().into()
     }
 }
 
 best_simd! {
     /// One query head against its K/V head: `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over the visible
-    /// keys j. q: (dqk), out: (dv)
-    fn attend(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_plain
+    /// keys j. q: (dqk), keys_t: (dqk, S), values: (S, dv), out: (dv); rows contiguous.
+    fn attend(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_plain
 }
 
 /// Keys scored at a time by [`attend_plain`] (a buffer on the stack).
 const KEY_BLOCK: usize = 64;
 
-/// The online softmax (as in FlashAttention): keys are scored a block at a time, and whenever a
-/// block raises the running maximum m, what was summed so far is rescaled by exp(m_old − m_new).
-/// At the end `out` = Σ exp(sⱼ − m)·vⱼ / Σ exp(sⱼ − m), the softmax-weighted sum, without ever
-/// holding all S scores.
+/// Scores a block of keys at a time, Σ_d q[d]·Kᵀ[d, block] (each term a vector operation over
+/// the block), then the online softmax (as in FlashAttention): whenever a block raises the
+/// running maximum m, what was summed so far is rescaled by exp(m_old − m_new). At the end
+/// `out` = Σ exp(sⱼ − m)·vⱼ / Σ exp(sⱼ − m), the softmax-weighted sum, without ever holding all
+/// S scores.
 #[inline(always)]
-fn attend_plain(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
-    let scale = 1.0 / (head.dqk as f32).sqrt();
+fn attend_plain(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
+    let (dqk, s_len) = keys_t.dim();
+    let scale = 1.0 / (dqk as f32).sqrt();
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     let mut scores = [0f32; KEY_BLOCK];
     out.fill(0.0);
-    for first in (0..head.len()).step_by(KEY_BLOCK) {
-        let keys = first..(first + KEY_BLOCK).min(head.len());
+    for first in (0..s_len).step_by(KEY_BLOCK) {
+        let keys = first..(first + KEY_BLOCK).min(s_len);
         let scores = &mut scores[..keys.len()]; // (block)
+        scores.fill(0.0);
+        for (&q_d, k_d) in q.iter().zip(keys_t.slice(s![.., keys.clone()]).rows()) {
+            axpy(q_d, k_d.as_slice().expect("contiguous rows"), scores);
+        }
         for (score, j) in scores.iter_mut().zip(keys.clone()) {
-            *score = if visible(j) { dot(q, head.key(j)) * scale } else { f32::NEG_INFINITY };
+            *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
         }
         let block_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if block_max == f32::NEG_INFINITY {
@@ -189,7 +184,7 @@ fn attend_plain(q: &[f32], head: KvHead, visible: impl Fn(usize) -> bool, out: &
             if score > f32::NEG_INFINITY {
                 let p = (score - max).exp();
                 sum += p;
-                axpy(p, head.value(j), out);
+                axpy(p, values.row(j).as_slice().expect("contiguous rows"), out);
             }
         }
     }
@@ -269,7 +264,8 @@ mod tests {
         let q = Array3::from_elem((1, 2, 2), 1.0f32);
         let k = Array3::from_shape_vec((2, 1, 2), vec![1.0, 0.0, 5.0, 5.0]).unwrap();
         let v = Array3::from_shape_vec((2, 1, 3), vec![1.0, 2.0, 3.0, 9.0, 9.0, 9.0]).unwrap();
-        let out = attention_heads(q.view(), k.view(), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0);
+        let mut out = Array2::zeros((0, 0));
+        attention_heads(q.view(), k.view(), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0, &mut out);
         assert_eq!(out.row(0).to_vec(), vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
@@ -290,7 +286,8 @@ mod tests {
             for rows in [t, 4, 3, 1] {
                 let (q, q_pos) = (q.slice(s![t - rows.., .., ..]), &q_pos[t - rows..]);
                 let (k, v, k_pos) = (k.slice(s![..10 + t, .., ..]), v.slice(s![..10 + t, .., ..]), &k_pos[..]);
-                let fast = attention_heads(q, k, v, q_pos, k_pos, span, 3);
+                let mut fast = Array2::zeros((0, 0));
+                attention_heads(q, k, v, q_pos, k_pos, span, 3, &mut fast);
                 let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
@@ -303,7 +300,8 @@ mod tests {
         let q = Array3::from_elem((1, 1, 2), 0.0f32); // all scores 0 → uniform weights
         let k = Array3::from_elem((2, 1, 2), 1.0f32);
         let v = Array3::from_shape_vec((2, 1, 1), vec![2.0, 4.0]).unwrap();
-        let out = attention_heads(q.view(), k.view(), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0);
+        let mut out = Array2::zeros((0, 0));
+        attention_heads(q.view(), k.view(), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0, &mut out);
         assert!((out[[0, 0]] - 3.0).abs() < 1e-6);
     }
 }

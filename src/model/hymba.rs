@@ -1,17 +1,36 @@
 //! The whole model: meta tokens + embeddings → L hybrid-head layers → final norm → lm_head.
 
-use super::layer::{hymba_layer, LayerOutput};
+use super::layer::{hymba_layer, LayerBuffers, LayerOutput};
 use super::norm::rms_norm;
 use super::rope::rope_base;
+use super::shaped;
 use crate::cache::HybridCache;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::error::{Error, ErrorKind, Result};
-use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{concatenate, s, Array2, ArrayView1, ArrayView2, Axis};
 use std::path::Path;
 
 /// The most rows [`Hymba::run_chunk`] sends through the layers at once.
 pub const MAX_ROWS_PER_PASS: usize = 512;
+
+/// Each layer's input and what it computed, as [`Hymba::forward_traced`] collects them.
+type Trace = (Vec<Array2<f32>>, Vec<LayerOutput>);
+
+/// The activations of a pass, kept with each sequence and reused from call to call (see
+/// [`super::shaped`]): after the first decode step, a step allocates nothing. They carry no
+/// information from one call to the next; the cache's state is elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct Buffers {
+    /// (T, H): the residual stream of the pass
+    x: Array2<f32>,
+    /// (T): the rows' absolute positions
+    positions: Vec<usize>,
+    layer: LayerBuffers,
+    /// (1, H), (1, V): the last row after the final norm, and its logits
+    normed: Array2<f32>,
+    logits: Array2<f32>,
+}
 
 /// A loaded Hymba model: its validated config, its weights, and the cache state after the meta
 /// tokens (they do not depend on the prompt, so they are run once per model). Immutable once built.
@@ -50,7 +69,8 @@ impl Hymba {
         let mut model = Hymba { meta_prefix: HybridCache::new(&config), config, weights };
         if model.config.num_memory_tokens > 0 {
             let mut prefix = HybridCache::new(&model.config);
-            model.run_chunk(model.weights.memory_tokens.clone(), &mut prefix); // (M, H)
+            model.run_chunk(model.weights.memory_tokens.view(), &mut prefix); // (M, H)
+            prefix.buffers = Buffers::default(); // nothing worth copying into every new sequence
             model.meta_prefix = prefix;
         }
         model
@@ -76,14 +96,14 @@ impl Hymba {
         }
     }
 
-    /// Embedding rows for `ids` (already checked). (n, H)
-    pub fn embed(&self, ids: &[u32]) -> Array2<f32> {
+    /// Embedding rows for `ids` (already checked), into `out`. (n, H)
+    pub fn embed<'o>(&self, ids: &[u32], out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
         let table = &self.weights.embed_tokens; // (V, H)
-        let mut x = Array2::zeros((ids.len(), table.cols())); // (n, H)
-        for (mut row, &id) in x.rows_mut().into_iter().zip(ids) {
+        let out = shaped(out, (ids.len(), table.cols())); // (n, H)
+        for (mut row, &id) in out.rows_mut().into_iter().zip(ids) {
             table.row_into(id as usize, row.as_slice_mut().expect("standard layout"));
         }
-        x
+        out.view()
     }
 
     /// Run the rows `x` (T, H) through every layer as the next chunk of the sequence in `cache`.
@@ -93,14 +113,15 @@ impl Hymba {
     /// activation memory; the cache carries everything from one pass to the next, so the result
     /// is the same. All rows are rotated with the RoPE base of the whole call: `dynamic_ntk`
     /// picks it from the largest position of the call (SPEC, RoPE).
-    pub fn run_chunk(&self, x: Array2<f32>, cache: &mut HybridCache) -> Array2<f32> {
+    pub fn run_chunk(&self, x: ArrayView2<f32>, cache: &mut HybridCache) -> Array2<f32> {
         let base = self.rope_base_for(cache.next_position + x.nrows());
-        if x.nrows() <= MAX_ROWS_PER_PASS {
-            return self.run_layers(x, base, cache, None);
-        }
         let outputs: Vec<Array2<f32>> = x
             .axis_chunks_iter(Axis(0), MAX_ROWS_PER_PASS)
-            .map(|rows| self.run_layers(rows.to_owned(), base, cache, None))
+            .map(|rows| {
+                shaped(&mut cache.buffers.x, rows.dim()).assign(&rows);
+                self.run_layers(base, cache, None);
+                cache.buffers.x.clone() // (≤ MAX_ROWS_PER_PASS, H)
+            })
             .collect();
         let views: Vec<_> = outputs.iter().map(|o| o.view()).collect();
         concatenate(Axis(0), &views).expect("same width H") // (T, H)
@@ -112,40 +133,35 @@ impl Hymba {
         cfg.rope.map(|r| rope_base(&r, cfg.head_dim_qk(), seq_len))
     }
 
-    /// One pass of the rows `x` (T, H) through every layer; with `trace`, each layer's input
-    /// and intermediates are kept. → (T, H)
-    fn run_layers(
-        &self,
-        mut x: Array2<f32>,
-        base: Option<f64>,
-        cache: &mut HybridCache,
-        mut trace: Option<&mut (Vec<Array2<f32>>, Vec<LayerOutput>)>,
-    ) -> Array2<f32> {
+    /// One pass of the rows in `cache.buffers.x` (T, H) through every layer, in place; with
+    /// `trace`, each layer's input and intermediates are kept.
+    fn run_layers(&self, base: Option<f64>, cache: &mut HybridCache, mut trace: Option<&mut Trace>) {
         let cfg = &self.config;
+        let mut buf = std::mem::take(&mut cache.buffers); // so the cache can be borrowed beside them
         let start = cache.next_position;
-        let positions: Vec<usize> = (start..start + x.nrows()).collect();
+        buf.positions.clear();
+        buf.positions.extend(start..start + buf.x.nrows());
         for (plan, w) in cfg.layers.iter().zip(&self.weights.layers) {
-            let out = hymba_layer(cfg, plan, w, x.view(), &positions, base, cache);
-            if let Some((hidden, layers)) = trace.as_deref_mut() {
-                hidden.push(x);
-                x = out.hidden.clone();
-                layers.push(out);
-            } else {
-                x = out.hidden;
+            if let Some((inputs, _)) = trace.as_deref_mut() {
+                inputs.push(buf.x.clone());
+            }
+            hymba_layer(cfg, plan, w, &mut buf.x, &buf.positions, base, cache, &mut buf.layer);
+            if let Some((_, layers)) = trace.as_deref_mut() {
+                layers.push(LayerOutput::copy(&buf.x, &buf.layer));
             }
         }
-        cache.finish_chunk(positions.len(), cfg.num_memory_tokens);
-        x
+        cache.finish_chunk(buf.positions.len(), cfg.num_memory_tokens);
+        cache.buffers = buf;
     }
 
-    /// Final RMSNorm. (T, H) → (T, H)
-    pub fn final_norm(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        rms_norm(x, self.weights.final_layernorm.view(), self.config.rms_norm_eps)
+    /// Final RMSNorm, into `out`. (T, H) → (T, H)
+    pub fn final_norm<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        rms_norm(x, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
     }
 
-    /// `logits = x · lm_headᵀ`, refusing non-finite results. (T, H) → (T, V)
-    pub fn lm_head(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        let logits = self.weights.lm_head().matmul_t(x);
+    /// `logits = x · lm_headᵀ` into `out`, refusing non-finite results. (T, H) → (T, V)
+    pub fn lm_head<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
+        let logits = self.weights.lm_head().matmul_t(x, out);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let (row, col) = (i / logits.ncols(), i % logits.ncols());
             return Err(Error::new(
@@ -156,13 +172,21 @@ impl Hymba {
         Ok(logits)
     }
 
+    /// Final norm and lm_head for rows of a finished pass, in new arrays. (T, H) → (T, V)
+    pub fn logits(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let (mut normed, mut logits) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+        self.lm_head(self.final_norm(x, &mut normed), &mut logits)?;
+        Ok(logits)
+    }
+
     /// Full-sequence forward pass: logits for every prompt position. ids → (n, V)
     pub fn forward(&self, ids: &[u32]) -> Result<Array2<f32>> {
         self.check_ids(ids)?;
         let m = self.config.num_memory_tokens;
-        let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids).view()); // (M+n, H)
-        let x = self.run_chunk(x, &mut HybridCache::new(&self.config)); // (M+n, H)
-        self.lm_head(self.final_norm(x.slice(s![m.., ..])).view())
+        let mut embedded = Array2::zeros((0, 0));
+        let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids, &mut embedded)); // (M+n, H)
+        let x = self.run_chunk(x.view(), &mut HybridCache::new(&self.config)); // (M+n, H)
+        self.logits(x.slice(s![m.., ..]))
     }
 
     /// Feed `ids` as the next chunk of the sequence in `cache` (from [`Hymba::new_sequence`]):
@@ -173,8 +197,9 @@ impl Hymba {
     /// of its own last position, as the released cached decode does (SPEC, RoPE).
     pub fn forward_chunk(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array2<f32>> {
         self.check_ids(ids)?;
-        let x = self.run_chunk(self.embed(ids), cache); // (n, H)
-        self.lm_head(self.final_norm(x.view()).view())
+        let mut embedded = Array2::zeros((0, 0));
+        let x = self.run_chunk(self.embed(ids, &mut embedded), cache); // (n, H)
+        self.logits(x.view())
     }
 
     /// The logits of every position computed through the cache: `ids[..prefill]` in one chunk,
@@ -197,25 +222,39 @@ impl Hymba {
     }
 
     /// Like [`Hymba::forward_chunk`], but only the logits after the last id: what generation
-    /// needs, without projecting every prompt row onto the vocabulary. ids → (V)
-    pub fn next_token_logits(&self, ids: &[u32], cache: &mut HybridCache) -> Result<Array1<f32>> {
+    /// needs, without projecting every prompt row onto the vocabulary. ids → (V), a view of the
+    /// sequence's buffers. Allocates nothing once the shapes repeat, as they do from the second
+    /// decode step on (tested).
+    pub fn next_token_logits<'c>(&self, ids: &[u32], cache: &'c mut HybridCache) -> Result<ArrayView1<'c, f32>> {
         self.check_ids(ids)?;
-        let x = self.run_chunk(self.embed(ids), cache); // (n, H)
-        let last = self.final_norm(x.slice(s![x.nrows() - 1.., ..])); // (1, H)
-        Ok(self.lm_head(last.view())?.row(0).to_owned())
+        let base = self.rope_base_for(cache.next_position + ids.len());
+        for pass in ids.chunks(MAX_ROWS_PER_PASS) {
+            self.embed(pass, &mut cache.buffers.x); // (T, H)
+            self.run_layers(base, cache, None);
+        }
+        let buf = &mut cache.buffers;
+        let last = buf.x.slice(s![buf.x.nrows() - 1.., ..]); // (1, H)
+        let normed = self.final_norm(last, &mut buf.normed); // (1, H)
+        let logits = self.lm_head(normed, &mut buf.logits)?; // (1, V)
+        Ok(logits.index_axis_move(Axis(0), 0)) // (V)
     }
 
     /// [`Hymba::forward`], keeping every hidden state and per-layer intermediate.
     pub fn forward_traced(&self, ids: &[u32]) -> Result<ForwardTrace> {
         self.check_ids(ids)?;
         let m = self.config.num_memory_tokens;
-        let x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids).view()); // (M+n, H)
+        let mut cache = HybridCache::new(&self.config);
+        let base = self.rope_base_for(m + ids.len());
+        let mut embedded = Array2::zeros((0, 0));
+        cache.buffers.x = prepend_meta_tokens(self.weights.memory_tokens.view(), self.embed(ids, &mut embedded)); // (M+n, H)
         let mut trace = (Vec::new(), Vec::new());
-        let base = self.rope_base_for(x.nrows());
-        let x = self.run_layers(x, base, &mut HybridCache::new(&self.config), Some(&mut trace));
+        self.run_layers(base, &mut cache, Some(&mut trace));
         let (mut hidden, layers) = trace;
-        hidden.push(self.final_norm(x.view())); // (M+n, H)
-        let logits = self.lm_head(hidden.last().expect("final").slice(s![m.., ..]))?;
+        let mut normed = Array2::zeros((0, 0));
+        self.final_norm(cache.buffers.x.view(), &mut normed);
+        hidden.push(normed); // (M+n, H)
+        let mut logits = Array2::zeros((0, 0));
+        self.lm_head(hidden.last().expect("final").slice(s![m.., ..]), &mut logits)?;
         Ok(ForwardTrace { logits, hidden, layers })
     }
 }

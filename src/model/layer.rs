@@ -13,14 +13,15 @@
 
 use super::attention::attention_heads;
 use super::fusion::fuse_heads;
-use super::mlp::mlp;
+use super::mlp::{mlp, MlpBuffers};
 use super::norm::{rms_norm, rms_norm_in_place};
 use super::rope::apply_rope;
-use super::ssm::ssm_heads;
+use super::shaped;
+use super::ssm::{ssm_heads, SsmBuffers};
 use crate::cache::HybridCache;
 use crate::checkpoint::weights::LayerWeights;
 use crate::config::{HymbaConfig, KvSource, LayerPlan};
-use ndarray::{Array2, Array3, ArrayView2, Axis};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 /// The column blocks of `in_proj`'s output, in checkpoint order. Each is (T, width).
 pub struct InProjSplit<'a> {
@@ -40,52 +41,72 @@ pub struct InProjSplit<'a> {
 /// reuses K/V, then x `[D]`, then z `[D]`.
 pub fn split_in_proj<'a>(cfg: &HymbaConfig, plan: &LayerPlan, zxbc: ArrayView2<'a, f32>) -> InProjSplit<'a> {
     debug_assert_eq!(zxbc.ncols(), cfg.in_proj_rows(plan));
-    let mut widths = vec![cfg.hidden_size];
-    if plan.owns_kv() {
-        widths.extend([cfg.k_width(), cfg.v_width()]);
-    }
-    widths.extend([cfg.d_inner(), cfg.d_inner()]);
-    let mut blocks = Vec::with_capacity(widths.len());
     let mut rest = zxbc;
-    for w in widths {
-        let (block, tail) = rest.split_at(Axis(1), w);
-        blocks.push(block);
+    let mut next = |width: usize| {
+        let (block, tail) = rest.split_at(Axis(1), width);
         rest = tail;
-    }
-    let z = blocks.pop().expect("z");
-    let x = blocks.pop().expect("x");
-    let (q, k, v) = match blocks[..] {
-        [q, k, v] => (q, Some(k), Some(v)),
-        [q] => (q, None, None),
-        _ => unreachable!("in_proj has q, optional k and v, x, z"),
+        block
     };
+    let q = next(cfg.hidden_size);
+    let (k, v) = match plan.owns_kv() {
+        true => (Some(next(cfg.k_width())), Some(next(cfg.v_width()))),
+        false => (None, None),
+    };
+    let (x, z) = (next(cfg.d_inner()), next(cfg.d_inner()));
     InProjSplit { q, k, v, x, z }
 }
 
-/// Reshape (T, heads·dim) → (T, heads, dim), RMS-normalise each head if a norm is given
-/// (`norm` is (1 or heads, dim)), and rotate by RoPE if a base is given.
-fn prepare_heads(
+/// Reshape (T, heads·dim) → (T, heads, dim) into `out`, RMS-normalise each head if a norm is
+/// given (`norm` is (1 or heads, dim)), and rotate by RoPE if a base is given.
+fn prepare_heads<'o>(
     flat: ArrayView2<f32>,
-    heads: usize,
     norm: Option<&Array2<f32>>,
     positions: &[usize],
     rope_base: Option<f64>,
     eps: f32,
-) -> Array3<f32> {
-    let t = flat.nrows();
-    let dim = flat.ncols() / heads;
-    let mut x = flat.to_owned().into_shape_with_order((t, heads, dim)).expect("heads divide the width"); // (T, heads, dim)
+    out: &'o mut Array3<f32>,
+) -> ArrayView3<'o, f32> {
+    let (t, heads, dim) = out.dim();
+    debug_assert_eq!(flat.dim(), (t, heads * dim));
+    for (mut row, flat_row) in out.outer_iter_mut().zip(flat.rows()) {
+        row.iter_mut().zip(flat_row).for_each(|(o, &v)| *o = v); // (heads, dim), row-major
+    }
     if let Some(w) = norm {
-        for mut row in x.axis_iter_mut(Axis(0)) {
+        for mut row in out.axis_iter_mut(Axis(0)) {
             for (h, head) in row.axis_iter_mut(Axis(0)).enumerate() {
                 rms_norm_in_place(head, w.row(if w.nrows() == 1 { 0 } else { h }), eps);
             }
         }
     }
     if let Some(base) = rope_base {
-        apply_rope(x.view_mut(), positions, base);
+        apply_rope(out.view_mut(), positions, base);
     }
-    x
+    out.view()
+}
+
+/// Everything one layer pass writes besides the cache and the residual stream (see
+/// [`super::shaped`]). One set serves every layer, since layers run one after another.
+#[derive(Debug, Clone, Default)]
+pub struct LayerBuffers {
+    /// (T, H): the normalised input of the mixer, then of the MLP
+    h: Array2<f32>,
+    /// (T, P): `in_proj`'s output
+    zxbc: Array2<f32>,
+    /// (T, nh, dqk), (T, nkv, dqk)
+    q: Array3<f32>,
+    k: Array3<f32>,
+    /// (T, D): the attention heads, concatenated
+    pub attn: Array2<f32>,
+    ssm_buffers: SsmBuffers,
+    /// (T, D): the SSM heads after the SiLU(z) gate
+    pub ssm: Array2<f32>,
+    /// (T, D)
+    fused_heads: Array2<f32>,
+    /// (T, H): the mixer's residual contribution, `fuse_heads(attn, ssm) · out_projᵀ (+ bias)`
+    pub fused: Array2<f32>,
+    mlp_buffers: MlpBuffers,
+    /// (T, H)
+    mlp: Array2<f32>,
 }
 
 /// What one layer computes, kept for golden tests and inspection.
@@ -100,61 +121,61 @@ pub struct LayerOutput {
     pub fused: Array2<f32>,
 }
 
-/// Run layer `plan.index` on the rows `x` (T, H) at absolute `positions`, extending `cache`.
-/// `rope_base` is `None` when the model has no RoPE.
+impl LayerOutput {
+    /// A copy of what the last layer pass left in `x` (the layer's output) and `buf`.
+    pub fn copy(x: &Array2<f32>, buf: &LayerBuffers) -> LayerOutput {
+        LayerOutput { hidden: x.clone(), attn: buf.attn.clone(), ssm: buf.ssm.clone(), fused: buf.fused.clone() }
+    }
+}
+
+/// Run layer `plan.index` on the rows `x` (T, H) at absolute `positions`, in place (x becomes the
+/// layer's output), extending `cache`. `rope_base` is `None` when the model has no RoPE.
+#[allow(clippy::too_many_arguments)]
 pub fn hymba_layer(
     cfg: &HymbaConfig,
     plan: &LayerPlan,
     w: &LayerWeights,
-    x: ArrayView2<f32>,
+    x: &mut Array2<f32>,
     positions: &[usize],
     rope_base: Option<f64>,
     cache: &mut HybridCache,
-) -> LayerOutput {
+    buf: &mut LayerBuffers,
+) {
     let (t, eps) = (x.nrows(), cfg.rms_norm_eps);
     debug_assert_eq!(x.dim(), (t, cfg.hidden_size));
-    let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let (nh, nkv, dqk) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim_qk());
 
-    let h = rms_norm(x, w.input_layernorm.view(), eps); // (T, H)
-    let zxbc = w.mamba.in_proj.forward(h.view()); // (T, P)
-    let split = split_in_proj(cfg, plan, zxbc.view());
+    let h = rms_norm(x.view(), w.input_layernorm.view(), eps, &mut buf.h); // (T, H)
+    let zxbc = w.mamba.in_proj.forward(h, &mut buf.zxbc); // (T, P)
+    let split = split_in_proj(cfg, plan, zxbc);
 
     // Attention heads. A producer rotates its new keys and appends them to its cache; a
     // reusing layer reads its producer's cache, which already holds this chunk's rows.
-    let q = prepare_heads(split.q, nh, w.mamba.q_norm.as_ref(), positions, rope_base, eps); // (T, nh, dqk)
+    let q_buf = shaped(&mut buf.q, (t, nh, dqk));
+    let q = prepare_heads(split.q, w.mamba.q_norm.as_ref(), positions, rope_base, eps, q_buf); // (T, nh, dqk)
     let producer = match plan.kv {
         KvSource::Own => plan.index,
         KvSource::ReuseFrom(j) => j,
     };
     if let (Some(k), Some(v)) = (split.k, split.v) {
-        let k = prepare_heads(k, nkv, w.mamba.k_norm.as_ref(), positions, rope_base, eps); // (T, nkv, dqk)
+        let k_buf = shaped(&mut buf.k, (t, nkv, dqk));
+        let k = prepare_heads(k, w.mamba.k_norm.as_ref(), positions, rope_base, eps, k_buf); // (T, nkv, dqk)
         let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
-        kv.append(k.view().into_shape_with_order((t, cfg.k_width())).expect("contiguous"), v, positions);
+        kv.append(k.into_shape_with_order((t, cfg.k_width())).expect("contiguous"), v, positions);
     }
     let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
-    let attn = attention_heads(
-        q.view(),
-        kv.keys(),
-        kv.values(),
-        positions,
-        kv.positions(),
-        plan.attention,
-        cfg.num_memory_tokens,
-    ); // (T, D)
+    let (keys, values, k_positions) = (kv.keys(), kv.values(), kv.positions());
+    let span = plan.attention;
+    let attn = attention_heads(q, keys, values, positions, k_positions, span, cfg.num_memory_tokens, &mut buf.attn); // (T, D)
 
-    let ssm = ssm_heads(split.x, split.z, &w.mamba, eps, &mut cache.ssm[plan.index]); // (T, D)
+    let state = &mut cache.ssm[plan.index];
+    let ssm = ssm_heads(split.x, split.z, &w.mamba, eps, state, &mut buf.ssm_buffers, &mut buf.ssm); // (T, D)
 
-    let fused_heads = fuse_heads(
-        attn.view(),
-        ssm.view(),
-        w.mamba.pre_avg_layernorm1.view(),
-        w.mamba.pre_avg_layernorm2.view(),
-        eps,
-    ); // (T, D)
-    let fused = w.mamba.out_proj.forward(fused_heads.view()); // (T, H)
-    let mut hidden = &x + &fused; // (T, H)
+    let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
+    let fused_heads = fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads); // (T, D)
+    let fused = w.mamba.out_proj.forward(fused_heads, &mut buf.fused); // (T, H)
+    *x += &fused; // residual
 
-    let h2 = rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps); // (T, H)
-    hidden += &mlp(h2.view(), &w.moe_expert0);
-    LayerOutput { hidden, attn, ssm, fused }
+    let h2 = rms_norm(x.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h); // (T, H)
+    *x += &mlp(h2, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp); // residual
 }

@@ -1,26 +1,33 @@
 //! RMSNorm, used everywhere in Hymba: before each layer, inside the SSM heads (on Δ, B, C),
 //! on each attention head (`kq_norm`), on each branch before fusion, and at the end.
 
+use super::shaped;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 
-/// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`, applied to each row of `x`.
-pub fn rms_norm(x: ArrayView2<f32>, weight: ArrayView1<f32>, eps: f32) -> Array2<f32> {
+/// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`, applied to each row of `x`, into `out`.
+/// (T, width) → (T, width)
+pub fn rms_norm<'o>(x: ArrayView2<f32>, weight: ArrayView1<f32>, eps: f32, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
     debug_assert_eq!(x.ncols(), weight.len());
-    let mut out = x.to_owned(); // (T, width)
+    let out = shaped(out, x.dim()); // (T, width)
+    out.assign(&x);
     for row in out.axis_iter_mut(Axis(0)) {
         rms_norm_in_place(row, weight, eps);
     }
-    out
+    out.view()
 }
 
 /// RMSNorm of one vector, in place.
 pub fn rms_norm_in_place(mut x: ArrayViewMut1<f32>, weight: ArrayView1<f32>, eps: f32) {
     debug_assert_eq!(x.len(), weight.len());
-    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inv_rms = 1.0 / (mean_sq + eps).sqrt();
+    let inv_rms = inv_rms(x.view(), eps);
     x.zip_mut_with(&weight, |v, w| *v = *v * inv_rms * w);
 }
 
+/// `1 / sqrt(mean(x²) + eps)`
+pub fn inv_rms(x: ArrayView1<f32>, eps: f32) -> f32 {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (mean_sq + eps).sqrt()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,10 +36,11 @@ mod tests {
     #[test]
     fn normalises_each_row_to_unit_rms_then_scales() {
         let x = array![[3.0f32, 4.0], [0.0, 0.0]];
-        let y = rms_norm(x.view(), array![1.0f32, 2.0].view(), 0.0);
+        let (mut y, mut z) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+        let y = rms_norm(x.view(), array![1.0f32, 2.0].view(), 0.0, &mut y);
         let r = (12.5f32).sqrt(); // rms of (3, 4)
         assert!((y[[0, 0]] - 3.0 / r).abs() < 1e-6 && (y[[0, 1]] - 8.0 / r).abs() < 1e-6);
-        let z = rms_norm(x.view(), array![1.0f32, 1.0].view(), 1e-6);
+        let z = rms_norm(x.view(), array![1.0f32, 1.0].view(), 1e-6, &mut z);
         assert_eq!(z.row(1).to_vec(), vec![0.0, 0.0]); // eps keeps zero rows finite
     }
 }

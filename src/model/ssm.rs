@@ -14,8 +14,9 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
+use super::shaped;
 use crate::checkpoint::weights::MambaWeights;
-use ndarray::{concatenate, s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 
 /// The recurrent state of one layer's SSM heads.
@@ -45,25 +46,34 @@ pub fn softplus(v: f32) -> f32 {
 /// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]`, where rows
 /// before `x` come from `history` (the previous K−1 inputs). Updates `history` to the last K−1
 /// rows. x: (T, D), w: (D, K), history: (K−1, D) → (T, D)
-pub fn causal_conv1d(
+pub fn causal_conv1d<'o>(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     bias: Option<ArrayView1<f32>>,
     history: &mut Array2<f32>,
-) -> Array2<f32> {
+    out: &'o mut Array2<f32>,
+) -> ArrayView2<'o, f32> {
     let (t, d) = x.dim();
     let k = w.ncols();
     debug_assert_eq!(history.dim(), (k - 1, d));
-    let padded = concatenate(Axis(0), &[history.view(), x.view()]).expect("same width D"); // (K−1+T, D)
-    let mut out = Array2::zeros((t, d)); // (T, D)
+    // Row `row` of the padded input [history; x] (K−1+T, D), column c.
+    let padded = |history: &Array2<f32>, row: usize, c: usize| {
+        if row < k - 1 { history[[row, c]] } else { x[[row - (k - 1), c]] }
+    };
+    let out = shaped(out, (t, d)); // (T, D)
     for (ti, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
         for c in 0..d {
-            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded[[ti + j, c]]).sum();
+            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(history, ti + j, c)).sum();
             row[c] = acc + bias.map_or(0.0, |b| b[c]);
         }
     }
-    history.assign(&padded.slice(s![t.., ..]));
-    out
+    // history ← padded rows T..T+K−1. Row r reads padded row T + r > r: not yet overwritten.
+    for r in 0..k - 1 {
+        for c in 0..d {
+            history[[r, c]] = padded(history, t + r, c);
+        }
+    }
+    out.view()
 }
 
 /// The selective scan, sequentially over time: the plain reference every faster variant is
@@ -101,7 +111,7 @@ pub fn selective_scan(
 /// N-dimensional state in a local buffer and walks through time once. The arithmetic per channel
 /// is the same as [`selective_scan`], in the same order, so the results are identical (tested).
 #[allow(clippy::too_many_arguments)]
-pub fn selective_scan_parallel(
+pub fn selective_scan_parallel<'o>(
     u: ArrayView2<f32>,
     delta: ArrayView2<f32>,
     a: ArrayView2<f32>,
@@ -109,12 +119,12 @@ pub fn selective_scan_parallel(
     c: ArrayView2<f32>,
     d: ArrayView1<f32>,
     state: &mut Array2<f32>,
-) -> Array2<f32> {
+    out: &'o mut Array2<f32>,
+) -> ArrayView2<'o, f32> {
     let (t, d_inner) = u.dim();
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
-    let (b, c) = (b.as_standard_layout(), c.as_standard_layout()); // rows of N contiguous
-    let mut y = Array2::zeros((t, d_inner)); // (T, D), filled a column (channel) per task
+    let y = shaped(out, (t, d_inner)); // (T, D), filled a column (channel) per task
     y.axis_iter_mut(Axis(1))
         .into_par_iter()
         .zip(state.axis_iter_mut(Axis(0)))
@@ -133,36 +143,64 @@ pub fn selective_scan_parallel(
                 y[ti] = acc + d[ch] * ut;
             }
         });
-    y
+    y.view()
+}
+
+/// `part` RMS-normalised into `out` if the config has that norm (`mamba_inner_layernorms`),
+/// else `part` itself.
+fn maybe_rms_norm<'a>(
+    part: ArrayView2<'a, f32>,
+    weight: &Option<Array1<f32>>,
+    eps: f32,
+    out: &'a mut Array2<f32>,
+) -> ArrayView2<'a, f32> {
+    match weight {
+        Some(w) => rms_norm(part, w.view(), eps, out),
+        None => part,
+    }
+}
+
+/// The SSM heads' intermediate activations (see [`super::shaped`]).
+#[derive(Debug, Clone, Default)]
+pub struct SsmBuffers {
+    /// (T, D)
+    u: Array2<f32>,
+    /// (T, R + 2N)
+    dt_b_c: Array2<f32>,
+    /// (T, R), (T, N), (T, N): written only when normalised
+    dt: Array2<f32>,
+    b: Array2<f32>,
+    c: Array2<f32>,
+    /// (T, D)
+    delta: Array2<f32>,
 }
 
 /// The SSM heads: x, z (T, D) → y (T, D), advancing `state`.
-pub fn ssm_heads(
+pub fn ssm_heads<'o>(
     x: ArrayView2<f32>,
     z: ArrayView2<f32>,
     w: &MambaWeights,
     eps: f32,
     state: &mut SsmState,
-) -> Array2<f32> {
+    buf: &mut SsmBuffers,
+    out: &'o mut Array2<f32>,
+) -> ArrayView2<'o, f32> {
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
-    let u = causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv).mapv(silu); // (T, D)
+    causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv, &mut buf.u);
+    buf.u.mapv_inplace(silu);
+    let u = buf.u.view(); // (T, D)
 
-    let dt_b_c = w.x_proj.matmul_t(u.view()); // (T, R + 2N)
-    let norm = |cols: ndarray::Slice, weight: &Option<Array1<f32>>| {
-        let part = dt_b_c.slice_axis(Axis(1), cols);
-        match weight {
-            Some(wt) => rms_norm(part, wt.view(), eps),
-            None => part.to_owned(),
-        }
-    };
-    let dt = norm(ndarray::Slice::from(0..r), &w.dt_layernorm); // (T, R)
-    let b = norm(ndarray::Slice::from(r..r + n), &w.b_layernorm); // (T, N)
-    let c = norm(ndarray::Slice::from(r + n..r + 2 * n), &w.c_layernorm); // (T, N)
+    let dt_b_c = w.x_proj.matmul_t(u, &mut buf.dt_b_c); // (T, R + 2N)
+    let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
+    let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
+    let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
 
-    let delta = w.dt_proj.forward(dt.view()).mapv(softplus); // (T, D)
-    let y = selective_scan_parallel(u.view(), delta.view(), w.a.view(), b.view(), c.view(), w.d.view(), &mut state.scan);
-    y * &z.mapv(silu) // (T, D)
+    w.dt_proj.forward(dt, &mut buf.delta);
+    buf.delta.mapv_inplace(softplus); // (T, D): Δ
+    selective_scan_parallel(u, buf.delta.view(), w.a.view(), b, c, w.d.view(), &mut state.scan, out); // (T, D)
+    Zip::from(&mut *out).and(z).for_each(|y, &z| *y *= silu(z)); // y ⊙ SiLU(z)
+    out.view()
 }
 
 #[cfg(test)]
@@ -175,12 +213,14 @@ mod tests {
         // D = 1, K = 3, w = [1, 10, 100]: out_t = x_{t−2} + 10 x_{t−1} + 100 x_t.
         let w = array![[1.0f32, 10.0, 100.0]];
         let mut hist = Array2::zeros((2, 1));
-        let out = causal_conv1d(array![[1.0f32], [2.0], [3.0]].view(), w.view(), None, &mut hist);
+        let (mut out, mut next) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+        let out = causal_conv1d(array![[1.0f32], [2.0], [3.0]].view(), w.view(), None, &mut hist, &mut out);
         assert_eq!(out.column(0).to_vec(), vec![100.0, 210.0, 321.0]);
         assert_eq!(hist.column(0).to_vec(), vec![2.0, 3.0]);
         // Continuing with the carried history equals the unsplit sequence.
-        let next = causal_conv1d(array![[4.0f32]].view(), w.view(), Some(array![0.5f32].view()), &mut hist);
+        let next = causal_conv1d(array![[4.0f32]].view(), w.view(), Some(array![0.5f32].view()), &mut hist, &mut next);
         assert_eq!(next[[0, 0]], 2.0 + 30.0 + 400.0 + 0.5);
+        assert_eq!(hist.column(0).to_vec(), vec![3.0, 4.0]); // a chunk shorter than K−1 shifts it
     }
 
     #[test]
@@ -210,7 +250,8 @@ mod tests {
         let mut s1 = f(d, n, 0.4);
         let mut s2 = s1.clone();
         let y1 = selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
-        let y2 = selective_scan_parallel(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2);
+        let mut y2 = Array2::zeros((0, 0));
+        selective_scan_parallel(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, &mut y2);
         assert_eq!(y1, y2);
         assert_eq!(s1, s2);
     }

@@ -1,0 +1,74 @@
+//! The two kernels a decode step of the 1.5B shape spends its time in, timed alone:
+//!
+//!     cargo bench --bench decode_kernels
+//!
+//! - the bf16 matrix-vector product of `in_proj` (8,000 × 1,600 weights streamed from memory),
+//!   as GB/s of weights read;
+//! - attention of one query (25 heads, 5 K/V heads, dqk 64, dv 128) over M + W = 1,152 keys,
+//!   as µs per layer, and the same with 256 keys (context 128) for comparison.
+//!
+//! Medians of repeated calls on the current rayon pool (`RAYON_NUM_THREADS` sets its size).
+
+use half::bf16;
+use hymba_ref::cache::KvCache;
+use hymba_ref::config::AttentionSpan;
+use hymba_ref::matrix::{Elements, Matrix};
+use hymba_ref::model::attention::attention_heads;
+use ndarray::{Array2, Array3};
+use std::time::Instant;
+
+fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm up
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[runs / 2]
+}
+
+fn wave(shape: (usize, usize, usize), k: f32) -> Array3<f32> {
+    Array3::from_shape_fn(shape, |(a, b, c)| ((a * 7 + b * 3 + c) as f32 * k).sin())
+}
+
+fn main() {
+    println!("threads: {}", rayon::current_num_threads());
+
+    // in_proj of a producing layer: P = H + 2·(nkv·dqk)... ≈ 8,000 rows of H = 1,600.
+    let (rows, cols) = (8000, 1600);
+    let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
+    let w = Matrix::new(rows, cols, Elements::Bf16(w)).expect("rows · cols");
+    // Many copies, so each call streams weights that are not in the caches.
+    let copies: Vec<Matrix> = (0..24).map(|_| w.clone()).collect();
+    let x = Array2::from_shape_fn((1, cols), |(_, c)| (c as f32 * 0.1).cos());
+    let mut out = Array2::zeros((0, 0));
+    let mut next = 0;
+    let seconds = median_seconds(200, || {
+        copies[next % copies.len()].matmul_t(x.view(), &mut out);
+        next += 1;
+    });
+    println!("bf16 matvec {rows}×{cols}: {:.1} µs, {:.1} GB/s of weights", seconds * 1e6, w.bytes() as f64 / seconds / 1e9);
+
+    let (nh, nkv, dqk, dv, meta) = (25, 5, 64, 128, 128);
+    for keys in [256, 1152] {
+        let q = wave((1, nh, dqk), 0.31);
+        let (k, v) = (wave((keys, nkv, dqk), 0.17), wave((keys, nkv, dv), 0.23));
+        let span = AttentionSpan::SlidingWindow(1024);
+        // Through a K/V cache, so the keys are in the layout decoding reads.
+        let mut cache = KvCache::new(nkv, dqk, dv, span);
+        let positions: Vec<usize> = (0..keys).collect();
+        let k_rows = k.view().into_shape_with_order((keys, nkv * dqk)).unwrap();
+        let v_rows = v.view().into_shape_with_order((keys, nkv * dv)).unwrap();
+        cache.append(k_rows, v_rows, &positions);
+        let q_positions = [keys - 1];
+        let mut out = Array2::zeros((0, 0));
+        let seconds = median_seconds(500, || {
+            let (k, v, k_positions) = (cache.keys(), cache.values(), cache.positions());
+            attention_heads(q.view(), k, v, &q_positions, k_positions, span, meta, &mut out);
+        });
+        println!("decode attention over {keys} keys: {:.1} µs per layer", seconds * 1e6);
+    }
+}
