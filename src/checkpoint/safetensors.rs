@@ -54,6 +54,8 @@ use half::{bf16, f16};
 
 use crate::matrix::Elements;
 use memmap2::Mmap;
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
 use serde_json::{json, Map, Value};
 
 use super::json_text::{brief, first_duplicate_key};
@@ -290,6 +292,7 @@ impl SafetensorsFile {
                 return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
             }
         };
+        self.release(info);
         Ok((info.shape.clone(), values))
     }
 
@@ -304,6 +307,7 @@ impl SafetensorsFile {
                 return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
             }
         };
+        self.release(info);
         Ok((info.shape.clone(), values))
     }
 
@@ -316,6 +320,21 @@ impl SafetensorsFile {
             other => return Err(self.unconvertible(name, other, "i64 (only I64 and I32 can)")),
         };
         Ok((info.shape.clone(), values))
+    }
+
+    /// Tell the kernel we are done with a tensor's mapped pages, once they are copied. They
+    /// leave this process's resident memory (the file stays in the page cache), so loading a
+    /// checkpoint peaks near the size of the weights, not twice it.
+    fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(map) = &self.bytes {
+            let (begin, end) = info.data_offsets;
+            // SAFETY: no slice of the mapping is alive here (the tensor was copied and its
+            // bytes dropped), and the mapping is a read-only view of a file: a page read again
+            // is faulted back in from the file, with the same contents. A failure only means
+            // the pages stay resident.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, self.data_start + begin, end - begin) };
+        }
     }
 
     fn lookup(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
