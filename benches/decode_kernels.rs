@@ -2,8 +2,8 @@
 //!
 //!     cargo bench --bench decode_kernels
 //!
-//! - the bf16 matrix-vector product of `in_proj` (8,000 × 1,600 weights streamed from memory),
-//!   as GB/s of weights read;
+//! - the bf16 matrix-vector product of each weight matrix of a layer and of `lm_head`, streamed
+//!   from memory, as GB/s of weights read;
 //! - attention of one query (25 heads, 5 K/V heads, dqk 64, dv 128) over M + W = 1,152 keys,
 //!   as µs per layer, and the same with 256 keys (context 128) for comparison.
 //!
@@ -37,20 +37,33 @@ fn wave(shape: (usize, usize, usize), k: f32) -> Array3<f32> {
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
 
-    // in_proj of a producing layer: P = H + 2·(nkv·dqk)... ≈ 8,000 rows of H = 1,600.
-    let (rows, cols) = (8000, 1600);
-    let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
-    let w = Matrix::new(rows, cols, Elements::Bf16(w)).expect("rows · cols");
-    // Many copies, so each call streams weights that are not in the caches.
-    let copies: Vec<Matrix> = (0..24).map(|_| w.clone()).collect();
-    let x = Array2::from_shape_fn((1, cols), |(_, c)| (c as f32 * 0.1).cos());
-    let mut out = Array2::zeros((0, 0));
-    let mut next = 0;
-    let seconds = median_seconds(200, || {
-        copies[next % copies.len()].matmul_t(x.view(), &mut out);
-        next += 1;
-    });
-    println!("bf16 matvec {rows}×{cols}: {:.1} µs, {:.1} GB/s of weights", seconds * 1e6, w.bytes() as f64 / seconds / 1e9);
+    // The matrices of one 1.5B layer (rows × cols), and the vocabulary projection.
+    for (name, rows, cols) in [
+        ("in_proj", 8000, 1600),
+        ("x_proj", 132, 3200),
+        ("dt_proj", 3200, 100),
+        ("out_proj", 1600, 3200),
+        ("up/gate", 5504, 1600),
+        ("down", 1600, 5504),
+        ("lm_head", 32001, 1600),
+    ] {
+        let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
+        let w = Matrix::new(rows, cols, Elements::Bf16(w)).expect("rows · cols");
+        // Copies adding up to ≥ 512 MiB, so each call streams weights that are not in the caches.
+        let copies: Vec<Matrix> = (0..(512 << 20) / w.bytes() + 1).map(|_| w.clone()).collect();
+        let x = Array2::from_shape_fn((1, cols), |(_, c)| (c as f32 * 0.1).cos());
+        let mut out = Array2::zeros((0, 0));
+        let mut next = 0;
+        let seconds = median_seconds(200, || {
+            copies[next % copies.len()].matmul_t(x.view(), &mut out);
+            next += 1;
+        });
+        println!(
+            "bf16 matvec {name} {rows}×{cols}: {:.1} µs, {:.1} GB/s of weights",
+            seconds * 1e6,
+            w.bytes() as f64 / seconds / 1e9
+        );
+    }
 
     let (nh, nkv, dqk, dv, meta) = (25, 5, 64, 128, 128);
     for keys in [256, 1152] {

@@ -57,16 +57,6 @@ impl Elements {
             Elements::F16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = w.to_f32()),
         }
     }
-
-    /// The flat index and value of the first NaN or infinity, if any.
-    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
-        let find = |it: &mut dyn Iterator<Item = f32>| it.enumerate().find(|(_, v)| !v.is_finite());
-        match self {
-            Elements::F32(v) => find(&mut v.iter().copied()),
-            Elements::Bf16(v) => find(&mut v.iter().map(|w| bf16_to_f32(*w))),
-            Elements::F16(v) => find(&mut v.iter().map(|w| w.to_f32())),
-        }
-    }
 }
 
 /// A row-major `[rows, cols]` weight matrix (PyTorch's `[out, in]` for a linear map).

@@ -25,18 +25,31 @@ pub use shards::{parse_index, Checkpoint, ShardIndex};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Elements;
+use crate::simd::bf16_to_f32;
 
 /// Ok if every value is finite; else a [`ErrorKind::NonFiniteWeight`] error naming tensor `name`,
 /// the first NaN or infinity (its flat row-major index and value) and how many there are.
 pub fn check_finite(name: &str, values: &[f32]) -> Result<()> {
-    let Some(first) = values.iter().position(|v| !v.is_finite()) else {
+    check_all_finite(name, values.len(), values.iter().copied())
+}
+
+/// [`check_finite`] for tensor elements in their stored dtype (bf16 and f16 are widened to check).
+pub fn check_elements_finite(name: &str, values: &Elements) -> Result<()> {
+    match values {
+        Elements::F32(v) => check_finite(name, v),
+        Elements::Bf16(v) => check_all_finite(name, v.len(), v.iter().map(|w| bf16_to_f32(*w))),
+        Elements::F16(v) => check_all_finite(name, v.len(), v.iter().map(|w| w.to_f32())),
+    }
+}
+
+fn check_all_finite(name: &str, len: usize, values: impl Iterator<Item = f32>) -> Result<()> {
+    let mut bad = values.enumerate().filter(|(_, v)| !v.is_finite());
+    let Some((first, value)) = bad.next() else {
         return Ok(());
     };
-    let count = values[first..].iter().filter(|v| !v.is_finite()).count();
+    let count = 1 + bad.count();
     let message = format!(
-        "tensor '{name}' holds {count} non-finite value(s) among {}; the first is {} at flat index {first}",
-        values.len(),
-        values[first]
+        "tensor '{name}' holds {count} non-finite value(s) among {len}; the first is {value} at flat index {first}"
     );
     Err(Error::new(ErrorKind::NonFiniteWeight, message))
 }

@@ -5,7 +5,7 @@
 //! unexpected or mis-shaped tensor by name, before converting anything.
 
 use super::shards::Checkpoint;
-use super::{check_finite, TensorSource};
+use super::{check_elements_finite, check_finite, TensorSource};
 use crate::config::{HymbaConfig, KqNorm, LayerPlan, MlpActivation};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Matrix;
@@ -265,12 +265,7 @@ impl HymbaWeights {
         };
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
             let (_, data) = ckpt.to_elements(name)?;
-            if let Some((i, v)) = data.first_non_finite() {
-                return Err(Error::new(
-                    ErrorKind::NonFiniteWeight,
-                    format!("tensor '{name}' holds a non-finite value: {v} at flat index {i}"),
-                ));
-            }
+            check_elements_finite(name, &data)?;
             Matrix::new(rows, cols, data).ok_or_else(|| {
                 Error::new(ErrorKind::ShapeMismatch, format!("{name}: cannot view as [{rows}, {cols}]"))
             })

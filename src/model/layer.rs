@@ -60,14 +60,15 @@ pub fn split_in_proj<'a>(cfg: &HymbaConfig, plan: &LayerPlan, zxbc: ArrayView2<'
 /// given (`norm` is (1 or heads, dim)), and rotate by RoPE if a base is given.
 fn prepare_heads<'o>(
     flat: ArrayView2<f32>,
+    heads: usize,
     norm: Option<&Array2<f32>>,
     positions: &[usize],
     rope_base: Option<f64>,
     eps: f32,
     out: &'o mut Array3<f32>,
 ) -> ArrayView3<'o, f32> {
-    let (t, heads, dim) = out.dim();
-    debug_assert_eq!(flat.dim(), (t, heads * dim));
+    let (t, dim) = (flat.nrows(), flat.ncols() / heads);
+    let out = shaped(out, (t, heads, dim)); // (T, heads, dim)
     for (mut row, flat_row) in out.outer_iter_mut().zip(flat.rows()) {
         row.iter_mut().zip(flat_row).for_each(|(o, &v)| *o = v); // (heads, dim), row-major
     }
@@ -143,7 +144,7 @@ pub fn hymba_layer(
 ) {
     let (t, eps) = (x.nrows(), cfg.rms_norm_eps);
     debug_assert_eq!(x.dim(), (t, cfg.hidden_size));
-    let (nh, nkv, dqk) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim_qk());
+    let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
 
     let h = rms_norm(x.view(), w.input_layernorm.view(), eps, &mut buf.h); // (T, H)
     let zxbc = w.mamba.in_proj.forward(h, &mut buf.zxbc); // (T, P)
@@ -151,15 +152,13 @@ pub fn hymba_layer(
 
     // Attention heads. A producer rotates its new keys and appends them to its cache; a
     // reusing layer reads its producer's cache, which already holds this chunk's rows.
-    let q_buf = shaped(&mut buf.q, (t, nh, dqk));
-    let q = prepare_heads(split.q, w.mamba.q_norm.as_ref(), positions, rope_base, eps, q_buf); // (T, nh, dqk)
+    let q = prepare_heads(split.q, nh, w.mamba.q_norm.as_ref(), positions, rope_base, eps, &mut buf.q); // (T, nh, dqk)
     let producer = match plan.kv {
         KvSource::Own => plan.index,
         KvSource::ReuseFrom(j) => j,
     };
     if let (Some(k), Some(v)) = (split.k, split.v) {
-        let k_buf = shaped(&mut buf.k, (t, nkv, dqk));
-        let k = prepare_heads(k, w.mamba.k_norm.as_ref(), positions, rope_base, eps, k_buf); // (T, nkv, dqk)
+        let k = prepare_heads(k, nkv, w.mamba.k_norm.as_ref(), positions, rope_base, eps, &mut buf.k); // (T, nkv, dqk)
         let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
         kv.append(k.into_shape_with_order((t, cfg.k_width())).expect("contiguous"), v, positions);
     }
