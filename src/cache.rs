@@ -22,7 +22,7 @@ use ndarray::{ArrayView2, ArrayView3, ShapeBuilder};
 ///
 /// Keys are stored transposed, (nkv, dqk, capacity): for one K/V head and one dimension d, the
 /// d-th components of consecutive keys are contiguous. Scoring one query against many keys is
-/// then Σ_d q[d]·Kᵀ[d, j..j+16]: vector operations over keys, with no sum across a vector
+/// then `Σ_d q[d]·Kᵀ[d, j..j+16]`: vector operations over keys, with no sum across a vector
 /// (see `attention::attend`). [`KvCache::keys`] still shows them as (S, nkv, dqk).
 #[derive(Debug, Clone)]
 pub struct KvCache {

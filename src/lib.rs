@@ -49,7 +49,7 @@
 //!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
 //! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
-//! - [`simd`]: the few inner loops decoding lives in (dot products), compiled for AVX-512 / AVX2
+//! - [`simd`]: the few inner loops decoding lives in (dot products, axpy), compiled for AVX-512 / AVX2
 //!   when the CPU has them, with bit-identical results.
 //! - [`model`]: the forward pass, one file per concept.
 //! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,

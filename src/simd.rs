@@ -1,7 +1,7 @@
 //! The inner loops that decoding spends its time in, written so the compiler vectorises them,
 //! and compiled for the widest vector unit the CPU has.
 //!
-//! A portable build targets baseline x86-64 (SSE2: 4 f32 lanes). [`best_simd!`] compiles one
+//! A portable build targets baseline x86-64 (SSE2: 4 f32 lanes). `best_simd!` compiles one
 //! plain Rust function twice more, for AVX-512 (16 lanes) and AVX2 (8 lanes), and picks at run
 //! time. The source, and so the order of every addition, is the same in all three: the results
 //! are bit-identical (tested), only the speed differs. Nothing here uses FMA or reassociates sums.

@@ -34,7 +34,7 @@ const FEW_QUERIES: usize = 4;
 /// Queries are processed in blocks of consecutive rows; each block gathers only the keys that
 /// some query in it can see (for a window layer: the meta tokens and about W + block positions),
 /// so a sliding-window layer costs O(T·(M + W)) rather than O(T·S). Blocks and heads run in
-/// parallel. A few queries (decoding) go to [`attention_each_query`] instead. Both are tested
+/// parallel. A few queries (decoding) go to `attention_each_query` instead. Both are tested
 /// against [`attention_heads_reference`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_heads<'o>(
@@ -99,8 +99,8 @@ pub fn attention_heads<'o>(
 }
 
 /// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
-/// scores the query against every visible key with a dot product, and sums the values weighted
-/// by the softmax. With one query row, a matrix product would spend its time re-packing K and V.
+/// scores the query against every visible key (see [`attend`]), and sums the values weighted by
+/// the softmax. With one query row, a matrix product would spend its time re-packing K and V.
 /// Same shapes as [`attention_heads`]; `out` is (T, nh·dv).
 #[allow(clippy::too_many_arguments)]
 fn attention_each_query(
