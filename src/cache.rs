@@ -77,8 +77,14 @@ impl KvCache {
         &self.positions
     }
 
-    /// Make room for `rows` more rows, so that appending them does not reallocate.
-    pub fn reserve(&mut self, rows: usize) {
+    /// Make room for `tokens` more tokens, so that appending them does not reallocate: all of
+    /// them in a global cache; at most W + 1 in a window cache, which never holds more than
+    /// M + W rows (+ the one-token chunk being decoded).
+    pub fn reserve(&mut self, tokens: usize) {
+        let rows = match self.retention {
+            AttentionSpan::Global => tokens,
+            AttentionSpan::SlidingWindow(w) => tokens.min(w + 1),
+        };
         self.grow_keys_to(self.len() + rows);
         self.values.reserve(rows * self.num_kv_heads * self.head_dim_v);
         self.positions.reserve(rows);
@@ -206,15 +212,10 @@ impl HybridCache {
     }
 
     /// Make room in every K/V cache for `tokens` more tokens (e.g. the prompt and the most
-    /// tokens a generation may add), so that decoding them never reallocates the cache. A
-    /// window producer never holds more than M + W rows (+ one chunk), so it needs at most that.
+    /// tokens a generation may add), so that decoding them never reallocates the cache.
     pub fn reserve(&mut self, tokens: usize) {
         for kv in self.kv.iter_mut().flatten() {
-            let rows = match kv.retention {
-                AttentionSpan::Global => tokens,
-                AttentionSpan::SlidingWindow(w) => tokens.min(w + 1),
-            };
-            kv.reserve(rows);
+            kv.reserve(tokens);
         }
     }
 

@@ -115,7 +115,7 @@ impl Hymba {
     /// picks it from the largest position of the call (SPEC, RoPE).
     pub fn run_chunk(&self, x: ArrayView2<f32>, cache: &mut HybridCache) -> Array2<f32> {
         let base = self.rope_base_for(cache.next_position + x.nrows());
-        let outputs: Vec<Array2<f32>> = x
+        let mut outputs: Vec<Array2<f32>> = x
             .axis_chunks_iter(Axis(0), MAX_ROWS_PER_PASS)
             .map(|rows| {
                 shaped(&mut cache.buffers.x, rows.dim()).assign(&rows);
@@ -123,6 +123,9 @@ impl Hymba {
                 cache.buffers.x.clone() // (≤ MAX_ROWS_PER_PASS, H)
             })
             .collect();
+        if outputs.len() == 1 {
+            return outputs.pop().expect("one pass"); // (T, H), no second copy
+        }
         let views: Vec<_> = outputs.iter().map(|o| o.view()).collect();
         concatenate(Axis(0), &views).expect("same width H") // (T, H)
     }
