@@ -358,6 +358,19 @@ fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hymba-ref")).args(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// Run the command with its stdout closed at once, as `hymba-ref … | head -c 0` does.
+fn cli_with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // close the read end at once
+    child.wait_with_output().unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -477,15 +490,7 @@ fn a_closed_stdout_is_not_a_panic() {
         if json {
             args.push("--json");
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take()); // close the read end at once
-        let out = child.wait_with_output().unwrap();
+        let out = cli_with_closed_stdout(&args);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
@@ -561,15 +566,7 @@ fn tokenize_with_a_closed_stdout_is_not_a_panic() {
         vec!["tokenize", "--model", model.to_str().unwrap(), "--text", "Hello world"],
         vec!["detokenize", "--model", model.to_str().unwrap(), "--ids", "15043,3186"],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = cli_with_closed_stdout(&args);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
@@ -623,15 +620,8 @@ fn generate_usage_and_input_errors() {
 
 #[test]
 fn generate_with_a_closed_stdout_is_not_a_panic() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-        .args(["generate", "--model", hymba_ref::DEFAULT_MODEL_DIR, "--prompt", "Once upon a time", "--max-new-tokens", "8"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let model = hymba_ref::DEFAULT_MODEL_DIR;
+    let out = cli_with_closed_stdout(&["generate", "--model", model, "--prompt", "Once upon a time", "--max-new-tokens", "8"]);
     assert!(matches!(out.status.code(), Some(0 | 1)), "{:?}: {}", out.status, stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
@@ -663,15 +653,8 @@ fn perplexity_with_a_closed_stdout_is_not_a_panic() {
     let dir = TempDir::new("ppl-pipe");
     let text = dir.join("text.txt");
     fs::write(&text, "Once upon a time there was a small model.").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-        .args(["perplexity", "--model", hymba_ref::DEFAULT_MODEL_DIR, "--file", text.to_str().unwrap(), "--context", "16"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let model = hymba_ref::DEFAULT_MODEL_DIR;
+    let out = cli_with_closed_stdout(&["perplexity", "--model", model, "--file", text.to_str().unwrap(), "--context", "16"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
