@@ -2,8 +2,10 @@
 //!
 //!     cargo bench --bench decode_kernels
 //!
-//! - the bf16 matrix-vector product of each weight matrix of a layer and of `lm_head`, streamed
-//!   from memory, as GB/s of weights read;
+//! - the bf16 product `x · Wᵀ` of each weight matrix of a layer and of `lm_head`, streamed from
+//!   memory, for x of 1, 4, 16 and 64 rows (a batch of sequences decoding together): the
+//!   row-wise kernel decoding uses (bit-identical to one row at a time) against the prefill GEMM,
+//!   as µs, GB/s of weights read and GFLOP/s, and summed over a whole decode step;
 //! - attention of one query (25 heads, 5 K/V heads, dqk 64, dv 128) over M + W = 1,152 keys,
 //!   as µs per layer, and the same with 256 keys (context 128) for comparison.
 //!
@@ -17,17 +19,18 @@ use hymba_ref::model::attention::attention_heads;
 use ndarray::{Array2, Array3};
 use std::time::Instant;
 
-fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
+/// The median time of `f` over up to 200 calls or about half a second (at least 5 calls).
+fn median_seconds(mut f: impl FnMut()) -> f64 {
     f(); // warm up
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 5 || (times.len() < 200 && started.elapsed().as_secs_f64() < 0.5) {
+        let start = Instant::now();
+        f();
+        times.push(start.elapsed().as_secs_f64());
+    }
     times.sort_by(f64::total_cmp);
-    times[runs / 2]
+    times[times.len() / 2]
 }
 
 fn wave(shape: (usize, usize, usize), k: f32) -> Array3<f32> {
@@ -38,6 +41,8 @@ fn main() {
     println!("threads: {}", rayon::current_num_threads());
 
     // The matrices of one 1.5B layer (rows × cols), and the vocabulary projection.
+    let batches = [1, 4, 16, 64];
+    let mut totals = vec![(0.0, 0.0); batches.len()]; // per batch size: seconds of (rowwise, GEMM)
     for (name, rows, cols) in [
         ("in_proj", 8000, 1600),
         ("x_proj", 132, 3200),
@@ -51,17 +56,49 @@ fn main() {
         let w = Matrix::new(rows, cols, Elements::Bf16(w)).expect("rows · cols");
         // Copies adding up to ≥ 512 MiB, so each call streams weights that are not in the caches.
         let copies: Vec<Matrix> = (0..(512 << 20) / w.bytes() + 1).map(|_| w.clone()).collect();
-        let x = Array2::from_shape_fn((1, cols), |(_, c)| (c as f32 * 0.1).cos());
-        let mut out = Array2::zeros((0, 0));
-        let mut next = 0;
-        let seconds = median_seconds(200, || {
-            copies[next % copies.len()].matmul_t(x.view(), &mut out);
-            next += 1;
-        });
+        for (i, &batch) in batches.iter().enumerate() {
+            let x = Array2::from_shape_fn((batch, cols), |(b, c)| (c as f32 * 0.1 + b as f32).cos());
+            let mut out = Array2::zeros((0, 0));
+            let mut next = 0;
+            let rowwise = median_seconds(|| {
+                copies[next % copies.len()].matmul_t_rowwise(x.view(), &mut out);
+                next += 1;
+            });
+            // The prefill path (GEMM) for the same rows; at one row matmul_t is the matvec.
+            let gemm = match batch {
+                1 => rowwise,
+                _ => median_seconds(|| {
+                    copies[next % copies.len()].matmul_t(x.view(), &mut out);
+                    next += 1;
+                }),
+            };
+            // A decode step: 32 layers of these matrices (two of the up/gate shape), lm_head once.
+            let weight = match name {
+                "lm_head" => 1.0,
+                "up/gate" => 64.0,
+                _ => 32.0,
+            };
+            totals[i].0 += rowwise * weight;
+            totals[i].1 += gemm * weight;
+            let gflops = |s: f64| 2.0 * (batch * rows * cols) as f64 / s / 1e9;
+            println!(
+                "bf16 {name} {rows}×{cols}, {batch:>2} rows: rowwise {:8.1} µs, {:5.1} GB/s of weights, {:5.1} GFLOP/s | GEMM {:8.1} µs, {:5.1} GFLOP/s",
+                rowwise * 1e6,
+                w.bytes() as f64 / rowwise / 1e9,
+                gflops(rowwise),
+                gemm * 1e6,
+                gflops(gemm),
+            );
+        }
+    }
+    println!("all products of a 1.5B decode step (32 layers + lm_head), from the times above:");
+    for (&batch, (rowwise, gemm)) in batches.iter().zip(&totals) {
         println!(
-            "bf16 matvec {name} {rows}×{cols}: {:.1} µs, {:.1} GB/s of weights",
-            seconds * 1e6,
-            w.bytes() as f64 / seconds / 1e9
+            "  {batch:>2} rows: rowwise {:6.1} ms ({:6.1} rows/s) | GEMM {:6.1} ms ({:6.1} rows/s)",
+            rowwise * 1e3,
+            batch as f64 / rowwise,
+            gemm * 1e3,
+            batch as f64 / gemm
         );
     }
 
@@ -78,7 +115,7 @@ fn main() {
         cache.append(k_rows, v_rows, &positions);
         let q_positions = [keys - 1];
         let mut out = Array2::zeros((0, 0));
-        let seconds = median_seconds(500, || {
+        let seconds = median_seconds(|| {
             let (k, v, k_positions) = (cache.keys(), cache.values(), cache.positions());
             attention_heads(q.view(), k, v, &q_positions, k_positions, span, meta, &mut out);
         });

@@ -13,11 +13,19 @@
 //!   `matrixmultiply`'s GEMM (through ndarray), blocks split across threads.
 //!
 //! Both are tested against [`matmul_t_reference`], the plain triple loop.
+//!
+//! [`Matrix::matmul_t_rowwise`] is the third way, for a batch of sequences decoding together
+//! (one row each): every row gets exactly the one-row product, bit for bit, while each block of
+//! weight rows is read from memory once for all rows. GEMM would be faster per row at large
+//! batches but adds in another order, so a sequence's logits would depend on its batch.
+//! For bf16 weights a register-tiled kernel keeps the one-row summation order (see
+//! [`accumulate_dot_tile`]); measured with `cargo bench --bench decode_kernels` (2 threads,
+//! the 1.5B shapes, weights streamed from memory): KERNEL_NUMBERS
 
-use crate::simd::{bf16_to_f32, dot_bf16_fast, dot_fast};
+use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot_bf16_fast, dot_fast, finish_dot_bf16, sum_lanes, Lanes};
 use half::{bf16, f16};
 use crate::model::shaped;
-use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 /// Tensor elements in their stored dtype.
@@ -148,6 +156,30 @@ impl Matrix {
         });
     }
 
+    /// `x · Wᵀ` with every row of `x` computed exactly as [`Matrix::matmul_t`] computes a single
+    /// row: bit-identical to calling it row by row, but each block of weight rows is read from
+    /// memory once for all B rows (a batch of sequences decoding together). (B, cols) → (B, rows)
+    pub fn matmul_t_rowwise<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        debug_assert_eq!(x.ncols(), self.cols);
+        let out = shaped(out, (x.nrows(), self.rows)); // (B, rows)
+        if x.nrows() == 1 {
+            self.matvec(x.row(0), out.row_mut(0));
+            return out.view();
+        }
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout"); // (B·cols)
+        let cols = self.cols;
+        out.axis_chunks_iter_mut(Axis(1), ROWS_PER_TASK).into_par_iter().enumerate().for_each(|(task, mut out)| {
+            let rows = task * ROWS_PER_TASK * cols..(task * ROWS_PER_TASK + out.ncols()) * cols;
+            match &self.data {
+                Elements::Bf16(v) => matvecs_bf16(xs, &v[rows], out),
+                Elements::F32(v) => each_pair(xs, &v[rows], out.view_mut(), dot_fast),
+                Elements::F16(v) => each_pair(xs, &v[rows], out.view_mut(), dot_f16),
+            }
+        });
+        out.view()
+    }
+
     /// For many rows of `x` (prefill): blocks of weight rows in f32, multiplied by GEMM. A few
     /// large blocks per thread, since each GEMM call re-packs all of `x`. out: (T, rows)
     fn matmul_t_gemm(&self, x: ArrayView2<f32>, out: &mut Array2<f32>) {
@@ -164,6 +196,112 @@ impl Matrix {
             out.slice_mut(s![.., first..first + block.ncols()]).assign(&block);
         }
     }
+}
+
+/// `out[b][r] = dot(x_b, w_r)` for the rows of a block of weights `w` (r outer, so a weight row
+/// is read once, from cache for every b). x: (B·cols), w: (rows·cols), out: (B, rows)
+fn each_pair<W>(x: &[f32], w: &[W], mut out: ArrayViewMut2<f32>, dot: impl Fn(&[f32], &[W]) -> f32) {
+    let cols = x.len() / out.nrows();
+    for (r, w) in w.chunks_exact(cols).enumerate() {
+        for (b, x) in x.chunks_exact(cols).enumerate() {
+            out[[b, r]] = dot(x, w);
+        }
+    }
+}
+
+/// The blocking of [`matvecs_bf16_blocks`]: tiles of 2 weight rows × 4 inputs (8 AVX2
+/// registers of partial sums, and room for the operands), panels of up to 16 inputs per widened
+/// weight block, blocks of 16 chunks of 32 columns (a widened block of 2 rows is 4 KiB, and with
+/// a tile's inputs it stays in L1 while the tile's 4 lane groups pass over it).
+const TILE_ROWS: usize = 2;
+const TILE_INPUTS: usize = 4;
+const PANEL_INPUTS: usize = 16;
+const BLOCK_CHUNKS: usize = 16;
+
+/// What a block of bf16 weights needs besides its inputs: a block of weight rows widened to f32
+/// (TILE_ROWS, BLOCK_CHUNKS, 32) and the partial sums of a panel's pairs (≤ PANEL_INPUTS ·
+/// TILE_ROWS, 32), pair (b, r) at `b · R + r` for a group of R rows.
+struct TileScratch {
+    widened: [[Lanes; BLOCK_CHUNKS]; TILE_ROWS],
+    pairs: [Lanes; PANEL_INPUTS * TILE_ROWS],
+}
+
+/// [`each_pair`] with [`dot_bf16`](crate::simd::dot_bf16) for bf16 weights, bit-identical, in
+/// groups of [`TILE_ROWS`] weight rows (single rows at the end).
+#[inline(always)]
+fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
+    let rows = out.ncols();
+    let cols = w.len() / rows;
+    let mut scratch = TileScratch { widened: [[[0.0; 32]; BLOCK_CHUNKS]; TILE_ROWS], pairs: [[0.0; 32]; PANEL_INPUTS * TILE_ROWS] };
+    let mut first = 0;
+    while first < rows {
+        if first + TILE_ROWS <= rows {
+            row_group::<TILE_ROWS>(x, &w[first * cols..(first + TILE_ROWS) * cols], first, &mut scratch, &mut out);
+            first += TILE_ROWS;
+        } else {
+            row_group::<1>(x, &w[first * cols..(first + 1) * cols], first, &mut scratch, &mut out);
+            first += 1;
+        }
+    }
+}
+
+/// `R` weight rows (`w`, R·cols) against every input row, into columns `first..first + R` of
+/// `out`: per panel of inputs, the weights widened to f32 a block at a time, then
+/// [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs (single inputs at the end), then
+/// each pair's sum finished as [`dot_bf16`](crate::simd::dot_bf16) finishes it.
+#[inline(always)]
+fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut TileScratch, out: &mut ArrayViewMut2<f32>) {
+    let cols = w.len() / R;
+    let chunks = cols / 32;
+    let w_rows: [&[bf16]; R] = std::array::from_fn(|r| &w[r * cols..(r + 1) * cols]);
+    let x_row = |b: usize| &x[b * cols..(b + 1) * cols];
+    for panel in (0..out.nrows()).step_by(PANEL_INPUTS) {
+        let panel = panel..(panel + PANEL_INPUTS).min(out.nrows());
+        let pairs = &mut scratch.pairs[..panel.len() * R];
+        pairs.fill([0.0; 32]);
+        for block in (0..chunks).step_by(BLOCK_CHUNKS) {
+            let block = block..(block + BLOCK_CHUNKS).min(chunks);
+            for (wide, w) in scratch.widened.iter_mut().zip(w_rows) {
+                for (wide, w) in wide.iter_mut().zip(&w.as_chunks::<32>().0[block.clone()]) {
+                    for k in 0..32 {
+                        wide[k] = bf16_to_f32(w[k]);
+                    }
+                }
+            }
+            let w_block: [&[Lanes]; R] = std::array::from_fn(|r| &scratch.widened[r][..block.len()]);
+            let x_block = |b: usize| &x_row(b).as_chunks::<32>().0[block.clone()];
+            let (tiles, rest) = pairs.as_chunks_mut::<R>().0.as_chunks_mut::<TILE_INPUTS>();
+            let mut b = panel.start;
+            for tile in tiles {
+                accumulate_dot_tile(std::array::from_fn(|i| x_block(b + i)), w_block, tile);
+                b += TILE_INPUTS;
+            }
+            for one in rest {
+                accumulate_dot_tile([x_block(b)], w_block, std::array::from_mut(one));
+                b += 1;
+            }
+        }
+        // Each pair's partial sums added up, 8 pairs at a time, then its tail columns.
+        let mut sums = [0.0; PANEL_INPUTS * TILE_ROWS];
+        let (eights, rest) = pairs.as_chunks::<8>();
+        for (sums, eight) in sums.as_chunks_mut::<8>().0.iter_mut().zip(eights) {
+            *sums = sum_lanes(eight.each_ref());
+        }
+        for (p, one) in rest.iter().enumerate() {
+            sums[eights.len() * 8 + p] = sum_lanes([one])[0];
+        }
+        let tail = chunks * 32..;
+        for (b, sums) in panel.zip(sums.as_chunks::<R>().0) {
+            for r in 0..R {
+                out[[b, first + r]] = finish_dot_bf16(sums[r], &x_row(b)[tail.clone()], &w_rows[r][tail.clone()]);
+            }
+        }
+    }
+}
+
+best_simd! {
+    /// [`matvecs_bf16_blocks`] on the best vector unit of this CPU.
+    fn matvecs_bf16(x: &[f32], w: &[bf16], out: ArrayViewMut2<f32>) = matvecs_bf16_blocks
 }
 
 /// Σ a·b with `b` in f16, converted on the fly (f16 checkpoints are rare: no vector variant).
@@ -202,6 +340,35 @@ mod tests {
                 w.matmul_t(x.view(), &mut got);
                 let err = (&got - &want).iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(err < 1e-4, "T = {t}, {:?}: max |Δ| = {err}", std::mem::discriminant(w.elements()));
+            }
+        }
+    }
+
+    #[test]
+    fn rowwise_product_is_bit_identical_to_one_row_at_a_time() {
+        // Widths with and without a tail past the last 32 columns and past the last column
+        // block, weight rows that leave partial tiles and a partial task, inputs that leave a
+        // partial tile.
+        for (rows, cols) in [(150, 37), (67, 100), (7, 288), (130, 600)] {
+            let w32 = sample(rows, cols, 0.3);
+            let as_bf16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            let as_f16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            for w in [
+                Matrix::from_f32(w32.clone()),
+                Matrix::new(rows, cols, Elements::Bf16(as_bf16)).unwrap(),
+                Matrix::new(rows, cols, Elements::F16(as_f16)).unwrap(),
+            ] {
+                for batch in [1, 2, 4, 7, 16, 21] {
+                    let x = sample(batch, cols, 1.1);
+                    let mut got = Array2::zeros((0, 0));
+                    w.matmul_t_rowwise(x.view(), &mut got);
+                    for (b, got) in got.rows().into_iter().enumerate() {
+                        let mut alone = Array2::zeros((0, 0));
+                        w.matmul_t(x.slice(s![b..b + 1, ..]), &mut alone);
+                        let same = got.iter().zip(alone.row(0)).all(|(g, a)| g.to_bits() == a.to_bits());
+                        assert!(same, "{rows}×{cols}, batch {batch}, row {b}: differs from the row alone");
+                    }
+                }
             }
         }
     }

@@ -63,16 +63,84 @@ pub fn bf16_to_f32(w: bf16) -> f32 {
 #[inline(always)]
 pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 32];
+    let mut acc: Lanes = [0f32; 32];
     let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
-    let tail: f32 = a32.remainder().iter().zip(b32.remainder()).map(|(x, y)| x * bf16_to_f32(*y)).sum();
+    let (a_tail, b_tail) = (a32.remainder(), b32.remainder());
     for (ca, cb) in a32.zip(b32) {
         prefetch(cb.as_ptr().wrapping_add(PREFETCH_AHEAD));
         for k in 0..32 {
             acc[k] += ca[k] * bf16_to_f32(cb[k]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    finish_dot_bf16(sum_lanes([&acc])[0], a_tail, b_tail)
+}
+
+/// The 32 partial sums of [`dot_bf16`]: lane k sums the products of the columns ≡ k (mod 32).
+pub type Lanes = [f32; 32];
+
+/// [`dot_bf16`]'s last step: its partial sums added in lane order ([`sum_lanes`]), then the
+/// columns past the last chunk of 32 (`x_tail`, `w_tail`) in column order.
+#[inline(always)]
+pub fn finish_dot_bf16(lane_sum: f32, x_tail: &[f32], w_tail: &[bf16]) -> f32 {
+    let tail: f32 = x_tail.iter().zip(w_tail).map(|(x, y)| x * bf16_to_f32(*y)).sum();
+    lane_sum + tail
+}
+
+/// `acc[j].iter().sum()` for N sets of partial sums: each a chain of 32 dependent additions in
+/// lane order, from −0.0 as `Iterator::sum` starts, interleaved so that N chains proceed at once.
+#[inline(always)]
+pub fn sum_lanes<const N: usize>(acc: [&Lanes; N]) -> [f32; N] {
+    let mut sums = [-0.0f32; N];
+    for k in 0..32 {
+        for j in 0..N {
+            sums[j] += acc[j][k];
+        }
+    }
+    sums
+}
+
+/// [`dot_bf16`]'s loop for every pair of `R` weight rows and `B` input rows at once, over chunks
+/// of 32 columns: `acc[b][r][k] += x[b][c][k] · w[r][c][k]` chunk after chunk, the same additions
+/// in the same order as `dot_bf16(x_b, w_r)` makes (the weights come widened to f32, exactly).
+/// Only the schedule differs: the 32 lanes of a pair are independent sums, so they go 8 at a
+/// time (one AVX2 register), which keeps the R·B partial sums of a tile in registers while each
+/// weight vector is loaded once for B inputs and each input vector once for R weight rows.
+#[inline(always)]
+pub fn accumulate_dot_tile<const R: usize, const B: usize>(x: [&[Lanes]; B], w: [&[Lanes]; R], acc: &mut [[Lanes; R]; B]) {
+    let chunks = w[0].len();
+    debug_assert!(x.iter().all(|x| x.len() == chunks) && w.iter().all(|w| w.len() == chunks));
+    for group in 0..4 {
+        let lanes = group * 8..group * 8 + 8;
+        let mut a: [[[f32; 8]; R]; B] = [[[0f32; 8]; R]; B];
+        for b in 0..B {
+            for r in 0..R {
+                a[b][r] = acc[b][r][lanes.clone()].try_into().expect("8 lanes");
+            }
+        }
+        for c in 0..chunks {
+            let w8: [&[f32; 8]; R] = std::array::from_fn(|r| w[r][c][lanes.clone()].try_into().expect("8 lanes"));
+            for b in 0..B {
+                let x8: &[f32; 8] = x[b][c][lanes.clone()].try_into().expect("8 lanes");
+                for r in 0..R {
+                    a[b][r] = add_products8(a[b][r], x8, w8[r]);
+                }
+            }
+        }
+        for b in 0..B {
+            for r in 0..R {
+                acc[b][r][lanes.clone()].copy_from_slice(&a[b][r]);
+            }
+        }
+    }
+}
+
+/// `acc + x·w`, lane by lane (one AVX2 multiply and one add).
+#[inline(always)]
+fn add_products8(mut acc: [f32; 8], x: &[f32; 8], w: &[f32; 8]) -> [f32; 8] {
+    for k in 0..8 {
+        acc[k] += x[k] * w[k];
+    }
+    acc
 }
 
 /// How far ahead [`dot_bf16`] asks for weights: 2048 bf16 = 4 KiB, a page. Matrix rows lie one
