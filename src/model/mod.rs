@@ -11,6 +11,7 @@ pub mod hymba;
 pub mod layer;
 pub mod mlp;
 pub mod norm;
+pub mod plain;
 pub mod rope;
 pub mod ssm;
 
