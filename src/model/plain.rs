@@ -37,47 +37,47 @@ pub type Rows = Vec<Vec<f32>>;
 /// A linear map `y = W·x (+ b)`, the weight in PyTorch's `[out, in]` layout.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// [out, in]
+    /// `[out, in]`
     pub weight: Rows,
-    /// [out]
+    /// `[out]`
     pub bias: Option<Vec<f32>>,
 }
 
 /// `model.layers.{i}.*`, named as the checkpoint keys (without `mamba.` / `moe.experts.0.`).
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
-    /// `input_layernorm.weight` [H]
+    /// `input_layernorm.weight` `[H]`
     pub input_layernorm: Vec<f32>,
-    /// `mamba.in_proj` [P, H]: rows q [H] | k [nkv·dqk] | v [nkv·dv] (K/V producers only) | x [D] | z [D]
+    /// `mamba.in_proj` `[P, H]`: rows q `[H]` | k `[nkv·dqk]` | v `[nkv·dv]` (K/V producers only) | x `[D]` | z `[D]`
     pub in_proj: Linear,
-    /// `mamba.self_attn.q_norm.weight`, [dqk] (`rms`) or one row per query head (`perhead-rms`)
+    /// `mamba.self_attn.q_norm.weight`, `[dqk]` (`rms`) or one row per query head (`perhead-rms`)
     pub q_norm: Option<Rows>,
-    /// `mamba.self_attn.k_norm.weight`, [dqk] or one row per K/V head; unused in reusing layers
+    /// `mamba.self_attn.k_norm.weight`, `[dqk]` or one row per K/V head; unused in reusing layers
     pub k_norm: Option<Rows>,
-    /// `mamba.conv1d.weight` [D, 1, K] as [D, K]
+    /// `mamba.conv1d.weight` `[D, 1, K]` as `[D, K]`
     pub conv1d_weight: Rows,
-    /// `mamba.conv1d.bias` [D] (if `mamba_conv_bias`)
+    /// `mamba.conv1d.bias` `[D]` (if `mamba_conv_bias`)
     pub conv1d_bias: Option<Vec<f32>>,
-    /// `mamba.x_proj.0.weight` [R + 2N, D], no bias
+    /// `mamba.x_proj.0.weight` `[R + 2N, D]`, no bias
     pub x_proj: Linear,
-    /// `mamba.dt_layernorm`, `B_layernorm`, `C_layernorm` [R], [N], [N] (if `mamba_inner_layernorms`)
+    /// `mamba.dt_layernorm`, `B_layernorm`, `C_layernorm` `[R]`, `[N]`, `[N]` (if `mamba_inner_layernorms`)
     pub dt_layernorm: Option<Vec<f32>>,
     pub b_layernorm: Option<Vec<f32>>,
     pub c_layernorm: Option<Vec<f32>>,
-    /// `mamba.dt_proj.0` [D, R] + bias [D]
+    /// `mamba.dt_proj.0` `[D, R]` + bias `[D]`
     pub dt_proj: Linear,
-    /// A = −exp(`mamba.A_log.0`) [D, N] (the loader computes it)
+    /// A = −exp(`mamba.A_log.0`) `[D, N]` (the loader computes it)
     pub a: Rows,
-    /// `mamba.D.0` [D]: the skip connection
+    /// `mamba.D.0` `[D]`: the skip connection
     pub d: Vec<f32>,
-    /// `mamba.pre_avg_layernorm1.weight`, `…2.weight` [D]: the paper's β1, β2
+    /// `mamba.pre_avg_layernorm1.weight`, `…2.weight` `[D]`: the paper's β1, β2
     pub pre_avg_layernorm1: Vec<f32>,
     pub pre_avg_layernorm2: Vec<f32>,
-    /// `mamba.out_proj` [H, D]
+    /// `mamba.out_proj` `[H, D]`
     pub out_proj: Linear,
-    /// `pre_moe_layernorm.weight` [H]
+    /// `pre_moe_layernorm.weight` `[H]`
     pub pre_moe_layernorm: Vec<f32>,
-    /// `moe.experts.0.gate_proj` [F, H] (silu only), `up_proj` [F, H], `down_proj` [H, F]
+    /// `moe.experts.0.gate_proj` `[F, H]` (silu only), `up_proj` `[F, H]`, `down_proj` `[H, F]`
     pub gate_proj: Option<Linear>,
     pub up_proj: Linear,
     pub down_proj: Linear,
@@ -86,14 +86,14 @@ pub struct LayerWeights {
 /// Every weight of the model in f32.
 #[derive(Debug, Clone)]
 pub struct Weights {
-    /// `model.embed_tokens.weight` [V, H]
+    /// `model.embed_tokens.weight` `[V, H]`
     pub embed_tokens: Rows,
-    /// `model.memory_tokens` [M, H]: the learned meta tokens
+    /// `model.memory_tokens` `[M, H]`: the learned meta tokens
     pub memory_tokens: Rows,
     pub layers: Vec<LayerWeights>,
-    /// `model.final_layernorm.weight` [H]
+    /// `model.final_layernorm.weight` `[H]`
     pub final_layernorm: Vec<f32>,
-    /// `lm_head.weight` [V, H]; a copy of the embedding when `tie_word_embeddings`
+    /// `lm_head.weight` `[V, H]`; a copy of the embedding when `tie_word_embeddings`
     pub lm_head: Rows,
 }
 
@@ -197,7 +197,8 @@ pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Rows {
 pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
     let m = cfg.num_memory_tokens;
     // 1. X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
-    //    token position M.
+    //    token position M. They do not depend on the prompt; the fast path runs them once per
+    //    model, here they go through the layers with every prompt, as in the released code.
     let mut x = w.memory_tokens.clone(); // (M, H)
     x.extend(ids.iter().map(|&id| embed(cfg, w, id))); // (M+n, H)
     let mut cache = Cache::new(cfg);
@@ -209,6 +210,7 @@ pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
 }
 
 /// One more token of the sequence in `cache` (from [`prefill`]): its logits. id → (V)
+/// Panics if `id` is not below the vocabulary size.
 ///
 /// As the released cached decode, the new token is rotated with the RoPE base for its own
 /// position and the cached keys keep theirs: past `orig_max_position_embeddings`, a
@@ -356,7 +358,7 @@ fn attention_heads(
         KvSource::ReuseFrom(j) => j,
     };
     let (keys, values) = (&cache.keys[producer], &cache.values[producer]); // (S, nkv, dqk), (S, nkv, dv)
-    debug_assert_eq!(keys.len(), positions[positions.len() - 1] + 1, "key row j is position j");
+    debug_assert!(positions.last().is_none_or(|&p| keys.len() == p + 1), "key row j is position j");
 
     // Every query against the keys its mask allows. Whether a layer is global is its own
     // index's property, also when it reuses a window layer's K/V.
@@ -375,6 +377,7 @@ fn attention_heads(
             }
             row.extend(o);
         }
+        debug_assert_eq!(row.len(), cfg.d_inner());
         out.push(row);
     }
     out // (T, nh·dv) = (T, D)
@@ -426,7 +429,7 @@ fn split_heads(row: &[f32], heads: usize) -> Rows {
 
 /// RoPE, rotate-half (NeoX) layout, one head (dqk) at position `p`, in place:
 /// `inv_freq_k = base^(−2k/dqk)` for k < dqk/2, angle `p · inv_freq_k` on the pair (k, k + dqk/2),
-/// `x' = x·cos + [−x₂, x₁]·sin`. Like the released code, `inv_freq` and the angle are float32;
+/// `x' = x·cos + `[−x₂, x₁]`·sin`. Like the released code, `inv_freq` and the angle are float32;
 /// cos and sin of that angle are then taken exactly (SPEC is silent on precision; at long
 /// contexts the float32 angle is part of the model's behaviour).
 fn rope(head: &mut [f32], p: usize, base: f64) {
@@ -549,7 +552,7 @@ fn apply(l: &Linear, x: &Rows) -> Rows {
     x.iter().map(|row| affine(l, row)).collect()
 }
 
-/// `W·x`, W [out, in]. (in) → (out)
+/// `W·x`, W `[out, in]`. (in) → (out)
 fn matvec(weight: &Rows, x: &[f32]) -> Vec<f32> {
     weight.iter().map(|w_row| dot(w_row, x)).collect()
 }
