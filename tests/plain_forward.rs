@@ -2,10 +2,10 @@
 //! path, on every fixture, the demo model and the conformance sets; and its own incremental
 //! decoding (prefill, then one token at a time) against its full pass.
 //!
-//! Tolerances, `|got − want| ≤ atol + rtol·|want|`: 1e-4 against the goldens, as
-//! `fixture_goldens.rs` and `conformance.rs` use for the fast path; plain against fast and plain
-//! steps against the plain full pass to `SAME`: both compute in f32 and differ only in the order
-//! of their sums.
+//! Tolerances, `|got − want| ≤ atol + rtol·|want|`: against the goldens 1e-4 absolute, as
+//! `conformance.rs` asks of the fast path (measured: at most 6.5e-6); plain against fast and
+//! plain steps against the plain full pass to `SAME`, since both compute in f32 and differ only
+//! in the order of their sums (measured: at most 1e-5, on the demo model's logits).
 
 mod common;
 use common::{assert_close, fixtures_dir, shared_dir, Goldens};
@@ -15,7 +15,8 @@ use hymba_ref::model::Hymba;
 use ndarray::{s, Array2, ArrayD};
 use std::path::Path;
 
-const GOLDEN_TOL: f32 = 1e-4;
+/// (atol, rtol) against the PyTorch goldens.
+const GOLDEN: (f32, f32) = (1e-4, 0.0);
 /// (atol, rtol) between two f32 computations of the same pass.
 const SAME: (f32, f32) = (2e-5, 1e-5);
 
@@ -41,7 +42,7 @@ fn past_dynamic_ntk(cfg: &HymbaConfig, len: usize) -> bool {
         Some(RopeScaling::DynamicNtk { orig_max_position_embeddings: o }) if cfg.num_memory_tokens + len > o)
 }
 
-/// Plain full pass vs `want` (goldens for its last rows, `GOLDEN_TOL`) and vs the fast full pass
+/// Plain full pass vs `want` (goldens for its last rows, `GOLDEN`) and vs the fast full pass
 /// (`SAME`); plain prefill of `ids[..prefill]` + steps vs the plain full pass and vs the fast
 /// prefill + steps (`SAME`). Returns the max errors (vs goldens, vs fast).
 fn check_ids(name: &str, model: &Hymba, w: &Weights, ids: &[u32], prefill: usize, want: Option<&ArrayD<f32>>) -> (f32, f32) {
@@ -49,7 +50,7 @@ fn check_ids(name: &str, model: &Hymba, w: &Weights, ids: &[u32], prefill: usize
     let got = array(&plain::forward(cfg, w, ids)); // (n, V)
     let golden_err = want.map_or(0.0, |want| {
         let last = got.slice(s![got.nrows() - want.shape()[0].., ..]);
-        assert_close(&format!("{name}: plain logits vs golden"), last, want, GOLDEN_TOL, GOLDEN_TOL)
+        assert_close(&format!("{name}: plain logits vs golden"), last, want, GOLDEN.0, GOLDEN.1)
     });
     let fast = model.forward(ids).unwrap().into_dyn();
     let fast_err = assert_close(&format!("{name}: plain logits vs fast"), got.view(), &fast, SAME.0, SAME.1);
@@ -89,30 +90,30 @@ fn check_goldens(name: &str, model_dir: &Path, goldens: &Path) -> usize {
     checked
 }
 
-fn check_fixture(name: &str) {
-    let dir = fixtures_dir().join(name);
-    let cases = check_goldens(name, &dir.join("model"), &dir.join("goldens.safetensors"));
-    assert!(cases >= 3, "{name}: expected at least 3 cases, found {cases}");
+/// Every directory under `dir` holding a `model/` and its `goldens.safetensors`, checked.
+/// Returns their names.
+fn check_every_set(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("goldens.safetensors").is_file())
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in &names {
+        let set = dir.join(name);
+        let checked = check_goldens(name, &set.join("model"), &set.join("goldens.safetensors"));
+        assert!(checked >= 3, "{name}: expected at least 3 cases, found {checked}");
+    }
+    names
 }
 
 #[test]
-fn silu_groups_default() {
-    check_fixture("silu-groups-default");
-}
-
-#[test]
-fn relu2_every_ntk_f16() {
-    check_fixture("relu2-every-ntk-f16");
-}
-
-#[test]
-fn perhead_dynamic_sharded() {
-    check_fixture("perhead-dynamic-sharded");
-}
-
-#[test]
-fn norope_nometa_nowindow() {
-    check_fixture("norope-nometa-nowindow");
+fn every_fixture() {
+    let names = check_every_set(&fixtures_dir());
+    for name in ["norope-nometa-nowindow", "perhead-dynamic-sharded", "relu2-every-ntk-f16", "silu-groups-default"] {
+        assert!(names.iter().any(|n| n == name), "fixture {name} not found");
+    }
 }
 
 /// The plain cache of a dynamic_ntk model past orig_max: a step is rotated with the base of its
@@ -146,7 +147,7 @@ fn demo_model() {
     let case = expected["greedy"].as_array().unwrap().iter().min_by_key(|c| c["prompt_ids"].as_array().unwrap().len()).unwrap();
     let (prompt, want) = (ids(&case["prompt_ids"]), ids(&case["tokens"]));
     let cfg = &model.config;
-    assert!(cfg.num_memory_tokens + prompt.len() + want.len() > cfg.num_memory_tokens + cfg.sliding_window.unwrap());
+    assert!(prompt.len() + want.len() > cfg.sliding_window.unwrap(), "the sequence runs past M + W");
 
     // Plain greedy decoding: prefill the prompt, then feed back the first maximum each step.
     let (mut cache, logits) = plain::prefill(cfg, &w, &prompt);
@@ -164,26 +165,11 @@ fn demo_model() {
     println!("demo n={}: max |Δ| plain vs fast {fast_err:.1e}", all.len());
 }
 
-fn check_set(name: &str) {
-    let dir = shared_dir().join("conformance").join(name);
-    let cases = check_goldens(name, &dir.join("model"), &dir.join("goldens.safetensors"));
-    assert!(cases > 0, "{name}: no cases found");
-}
-
 #[test]
 #[ignore = "needs ../shared"]
-fn conformance_tiny_seed1() {
-    check_set("tiny-seed1");
-}
-
-#[test]
-#[ignore = "needs ../shared"]
-fn conformance_switches_seed3() {
-    check_set("switches-seed3");
-}
-
-#[test]
-#[ignore = "needs ../shared"]
-fn conformance_perhead_seed3() {
-    check_set("perhead-seed3");
+fn every_conformance_set() {
+    let names = check_every_set(&shared_dir().join("conformance"));
+    for name in ["perhead-seed3", "switches-seed3", "tiny-seed1"] {
+        assert!(names.iter().any(|n| n == name), "conformance set {name} not found");
+    }
 }
