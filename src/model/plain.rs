@@ -1,6 +1,6 @@
 //! The whole Hymba forward pass in one plain file. Read it top to bottom with the paper
 //! ("Hymba: A Hybrid-head Architecture for Small Language Models", Dong et al., arXiv 2411.13676)
-//! and `SPEC.md` ("Forward pass") beside it; the numbered comments follow SPEC's steps.
+//! and `SPEC.md` ("Forward pass") beside it; comments marked "SPEC 2.3" are SPEC's steps.
 //!
 //! Plain means: f32 `Vec`s and simple loops, a fresh allocation for every intermediate, one
 //! thread, every row of a pass at once, the caches as plain vectors. It is slow (the fast path in
@@ -9,15 +9,15 @@
 //! PyTorch goldens, on every fixture, the demo model and the conformance sets.
 //!
 //! In order:
-//! 1. [`Weights`]: the loaded weights as plain vectors, named as the checkpoint keys.
-//! 2. [`forward`] / [`prefill`] / [`step`]: meta tokens + embeddings → layers → final norm → lm_head,
-//!    and the same pass run a token at a time on a [`Cache`].
-//! 3. `layer`: RMSNorm → in_proj → q | k | v | x | z → attention heads ∥ SSM heads → fusion →
-//!    out_proj → residual → MLP → residual.
-//! 4. `attention_heads`: q/k norms, RoPE, GQA, K/V shared between layers, causal mask with a
-//!    sliding window and meta tokens always visible.
-//! 5. `ssm_heads`: causal conv1d, x_proj → Δ, B, C, the selective scan, D skip, SiLU(z) gate.
-//! 6. Small math: RMSNorm, linear maps, activations.
+//! - [`Weights`]: the loaded weights as plain vectors, named as the checkpoint keys.
+//! - [`forward`] / [`prefill`] / [`step`]: meta tokens + embeddings → layers → final norm → lm_head,
+//!   and the same pass run a token at a time on a [`Cache`].
+//! - `layer`: RMSNorm → in_proj → q | k | v | x | z → attention heads ∥ SSM heads → fusion →
+//!   out_proj → residual → MLP → residual.
+//! - `attention_heads`: q/k norms, RoPE, GQA, K/V shared between layers, causal mask with a
+//!   sliding window and meta tokens always visible.
+//! - `ssm_heads`: causal conv1d, x_proj → Δ, B, C, the selective scan, D skip, SiLU(z) gate.
+//! - Small math: RMSNorm, linear maps, activations.
 //!
 //! Shapes: `T` rows in this pass, `S` positions seen so far (meta tokens included), the other
 //! symbols as in SPEC's glossary (H, D, nh, nkv, dqk, dv, N, K, R, F, M, W, V).
@@ -31,7 +31,7 @@ use ndarray::Array2;
 pub type Rows = Vec<Vec<f32>>;
 
 // ---------------------------------------------------------------------------------------------
-// 1. Weights
+// Weights
 // ---------------------------------------------------------------------------------------------
 
 /// A linear map `y = W·x (+ b)`, the weight in PyTorch's `[out, in]` layout.
@@ -151,7 +151,7 @@ fn linear(l: &LoadedLinear) -> Linear {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. The model: full forward pass, and the same pass a token at a time
+// The model: full forward pass, and the same pass a token at a time
 // ---------------------------------------------------------------------------------------------
 
 /// What a sequence carries from one pass to the next, as plain vectors. The plain cache keeps
@@ -196,7 +196,7 @@ pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Rows {
 /// of every token of `ids`. ids → (Cache, (n, V))
 pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
     let m = cfg.num_memory_tokens;
-    // 1. X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
+    // SPEC 1. X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
     //    token position M. They do not depend on the prompt; the fast path runs them once per
     //    model, here they go through the layers with every prompt, as in the released code.
     let mut x = w.memory_tokens.clone(); // (M, H)
@@ -205,7 +205,7 @@ pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
     // dynamic_ntk picks the RoPE base from the largest position of the call (SPEC, RoPE).
     let base = rope_base(cfg, m + ids.len());
     let x = layers(cfg, w, &mut cache, x, base); // (M+n, H)
-    // 3. Drop the meta rows, final norm, lm_head.
+    // SPEC 3. Drop the meta rows, final norm, lm_head.
     (cache, lm_head(cfg, w, &x[m..])) // (n, V)
 }
 
@@ -229,7 +229,7 @@ fn embed(cfg: &HymbaConfig, w: &Weights, id: u32) -> Vec<f32> {
     w.embed_tokens[id as usize].clone() // (H)
 }
 
-/// 2. Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
+/// SPEC 2. Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
 fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: Option<f64>) -> Rows {
     let positions: Vec<usize> = (cache.len..cache.len + x.len()).collect(); // (T)
     for (plan, lw) in cfg.layers.iter().zip(&w.layers) {
@@ -239,14 +239,14 @@ fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: 
     x
 }
 
-/// 3. `logits = RMSNorm(X; final_layernorm) · lm_headᵀ`. (T, H) → (T, V)
+/// SPEC 3. `logits = RMSNorm(X; final_layernorm) · lm_headᵀ`. (T, H) → (T, V)
 fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Rows {
     let normed: Rows = x.iter().map(|row| rms_norm(row, &w.final_layernorm, cfg.rms_norm_eps)).collect(); // (T, H)
     normed.iter().map(|row| matvec(&w.lm_head, row)).collect() // (T, V)
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. One layer
+// One layer
 // ---------------------------------------------------------------------------------------------
 
 /// One hybrid-head layer on the rows `x` at `positions`, reading and extending `cache`. (T, H) → (T, H)
@@ -262,12 +262,12 @@ fn layer(
     let (eps, d) = (cfg.rms_norm_eps, cfg.d_inner());
     debug_assert!(x.iter().all(|row| row.len() == cfg.hidden_size));
 
-    // 2.1 h = RMSNorm(X; input_layernorm); Z = h · in_projᵀ (+ bias)
+    // SPEC 2.1 h = RMSNorm(X; input_layernorm); Z = h · in_projᵀ (+ bias)
     let h: Rows = x.iter().map(|row| rms_norm(row, &w.input_layernorm, eps)).collect(); // (T, H)
     let zxbc = apply(&w.in_proj, &h); // (T, P)
 
-    // 2.2 Split Z's columns in checkpoint order: q, then k and v unless the layer reuses K/V,
-    //     then the SSM input x, then the gate z.
+    // SPEC 2.2 Split Z's columns in checkpoint order: q, then k and v unless the layer reuses K/V,
+    //          then the SSM input x, then the gate z.
     let mut at = 0;
     let mut take = |width: usize| {
         let block: Rows = zxbc.iter().map(|row| row[at..at + width].to_vec()).collect(); // (T, width)
@@ -280,11 +280,11 @@ fn layer(
     let z = take(d); // (T, D)
     debug_assert_eq!(at, cfg.in_proj_rows(plan));
 
-    // 2.3 Attention heads ∥ 2.4 SSM heads, on the same input.
+    // SPEC 2.3 Attention heads ∥ SPEC 2.4 SSM heads, on the same input.
     let attn = attention_heads(cfg, plan, w, &q, kv, positions, base, cache); // (T, D)
     let ssm = ssm_heads(cfg, w, &ssm_x, &z, &mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (T, D)
 
-    // 2.5 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
+    // SPEC 2.5 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
     let fused: Rows = attn
         .iter()
         .zip(&ssm)
@@ -296,7 +296,7 @@ fn layer(
         .collect(); // (T, D)
     let x = add(&x, &apply(&w.out_proj, &fused)); // (T, H): residual
 
-    // 2.6 MLP, residual.
+    // SPEC 2.6 MLP, residual.
     let h2: Rows = x.iter().map(|row| rms_norm(row, &w.pre_moe_layernorm, eps)).collect(); // (T, H)
     add(&x, &mlp(cfg, w, &h2)) // (T, H)
 }
@@ -316,7 +316,7 @@ fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Rows) -> Rows {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. Attention heads
+// Attention heads
 // ---------------------------------------------------------------------------------------------
 
 /// The attention heads of one layer: q (T, nh·dqk) and, in a K/V producer, k (T, nkv·dqk) and
@@ -467,7 +467,7 @@ fn rope_base(cfg: &HymbaConfig, seq_len: usize) -> Option<f64> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. SSM heads (Mamba-1 selective scan)
+// SSM heads (Mamba-1 selective scan)
 // ---------------------------------------------------------------------------------------------
 
 /// The SSM heads of one layer: the input x (T, D) and gate z (T, D) → y (T, D), advancing the
@@ -527,7 +527,7 @@ fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Rows, z: &Rows, conv_state
 }
 
 // ---------------------------------------------------------------------------------------------
-// 6. Small math
+// Small math
 // ---------------------------------------------------------------------------------------------
 
 /// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`. (width) → (width)
