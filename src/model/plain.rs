@@ -365,7 +365,7 @@ fn attention_heads(
     let group = nh / nkv; // query heads per K/V head (GQA)
     let mut out = Vec::with_capacity(q.len());
     for (q_heads, &i) in q.iter().zip(positions) {
-        let visible: Vec<usize> = (0..=i).filter(|&j| allowed(plan.attention, i, j, m)).collect(); // (S_i)
+        let visible: Vec<usize> = (0..=i).filter(|&j| allowed(plan.attention, i, j, m)).collect(); // (S_i): the keys query i sees
         let mut row = Vec::with_capacity(nh * dv); // (nh·dv)
         for (head, q_head) in q_heads.iter().enumerate() {
             let g = head / group; // the K/V head this query head reads
@@ -429,7 +429,7 @@ fn split_heads(row: &[f32], heads: usize) -> Rows {
 
 /// RoPE, rotate-half (NeoX) layout, one head (dqk) at position `p`, in place:
 /// `inv_freq_k = base^(−2k/dqk)` for k < dqk/2, angle `p · inv_freq_k` on the pair (k, k + dqk/2),
-/// `x' = x·cos + `[−x₂, x₁]`·sin`. Like the released code, `inv_freq` and the angle are float32;
+/// `x' = x·cos + [−x₂, x₁]·sin`. Like the released code, `inv_freq` and the angle are float32;
 /// cos and sin of that angle are then taken exactly (SPEC is silent on precision; at long
 /// contexts the float32 angle is part of the model's behaviour).
 fn rope(head: &mut [f32], p: usize, base: f64) {
