@@ -507,7 +507,7 @@ fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Rows, z: &Rows, conv_state
         let c = inner_norm(&dt_b_c[ti][r + n..], &w.c_layernorm); // (N)
         // Δ = softplus(dt · dt_projᵀ + dt_bias)
         let delta: Vec<f32> = affine(&w.dt_proj, &dt).into_iter().map(softplus).collect(); // (D)
-        // The selective scan, one step, per channel ch with its state s_ch ∈ ℝᴺ:
+        // The selective scan, one step, per channel ch with its state s_ch ∈ ℝᴺ and A = −exp(A_log):
         //   s_ch ← exp(Δ_ch · A_ch) ⊙ s_ch + Δ_ch · u_ch · B;   y_ch = C · s_ch + D_ch · u_ch
         // then the gate: y ⊙ SiLU(z).
         let mut y_t = vec![0.0; d]; // (D)
