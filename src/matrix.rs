@@ -24,7 +24,7 @@
 
 use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot_bf16_fast, dot_fast, finish_dot_bf16, sum_lanes, Lanes};
 use half::{bf16, f16};
-use crate::model::shaped;
+use crate::buffer::shaped;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
