@@ -75,6 +75,17 @@ pub struct Matrix {
     data: Elements,
 }
 
+/// What the rows of `x` in a product are, which decides how it is computed (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rows {
+    /// Consecutive rows of one sequence (a prompt, or one decode step): [`Matrix::matmul_t`].
+    #[default]
+    Chunk,
+    /// One row of each of several sequences (a batched decode step): [`Matrix::matmul_t_rowwise`],
+    /// so that every sequence gets bit for bit what it gets decoding alone.
+    OnePerSequence,
+}
+
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -156,15 +167,27 @@ impl Matrix {
         });
     }
 
+    /// `x · Wᵀ` computed as `rows` asks. (T, cols) → (T, rows)
+    pub fn matmul_t_of<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        match rows {
+            Rows::Chunk => self.matmul_t(x, out),
+            Rows::OnePerSequence => self.matmul_t_rowwise(x, out),
+        }
+    }
+
     /// `x · Wᵀ` with every row of `x` computed exactly as [`Matrix::matmul_t`] computes a single
     /// row: bit-identical to calling it row by row, but each block of weight rows is read from
     /// memory once for all B rows (a batch of sequences decoding together). (B, cols) → (B, rows)
     pub fn matmul_t_rowwise<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.cols);
         let out = shaped(out, (x.nrows(), self.rows)); // (B, rows)
-        if x.nrows() == 1 {
-            self.matvec(x.row(0), out.row_mut(0));
-            return out.view();
+        match x.nrows() {
+            0 => return out.view(),
+            1 => {
+                self.matvec(x.row(0), out.row_mut(0));
+                return out.view();
+            }
+            _ => {}
         }
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout"); // (B·cols)

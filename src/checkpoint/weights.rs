@@ -8,7 +8,7 @@ use super::shards::Checkpoint;
 use super::{check_elements_finite, check_finite, TensorSource};
 use crate::config::{HymbaConfig, KqNorm, LayerPlan, MlpActivation};
 use crate::error::{Error, ErrorKind, Result};
-use crate::matrix::Matrix;
+use crate::matrix::{Matrix, Rows};
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,10 +22,10 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// (T, in) → (T, out)
-    pub fn forward<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+    /// (T, in) → (T, out); `rows` says what the rows are ([`Matrix::matmul_t_of`]).
+    pub fn forward<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.weight.cols());
-        self.weight.matmul_t(x, out);
+        self.weight.matmul_t_of(x, rows, out);
         if let Some(b) = &self.bias {
             *out += b;
         }

@@ -11,6 +11,7 @@ use super::trace::LayerObserver;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::matrix::Rows;
 use ndarray::{concatenate, s, Array2, ArrayView1, ArrayView2, Axis};
 use std::path::Path;
 
@@ -82,9 +83,9 @@ impl Hymba {
     /// The final norm and `lm_head` of the rows the last [`Hymba::run`] kept, into the scratch,
     /// refusing non-finite logits. → (K, V)
     pub fn kept_logits<'s>(&self, scratch: &'s mut Scratch) -> Result<ArrayView2<'s, f32>> {
-        let (kept, normed, logits) = scratch.kept_and_outputs();
+        let (kept, rows, normed, logits) = scratch.kept_and_outputs();
         let normed = self.final_norm(kept, normed); // (K, H)
-        self.lm_head(normed, logits) // (K, V)
+        self.lm_head(normed, rows, logits) // (K, V)
     }
 
     /// Final RMSNorm, into `out`. (T, H) → (T, H)
@@ -92,9 +93,10 @@ impl Hymba {
         rms_norm(x, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
     }
 
-    /// `logits = x · lm_headᵀ` into `out`, refusing non-finite results. (T, H) → (T, V)
-    pub fn lm_head<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
-        let logits = self.weights.lm_head().matmul_t(x, out);
+    /// `logits = x · lm_headᵀ` into `out`, refusing non-finite results; `rows` says what the rows
+    /// of `x` are ([`crate::matrix::Matrix::matmul_t_of`]). (T, H) → (T, V)
+    pub fn lm_head<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
+        let logits = self.weights.lm_head().matmul_t_of(x, rows, out);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let (row, col) = (i / logits.ncols(), i % logits.ncols());
             return Err(Error::new(
@@ -108,7 +110,7 @@ impl Hymba {
     /// Final norm and lm_head for rows of a finished pass, in new arrays. (T, H) → (T, V)
     pub fn logits(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let (mut normed, mut logits) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-        self.lm_head(self.final_norm(x, &mut normed), &mut logits)?;
+        self.lm_head(self.final_norm(x, &mut normed), Rows::Chunk, &mut logits)?;
         Ok(logits)
     }
 

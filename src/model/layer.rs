@@ -123,7 +123,7 @@ pub fn hymba_layer(
     debug_assert_eq!((hidden.dim(), positions.len()), ((t, cfg.hidden_size), t));
 
     let h = rms_norm(hidden.view(), w.input_layernorm.view(), eps, &mut buf.h); // (T, H)
-    let projected = w.mamba.in_proj.forward(h, &mut buf.projected); // (T, P)
+    let projected = w.mamba.in_proj.forward(h, pass.rows, &mut buf.projected); // (T, P)
     let split = split_in_proj(cfg, plan, projected);
 
     let attn = attention_branch(cfg, plan, w, &split, positions, pass, (&mut buf.q, &mut buf.k), &mut buf.attn); // (T, D)
@@ -131,11 +131,11 @@ pub fn hymba_layer(
 
     let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
     let fused_heads = fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads); // (T, D)
-    let mixer_output = w.mamba.out_proj.forward(fused_heads, &mut buf.mixer_output); // (T, H)
+    let mixer_output = w.mamba.out_proj.forward(fused_heads, pass.rows, &mut buf.mixer_output); // (T, H)
     *hidden += &mixer_output; // residual
 
     let h2 = rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h); // (T, H)
-    *hidden += &mlp(h2, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp); // residual
+    *hidden += &mlp(h2, pass.rows, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp); // residual
 }
 
 /// The attention heads over the rows of a pass. q (and, in a producer, k) are split into heads

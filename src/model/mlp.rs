@@ -2,6 +2,7 @@
 
 use super::ssm::silu;
 use crate::checkpoint::weights::MlpWeights;
+use crate::matrix::Rows;
 use ndarray::{Array2, ArrayView2, Zip};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
@@ -14,11 +15,12 @@ pub struct MlpBuffers {
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-pub fn mlp<'o>(h: ArrayView2<f32>, w: &MlpWeights, buf: &mut MlpBuffers, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-    w.up_proj.matmul_t(h, &mut buf.up); // (T, F)
+/// `rows` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]).
+pub fn mlp<'o>(h: ArrayView2<f32>, rows: Rows, w: &MlpWeights, buf: &mut MlpBuffers, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+    w.up_proj.matmul_t_of(h, rows, &mut buf.up); // (T, F)
     let act = match &w.gate_proj {
         Some(gate) => {
-            gate.matmul_t(h, &mut buf.gate); // (T, F)
+            gate.matmul_t_of(h, rows, &mut buf.gate); // (T, F)
             Zip::from(&mut buf.gate).and(&buf.up).for_each(|g, &u| *g = silu(*g) * u);
             &buf.gate
         }
@@ -27,5 +29,5 @@ pub fn mlp<'o>(h: ArrayView2<f32>, w: &MlpWeights, buf: &mut MlpBuffers, out: &'
             &buf.up
         }
     }; // (T, F)
-    w.down_proj.matmul_t(act.view(), out) // (T, H)
+    w.down_proj.matmul_t_of(act.view(), rows, out) // (T, H)
 }

@@ -10,13 +10,14 @@
 //!   or more sequences), in passes of at most [`pass::MAX_ROWS_PER_PASS`] rows.
 //! - [`layer`]: one layer; [`attention`], [`ssm`], [`fusion`], [`mlp`], [`norm`], [`rope`]: its parts.
 //! - [`segment`]: segments, the rows of one sequence in a call or a pass.
-//! - [`sequence`]: a sequence's state and scratch.
+//! - [`sequence`]: a sequence's state and scratch; [`batch`]: sequences decoding together.
 //! - [`trace`]: observing the path layer by layer; [`forward_trace`]: the observer golden tests use.
 //!
 //! [`plain`] is the exception: the whole forward pass in one plain, allocating file, the one to
 //! read first, and the truth the rest is tested against.
 
 pub mod attention;
+pub mod batch;
 pub mod forward_trace;
 pub mod fusion;
 pub mod hymba;
@@ -31,6 +32,7 @@ pub mod sequence;
 pub mod ssm;
 pub mod trace;
 
+pub use batch::{Batch, SequenceId};
 pub use forward_trace::ForwardTrace;
 pub use hymba::Hymba;
 pub use pass::Scratch;

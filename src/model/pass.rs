@@ -22,6 +22,7 @@ use super::trace::{LayerObserver, LayerTrace};
 use crate::buffer::shaped;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
+use crate::matrix::Rows;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
@@ -59,6 +60,8 @@ pub struct Scratch {
     layer_input: Array2<f32>,
     /// (K, H): the kept final hidden rows, segment after segment
     kept: Array2<f32>,
+    /// What the kept rows are: one per sequence when every segment keeps only its last row
+    kept_rows: Rows,
     /// (K, H), (K, V): the kept rows after the final norm, and their logits
     normed: Array2<f32>,
     logits: Array2<f32>,
@@ -71,9 +74,10 @@ impl Scratch {
         self.kept.view()
     }
 
-    /// The kept rows, with the buffers for them after the final norm (K, H) and their logits (K, V).
-    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, &mut Array2<f32>, &mut Array2<f32>) {
-        (self.kept.view(), &mut self.normed, &mut self.logits)
+    /// The kept rows and what they are, with the buffers for them after the final norm (K, H)
+    /// and their logits (K, V).
+    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, Rows, &mut Array2<f32>, &mut Array2<f32>) {
+        (self.kept.view(), self.kept_rows, &mut self.normed, &mut self.logits)
     }
 }
 
@@ -139,6 +143,10 @@ fn plan_segments(cfg: &HymbaConfig, segments: &[Segment], scratch: &mut Scratch)
         };
     }
     shaped(&mut scratch.kept, (kept, cfg.hidden_size));
+    scratch.kept_rows = match segments.iter().all(|s| s.keep == Keep::LastRow) {
+        true => Rows::OnePerSequence,
+        false => Rows::Chunk,
+    };
 }
 
 /// One pass of the parts in `scratch.parts` through every layer; then keep the rows asked for,
@@ -170,7 +178,7 @@ fn run_pass(
             if observer.is_some() {
                 shaped(layer_input, hidden.dim()).assign(hidden);
             }
-            let mut pass = Pass { segments: &mut *segments, parts };
+            let mut pass = Pass::new(&mut *segments, parts);
             hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer);
             if let Some(observer) = observer.as_deref_mut() {
                 observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));

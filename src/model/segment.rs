@@ -2,6 +2,7 @@
 //! rows of one sequence; a pass stacks the rows of its segments into one (T, H) array.
 
 use crate::cache::HybridCache;
+use crate::matrix::Rows;
 use std::ops::Range;
 
 /// Which of a segment's final hidden rows (after the last layer, before the final norm) a call
@@ -47,9 +48,20 @@ pub struct Part {
 pub struct Pass<'p, 'a> {
     pub(crate) segments: &'p mut [Segment<'a>],
     pub(crate) parts: &'p [Part],
+    /// What the pass's rows are for the projections: [`Rows::OnePerSequence`] when every part is
+    /// one row (a batched decode step: each row's products then equal its sequence's alone).
+    pub(crate) rows: Rows,
 }
 
 impl<'p, 'a> Pass<'p, 'a> {
+    pub(crate) fn new(segments: &'p mut [Segment<'a>], parts: &'p [Part]) -> Pass<'p, 'a> {
+        let rows = match parts.iter().all(|p| p.rows.len() == 1) {
+            true => Rows::OnePerSequence,
+            false => Rows::Chunk,
+        };
+        Pass { segments, parts, rows }
+    }
+
     /// Each part of the pass, in row order, with the cache of its sequence.
     pub fn parts_mut<'s>(&'s mut self) -> impl Iterator<Item = (&'s Part, &'s mut HybridCache)> + use<'s, 'p, 'a> {
         let mut segments = self.segments.iter_mut().enumerate();

@@ -182,12 +182,12 @@ pub fn ssm_heads<'o>(
     u.mapv_inplace(silu);
     let u = buf.u.view(); // (T, D)
 
-    let dt_b_c = w.x_proj.matmul_t(u, &mut buf.dt_b_c); // (T, R + 2N)
+    let dt_b_c = w.x_proj.matmul_t_of(u, pass.rows, &mut buf.dt_b_c); // (T, R + 2N)
     let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
     let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
     let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
 
-    w.dt_proj.forward(dt, &mut buf.delta);
+    w.dt_proj.forward(dt, pass.rows, &mut buf.delta);
     buf.delta.mapv_inplace(softplus); // (T, D): Δ
     let y = shaped(out, x.dim()); // (T, D)
     for (part, cache) in pass.parts_mut() {
