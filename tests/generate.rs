@@ -3,11 +3,11 @@
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
-use hymba_ref::cache_plan::ScalarType;
+use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::generate::sampling::{argmax, SamplingParams};
 use hymba_ref::generate::stop::StopChecker;
-use hymba_ref::generate::{generate, generate_batch, Flow, GenerateOptions, Generation, StopReason};
+use hymba_ref::generate::{generate, generate_batch, BatchOptions, Flow, GenerateOptions, Generation, StopReason};
 use hymba_ref::model::Hymba;
 use hymba_ref::ErrorKind;
 use serde_json::json;
@@ -85,16 +85,33 @@ fn stats_count_tokens_steps_and_cache() {
 fn batched_generation_equals_each_prompt_alone() {
     let model = random_model(3);
     let prompts: Vec<Vec<u32>> = vec![vec![1], vec![1, 7, 7, 7, 30], (0..20).collect(), vec![1, 47, 3]];
+    // All at once; two at a time (the others join as the first leave); under a cache bound
+    // that admits two of the longest.
+    let two_longest = 2 * CachePlan::new(&model.config, 20 + 16).unwrap().size.bytes(ScalarType::F32);
+    let batchings = [
+        BatchOptions::default(),
+        BatchOptions { max_batch: 2, max_cache_bytes: None },
+        BatchOptions { max_batch: usize::MAX, max_cache_bytes: Some(two_longest) },
+    ];
     for sampling in [SamplingParams::default(), sampled(11)] {
         let opts = options(16, true, sampling);
-        let batch = generate_batch(&model, &prompts, &opts, |_| |_| Ok(Flow::Continue));
-        assert_eq!(batch.len(), prompts.len());
-        for (prompt, got) in prompts.iter().zip(batch) {
-            let got = got.unwrap();
-            let alone = run(&model, prompt, &opts);
-            assert_eq!(got.tokens, alone.tokens, "prompt {prompt:?}");
-            assert_eq!(got.stop_reason, alone.stop_reason);
-            assert_eq!(got.stats.cache_bytes, alone.stats.cache_bytes);
+        for batching in batchings {
+            let (batch, stats) = generate_batch(&model, &prompts, &opts, &batching, |_| |_| Ok(Flow::Continue));
+            assert_eq!(batch.len(), prompts.len());
+            assert!(stats.peak_batch >= 2 && stats.peak_batch <= batching.max_batch.min(4), "{batching:?}: {stats:?}");
+            assert!(stats.peak_cache_bytes <= batching.max_cache_bytes.unwrap_or(usize::MAX), "{batching:?}: {stats:?}");
+            let mut tokens = 0;
+            for (prompt, got) in prompts.iter().zip(batch) {
+                let got = got.unwrap();
+                let alone = run(&model, prompt, &opts);
+                assert_eq!(got.tokens, alone.tokens, "prompt {prompt:?}, {batching:?}");
+                assert_eq!(got.stop_reason, alone.stop_reason);
+                assert_eq!(got.stats.cache_bytes, alone.stats.cache_bytes);
+                assert_eq!(got.stats.decode_steps, alone.stats.decode_steps);
+                tokens += got.tokens.len();
+            }
+            assert_eq!(stats.generated_tokens, tokens);
+            assert!(stats.peak_cache_bytes > 0);
         }
     }
 }
@@ -103,7 +120,7 @@ fn batched_generation_equals_each_prompt_alone() {
 fn batched_generation_reports_each_prompts_error_in_place() {
     let model = random_model(3);
     let prompts = vec![vec![1, 2], vec![], vec![1, 48]];
-    let results = generate_batch(&model, &prompts, &options(3, true, SamplingParams::default()), |_| {
+    let (results, _) = generate_batch(&model, &prompts, &options(3, true, SamplingParams::default()), &BatchOptions::default(), |_| {
         |_| Ok(Flow::Continue)
     });
     assert!(results[0].is_ok());
@@ -391,7 +408,7 @@ mod cli {
     }
 
     #[test]
-    fn a_prompts_file_runs_in_parallel_and_prints_in_order() {
+    fn a_prompts_file_is_decoded_as_a_batch_and_prints_each_prompt_as_alone_in_order() {
         let prompts = ["Hello world", "The capital of France is", "", "1, 2, 3,"];
         let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-prompts.txt");
         std::fs::write(&file, prompts.join("\n") + "\n").unwrap();
@@ -404,14 +421,26 @@ mod cli {
             want.push_str(&format!("=== prompt {} ===\n{alone}", i + 1));
         }
         assert_eq!(got, want);
+        // Two at a time, and under a cache bound that admits one at a time: the same output.
+        for bound in [&["--batch-size", "2"][..], &["--max-cache-gb", "0.000001"]] {
+            assert_eq!(generate_ok(&[&["--prompts-file", file][..], bound, &flags].concat()), want, "{bound:?}");
+        }
         let ids = generate_ok(&[&["--prompts-file", file, "--print-ids"][..], &flags].concat());
         assert_eq!(ids.lines().count(), prompts.len());
+        // The summary line: aggregate speed, the batch size reached, the peak cache.
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
+        let out = run(&[&["--model", dir, "--prompts-file", file, "--batch-size", "3"][..], &flags].concat());
+        let summary = stderr(&out).lines().last().unwrap_or_default().to_string();
+        assert!(summary.starts_with("batch: 4 prompts, ") && summary.contains("tok/s overall"), "{summary}");
+        assert!(summary.contains("up to 3 sequences at once") && summary.contains("peak cache: "), "{summary}");
     }
 
     #[test]
     fn usage_errors_exit_with_code_2() {
         let dir = checkpoint(Ckpt::Full).to_str().unwrap();
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 8] = [
+            (&["--model", dir, "--prompt", "x", "--batch-size", "2"], "--batch-size"),
+            (&["--model", dir, "--prompts-file", "f", "--batch-size", "0"], "--batch-size"),
             (&["--bogus"], "--bogus"),
             (&["--model", dir, "--temperature", "-1", "--prompt", "x"], "--temperature"),
             (&["--model", dir, "--top-p", "0", "--prompt", "x"], "--top-p"),

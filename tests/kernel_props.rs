@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 use hymba_ref::checkpoint::weights::Linear;
-use hymba_ref::matrix::{Elements, Matrix};
+use hymba_ref::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax};
 use hymba_ref::model::norm::rms_norm;
@@ -49,7 +49,7 @@ proptest! {
         let w = weight.to_f32(); // the values actually stored
         let linear = Linear { weight, bias: bias.clone() };
         let mut y = Array2::zeros((0, 0));
-        linear.forward(x.view(), &mut y);
+        linear.forward(x.view(), Rows::Chunk, &mut y);
         prop_assert_eq!(y.dim(), (t, out));
         for r in 0..t {
             for c in 0..out {

@@ -13,18 +13,18 @@
 //! on top of the id loop: [`text::generate_text`] decodes the ids as they come and ends at the
 //! first stop string ([`stop::StopChecker`]).
 //!
-//! [`generate_batch`] (and [`text::generate_text_batch`]) run several prompts in parallel
-//! (rayon), each with its own cache and sampler: a prompt's result is exactly what
-//! [`generate`] gives for it alone.
+//! [`generate_batch`] (and [`text::generate_text_batch`]) run several prompts together in one
+//! [`Batch`] (continuous batching: each prompt joins after its own prefill and leaves when it
+//! stops), each with its own cache and sampler: a prompt's result is exactly what [`generate`]
+//! gives for it alone.
 
 pub mod sampling;
 pub mod stop;
 pub mod text;
 
-use crate::cache_plan::ScalarType;
-use crate::error::Result;
-use crate::model::Hymba;
-use rayon::prelude::*;
+use crate::cache_plan::{CachePlan, ScalarType};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Hymba, Sequence, SequenceId};
 use sampling::{Sampler, SamplingParams};
 use std::time::Instant;
 
@@ -100,6 +100,94 @@ pub struct Generation {
 /// The most tokens [`generate`] reserves K/V room for before it starts.
 const RESERVE_TOKENS_LIMIT: usize = 1 << 16;
 
+/// What to do after a step's logits.
+enum Next {
+    /// Feed this id in one more decode step.
+    Feed(u32),
+    Stop(StopReason),
+}
+
+/// One sequence's side of the loop, the same alone ([`generate`]) and in a batch
+/// ([`generate_batch`]): sampling, the stop rules, the callback, the counts.
+struct Decoder<C> {
+    sampler: Sampler,
+    eos: Option<u32>,
+    max_new_tokens: usize,
+    /// Prompt + generated: what the repetition penalty sees.
+    seen: Vec<u32>,
+    tokens: Vec<u32>,
+    on_token: C,
+    prompt_tokens: usize,
+    prefill_seconds: f64,
+    decode_steps: usize,
+    /// When the prefill ended.
+    decode_start: Instant,
+}
+
+impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
+    /// For `prompt`, whose prefill took `prefill_seconds` and just ended.
+    fn new(model: &Hymba, prompt: &[u32], options: &GenerateOptions, prefill_seconds: f64, on_token: C) -> Result<Decoder<C>> {
+        Ok(Decoder {
+            sampler: Sampler::new(options.sampling)?,
+            eos: model.config.eos_token_id.filter(|_| options.stop_at_eos),
+            max_new_tokens: options.max_new_tokens,
+            seen: prompt.to_vec(),
+            tokens: Vec::new(),
+            on_token,
+            prompt_tokens: prompt.len(),
+            prefill_seconds,
+            decode_steps: 0,
+            decode_start: Instant::now(),
+        })
+    }
+
+    /// Given the logits after the last fed id: sample the next id, hand it to the callback, and
+    /// say whether to feed it or stop (and why).
+    fn next(&mut self, logits: &[f32]) -> Result<Next> {
+        if self.tokens.len() >= self.max_new_tokens {
+            return Ok(Next::Stop(StopReason::MaxNewTokens));
+        }
+        let id = self.sampler.sample(logits, &self.seen);
+        if Some(id) == self.eos {
+            return Ok(Next::Stop(StopReason::Eos));
+        }
+        self.tokens.push(id);
+        self.seen.push(id);
+        if (self.on_token)(id)? == Flow::Stop {
+            return Ok(Next::Stop(StopReason::Callback));
+        }
+        if self.tokens.len() >= self.max_new_tokens {
+            return Ok(Next::Stop(StopReason::MaxNewTokens)); // no step for a token nobody reads
+        }
+        self.decode_steps += 1;
+        Ok(Next::Feed(id))
+    }
+
+    fn finish(self, stop_reason: StopReason, seq: &Sequence) -> Generation {
+        let stats = GenerationStats {
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.tokens.len(),
+            prefill_seconds: self.prefill_seconds,
+            decode_steps: self.decode_steps,
+            decode_seconds: self.decode_start.elapsed().as_secs_f64(),
+            cache_bytes: seq.cache.allocated_scalars().bytes(ScalarType::F32),
+        };
+        Generation { tokens: self.tokens, stop_reason, stats }
+    }
+}
+
+/// A new sequence with `prompt` fed (the prefill), K/V room reserved for every token it may
+/// reach; its logits after the prompt, and the prefill's wall time.
+fn prefill(model: &Hymba, prompt: &[u32], options: &GenerateOptions) -> Result<(Sequence, Vec<f32>, f64)> {
+    let mut seq = model.new_sequence();
+    // Room for every token up front (untouched pages cost no memory), so that decode steps do
+    // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
+    seq.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
+    let start = Instant::now();
+    let logits = model.next_token_logits(prompt, &mut seq)?.to_vec(); // (V)
+    Ok((seq, logits, start.elapsed().as_secs_f64()))
+}
+
 /// Generate a continuation of `prompt`, calling `on_token` with each new id as it is chosen.
 /// Fails on an empty prompt, ids outside the vocabulary, invalid sampling parameters, a
 /// non-finite logit, or an error returned by `on_token`.
@@ -107,68 +195,160 @@ pub fn generate(
     model: &Hymba,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> Result<Flow>,
+    on_token: impl FnMut(u32) -> Result<Flow>,
 ) -> Result<Generation> {
-    let mut sampler = Sampler::new(options.sampling)?;
-    let eos = model.config.eos_token_id.filter(|_| options.stop_at_eos);
-    let mut seq = model.new_sequence();
-    // Room for every token up front (untouched pages cost no memory), so that decode steps do
-    // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
-    seq.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
-
-    let start = Instant::now();
-    let mut logits = model.next_token_logits(prompt, &mut seq)?; // (V)
-    let prefill_seconds = start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let mut seen = prompt.to_vec(); // prompt + generated: what the repetition penalty sees
-    let mut tokens = Vec::new();
-    let mut decode_steps = 0;
+    Sampler::new(options.sampling)?; // invalid parameters fail before the prefill
+    let (mut seq, first_logits, prefill_seconds) = prefill(model, prompt, options)?;
+    let mut decoder = Decoder::new(model, prompt, options, prefill_seconds, on_token)?;
+    let mut next = decoder.next(&first_logits)?;
     let stop_reason = loop {
-        if tokens.len() >= options.max_new_tokens {
-            break StopReason::MaxNewTokens;
-        }
-        let id = sampler.sample(logits.as_slice().expect("contiguous logits"), &seen);
-        if Some(id) == eos {
-            break StopReason::Eos;
-        }
-        tokens.push(id);
-        seen.push(id);
-        if on_token(id)? == Flow::Stop {
-            break StopReason::Callback;
-        }
-        if tokens.len() < options.max_new_tokens {
-            logits = model.next_token_logits(&[id], &mut seq)?;
-            decode_steps += 1;
+        match next {
+            Next::Feed(id) => {
+                let logits = model.next_token_logits(&[id], &mut seq)?; // (V)
+                next = decoder.next(logits.as_slice().expect("contiguous logits"))?;
+            }
+            Next::Stop(reason) => break reason,
         }
     };
-    let stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        generated_tokens: tokens.len(),
-        prefill_seconds,
-        decode_steps,
-        decode_seconds: start.elapsed().as_secs_f64(),
-        cache_bytes: seq.cache.allocated_scalars().bytes(ScalarType::F32),
-    };
-    Ok(Generation { tokens, stop_reason, stats })
+    Ok(decoder.finish(stop_reason, &seq))
 }
 
-/// [`generate`] for several prompts in parallel, each with its own cache and sampler (all
-/// seeded with `options.sampling.seed`). `make_on_token(i)` builds the callback of prompt `i`.
-/// Results are in prompt order; one prompt failing does not stop the others.
-pub fn generate_batch<F, C>(
+/// How many sequences [`generate_batch`] decodes together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// The most sequences in the batch at once.
+    pub max_batch: usize,
+    /// The most cache bytes (f32) the batch's sequences may reach together: a prompt joins only
+    /// when its cache at its longest (prompt + `max_new_tokens`, [`CachePlan`]) fits beside
+    /// the members' longest; one sequence always runs. `None`: no bound.
+    pub max_cache_bytes: Option<usize>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { max_batch: usize::MAX, max_cache_bytes: None }
+    }
+}
+
+/// What a whole [`generate_batch`] run did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BatchStats {
+    pub generated_tokens: usize,
+    /// Wall time of the run, prefills included.
+    pub seconds: f64,
+    /// Batched decode steps.
+    pub steps: usize,
+    /// The most sequences decoding at once.
+    pub peak_batch: usize,
+    /// The most bytes the members' caches held at once (f32, measured after each step).
+    pub peak_cache_bytes: usize,
+}
+
+impl BatchStats {
+    /// Generated tokens per second of wall time, over all prompts.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.generated_tokens as f64 / self.seconds
+    }
+}
+
+/// A prompt being decoded in the batch of [`generate_batch`].
+struct Member<C> {
+    prompt: usize,
+    id: SequenceId,
+    decoder: Decoder<C>,
+    /// Its cache at its longest ([`CachePlan`]): what it counts against the memory bound.
+    cache_bound: usize,
+}
+
+/// [`generate`] for several prompts, decoding them together in one [`Batch`] (continuous
+/// batching): a prompt joins, in order, after its own prefill, as soon as `batching` allows, and
+/// leaves at EOS, a callback stop, or `max_new_tokens`. Every prompt's tokens are exactly what
+/// [`generate`] gives it alone (each sequence's logits are bit-identical in the batch; each has
+/// its own sampler, seeded with `options.sampling.seed`). `make_on_token(i)` builds the callback
+/// of prompt `i`. Results are in prompt order; a prompt's error (its prefill, its callback) fails
+/// only that prompt, a failing batch step (a non-finite logit) the prompts in it.
+pub fn generate_batch<C: FnMut(u32) -> Result<Flow>>(
     model: &Hymba,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
-    make_on_token: F,
-) -> Vec<Result<Generation>>
-where
-    F: Fn(usize) -> C + Sync,
-    C: FnMut(u32) -> Result<Flow>,
-{
-    prompts
-        .par_iter()
-        .enumerate()
-        .map(|(i, prompt)| generate(model, prompt, options, make_on_token(i)))
-        .collect()
+    batching: &BatchOptions,
+    mut make_on_token: impl FnMut(usize) -> C,
+) -> (Vec<Result<Generation>>, BatchStats) {
+    let start = Instant::now();
+    let mut results: Vec<Option<Result<Generation>>> = prompts.iter().map(|_| None).collect();
+    let mut stats = BatchStats::default();
+    let (mut batch, mut members, mut waiting) = (Batch::new(), Vec::<Member<C>>::new(), 0..prompts.len());
+    let mut next_ids: Vec<u32> = Vec::new(); // in batch order, like `members`
+    loop {
+        // Join: prompts in order, while the batch has room.
+        while members.len() < batching.max_batch {
+            let Some(prompt) = waiting.clone().next() else { break };
+            let bound = cache_bound(model, &prompts[prompt], options);
+            let reserved: usize = members.iter().map(|m| m.cache_bound).sum();
+            let fits = batching.max_cache_bytes.is_none_or(|max| reserved.saturating_add(bound) <= max);
+            if !fits && !members.is_empty() {
+                break;
+            }
+            waiting.next();
+            match join(model, &prompts[prompt], options, make_on_token(prompt)) {
+                Ok((seq, decoder, Next::Feed(id))) => {
+                    members.push(Member { prompt, id: batch.add(seq), decoder, cache_bound: bound });
+                    next_ids.push(id);
+                }
+                Ok((seq, decoder, Next::Stop(reason))) => results[prompt] = Some(Ok(decoder.finish(reason, &seq))),
+                Err(e) => results[prompt] = Some(Err(e)),
+            }
+        }
+        if members.is_empty() {
+            break;
+        }
+        stats.peak_batch = stats.peak_batch.max(members.len());
+        // One step of every member, then each looks at its row: feed its next id, or leave.
+        let step = batch.step(model, &next_ids).map(|logits| logits.to_owned());
+        stats.steps += 1;
+        stats.peak_cache_bytes = stats.peak_cache_bytes.max(batch.cache_bytes());
+        let mut left = Vec::new();
+        for (i, member) in members.iter_mut().enumerate() {
+            let next = match &step {
+                Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
+                Err(e) => Err(Error::new(e.kind, e.message.clone())),
+            };
+            match next {
+                Ok(Next::Feed(id)) => next_ids[i] = id,
+                Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
+                Err(e) => left.push((i, Err(e))),
+            }
+        }
+        for (i, outcome) in left.into_iter().rev() {
+            let member = members.remove(i);
+            next_ids.remove(i);
+            let seq = batch.remove(member.id).expect("a member of the batch");
+            results[member.prompt] = Some(outcome.map(|reason| member.decoder.finish(reason, &seq)));
+        }
+    }
+    let results: Vec<Result<Generation>> = results.into_iter().map(|r| r.expect("every prompt ran")).collect();
+    stats.generated_tokens = results.iter().flatten().map(|g| g.stats.generated_tokens).sum();
+    stats.seconds = start.elapsed().as_secs_f64();
+    (results, stats)
+}
+
+/// A prompt's prefill, alone, and its first sampled id: feed it in the batch, or stop already.
+fn join<C: FnMut(u32) -> Result<Flow>>(
+    model: &Hymba,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    on_token: C,
+) -> Result<(Sequence, Decoder<C>, Next)> {
+    Sampler::new(options.sampling)?;
+    let (seq, logits, prefill_seconds) = prefill(model, prompt, options)?;
+    let mut decoder = Decoder::new(model, prompt, options, prefill_seconds, on_token)?;
+    let next = decoder.next(&logits)?;
+    Ok((seq, decoder, next))
+}
+
+/// A prompt's cache bytes (f32) at its longest, prompt + `max_new_tokens` tokens; `usize::MAX`
+/// if that does not fit in a `usize`.
+fn cache_bound(model: &Hymba, prompt: &[u32], options: &GenerateOptions) -> usize {
+    let longest = prompt.len().saturating_add(options.max_new_tokens);
+    CachePlan::new(&model.config, longest).map_or(usize::MAX, |plan| plan.size.bytes(ScalarType::F32))
 }

@@ -3,11 +3,11 @@
 //! watched for stop strings ([`StopChecker`]); only text that is final reaches the caller.
 
 use super::stop::{Checked, StopChecker};
-use super::{generate, Flow, GenerateOptions, Generation};
-use crate::error::Result;
+use super::{generate, generate_batch, BatchOptions, BatchStats, Flow, GenerateOptions, Generation};
+use crate::error::{Error, Result};
 use crate::model::Hymba;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
-use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Decodes generated ids into text, cutting it at the first stop string.
 pub struct TextStream<'t> {
@@ -42,6 +42,39 @@ impl<'t> TextStream<'t> {
     }
 }
 
+/// The token callback of the text layer: each id decoded, the final text handed to `on_text`,
+/// generation stopped at the first stop string.
+struct TextSink<'t, F> {
+    stream: TextStream<'t>,
+    stopped: bool,
+    on_text: F,
+}
+
+impl<'t, F: FnMut(&str) -> Result<()>> TextSink<'t, F> {
+    fn new(tokenizer: &'t Tokenizer, stops: &[String], on_text: F) -> Result<TextSink<'t, F>> {
+        Ok(TextSink { stream: TextStream::new(tokenizer, stops)?, stopped: false, on_text })
+    }
+
+    fn push(&mut self, id: u32) -> Result<Flow> {
+        let out = self.stream.push(id)?;
+        if !out.text.is_empty() {
+            (self.on_text)(&out.text)?;
+        }
+        self.stopped = out.stopped;
+        Ok(if self.stopped { Flow::Stop } else { Flow::Continue })
+    }
+
+    /// Generation ended: hand over the text held back, unless a stop string ended it.
+    fn finish(self) -> Result<()> {
+        let TextSink { stream, stopped, mut on_text } = self;
+        let rest = if stopped { String::new() } else { stream.finish() };
+        if !rest.is_empty() {
+            on_text(&rest)?;
+        }
+        Ok(())
+    }
+}
+
 /// [`generate`] with the output as text: `on_text` receives each (non-empty) piece of final text
 /// as soon as it is known (the stop string and anything after it never arrive). A stop string ends
 /// generation with [`super::StopReason::Callback`].
@@ -51,45 +84,50 @@ pub fn generate_text(
     prompt: &[u32],
     options: &GenerateOptions,
     stops: &[String],
-    mut on_text: impl FnMut(&str) -> Result<()>,
+    on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
-    let mut stream = TextStream::new(tokenizer, stops)?;
-    let mut stopped = false;
-    let generation = generate(model, prompt, options, |id| {
-        let out = stream.push(id)?;
-        if !out.text.is_empty() {
-            on_text(&out.text)?;
-        }
-        stopped = out.stopped;
-        Ok(if stopped { Flow::Stop } else { Flow::Continue })
-    })?;
-    let rest = if stopped { String::new() } else { stream.finish() };
-    if !rest.is_empty() {
-        on_text(&rest)?;
-    }
+    let sink = RefCell::new(TextSink::new(tokenizer, stops, on_text)?);
+    let generation = generate(model, prompt, options, |id| sink.borrow_mut().push(id))?;
+    sink.into_inner().finish()?;
     Ok(generation)
 }
 
-/// [`generate_text`] for several prompts in parallel; each result holds the generation and its
-/// whole text, in prompt order.
+/// [`generate_text`] for several prompts decoded together ([`generate_batch`]); each result
+/// holds the generation and its whole text, in prompt order.
 pub fn generate_text_batch(
     model: &Hymba,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
     options: &GenerateOptions,
+    batching: &BatchOptions,
     stops: &[String],
-) -> Vec<Result<(Generation, String)>> {
-    prompts
-        .par_iter()
-        .map(|prompt| {
-            let mut text = String::new();
-            let generation = generate_text(model, tokenizer, prompt, options, stops, |piece| {
-                text.push_str(piece);
+) -> (Vec<Result<(Generation, String)>>, BatchStats) {
+    if let Err(e) = TextStream::new(tokenizer, stops) {
+        let failed = prompts.iter().map(|_| Err(Error::new(e.kind, e.message.clone()))).collect();
+        return (failed, BatchStats::default());
+    }
+    let texts: Vec<RefCell<String>> = prompts.iter().map(|_| RefCell::new(String::new())).collect();
+    let sinks: Vec<RefCell<TextSink<_>>> = (texts.iter())
+        .map(|text| {
+            let on_text = move |piece: &str| {
+                text.borrow_mut().push_str(piece);
                 Ok(())
-            })?;
-            Ok((generation, text))
+            };
+            RefCell::new(TextSink::new(tokenizer, stops, on_text).expect("stop strings checked above"))
         })
-        .collect()
+        .collect();
+    let (generations, stats) = generate_batch(model, prompts, options, batching, |i| {
+        let sink = &sinks[i];
+        move |id| sink.borrow_mut().push(id)
+    });
+    let results = (generations.into_iter().zip(sinks).zip(&texts))
+        .map(|((generation, sink), text)| {
+            let generation = generation?;
+            sink.into_inner().finish()?;
+            Ok((generation, text.take()))
+        })
+        .collect();
+    (results, stats)
 }
 
 #[cfg(test)]

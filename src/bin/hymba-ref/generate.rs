@@ -1,7 +1,8 @@
 //! `hymba-ref generate`: continue a prompt, streaming the text to stdout as it is decoded.
 //!
 //! The prompt comes from `--prompt`, `--ids` (token ids, no tokenizer involved), stdin, or
-//! `--prompts-file` (one prompt per line, generated in parallel, printed in input order).
+//! `--prompts-file` (one prompt per line, decoded together as one batch: continuous batching,
+//! `--batch-size` sequences at once within `--max-cache-gb` of cache; printed in input order).
 //! `--chat` / `--system` wrap a text prompt in the Instruct chat format first. Timings and the
 //! cache size go to stderr, so stdout holds only the generated text (or, with `--print-ids`, the
 //! generated ids as JSON arrays, one line per prompt).
@@ -10,13 +11,12 @@ use crate::args::parse_id_list;
 use clap::{ArgAction, Args};
 use hymba_ref::generate::sampling::SamplingParams;
 use hymba_ref::generate::text::{generate_text, generate_text_batch};
-use hymba_ref::generate::{generate, Flow, GenerateOptions, Generation, GenerationStats, StopReason};
+use hymba_ref::generate::{generate, BatchOptions, BatchStats, Flow, GenerateOptions, Generation, GenerationStats, StopReason};
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use hymba_ref::{Error, ErrorKind, Result};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Where the bundled model lives (the demo model, `reference/demo-model`): used when `--model`
 /// is not given.
@@ -31,9 +31,18 @@ pub struct GenerateArgs {
     /// The prompt text. Without --prompt, --prompts-file or --ids, the prompt is read from stdin.
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["prompts_file", "ids"])]
     prompt: Option<String>,
-    /// A file with one prompt per line, generated in parallel; outputs in input order.
+    /// A file with one prompt per line, decoded together as one batch; outputs in input order.
     #[arg(long, value_name = "FILE", conflicts_with = "ids")]
     prompts_file: Option<PathBuf>,
+    /// With --prompts-file: the most prompts decoding at once (default: all of them). Each
+    /// prompt joins after its own prefill and leaves when it stops.
+    #[arg(long, value_name = "N", value_parser = at_least_one, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    batch_size: Option<usize>,
+    /// With --prompts-file: the most cache memory the batch may reach, in GB (10⁹ bytes, f32
+    /// cache); a prompt joins only when its cache at prompt + --max-new-tokens tokens fits
+    /// (one prompt always runs). Default: no bound.
+    #[arg(long, value_name = "GB", value_parser = positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    max_cache_gb: Option<f32>,
     /// Wrap each prompt as a user message in the Instruct chat format.
     #[arg(long, conflicts_with = "ids")]
     chat: bool,
@@ -128,9 +137,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Ok(())
         }
         Prompts::Many(prompts) => {
-            let start = Instant::now();
-            let results = generate_text_batch(&model, &tokenizer, &prompts, &options, &args.stop);
-            print_batch(&results, args.print_ids, start.elapsed().as_secs_f64())
+            let batching = BatchOptions {
+                max_batch: args.batch_size.unwrap_or(usize::MAX),
+                max_cache_bytes: args.max_cache_gb.map(|gb| (gb as f64 * 1e9) as usize),
+            };
+            let (results, stats) = generate_text_batch(&model, &tokenizer, &prompts, &options, &batching, &args.stop);
+            print_batch(&results, args.print_ids, &stats)
         }
     }
 }
@@ -203,7 +215,7 @@ fn finish_output(out: &mut impl Write, generation: &Generation, print_ids: bool)
 
 /// Every output in prompt order (text under a `=== prompt i ===` header, or one JSON line), the
 /// errors of failed prompts, and the stats on stderr.
-fn print_batch(results: &[Result<(Generation, String)>], print_ids: bool, wall_seconds: f64) -> Result<()> {
+fn print_batch(results: &[Result<(Generation, String)>], print_ids: bool, stats: &BatchStats) -> Result<()> {
     let mut out = io::stdout().lock();
     let mut failed = 0;
     for (i, result) in results.iter().enumerate() {
@@ -226,11 +238,17 @@ fn print_batch(results: &[Result<(Generation, String)>], print_ids: bool, wall_s
         }
     }
     out.flush().map_err(stdout_error)?;
-    let tokens: usize = results.iter().flatten().map(|(g, _)| g.stats.generated_tokens).sum();
     eprintln!(
-        "batch: {} prompts, {tokens} tokens generated in {wall_seconds:.3} s ({:.1} tok/s overall)",
+        "batch: {} prompts, {} tokens generated in {:.3} s ({:.1} tok/s overall) | {} steps, up to {} \
+         sequences at once | peak cache: {} bytes ({:.2} MB)",
         results.len(),
-        tokens as f64 / wall_seconds
+        stats.generated_tokens,
+        stats.seconds,
+        stats.tokens_per_second(),
+        stats.steps,
+        stats.peak_batch,
+        stats.peak_cache_bytes,
+        stats.peak_cache_bytes as f64 / 1e6
     );
     if failed > 0 {
         return Err(Error::input(format!("{failed} of {} prompts failed (see above)", results.len())));
