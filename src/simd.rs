@@ -89,6 +89,7 @@ pub fn finish_dot_bf16(lane_sum: f32, x_tail: &[f32], w_tail: &[bf16]) -> f32 {
 /// `acc[j].iter().sum()` for N sets of partial sums: each a chain of 32 dependent additions in
 /// lane order, from −0.0 as `Iterator::sum` starts, interleaved so that N chains proceed at once.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // lane k of every set, then lane k + 1: the order is the point
 pub fn sum_lanes<const N: usize>(acc: [&Lanes; N]) -> [f32; N] {
     let mut sums = [-0.0f32; N];
     for k in 0..32 {

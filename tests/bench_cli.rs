@@ -14,7 +14,7 @@ fn positive(v: &Value, what: &str) -> f64 {
 fn bench_json_has_every_field() {
     let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
         .args(["bench", "--configs", "small", "--contexts", "16", "--runs", "1", "--decode-tokens", "2"])
-        .args(["--threads", "1", "--bandwidth-mib", "64", "--json"])
+        .args(["--threads", "1", "--bandwidth-mib", "64", "--json", "--batch-sizes", "1,3,max", "--cache-budget-gb", "0.1"])
         .output()
         .expect("run hymba-ref");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -31,14 +31,22 @@ fn bench_json_has_every_field() {
         "roofline_decode_tok_per_s", "load_seconds"] {
         positive(&small[key], key);
     }
+    // One entry per batch size: 1, 3, and the largest whose caches fit 0.1 GB at 16 + 2 tokens.
     let contexts = small["contexts"].as_array().expect("contexts");
-    assert_eq!(contexts.len(), 1);
-    let c = &contexts[0];
-    assert_eq!(c["context"], 16);
-    assert_eq!(c["runs"], 1);
-    for key in ["prefill_tok_per_s", "decode_tok_per_s", "decode_ms_per_token", "cache_bytes", "roofline_fraction"] {
-        positive(&c[key], key);
+    assert_eq!(contexts.len(), 3);
+    let per_sequence = positive(&contexts[0]["cache_plan_bytes_per_sequence"], "cache_plan_bytes_per_sequence");
+    let largest = (0.1e9 / per_sequence).floor() as u64;
+    let batches: Vec<&Value> = contexts.iter().map(|c| &c["batch_size"]).collect();
+    assert_eq!(batches, [1, 3, largest]);
+    for c in contexts {
+        assert_eq!((&c["context"], &c["runs"], &c["largest_batch_in_budget"]), (&16.into(), &1.into(), &largest.into()));
+        for key in ["prefill_tok_per_s", "decode_tok_per_s", "decode_ms_per_step", "cache_bytes", "roofline_fraction"] {
+            positive(&c[key], key);
+        }
     }
+    // The batch's caches are B copies of one sequence's.
+    assert_eq!(contexts[1]["cache_bytes"].as_f64(), contexts[0]["cache_bytes"].as_f64().map(|b| 3.0 * b));
+    let c = &contexts[0];
     if cfg!(target_os = "linux") {
         let weights = positive(&small["weight_bytes"], "weight_bytes");
         let peak = positive(&c["peak_rss_bytes"], "peak_rss_bytes");

@@ -1,11 +1,20 @@
 //! `hymba-ref bench`: prefill and decode speed, peak memory and the decode roofline, on random
 //! weights generated in memory (nothing is downloaded).
 //!
-//! For each config × context: prefill `context` random token ids into a fresh sequence (the meta
-//! tokens are already in it: [`Hymba::new`] runs them once per model) and time it, then decode
-//! `--decode-tokens` greedy tokens one at a time and time each step. Each config × context is
-//! repeated `--runs` times (fewer if `--time-budget` runs out; never fewer than one) and the
-//! median time is reported.
+//! For each config × context × batch size B: prefill `context` random token ids into a fresh
+//! sequence (the meta tokens are already in it: [`Hymba::new`] runs them once per model) and
+//! time it, then decode `--decode-tokens` greedy tokens with B such sequences in one [`Batch`]
+//! (one step feeds every sequence a token) and time each step. The B sequences are copies of the
+//! prefilled one: prefilling each would multiply the run time by B and measure nothing new
+//! (a step's work does not depend on the values in the caches, only on their sizes). Each
+//! config × context × B is repeated `--runs` times (fewer if `--time-budget` runs out; never
+//! fewer than one) and the median time is reported; decode tok/s is summed over the batch.
+//!
+//! `--cache-budget-gb` reports, per config × context, the cache one sequence holds at that
+//! context (plus the decoded tokens; [`CachePlan`], f32 as this engine keeps it) and the largest
+//! batch whose caches fit the budget; `--batch-sizes max` runs that batch. `1.5b-dense` is the
+//! 1.5B shape with every layer global and no K/V sharing: the dense-attention twin Hymba's cache
+//! is compared with.
 //!
 //! Memory: each config runs in a fresh child process of this binary (`bench --child`), so its
 //! peak RSS is its own. Inside the child, the peak is reset after the model is built and again
@@ -23,12 +32,12 @@ mod bandwidth;
 mod memory;
 
 use clap::Args;
-use hymba_ref::cache::HybridCache;
+use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::checkpoint::TensorSource;
 use hymba_ref::config::HymbaConfig;
-use hymba_ref::model::Hymba;
+use hymba_ref::model::{Batch, Hymba, Sequence};
 use hymba_ref::{Error, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -37,17 +46,31 @@ use std::time::Instant;
 
 /// The built-in configs: `small` and `mid` are made up for benchmarking (released-style configs
 /// with every Hymba feature: meta tokens, a sliding window, global layers, K/V groups, the
-/// released vocabulary); `1.5b` is a copy of the released Hymba-1.5B `config.json`.
+/// released vocabulary); `1.5b` is a copy of the released Hymba-1.5B `config.json`; `1.5b-dense`
+/// is [`dense_twin`] of it.
 const BUILTIN_CONFIGS: [(&str, &str); 3] = [
     ("small", include_str!("bench/configs/small.json")),
     ("mid", include_str!("bench/configs/mid.json")),
     ("1.5b", include_str!("bench/configs/1.5b.json")),
 ];
 
+/// The name of the dense twin of the `1.5b` config.
+const DENSE_1_5B: &str = "1.5b-dense";
+
+/// The same model with every layer global (no sliding window) and every layer projecting its
+/// own K/V (no sharing): what Hymba's cache would be without its two cache savings.
+fn dense_twin(config_json: &str) -> Result<String> {
+    let mut config: Value = serde_json::from_str(config_json).map_err(|e| Error::input(format!("config JSON: {e}")))?;
+    config["sliding_window"] = Value::Null;
+    config["kv_reuse_group"] = Value::Null;
+    config["kv_reuse_every_i_layer"] = json!(-1);
+    Ok(config.to_string())
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Comma-separated configs: `small`, `mid`, `1.5b` (the released Hymba-1.5B shape), or paths
-    /// to config.json files.
+    /// Comma-separated configs: `small`, `mid`, `1.5b` (the released Hymba-1.5B shape),
+    /// `1.5b-dense` (its dense-attention twin), or paths to config.json files.
     #[arg(long, value_delimiter = ',', default_value = "small,mid,1.5b")]
     configs: Vec<String>,
     /// Comma-separated prompt lengths to prefill (meta tokens not counted).
@@ -66,6 +89,14 @@ pub struct BenchArgs {
     /// Greedy tokens decoded after each prefill.
     #[arg(long, default_value_t = 16)]
     decode_tokens: usize,
+    /// Comma-separated batch sizes: sequences decoding together (`max`: the largest batch that
+    /// fits --cache-budget-gb at each context).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch_sizes: Vec<String>,
+    /// A cache memory budget in GB (10⁹ bytes): report the largest batch whose caches fit it at
+    /// each context.
+    #[arg(long, value_name = "GB")]
+    cache_budget_gb: Option<f64>,
     /// Seed of the random weights and token ids.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -88,6 +119,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.contexts.contains(&0) {
         return Err(Error::input("--contexts: every context must be at least 1 token"));
     }
+    let batch_sizes = args.batch_sizes.iter().map(|b| parse_batch_size(b, args.cache_budget_gb)).collect::<Result<Vec<_>>>()?;
+    if args.cache_budget_gb.is_some_and(|gb| !(gb > 0.0 && gb.is_finite())) {
+        return Err(Error::input("--cache-budget-gb must be a positive number of GB"));
+    }
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
@@ -99,7 +134,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .map_err(|e| Error::input(format!("cannot start {threads} worker threads: {e}")))?;
 
     if args.child {
-        let configs = specs.iter().map(|spec| bench_config(spec, &args)).collect::<Result<Vec<_>>>()?;
+        let configs = specs.iter().map(|spec| bench_config(spec, &args, &batch_sizes)).collect::<Result<Vec<_>>>()?;
         println!("{}", json!({ "configs": configs }));
         return Ok(());
     }
@@ -124,6 +159,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "runs": args.runs,
         "time_budget_seconds": args.time_budget,
         "decode_tokens": args.decode_tokens,
+        "cache_budget_bytes": args.cache_budget_gb.map(|gb| gb * 1e9),
         "seed": args.seed,
         "machine": {
             "cpu": memory::cpu_model(),
@@ -156,9 +192,12 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
     if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
         return Ok(ConfigSpec { name: name.to_string(), json: text.to_string() });
     }
+    if name == DENSE_1_5B {
+        return Ok(ConfigSpec { name: name.to_string(), json: dense_twin(BUILTIN_CONFIGS[2].1)? });
+    }
     let path = Path::new(name);
     if !path.exists() {
-        let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
+        let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).chain([DENSE_1_5B]).collect();
         return Err(Error::input(format!(
             "--configs: {name:?} is neither a built-in config ({}) nor an existing config.json file",
             known.join(", ")
@@ -177,6 +216,7 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
     cmd.args(["bench", "--child", "--configs", &spec.name, "--contexts", &contexts.join(",")])
         .args(["--threads", &threads.to_string(), "--runs", &args.runs.to_string()])
         .args(["--decode-tokens", &args.decode_tokens.to_string(), "--seed", &args.seed.to_string()])
+        .args(["--batch-sizes", &args.batch_sizes.join(",")])
         // Any library thread pool that sizes itself from the environment gets the same count.
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env("MATMUL_NUM_THREADS", threads.to_string())
@@ -184,6 +224,9 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
         .stderr(Stdio::inherit());
     if let Some(budget) = args.time_budget {
         cmd.args(["--time-budget", &budget.to_string()]);
+    }
+    if let Some(gb) = args.cache_budget_gb {
+        cmd.args(["--cache-budget-gb", &gb.to_string()]);
     }
     let out = cmd.output().map_err(|e| Error::io(&exe, "run", e))?;
     if !out.status.success() {
@@ -202,9 +245,10 @@ fn add_roofline(result: &mut Value, bandwidth: f64) {
     let roofline = bandwidth / bytes;
     result["roofline_decode_tok_per_s"] = json!(roofline);
     if let Some(contexts) = result["contexts"].as_array_mut() {
+        // A step reads the weights once for the whole batch: the roofline bounds steps per second.
         for c in contexts {
-            if let Some(tps) = c["decode_tok_per_s"].as_f64() {
-                c["roofline_fraction"] = json!(tps / roofline);
+            if let Some(ms) = c["decode_ms_per_step"].as_f64() {
+                c["roofline_fraction"] = json!(1e3 / ms / roofline);
             }
         }
     }
@@ -236,12 +280,40 @@ fn parameter_counts(source: &RandomWeights) -> (u64, u64) {
     (total, read)
 }
 
-/// Bytes a sequence's cache holds, counted as f32: K/V rows of every producing layer plus the
-/// conv (K−1 rows) and scan (N per channel) state of every layer.
-fn cache_bytes(cfg: &HymbaConfig, cache: &HybridCache) -> u64 {
-    let kv: usize = cache.kv.iter().flatten().map(|kv| kv.scalars()).sum();
-    let ssm = cfg.num_hidden_layers * cfg.d_inner() * (cfg.mamba_d_state + cfg.mamba_d_conv - 1);
-    ((kv + ssm) * std::mem::size_of::<f32>()) as u64
+/// A `--batch-sizes` entry: a number of sequences, or `max` (the budget decides).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BatchSize {
+    Fixed(usize),
+    LargestInBudget,
+}
+
+fn parse_batch_size(text: &str, budget_gb: Option<f64>) -> Result<BatchSize> {
+    match (text.trim(), budget_gb) {
+        ("max", Some(_)) => Ok(BatchSize::LargestInBudget),
+        ("max", None) => Err(Error::input("--batch-sizes max needs --cache-budget-gb")),
+        (n, _) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(BatchSize::Fixed(n)),
+            _ => Err(Error::input(format!("--batch-sizes: {text:?} is not a batch size (a number ≥ 1, or max)"))),
+        },
+    }
+}
+
+/// One sequence's cache at `context` tokens (f32, as this engine keeps it: [`CachePlan`]), and
+/// the largest batch whose caches fit `budget_bytes` (if given).
+fn cache_budget(cfg: &HymbaConfig, context: usize, budget_bytes: Option<f64>) -> Result<(usize, Option<usize>)> {
+    let per_sequence = CachePlan::new(cfg, context)?.size.bytes(ScalarType::F32);
+    Ok((per_sequence, budget_bytes.map(|b| (b / per_sequence as f64).floor() as usize)))
+}
+
+/// The batch sizes to run at `context`.
+fn batch_sizes_at(sizes: &[BatchSize], largest: Option<usize>) -> Result<Vec<usize>> {
+    (sizes.iter())
+        .map(|size| match (size, largest) {
+            (BatchSize::Fixed(n), _) => Ok(*n),
+            (BatchSize::LargestInBudget, Some(n)) if n > 0 => Ok(n),
+            (BatchSize::LargestInBudget, _) => Err(Error::input("--cache-budget-gb is too small for one sequence")),
+        })
+        .collect()
 }
 
 /// SplitMix64, for reproducible random token ids.
@@ -279,7 +351,7 @@ fn rss_growth(base: Option<u64>) -> Option<u64> {
 }
 
 /// Build one config's model from random weights and time it at every context (child side).
-fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
+fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) -> Result<Value> {
     let cfg = HymbaConfig::from_json_str(&spec.json)?;
     let source = RandomWeights::new(&cfg, args.seed);
     let (params, params_read) = parameter_counts(&source);
@@ -296,7 +368,7 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
     let meta_seconds = start.elapsed().as_secs_f64();
     let model_rss = rss_growth(rss_base);
     let load_peak = memory::peak_rss_bytes();
-    let meta_cache = cache_bytes(&cfg, &model.new_sequence().cache);
+    let meta_cache = model.new_sequence().cache.allocated_scalars().bytes(ScalarType::F32) as u64;
     // Everything the model holds except its meta-token cache; bytes per parameter follow from it.
     let weight_bytes = model_rss.map(|m| m.saturating_sub(meta_cache));
     let bytes_per_param = weight_bytes.map_or(4.0, |w| w as f64 / params as f64);
@@ -309,7 +381,14 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
 
     let mut contexts = Vec::new();
     for &context in &args.contexts {
-        contexts.push(bench_context(&model, spec, args, context)?);
+        let budget = args.cache_budget_gb.map(|gb| gb * 1e9);
+        let (per_sequence, largest) = cache_budget(&cfg, context + args.decode_tokens, budget)?;
+        for batch in batch_sizes_at(batch_sizes, largest)? {
+            let mut result = bench_context(&model, spec, args, context, batch)?;
+            result["cache_plan_bytes_per_sequence"] = json!(per_sequence);
+            result["largest_batch_in_budget"] = json!(largest);
+            contexts.push(result);
+        }
     }
     Ok(json!({
         "name": spec.name,
@@ -339,8 +418,9 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
     }))
 }
 
-/// Time `runs` × (prefill `context` tokens, decode `decode_tokens`) on `model` (child side).
-fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: usize) -> Result<Value> {
+/// Time `runs` × (prefill `context` tokens, decode `decode_tokens` steps of `batch` such
+/// sequences) on `model` (child side).
+fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: usize, batch_size: usize) -> Result<Value> {
     let ids = random_ids(model.config.vocab_size, context, args.seed ^ (context as u64).wrapping_mul(0x9E37));
     memory::release_free_memory();
     let peak_reset = memory::reset_peak();
@@ -348,24 +428,34 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     let (mut prefill, mut decode, mut cache_size) = (Vec::new(), Vec::new(), 0);
     let started = Instant::now();
     for run in 1..=args.runs {
-        let mut cache = model.new_sequence();
+        let mut seq = model.new_sequence();
+        seq.reserve(context + args.decode_tokens);
         let start = Instant::now();
-        let mut logits = model.next_token_logits(&ids, &mut cache)?;
+        let first = argmax(model.next_token_logits(&ids, &mut seq)?.as_slice().expect("contiguous"));
         let prefill_seconds = start.elapsed().as_secs_f64();
+        let mut batch = Batch::new();
+        for _ in 0..batch_size {
+            batch.add(Sequence { cache: seq.cache.clone(), scratch: Default::default() });
+        }
+        drop(seq);
+        let mut next = vec![first; batch_size];
         let mut decode_seconds = 0.0;
         for _ in 0..args.decode_tokens {
-            let next = argmax(logits.as_slice().expect("contiguous"));
             let start = Instant::now();
-            logits = model.next_token_logits(&[next], &mut cache)?;
+            let logits = batch.step(model, &next)?; // (B, V)
             decode_seconds += start.elapsed().as_secs_f64();
+            for (next, row) in next.iter_mut().zip(logits.rows()) {
+                *next = argmax(row.as_slice().expect("contiguous"));
+            }
         }
-        cache_size = cache_bytes(&model.config, &cache.cache);
+        cache_size = batch.cache_bytes();
         eprintln!(
-            "[bench] {} context {context} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/token",
+            "[bench] {} context {context} batch {batch_size} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/step ({:.2} tok/s)",
             spec.name,
             args.runs,
             context as f64 / prefill_seconds,
-            decode_seconds * 1e3 / args.decode_tokens as f64
+            decode_seconds * 1e3 / args.decode_tokens as f64,
+            (batch_size * args.decode_tokens) as f64 / decode_seconds,
         );
         prefill.push(prefill_seconds);
         decode.push(decode_seconds);
@@ -376,12 +466,13 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     let (p, d) = (median(&prefill), median(&decode));
     Ok(json!({
         "context": context,
+        "batch_size": batch_size,
         "runs": prefill.len(),
         "prefill_seconds": prefill,
         "decode_seconds": decode,
         "prefill_tok_per_s": context as f64 / p,
-        "decode_tok_per_s": args.decode_tokens as f64 / d,
-        "decode_ms_per_token": d * 1e3 / args.decode_tokens as f64,
+        "decode_tok_per_s": (batch_size * args.decode_tokens) as f64 / d,
+        "decode_ms_per_step": d * 1e3 / args.decode_tokens as f64,
         "cache_bytes": cache_size,
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": if peak_reset { memory::peak_rss_bytes() } else { None },
@@ -405,9 +496,9 @@ fn table(report: &Value) -> String {
         out += &format!("load average at start: {}\n", load.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "));
     }
     out += &format!(
-        "{:<7} {:>9} {:>11} {:>6} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10}\n",
-        "config", "params", "weights MiB", "ctx", "runs", "prefill tok/s", "decode tok/s", "ms/token",
-        "cache MiB", "peak MiB", "peak/(w+c)", "roofline tok/s", "% roofline"
+        "{:<10} {:>9} {:>11} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>9}\n",
+        "config", "params", "weights MiB", "ctx", "batch", "runs", "prefill tok/s", "decode tok/s", "ms/step",
+        "cache MiB", "peak MiB", "peak/(w+c)", "roofline tok/s", "% roofline", "max batch"
     );
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     for cfg in report["configs"].as_array().into_iter().flatten() {
@@ -417,15 +508,16 @@ fn table(report: &Value) -> String {
             // Missing figures (no bandwidth measured, no /proc) print as "-".
             let f = |x: f64, digits: usize| if x.is_finite() { format!("{x:.digits$}") } else { "-".into() };
             out += &format!(
-                "{:<7} {:>8.1}M {:>11} {:>6} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10}\n",
+                "{:<10} {:>8.1}M {:>11} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10} {:>9}\n",
                 cfg["name"].as_str().unwrap_or("?"),
                 num(&cfg["params"]) / 1e6,
                 f(weights / MIB, 1),
                 c["context"].as_u64().unwrap_or(0),
+                c["batch_size"].as_u64().unwrap_or(0),
                 c["runs"].as_u64().unwrap_or(0),
                 f(num(&c["prefill_tok_per_s"]), 1),
                 f(num(&c["decode_tok_per_s"]), 2),
-                f(num(&c["decode_ms_per_token"]), 2),
+                f(num(&c["decode_ms_per_step"]), 2),
                 f(num(&c["cache_bytes"]) / MIB, 1),
                 f(peak / MIB, 1),
                 f(peak / (weights + num(&c["cache_bytes"])), 3),
@@ -434,6 +526,7 @@ fn table(report: &Value) -> String {
                     x if x == "-" => x,
                     x => x + "%",
                 },
+                f(num(&c["largest_batch_in_budget"]), 0),
             );
         }
     }
@@ -443,12 +536,40 @@ fn table(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hymba_ref::config::AttentionSpan;
 
     #[test]
     fn builtin_configs_parse() {
         for (name, text) in BUILTIN_CONFIGS {
             HymbaConfig::from_json_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn the_dense_twin_has_every_layer_global_and_its_own_kv_and_a_far_larger_cache() {
+        let hymba = HymbaConfig::from_json_str(BUILTIN_CONFIGS[2].1).unwrap();
+        let dense = HymbaConfig::from_json_str(&resolve_config(DENSE_1_5B).unwrap().json).unwrap();
+        assert!(dense.layers.iter().all(|l| l.owns_kv() && l.attention == AttentionSpan::Global));
+        assert_eq!((dense.hidden_size, dense.num_hidden_layers, dense.vocab_size), (1600, 32, 32001));
+        // At 8192 tokens: 32 layers × (128 + 8192) rows × 5 K/V heads × (64 + 128) against 3 global
+        // and 14 windowed producers (1024 + 128 rows), plus the same SSM state in both.
+        let ssm = 32 * 3200 * (16 + 3) * 4;
+        let (hymba_seq, hymba_max) = cache_budget(&hymba, 8192, Some(12e9)).unwrap();
+        let (dense_seq, dense_max) = cache_budget(&dense, 8192, Some(12e9)).unwrap();
+        assert_eq!(hymba_seq, (3 * 8320 + 14 * 1152) * 960 * 4 + ssm);
+        assert_eq!(dense_seq, 32 * 8320 * 960 * 4 + ssm);
+        assert_eq!((hymba_max, dense_max), (Some(72), Some(11)));
+    }
+
+    #[test]
+    fn batch_sizes_are_numbers_or_the_largest_in_the_budget() {
+        assert_eq!(parse_batch_size("16", None).unwrap(), BatchSize::Fixed(16));
+        assert_eq!(parse_batch_size("max", Some(12.0)).unwrap(), BatchSize::LargestInBudget);
+        assert!(parse_batch_size("max", None).unwrap_err().message.contains("--cache-budget-gb"));
+        assert!(parse_batch_size("0", None).is_err() && parse_batch_size("x", None).is_err());
+        let sizes = [BatchSize::Fixed(4), BatchSize::LargestInBudget];
+        assert_eq!(batch_sizes_at(&sizes, Some(9)).unwrap(), [4, 9]);
+        assert!(batch_sizes_at(&sizes, Some(0)).is_err());
     }
 
     #[test]
