@@ -227,7 +227,7 @@ def bench_config(name: str, args) -> dict:
             "decode_seconds": decode_s,
             "prefill_tok_per_s": context / p,
             "decode_tok_per_s": args.decode_tokens / d,
-            "decode_ms_per_token": d * 1e3 / args.decode_tokens,
+            "decode_ms_per_step": d * 1e3 / args.decode_tokens,
             "cache_bytes": size,
             "peak_rss_bytes": status_bytes("VmHWM") if peak_reset else None,
         })

@@ -39,6 +39,7 @@ use hymba_ref::checkpoint::TensorSource;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::model::{Batch, Hymba, Sequence};
 use hymba_ref::{Error, Result};
+use ndarray::Array2;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -97,6 +98,11 @@ pub struct BenchArgs {
     /// each context.
     #[arg(long, value_name = "GB")]
     cache_budget_gb: Option<f64>,
+    /// Instead of prefilling each context, fill the caches with random keys and values (no
+    /// prefill is timed): for long contexts on slow machines, since a decode step costs the
+    /// same whatever the cached values.
+    #[arg(long)]
+    synthetic_cache: bool,
     /// Seed of the random weights and token ids.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -217,6 +223,7 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
         .args(["--threads", &threads.to_string(), "--runs", &args.runs.to_string()])
         .args(["--decode-tokens", &args.decode_tokens.to_string(), "--seed", &args.seed.to_string()])
         .args(["--batch-sizes", &args.batch_sizes.join(",")])
+        .args(args.synthetic_cache.then_some("--synthetic-cache"))
         // Any library thread pool that sizes itself from the environment gets the same count.
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env("MATMUL_NUM_THREADS", threads.to_string())
@@ -314,6 +321,26 @@ fn batch_sizes_at(sizes: &[BatchSize], largest: Option<usize>) -> Result<Vec<usi
             (BatchSize::LargestInBudget, _) => Err(Error::input("--cache-budget-gb is too small for one sequence")),
         })
         .collect()
+}
+
+/// Fill `seq` (holding only the meta tokens) as if `context` tokens had been fed, without running
+/// them: every K/V cache gets random keys and values at those positions, kept as a prefill keeps
+/// them (windows evicted), and the position advances; the SSM states stay as they are. Returns
+/// a token id to decode next.
+fn fill_with_random_rows(seq: &mut Sequence, cfg: &HymbaConfig, context: usize, seed: u64) -> u32 {
+    let mut rng = SplitMix64(seed);
+    let mut random = |rows: usize, cols: usize| {
+        Array2::from_shape_simple_fn((rows, cols), || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+    };
+    let start = seq.cache.next_position;
+    for chunk in (start..start + context).collect::<Vec<_>>().chunks(512) {
+        let (keys, values) = (random(chunk.len(), cfg.k_width()), random(chunk.len(), cfg.v_width()));
+        for kv in seq.cache.kv.iter_mut().flatten() {
+            kv.append(keys.view(), values.view(), chunk);
+        }
+        seq.cache.finish_chunk(chunk.len(), cfg.num_memory_tokens);
+    }
+    (rng.next_u64() % cfg.vocab_size as u64) as u32
 }
 
 /// SplitMix64, for reproducible random token ids.
@@ -431,8 +458,11 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         let mut seq = model.new_sequence();
         seq.reserve(context + args.decode_tokens);
         let start = Instant::now();
-        let first = argmax(model.next_token_logits(&ids, &mut seq)?.as_slice().expect("contiguous"));
-        let prefill_seconds = start.elapsed().as_secs_f64();
+        let first = match args.synthetic_cache {
+            true => fill_with_random_rows(&mut seq, &model.config, context, args.seed),
+            false => argmax(model.next_token_logits(&ids, &mut seq)?.as_slice().expect("contiguous")),
+        };
+        let prefill_seconds = if args.synthetic_cache { f64::NAN } else { start.elapsed().as_secs_f64() };
         let mut batch = Batch::new();
         for _ in 0..batch_size {
             batch.add(Sequence { cache: seq.cache.clone(), scratch: Default::default() });
@@ -464,13 +494,15 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         }
     }
     let (p, d) = (median(&prefill), median(&decode));
+    let prefill_seconds: Vec<Option<f64>> = prefill.iter().map(|s| s.is_finite().then_some(*s)).collect();
     Ok(json!({
         "context": context,
         "batch_size": batch_size,
+        "synthetic_cache": args.synthetic_cache,
         "runs": prefill.len(),
-        "prefill_seconds": prefill,
+        "prefill_seconds": prefill_seconds,
         "decode_seconds": decode,
-        "prefill_tok_per_s": context as f64 / p,
+        "prefill_tok_per_s": (context as f64 / p).is_finite().then_some(context as f64 / p),
         "decode_tok_per_s": (batch_size * args.decode_tokens) as f64 / d,
         "decode_ms_per_step": d * 1e3 / args.decode_tokens as f64,
         "cache_bytes": cache_size,
@@ -559,6 +591,20 @@ mod tests {
         assert_eq!(hymba_seq, (3 * 8320 + 14 * 1152) * 960 * 4 + ssm);
         assert_eq!(dense_seq, 32 * 8320 * 960 * 4 + ssm);
         assert_eq!((hymba_max, dense_max), (Some(72), Some(11)));
+    }
+
+    #[test]
+    fn a_synthetic_cache_holds_what_a_prefill_would() {
+        let cfg = HymbaConfig::from_json_str(BUILTIN_CONFIGS[0].1).unwrap();
+        let model = Hymba::new(cfg.clone(), HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 0)).unwrap());
+        let window = cfg.sliding_window.expect("small has a window");
+        for context in [3, window + 700] {
+            let mut seq = model.new_sequence();
+            let next = fill_with_random_rows(&mut seq, &cfg, context, 1);
+            assert!((next as usize) < cfg.vocab_size);
+            assert_eq!(seq.cache.next_position, cfg.num_memory_tokens + context);
+            assert_eq!(seq.cache.allocated_scalars(), CachePlan::new(&cfg, context).unwrap().size);
+        }
     }
 
     #[test]
