@@ -19,8 +19,16 @@
 //! weight rows is read from memory once for all rows. GEMM would be faster per row at large
 //! batches but adds in another order, so a sequence's logits would depend on its batch.
 //! For bf16 weights a register-tiled kernel keeps the one-row summation order (see
-//! [`accumulate_dot_tile`]); measured with `cargo bench --bench decode_kernels` (2 threads,
-//! the 1.5B shapes, weights streamed from memory): KERNEL_NUMBERS
+//! [`accumulate_dot_tile`]): 2 weight rows × 4 inputs per tile, weights widened to f32 a block
+//! at a time for a panel of up to 16 inputs. Chosen by measurement (one thread, a 384 × 1600
+//! block in cache, GFLOP per CPU-second, on this project's 2-core AMD EPYC while it was shared,
+//! so only the ratios mean much): 1 row (the one-row product) 9; 4 rows 8–10 (GEMM 5–6);
+//! 16 rows 14–15 (GEMM 14–18); 64 rows 12–15 (GEMM 20–26). Tiles of 3×4, 3×3, 2×6 and 4×2
+//! measured the same as 2×4 within the noise, 1×8 a third slower at 16 rows and more; 2×4
+//! keeps every partial sum in a register in the AVX2 build (3×4 spills two). The kernel does
+//! not use FMA (a fused multiply-add rounds once, the one-row product twice), which costs it
+//! against GEMM at large batches; at the batch sizes that fit a decode cache it matches GEMM
+//! and, unlike GEMM, leaves every sequence's logits exactly as they are alone.
 
 use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot_bf16_fast, dot_fast, finish_dot_bf16, sum_lanes, Lanes};
 use half::{bf16, f16};
