@@ -57,6 +57,8 @@
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
+//! - [`files`]: every file read is a regular file with a size cap per kind; outputs never replace
+//!   anything but a regular file.
 
 pub mod cache;
 pub mod cache_plan;
@@ -64,6 +66,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;

@@ -44,11 +44,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use half::{bf16, f16};
 
@@ -230,7 +228,7 @@ struct Header {
 impl SafetensorsFile {
     /// Memory-map and validate the file at `path`; errors name the path.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let (file, _) = crate::files::open_regular(path, crate::files::WEIGHTS)?;
         // SAFETY: the mapping is read-only. As with every mmap, another process truncating or
         // rewriting the file while we hold it could change or remove the bytes under us; model
         // files are not modified in place (our own writer replaces files by renaming).
@@ -642,9 +640,11 @@ pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()
 
 /// Write tensors and `__metadata__` entries to a valid safetensors file at `path`.
 ///
-/// The file is written atomically: to a temporary file in the same directory, flushed to disk,
-/// then renamed over `path`. On failure no partial output is left and an existing `path` is
-/// untouched. As in the reference writer, tensors are laid out by decreasing element size, then
+/// A regular file (or a path not yet there) is written atomically: to a temporary file in the same
+/// directory, flushed to disk, then renamed over `path` (a symbolic link is resolved first and
+/// kept). On failure no partial output is left and an existing `path` is untouched. A pipe or
+/// character device (`/dev/stdout`) is written through; anything else is refused (see
+/// [`crate::files::write_output`]). As in the reference writer, tensors are laid out by decreasing element size, then
 /// by name, after a header padded with spaces to a multiple of 8 bytes, so each tensor's data is
 /// aligned to its element size.
 pub fn write_tensors(
@@ -658,10 +658,10 @@ pub fn write_tensors(
         b.2.dtype().size_in_bytes().cmp(&a.2.dtype().size_in_bytes()).then(a.0.cmp(b.0))
     });
     let header = header_bytes(&order, metadata);
-    write_atomically(path, |out| {
+    crate::files::write_output(path, |mut out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
-        order.iter().try_for_each(|(_, _, data)| data.write_le(out))
+        order.iter().try_for_each(|(_, _, data)| data.write_le(&mut out))
     })
 }
 
@@ -708,33 +708,3 @@ fn header_bytes(order: &[&NamedTensor], metadata: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
-/// Write via `fill` to a temporary sibling of `path`, then rename it onto `path`.
-fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> Result<()> {
-    let temp = temporary_sibling(path)?;
-    let file = OpenOptions::new().write(true).create_new(true).open(&temp);
-    let file = file.map_err(|e| Error::io(path, "create", e))?;
-    let mut out = BufWriter::new(file);
-    let written =
-        fill(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error())?.sync_all());
-    let result = written.map_err(|e| Error::io(path, "write", e)).and_then(|()| {
-        fs::rename(&temp, path).map_err(|e| Error::io(path, "rename temporary file onto", e))
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&temp); // best effort; the error we report is the original one
-    }
-    result
-}
-
-/// `dir/.name.tmp-<pid>-<n>`, unique within this process and among processes.
-fn temporary_sibling(path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let Some(name) = path.file_name() else {
-        return Err(Error::input(format!("cannot write {}: not a file path", path.display())));
-    };
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp_name = format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id());
-    Ok(path.with_file_name(temp_name))
-}

@@ -19,7 +19,6 @@
 //! names in the same directory (an index cannot point at `../elsewhere`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -127,13 +126,13 @@ impl Checkpoint {
     /// `dir/model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
         let single = dir.join(SINGLE_FILE);
-        if single.is_file() {
+        if single.exists() {
             let file = SafetensorsFile::open(&single)?;
             let file_of = locate_tensors(std::slice::from_ref(&file))?;
             return Ok(Checkpoint { dir: dir.to_path_buf(), files: vec![file], file_of });
         }
         let index = dir.join(INDEX_FILE);
-        if index.is_file() {
+        if index.exists() {
             return Self::open_sharded(dir, &index);
         }
         let message = format!("{}: found neither {SINGLE_FILE} nor {INDEX_FILE}", dir.display());
@@ -142,7 +141,7 @@ impl Checkpoint {
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
         let origin = index_path.display().to_string();
-        let bytes = fs::read(index_path).map_err(|e| Error::io(index_path, "read", e))?;
+        let bytes = crate::files::read_capped(index_path, crate::files::SHARD_INDEX)?;
         let text =
             std::str::from_utf8(&bytes).map_err(|_| index_error(&origin, "is not valid UTF-8"))?;
         let index = parse_index(text, &origin)?;
@@ -202,7 +201,7 @@ impl Checkpoint {
 
 fn open_shard(dir: &Path, name: &str, index_origin: &str) -> Result<SafetensorsFile> {
     let path = dir.join(name);
-    if !path.is_file() {
+    if !path.exists() {
         let why = format!("lists shard '{name}', but {} does not exist", path.display());
         return Err(index_error(index_origin, why));
     }

@@ -21,6 +21,7 @@
 use super::bpe::{Merge, MergeTable};
 use super::normalizer::{Normalizer, Step};
 use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
+use crate::checkpoint::json_text::first_duplicate_key;
 use crate::error::Result;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ use std::collections::HashMap;
 pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
     let err = |what: String| tokenizer_error(origin, what);
     let root: Value = serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    if let Some(key) = first_duplicate_key(text) {
+        return Err(err(format!("the key {key:?} appears twice in one object")));
+    }
     let root = root.as_object().ok_or_else(|| err("the top level is not a JSON object".into()))?;
 
     let model = root.get("model").and_then(Value::as_object).ok_or_else(|| err("no `model` object".into()))?;
@@ -86,6 +90,9 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
 pub(super) fn apply_tokenizer_config(tokenizer: &mut Tokenizer, text: &str, origin: &str) -> Result<()> {
     let err = |what: String| tokenizer_error(origin, what);
     let root: Value = serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    if let Some(key) = first_duplicate_key(text) {
+        return Err(err(format!("the key {key:?} appears twice in one object")));
+    }
     let root = root.as_object().ok_or_else(|| err("the top level is not a JSON object".into()))?;
 
     if let Some(v) = root.get("add_bos_token").filter(|v| !v.is_null()) {

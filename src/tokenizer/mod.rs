@@ -54,6 +54,7 @@ pub use chat::{render_chat, ChatMessage, Role};
 pub use stream::StreamDecoder;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::files;
 use added_tokens::{AddedTokens, Segment};
 use bpe::{FastMap, MergeTable};
 use normalizer::{Normalizer, SPACE_SYMBOL};
@@ -89,9 +90,9 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let json = dir.join("tokenizer.json");
         let model = dir.join("tokenizer.model");
-        let mut tokenizer = if json.is_file() {
+        let mut tokenizer = if json.exists() {
             Tokenizer::from_tokenizer_json(&json)?
-        } else if model.is_file() {
+        } else if model.exists() {
             Tokenizer::from_sentencepiece_model(&model)?
         } else {
             return Err(Error::new(
@@ -100,8 +101,8 @@ impl Tokenizer {
             ));
         };
         let config = dir.join("tokenizer_config.json");
-        if config.is_file() {
-            let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, "read", e))?;
+        if config.exists() {
+            let text = files::read_text_capped(&config, files::CONFIG)?;
             hf_json::apply_tokenizer_config(&mut tokenizer, &text, &config.display().to_string())?;
         }
         Ok(tokenizer)
@@ -109,7 +110,7 @@ impl Tokenizer {
 
     /// Load a Hugging Face `tokenizer.json` (Llama-style BPE with byte fallback).
     pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let text = files::read_text_capped(path, files::TOKENIZER)?;
         Tokenizer::from_json_str(&text, &path.display().to_string())
     }
 
@@ -120,7 +121,7 @@ impl Tokenizer {
 
     /// Load a SentencePiece `tokenizer.model` (a BPE model with byte fallback).
     pub fn from_sentencepiece_model(path: &Path) -> Result<Tokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        let bytes = files::read_capped(path, files::TOKENIZER)?;
         Tokenizer::from_sp_bytes(&bytes, &path.display().to_string())
     }
 

@@ -164,7 +164,7 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
             known.join(", ")
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
     HymbaConfig::from_json_str(&text).map_err(|e| e.context(path.display()))?;
     Ok(ConfigSpec { name: name.to_string(), json: text })
 }
