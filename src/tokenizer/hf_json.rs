@@ -18,6 +18,7 @@
 //!
 //! `truncation` and `padding` are batch policies, not tokenization, and are ignored.
 
+use super::added_tokens::MAX_ADDED_TOKEN_BYTES;
 use super::bpe::{Merge, MergeTable};
 use super::normalizer::{Normalizer, Step};
 use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
@@ -193,6 +194,12 @@ fn read_added_tokens(root: &Map<String, Value>) -> std::result::Result<Vec<(Stri
                 .and_then(Value::as_str)
                 .filter(|c| !c.is_empty())
                 .ok_or_else(|| format!("{context}.content is not a non-empty string"))?;
+            if content.len() > MAX_ADDED_TOKEN_BYTES {
+                return Err(format!(
+                    "{context}.content is {} bytes long; added tokens may have at most {MAX_ADDED_TOKEN_BYTES}",
+                    content.len()
+                ));
+            }
             for key in ["lstrip", "rstrip", "single_word", "normalized"] {
                 check_off(token, key, &context)?;
             }
