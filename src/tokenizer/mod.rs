@@ -217,6 +217,26 @@ impl Tokenizer {
         self.pieces.len()
     }
 
+    /// Ok if this tokenizer and a model with `vocab_size` ids (`config.json`'s) agree on the
+    /// vocabulary; else an error naming both sizes. Fewer pieces would let the model generate
+    /// ids the tokenizer cannot print; more would let text encode to ids the model cannot embed.
+    pub fn check_model_vocab(&self, vocab_size: usize, dir: &Path) -> Result<()> {
+        if self.pieces.len() == vocab_size {
+            return Ok(());
+        }
+        let problem = if self.pieces.len() < vocab_size {
+            "the model could generate ids the tokenizer cannot decode"
+        } else {
+            "text could encode to ids the model has no embedding for"
+        };
+        let message = format!(
+            "{}: the tokenizer has {} ids but config.json's vocab_size is {vocab_size}: {problem}",
+            dir.display(),
+            self.pieces.len()
+        );
+        Err(Error::new(ErrorKind::Tokenizer, message))
+    }
+
     /// The beginning-of-sequence id (`<s>`, 1 for Llama).
     pub fn bos_id(&self) -> u32 {
         self.bos

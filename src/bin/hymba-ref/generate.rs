@@ -111,6 +111,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     let tokenizer = Tokenizer::from_dir(&dir)?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
         None => text_prompts(&args, &tokenizer)?,

@@ -34,6 +34,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let stride = args.stride.unwrap_or(args.context / 2);
     let model = Hymba::from_dir(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &args.model)?;
     let ids = tokenizer.encode(&text, true);
     if ids.len() < 2 {
         return Err(Error::input(format!("{} has no tokens to score", args.file.display())));
