@@ -11,21 +11,6 @@ use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::{Error, Result};
 
-/// The most worker threads `--threads` may ask for: this many, or 4 per core if that is more.
-const MAX_THREADS: usize = 1024;
-
-/// Ok if `threads` is between 1 and the limit; the error names `--threads`.
-pub fn check_threads(threads: usize) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let limit = MAX_THREADS.max(4 * cores);
-    if threads == 0 || threads > limit {
-        return Err(Error::input(format!(
-            "--threads {threads}: must be between 1 and {limit} (this machine has {cores} cores)"
-        )));
-    }
-    Ok(())
-}
-
 /// Bytes of memory available to a new allocation (`MemAvailable`), where the system says.
 pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -105,7 +90,7 @@ pub fn check_config_fits(
 
 /// Every check above for a whole `bench` invocation, before the first allocation.
 pub fn check_run(specs: &[super::ConfigSpec], args: &super::BenchArgs, threads: usize) -> Result<()> {
-    check_threads(threads)?;
+    crate::args::check_threads(threads)?;
     let available = available_memory();
     check_bandwidth_buffer(args.bandwidth_mib, available)?;
     for spec in specs {
