@@ -55,7 +55,7 @@ pub use stream::StreamDecoder;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::files;
-use added_tokens::{AddedTokens, Segment};
+pub(crate) use added_tokens::{AddedTokens, Segment, MAX_ADDED_TOKEN_BYTES};
 use bpe::{FastMap, MergeTable};
 use normalizer::{Normalizer, SPACE_SYMBOL};
 use std::path::Path;
