@@ -245,6 +245,16 @@ fn extra_shards_full_of_unlisted_entries_are_refused_at_the_first() {
     assert!(err.message.contains("at most 100000 tensors"), "{err}");
 }
 
+#[test]
+fn a_tokenizer_json_of_millions_of_tiny_values_is_refused_before_parsing() {
+    // 2.5 million zeros: 5 MB of text, about 200 MB once parsed into JSON values.
+    let zeros = vec!["0"; 2_500_000].join(",");
+    let text = format!(r#"{{"model": {{}}, "normalizer": [{zeros}]}}"#);
+    let err = refused(Tokenizer::from_json_str(&text, "tiny-values.json"));
+    assert_eq!(err.kind, ErrorKind::Tokenizer);
+    assert!(err.message.contains("tiny-values.json") && err.message.contains("at most 2000000"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Quadratic time in tokenizers
 // ---------------------------------------------------------------------------------------------

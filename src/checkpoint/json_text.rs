@@ -37,6 +37,7 @@ pub(crate) fn first_duplicate_key(json: &str) -> Option<String> {
             scopes.pop();
             true
         }
+        Event::Comma => true,
         Event::Key(literal) => {
             let Some(Some(keys)) = scopes.last_mut() else { return true };
             let key = decode_string(literal);
@@ -61,7 +62,21 @@ pub(crate) fn count_keys(json: &str, depth: Option<usize>) -> usize {
             Event::Open { .. } => open += 1,
             Event::Close => open = open.saturating_sub(1),
             Event::Key(_) if depth.is_none_or(|d| d == open) => count += 1,
-            Event::Key(_) => {}
+            Event::Key(_) | Event::Comma => {}
+        }
+        true
+    });
+    count
+}
+
+/// About how many values (objects, arrays, strings, numbers, ...) `json` holds: its commas and
+/// opening brackets, plus one. A linear scan that allocates nothing, so a text whose parsed tree
+/// would be many times its size can be refused before it is parsed.
+pub(crate) fn count_values(json: &str) -> usize {
+    let mut count = 1usize;
+    scan(json, |event| {
+        if matches!(event, Event::Open { .. } | Event::Comma) {
+            count += 1;
         }
         true
     });
@@ -76,6 +91,8 @@ enum Event<'a> {
     Close,
     /// An object key, as its quoted literal.
     Key(&'a str),
+    /// `,` between values.
+    Comma,
 }
 
 /// Walk the structure of `json` (valid JSON, or at least terminating on anything), calling
@@ -106,7 +123,7 @@ fn scan<'a>(json: &'a str, mut on_event: impl FnMut(Event<'a>) -> bool) {
             }
             b',' => {
                 expecting_key = in_object.last() == Some(&true);
-                true
+                on_event(Event::Comma)
             }
             _ => true,
         };
@@ -138,7 +155,7 @@ fn decode_string(literal: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_keys, first_duplicate_key};
+    use super::{count_keys, count_values, first_duplicate_key};
 
     #[test]
     fn counts_keys_at_the_top_or_everywhere() {
@@ -147,6 +164,8 @@ mod tests {
         assert_eq!(count_keys(json, Some(2)), 2);
         assert_eq!(count_keys(json, None), 5);
         assert_eq!(count_keys("[1, 2]", None), 0);
+        assert_eq!(count_values(json), 7, "3 objects, an array, 3 scalars: 4 brackets, 2 commas, 1");
+        assert_eq!(count_values("[0,0,0]"), 4);
     }
 
     #[test]
