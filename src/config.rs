@@ -165,7 +165,8 @@ impl HymbaConfig {
 
     /// Read and validate `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<HymbaConfig> {
-        let text = crate::files::read_text_capped(path, crate::files::CONFIG)?;
+        let bytes = crate::files::read_capped(path, crate::files::CONFIG)?;
+        let text = crate::files::utf8(bytes, &path.display().to_string()).map_err(|e| Error::config(e.message))?;
         Self::from_json_str(&text).map_err(|e| e.context(path.display()))
     }
 
