@@ -263,6 +263,18 @@ mod tests {
     }
 
     #[test]
+    fn streams_are_read_up_to_the_cap_and_no_further() {
+        let cap = Cap { what: "test stream", max_bytes: 3 };
+        let mut bytes = Vec::new();
+        assert!(read_bounded(&b"abc"[..], &mut bytes, cap).is_ok());
+        assert_eq!(bytes, b"abc");
+        // An endless stream stops one byte past the cap.
+        let mut bytes = Vec::new();
+        assert!(matches!(read_bounded(io::repeat(b'x'), &mut bytes, cap), Err(Bounded::TooLarge)));
+        assert_eq!(bytes.len(), 4);
+    }
+
+    #[test]
     fn outputs_replace_only_regular_files() {
         assert_eq!(output_target(Path::new("/dev/null")).unwrap(), OutputTarget::WriteThrough);
         assert!(output_target(Path::new("/")).unwrap_err().message.contains("directory"));
