@@ -20,8 +20,10 @@
 //! bytes: no decode can be faster. K/V cache reads are not counted.
 
 mod bandwidth;
+mod limits;
 mod memory;
 
+use crate::args::print_stdout;
 use clap::Args;
 use hymba_ref::cache::HybridCache;
 use hymba_ref::checkpoint::random::RandomWeights;
@@ -90,9 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        return Err(Error::input("--threads must be at least 1"));
-    }
+    limits::check_run(&specs, &args, threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -100,7 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if args.child {
         let configs = specs.iter().map(|spec| bench_config(spec, &args)).collect::<Result<Vec<_>>>()?;
-        println!("{}", json!({ "configs": configs }));
+        print_stdout(&format!("{}\n", json!({ "configs": configs })))?;
         return Ok(());
     }
 
@@ -139,11 +139,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "configs": configs,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON")))
     } else {
-        print!("{}", table(&report));
+        print_stdout(&table(&report))
     }
-    Ok(())
 }
 
 /// A config to benchmark: its display name and the text of its `config.json`.
@@ -164,7 +163,7 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
             known.join(", ")
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
     HymbaConfig::from_json_str(&text).map_err(|e| e.context(path.display()))?;
     Ok(ConfigSpec { name: name.to_string(), json: text })
 }
@@ -187,7 +186,8 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
     }
     let out = cmd.output().map_err(|e| Error::io(&exe, "run", e))?;
     if !out.status.success() {
-        return Err(Error::input(format!("benchmarking config {} failed ({})", spec.name, out.status)));
+        let hint = if out.status.code().is_none() { "; killed by a signal, perhaps out of memory" } else { "" };
+        return Err(Error::input(format!("benchmarking config {} failed ({}{hint})", spec.name, out.status)));
     }
     let value: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::input(format!("config {}: the child printed no valid JSON: {e}", spec.name)))?;
