@@ -78,7 +78,7 @@ pub mod fuzz_targets;
 pub mod generate;
 pub mod matrix;
 pub mod model;
-mod rng;
+pub mod rng;
 pub mod simd;
 pub mod tokenizer;
 

@@ -155,8 +155,8 @@ fn attention_branch<'o>(
     out: &'o mut Array2<f32>,
 ) -> ArrayView2<'o, f32> {
     let (nh, nkv, eps) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps);
-    let mut q = split_heads(split.q, nh, w.mamba.q_norm.as_ref(), eps, q_buf); // (T, nh, dqk)
-    let mut k = split.k.map(|k| split_heads(k, nkv, w.mamba.k_norm.as_ref(), eps, k_buf)); // (T, nkv, dqk)
+    let mut q = split_heads(split.q, nh, w.mamba.self_attn.q_norm.as_ref(), eps, q_buf); // (T, nh, dqk)
+    let mut k = split.k.map(|k| split_heads(k, nkv, w.mamba.self_attn.k_norm.as_ref(), eps, k_buf)); // (T, nkv, dqk)
     let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
     let producer = plan.kv_producer();
     for (part, cache) in pass.parts_mut() {
