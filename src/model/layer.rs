@@ -10,7 +10,7 @@
 //! A layer processes the T rows of a pass (see [`super::pass`]): consecutive rows of one or more
 //! sequences at known absolute positions. Everything row-wise (norms, projections, fusion, MLP)
 //! runs over all T rows at once; attention and the SSM's conv and scan run per sequence, against
-//! that sequence's own [`HybridCache`]. A full forward pass is one sequence on a fresh cache;
+//! that sequence's own [`crate::cache::HybridCache`]. A full forward pass is one sequence on a fresh cache;
 //! decoding is a prefill followed by one-row passes — the same code.
 
 use super::attention::attention_heads;
