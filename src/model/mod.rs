@@ -12,6 +12,9 @@
 //! - [`segment`]: segments, the rows of one sequence in a call or a pass.
 //! - [`sequence`]: a sequence's state and scratch.
 //! - [`trace`]: observing the path layer by layer; [`forward_trace`]: the observer golden tests use.
+//!
+//! [`plain`] is the exception: the whole forward pass in one plain, allocating file, the one to
+//! read first, and the truth the rest is tested against.
 
 pub mod attention;
 pub mod forward_trace;
@@ -21,6 +24,7 @@ pub mod layer;
 pub mod mlp;
 pub mod norm;
 pub mod pass;
+pub mod plain;
 pub mod rope;
 pub mod segment;
 pub mod sequence;
