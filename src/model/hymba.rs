@@ -33,12 +33,10 @@ impl Hymba {
 
     /// Build a model from a config and matching weights; runs the meta tokens once.
     pub fn new(config: HymbaConfig, weights: HymbaWeights) -> Hymba {
-        let mut model = Hymba { meta_prefix: Sequence::new(&config), config, weights };
-        let mut prefix = Sequence::new(&model.config);
-        let mut segments = [Segment::new(&mut prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
-        model.run(&mut segments, &mut Scratch::default(), None).expect("no ids to refuse");
-        model.meta_prefix = prefix;
-        model
+        let mut meta_prefix = Sequence::new(&config);
+        let mut segments = [Segment::new(&mut meta_prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
+        pass::run(&config, &weights, &mut segments, &mut Scratch::default(), None);
+        Hymba { config, weights, meta_prefix }
     }
 
     /// A new sequence, already holding the meta tokens (a copy of the model's prefix).
