@@ -14,7 +14,7 @@
 //!
 //! Both are tested against [`matmul_t_reference`], the plain triple loop.
 
-use crate::simd::{bf16_to_f32, dot_bf16_fast, dot_fast};
+use crate::simd::{bf16_to_f32, dot, dot_bf16};
 use half::{bf16, f16};
 use crate::buffer::shaped;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
@@ -140,8 +140,8 @@ impl Matrix {
                 let r = task * ROWS_PER_TASK + i;
                 let w_row = r * self.cols..(r + 1) * self.cols;
                 *o = match &self.data {
-                    Elements::F32(v) => dot_fast(x, &v[w_row]),
-                    Elements::Bf16(v) => dot_bf16_fast(x, &v[w_row]),
+                    Elements::F32(v) => dot(x, &v[w_row]),
+                    Elements::Bf16(v) => dot_bf16(x, &v[w_row]),
                     Elements::F16(v) => dot_f16(x, &v[w_row]),
                 };
             }
