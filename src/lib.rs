@@ -64,6 +64,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod explain;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;

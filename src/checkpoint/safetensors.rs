@@ -708,6 +708,12 @@ fn header_bytes(order: &[&NamedTensor], metadata: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
+/// Write `bytes` to `path` as [`write_tensors`] writes a file: atomically, leaving an existing
+/// `path` untouched on failure.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, |out| out.write_all(bytes))
+}
+
 /// Write via `fill` to a temporary sibling of `path`, then rename it onto `path`.
 fn write_atomically(
     path: &Path,
