@@ -1,11 +1,11 @@
 //! Text generation over token ids: prefill the prompt, then sample and step one token at a time.
 //!
 //! ```text
-//! cache  = model.new_sequence()                 (meta tokens already in it)
-//! logits = next_token_logits(prompt, cache)     prefill: one pass over the whole prompt
+//! seq    = model.new_sequence()                 (meta tokens already in it)
+//! logits = next_token_logits(prompt, seq)       prefill: one pass over the whole prompt
 //! loop:  id = sampler.sample(logits, seen)      see [`sampling`]
 //!        stop on EOS / max_new_tokens / the callback asking to stop
-//!        logits = next_token_logits([id], cache) one decode step
+//!        logits = next_token_logits([id], seq)  one decode step
 //! ```
 //!
 //! Each generated id goes to a callback as soon as it is chosen, so a caller can stream it;
@@ -111,13 +111,13 @@ pub fn generate(
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(options.sampling)?;
     let eos = model.config.eos_token_id.filter(|_| options.stop_at_eos);
-    let mut cache = model.new_sequence();
+    let mut seq = model.new_sequence();
     // Room for every token up front (untouched pages cost no memory), so that decode steps do
     // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
-    cache.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
+    seq.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
 
     let start = Instant::now();
-    let mut logits = model.next_token_logits(prompt, &mut cache)?; // (V)
+    let mut logits = model.next_token_logits(prompt, &mut seq)?; // (V)
     let prefill_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -138,7 +138,7 @@ pub fn generate(
             break StopReason::Callback;
         }
         if tokens.len() < options.max_new_tokens {
-            logits = model.next_token_logits(&[id], &mut cache)?;
+            logits = model.next_token_logits(&[id], &mut seq)?;
             decode_steps += 1;
         }
     };
@@ -148,7 +148,7 @@ pub fn generate(
         prefill_seconds,
         decode_steps,
         decode_seconds: start.elapsed().as_secs_f64(),
-        cache_bytes: cache.allocated_scalars().bytes(ScalarType::F32),
+        cache_bytes: seq.cache.allocated_scalars().bytes(ScalarType::F32),
     };
     Ok(Generation { tokens, stop_reason, stats })
 }
