@@ -17,7 +17,6 @@
 pub mod ablation;
 pub mod attention;
 pub mod branches;
-#[cfg(any())]
 mod collect;
 pub mod html;
 pub mod json;
@@ -31,7 +30,6 @@ use crate::{Error, Result};
 use ablation::{ablate_each_layer, mean_log_prob, LayerAblation};
 use attention::{AttentionMap, Shares};
 use branches::BranchBalance;
-#[cfg(any())]
 use collect::Collector;
 use memory::SsmMemory;
 
@@ -82,7 +80,10 @@ impl Options {
 /// `indices` sorted and deduplicated, each below `count`.
 fn check_indices(indices: &[usize], count: usize, what: &str) -> Result<Vec<usize>> {
     if let Some(bad) = indices.iter().find(|&&i| i >= count) {
-        return Err(Error::input(format!("there is no {what} {bad}: the model has {count} {what}s (0 to {})", count - 1)));
+        return Err(Error::input(format!(
+            "attention maps: there is no {what} {bad} (the model has {count} {what}s, 0 to {})",
+            count - 1
+        )));
     }
     let mut sorted = indices.to_vec();
     sorted.sort_unstable();
@@ -119,12 +120,14 @@ pub struct Report {
     pub ablation: Option<Vec<LayerAblation>>,
 }
 
-#[cfg(any())]
 /// Run `ids` (at least 2 tokens) through `model` once, watching every layer, and report.
 pub fn explain(model: &Hymba, ids: &[u32], options: &Options) -> Result<Report> {
     model.check_ids(ids)?;
     if ids.len() < 2 {
-        return Err(Error::input("explain needs a prompt of at least 2 tokens (the first one is only context)"));
+        return Err(Error::input(format!(
+            "the prompt is {} token(s) long; explain needs at least 2 (the first is only context)",
+            ids.len()
+        )));
     }
     let cfg = &model.config;
     let maps = options.maps(cfg)?;
