@@ -48,7 +48,7 @@ impl Shares {
             let w = f64::from(w);
             if p < num_meta {
                 shares.meta += w;
-            } else if window.is_none_or(|w| query_position - p <= w) {
+            } else if p <= query_position && window.is_none_or(|w| query_position - p <= w) {
                 shares.window += w;
             }
             if p == num_meta {
