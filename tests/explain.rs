@@ -293,7 +293,9 @@ fn the_page_is_well_formed_xml_with_the_prompt_escaped() {
     let prompt = "if (a < b && c > d) { print(\"x\"); } \u{7}";
     let page = to_html(&report, &PageInfo { model: "demo <model>", prompt, tokens: &tokens });
     let elements = check_well_formed(&page).unwrap_or_else(|e| panic!("{e}"));
-    assert!(elements > 1000, "{elements} elements");
+    println!("{elements} elements, {} bytes", page.len());
+    // Each heatmap draws its cells as one path per colour level, several levels per map.
+    assert!(page.matches("<path").count() > 2 * report.maps.len());
     assert!(page.contains("if (a &lt; b &amp;&amp; c &gt; d) { print(&quot;x&quot;); } \u{FFFD}"));
     // One heatmap per map, five charts, and each section.
     assert_eq!(page.matches("<svg").count(), report.maps.len() + 5);

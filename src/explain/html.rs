@@ -41,8 +41,8 @@ pub fn to_html(report: &Report, info: &PageInfo) -> String {
     page.push_str("<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><meta charset=\"utf-8\"/>");
     let _ = write!(page, "<title>hymba-ref explain</title><style>{STYLE}</style></head><body>");
     header(&mut page, report, info);
-    shares_section(&mut page, report);
     maps_section(&mut page, report);
+    shares_section(&mut page, report);
     branches_section(&mut page, report);
     memory_section(&mut page, report);
     if let Some(ablation) = &report.ablation {
@@ -79,7 +79,7 @@ fn header(page: &mut String, report: &Report, info: &PageInfo) {
         page,
         "<h1>What Hymba does with this prompt</h1><p>Model <code>{}</code>, {n} prompt tokens after {} meta \
          tokens, sliding window W = {window}. Mean log-probability of each token after the first: {:.3} nats \
-         (perplexity {:.2}).</p><p><b>Prompt:</b> {}</p><p class=\"tokens\">",
+         (perplexity {:.2}).</p><p><b>Prompt:</b> {}</p><details><summary>The {n} tokens</summary><p class=\"tokens\">",
         escape(info.model),
         report.num_meta,
         report.mean_log_prob,
@@ -93,7 +93,7 @@ fn header(page: &mut String, report: &Report, info: &PageInfo) {
     if info.tokens.len() > SHOWN {
         let _ = write!(page, "… ({} more)", info.tokens.len() - SHOWN);
     }
-    page.push_str("</p>");
+    page.push_str("</p></details>");
 }
 
 /// "global", "window 64", and ", K/V of layer j" for a reusing layer.
@@ -111,7 +111,7 @@ fn layer_kind(l: &LayerReport) -> String {
 fn shares_section(page: &mut String, report: &Report) {
     let _ = write!(
         page,
-        "<h2>1. Where attention goes</h2><p class=\"note\">Per layer, the mean over heads and prompt tokens of \
+        "<h2>2. Where attention goes</h2><p class=\"note\">Per layer, the mean over heads and prompt tokens of \
          the share of each query's attention on the {} meta tokens, on the first token, and on real tokens at \
          most W positions back (what a window keeps; in a global layer, what a window would have kept). The \
          shares overlap: the first token is inside the window for the first W tokens.</p>",
@@ -150,7 +150,7 @@ fn shares_section(page: &mut String, report: &Report) {
 
 fn maps_section(page: &mut String, report: &Report) {
     page.push_str(
-        "<h2>2. Attention maps</h2><p class=\"note\">Rows: prompt tokens (queries), first at the top. Columns: \
+        "<h2>1. Attention maps</h2><p class=\"note\">Rows: prompt tokens (queries), first at the top. Columns: \
          every position, the meta tokens left of the orange line. Darker: more attention (square-root scale). \
          The green line is the window's edge: a window layer's queries see only the meta tokens and the keys \
          between it and the diagonal. Long prompts are averaged into bins.</p><div class=\"maps\">",
@@ -185,27 +185,27 @@ fn attention_map(page: &mut String, map: &AttentionMap) {
         top + 40.0,
         top + 40.0
     );
-    const LEVELS: f64 = 24.0;
+    // One path per colour level, a unit square per cell (in a group scaled to the cell size),
+    // runs of equal cells in a row merged: a small page even for a 256 × 256 map.
+    const LEVELS: usize = 24;
+    let level = |v: f32| (f64::from(v).max(0.0).sqrt() * LEVELS as f64).round().min(LEVELS as f64) as usize;
+    let mut paths = vec![String::new(); LEVELS + 1];
     for (r, row) in map.cells.rows().into_iter().enumerate() {
-        let level = |v: f32| (f64::from(v).max(0.0).sqrt() * LEVELS).round().min(LEVELS);
         let mut c = 0;
         while c < cols {
             let lv = level(row[c]);
             let run = (c..cols).take_while(|&k| level(row[k]) == lv).count();
-            if lv > 0.0 {
-                let _ = write!(
-                    page,
-                    "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{:.2}\" fill=\"{}\"/>",
-                    left + c as f64 * cell,
-                    top + r as f64 * cell,
-                    run as f64 * cell,
-                    cell,
-                    ramp(lv / LEVELS)
-                );
+            if lv > 0 {
+                let _ = write!(paths[lv], "M{c} {r}h{run}v1h-{run}z");
             }
             c += run;
         }
     }
+    let _ = write!(page, "<g transform=\"translate({left} {top}) scale({cell:.4})\">");
+    for (lv, path) in paths.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        let _ = write!(page, "<path fill=\"{}\" d=\"{path}\"/>", ramp(lv as f64 / LEVELS as f64));
+    }
+    page.push_str("</g>");
     // The meta tokens' edge, the causal diagonal, and the window's edge, in positions.
     let x_of = |position: f64| left + position / map.key_bin as f64 * cell;
     let y_of = |token: f64| top + token / map.query_bin as f64 * cell;
@@ -282,7 +282,7 @@ fn memory_section(page: &mut String, report: &Report) {
             (label, l.memory.half_life_histogram.clone())
         })
         .collect();
-    stacked_bars(page, &rows, &colours, &labels, 1.0, "share of pairs");
+    stacked_bars(page, &rows, &colours, &labels, 1.0, None);
 }
 
 fn ablation_section(page: &mut String, report: &Report, ablation: &[super::ablation::LayerAblation]) {
@@ -328,7 +328,7 @@ fn cache_section(page: &mut String, report: &Report) {
     let max = mib(hybrid.total_elements().max(dense.total_elements()));
     let colours = [ATTENTION.to_string(), SSM.to_string(), "#fdbf6f".to_string()];
     let labels = ["K/V".to_string(), "SSM state".to_string(), "conv state".to_string()];
-    stacked_bars(page, &rows, &colours, &labels, max, "MiB");
+    stacked_bars(page, &rows, &colours, &labels, max, Some("MiB"));
 }
 
 /// A bar of a grouped chart.
@@ -396,8 +396,8 @@ fn grouped_bars(page: &mut String, rows: &[Row], format: impl Fn(f64) -> String)
 }
 
 /// Horizontal stacked bars: row i's segments `values` end to end, on a scale where `max` fills
-/// the plot; a legend naming the segments.
-fn stacked_bars(page: &mut String, rows: &[(String, Vec<f64>)], colours: &[String], labels: &[String], max: f64, unit: &str) {
+/// the plot, with the row's total in `unit` if given; a legend naming the segments.
+fn stacked_bars(page: &mut String, rows: &[(String, Vec<f64>)], colours: &[String], labels: &[String], max: f64, unit: Option<&str>) {
     let plot = WIDTH - LABEL_WIDTH - 70.0;
     let scale = plot / max.max(1e-12);
     let per_row = 16.0;
@@ -412,8 +412,10 @@ fn stacked_bars(page: &mut String, rows: &[(String, Vec<f64>)], colours: &[Strin
             let _ = write!(page, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"12\" fill=\"{colour}\"/>");
             x += w;
         }
-        let total: f64 = values.iter().sum();
-        let _ = write!(page, "<text x=\"{:.1}\" y=\"{:.1}\">{total:.3} {}</text>", x + 4.0, y + 10.0, escape(unit));
+        if let Some(unit) = unit {
+            let total: f64 = values.iter().sum();
+            let _ = write!(page, "<text x=\"{:.1}\" y=\"{:.1}\">{total:.3} {}</text>", x + 4.0, y + 10.0, escape(unit));
+        }
     }
     let legend: Vec<(&str, String)> = labels.iter().map(String::as_str).zip(colours.iter().cloned()).collect();
     self::legend(page, &legend, 10.0);

@@ -54,7 +54,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.id_to_piece(id).unwrap_or("?").to_string()).collect();
     let report = explain(&model, &ids, &options)?;
     if let Some(path) = &args.html {
-        let model_name = args.model.display().to_string();
+        let model_name = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
         let page = to_html(&report, &PageInfo { model: &model_name, prompt: &args.prompt, tokens: &tokens });
         write_file(path, page.as_bytes())?;
     }
