@@ -65,6 +65,8 @@
 //! files of `src/`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
+//! - [`explain`]: one prompt's forward pass watched layer by layer (attention maps and shares,
+//!   branch balance, SSM memory, ablation, the cache), as JSON or a self-contained page.
 
 pub mod buffer;
 pub mod cache;

@@ -4,7 +4,7 @@
 
 use super::attention::AttentionMap;
 use super::memory::HALF_LIFE_BUCKETS;
-use super::{LayerReport, Report};
+use super::{span_name, LayerReport, Report};
 use crate::cache_plan::ScalarType;
 use crate::config::{AttentionSpan, KvSource};
 use std::fmt::Write;
@@ -98,10 +98,7 @@ fn header(page: &mut String, report: &Report, info: &PageInfo) {
 
 /// "global", "window 64", and ", K/V of layer j" for a reusing layer.
 fn layer_kind(l: &LayerReport) -> String {
-    let span = match l.span {
-        AttentionSpan::Global => "global".to_string(),
-        AttentionSpan::SlidingWindow(w) => format!("window {w}"),
-    };
+    let span = span_name(l.span);
     match l.kv {
         KvSource::Own => span,
         KvSource::ReuseFrom(j) => format!("{span}, K/V of {j}"),
@@ -121,13 +118,13 @@ fn shares_section(page: &mut String, report: &Report) {
         .layers
         .iter()
         .map(|l| {
-            let mean = |f: fn(&super::Shares) -> f64| l.heads.iter().map(f).sum::<f64>() / l.heads.len() as f64;
+            let shares = l.mean_shares();
             Row {
                 label: format!("layer {} ({})", l.index, layer_kind(l)),
                 bars: vec![
-                    Bar::new(mean(|s| s.meta), META, "meta"),
-                    Bar::new(mean(|s| s.first_token), FIRST, "first token"),
-                    Bar::new(mean(|s| s.window), WINDOW, "window"),
+                    Bar::new(shares.meta, META, "meta"),
+                    Bar::new(shares.first_token, FIRST, "first token"),
+                    Bar::new(shares.window, WINDOW, "window"),
                 ],
             }
         })
@@ -167,10 +164,7 @@ fn attention_map(page: &mut String, map: &AttentionMap) {
     let cell = MAP_SIDE / rows.max(cols) as f64;
     let (w, h) = (cols as f64 * cell, rows as f64 * cell);
     let (left, top) = (30.0, 34.0);
-    let span = match map.span {
-        AttentionSpan::Global => "global".to_string(),
-        AttentionSpan::SlidingWindow(w) => format!("window {w}"),
-    };
+    let span = span_name(map.span);
     let _ = write!(
         page,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{:.0}\">\

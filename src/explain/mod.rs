@@ -91,6 +91,14 @@ fn check_indices(indices: &[usize], count: usize, what: &str) -> Result<Vec<usiz
     Ok(sorted)
 }
 
+/// "global" or "window W".
+pub fn span_name(span: AttentionSpan) -> String {
+    match span {
+        AttentionSpan::Global => "global".to_string(),
+        AttentionSpan::SlidingWindow(w) => format!("window {w}"),
+    }
+}
+
 /// What one layer did with the prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerReport {
@@ -101,6 +109,14 @@ pub struct LayerReport {
     pub heads: Vec<Shares>,
     pub branches: BranchBalance,
     pub memory: SsmMemory,
+}
+
+impl LayerReport {
+    /// The shares averaged over the layer's heads.
+    pub fn mean_shares(&self) -> Shares {
+        let mean = |f: fn(&Shares) -> f64| self.heads.iter().map(f).sum::<f64>() / self.heads.len() as f64;
+        Shares { meta: mean(|s| s.meta), first_token: mean(|s| s.first_token), window: mean(|s| s.window) }
+    }
 }
 
 /// Everything `explain` found on one prompt.

@@ -6,10 +6,9 @@
 use crate::args::print_stdout;
 use clap::Args;
 use hymba_ref::checkpoint::safetensors::write_file;
-use hymba_ref::config::AttentionSpan;
 use hymba_ref::explain::html::{to_html, PageInfo};
 use hymba_ref::explain::json::to_json;
-use hymba_ref::explain::{explain, Options, Report};
+use hymba_ref::explain::{explain, span_name, Options, Report};
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
@@ -90,18 +89,14 @@ fn summary(r: &Report) -> String {
     let _ = writeln!(out, "terms: median size of β1·norm(attention) and β2·norm(SSM) in the fusion; SSM half-life: median, in tokens");
     let _ = writeln!(out, "layer  attention   meta  first window   attn term  SSM term  SSM half-life  >W");
     for l in &r.layers {
-        let mean = |f: fn(&hymba_ref::explain::attention::Shares) -> f64| l.heads.iter().map(f).sum::<f64>() / l.heads.len() as f64;
-        let span = match l.span {
-            AttentionSpan::Global => "global".to_string(),
-            AttentionSpan::SlidingWindow(w) => format!("window {w}"),
-        };
+        let (shares, span) = (l.mean_shares(), span_name(l.span));
         let _ = writeln!(
             out,
             "{:>5}  {span:<10} {:>5.1}% {:>5.1}% {:>5.1}%  {:>9.3} {:>9.3}  {:>13.1} {:>4.0}%",
             l.index,
-            100.0 * mean(|s| s.meta),
-            100.0 * mean(|s| s.first_token),
-            100.0 * mean(|s| s.window),
+            100.0 * shares.meta,
+            100.0 * shares.first_token,
+            100.0 * shares.window,
             l.branches.attention.p50,
             l.branches.ssm.p50,
             l.memory.half_life.p50,
