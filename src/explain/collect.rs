@@ -67,7 +67,9 @@ impl<'m> Collector<'m> {
     fn attention(&mut self, cfg: &HymbaConfig, trace: &LayerTrace, rows: std::ops::Range<usize>) {
         let (layer, m) = (trace.plan.index, cfg.num_memory_tokens);
         let group = cfg.num_attention_heads / cfg.num_key_value_heads; // GQA: query heads per K/V head
-        let kv = &trace.kv[0]; // explain runs one sequence
+        debug_assert_eq!(trace.parts.len(), 1, "explain runs one sequence");
+        let kv = &trace.kv[0];
+        debug_assert_eq!(trace.q.dim(), (trace.positions.len(), cfg.num_attention_heads, cfg.head_dim_qk()));
         let span = trace.plan.attention;
         let maps: Vec<usize> = (0..self.maps.len()).filter(|&i| self.maps[i].layer == layer).collect();
         let maps_ref = &self.maps;
