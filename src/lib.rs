@@ -76,6 +76,8 @@
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 //! - [`files`]: every file read is a regular file with a size cap per kind; outputs never replace
 //!   anything but a regular file.
+//! - [`explain`]: one prompt's forward pass watched layer by layer (attention maps and shares,
+//!   branch balance, SSM memory, ablation, the cache), as JSON or a self-contained page.
 
 pub mod buffer;
 pub mod cache;
@@ -84,6 +86,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
