@@ -85,8 +85,9 @@ impl KvCache {
             AttentionSpan::SlidingWindow(w) => tokens.min(w + 1),
         };
         self.grow_keys_to(self.len() + rows);
-        self.values.reserve(rows * self.num_kv_heads * self.head_dim_v);
-        self.positions.reserve(rows);
+        // Exact: on a full cache (a copy) a plain reserve would double the values.
+        self.values.reserve_exact(rows * self.num_kv_heads * self.head_dim_v);
+        self.positions.reserve_exact(rows);
     }
 
     /// Give the transposed keys room for at least `rows` slots (doubling, like a Vec).

@@ -30,11 +30,12 @@
 //! against GEMM at large batches; at the batch sizes that fit a decode cache it matches GEMM
 //! and, unlike GEMM, leaves every sequence's logits exactly as they are alone.
 
-use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot_bf16_fast, dot_fast, finish_dot_bf16, sum_lanes, Lanes};
+use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
 use half::{bf16, f16};
 use crate::buffer::shaped;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Tensor elements in their stored dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,11 +77,14 @@ impl Elements {
 }
 
 /// A row-major `[rows, cols]` weight matrix (PyTorch's `[out, in]` for a linear map).
+///
+/// The elements are shared (`Arc`): a clone costs nothing, so a copy of the weights with a few
+/// vectors changed (`explain`'s ablation zeroes a fusion scale) holds only those vectors anew.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
     rows: usize,
     cols: usize,
-    data: Elements,
+    data: Arc<Elements>,
 }
 
 /// What the rows of `x` in a product are, which decides how it is computed (see the module docs).
@@ -100,13 +104,13 @@ const ROWS_PER_TASK: usize = 64;
 impl Matrix {
     /// `None` if `data` does not hold `rows · cols` elements.
     pub fn new(rows: usize, cols: usize, data: Elements) -> Option<Matrix> {
-        (rows.checked_mul(cols) == Some(data.len())).then_some(Matrix { rows, cols, data })
+        (rows.checked_mul(cols) == Some(data.len())).then_some(Matrix { rows, cols, data: Arc::new(data) })
     }
 
     pub fn from_f32(a: Array2<f32>) -> Matrix {
         let (rows, cols) = a.dim();
         let data = a.as_standard_layout().iter().copied().collect();
-        Matrix { rows, cols, data: Elements::F32(data) }
+        Matrix { rows, cols, data: Arc::new(Elements::F32(data)) }
     }
 
     pub fn rows(&self) -> usize {
@@ -166,9 +170,9 @@ impl Matrix {
             for (i, o) in out.iter_mut().enumerate() {
                 let r = task * ROWS_PER_TASK + i;
                 let w_row = r * self.cols..(r + 1) * self.cols;
-                *o = match &self.data {
-                    Elements::F32(v) => dot_fast(x, &v[w_row]),
-                    Elements::Bf16(v) => dot_bf16_fast(x, &v[w_row]),
+                *o = match &*self.data {
+                    Elements::F32(v) => dot(x, &v[w_row]),
+                    Elements::Bf16(v) => dot_bf16(x, &v[w_row]),
                     Elements::F16(v) => dot_f16(x, &v[w_row]),
                 };
             }
@@ -202,9 +206,9 @@ impl Matrix {
         let cols = self.cols;
         out.axis_chunks_iter_mut(Axis(1), ROWS_PER_TASK).into_par_iter().enumerate().for_each(|(task, mut out)| {
             let rows = task * ROWS_PER_TASK * cols..(task * ROWS_PER_TASK + out.ncols()) * cols;
-            match &self.data {
+            match &*self.data {
                 Elements::Bf16(v) => matvecs_bf16(xs, &v[rows], out),
-                Elements::F32(v) => each_pair(xs, &v[rows], out.view_mut(), dot_fast),
+                Elements::F32(v) => each_pair(xs, &v[rows], out.view_mut(), dot),
                 Elements::F16(v) => each_pair(xs, &v[rows], out.view_mut(), dot_f16),
             }
         });

@@ -48,7 +48,7 @@ fn bad_input_is_a_clear_error() {
     let empty = scratch_file("empty.txt", b"");
     let heldout = heldout();
     let cases: [(Vec<&str>, &str); 5] = [
-        (vec!["--file", not_utf8.to_str().unwrap()], "is not UTF-8 text (invalid byte at offset 3)"),
+        (vec!["--file", not_utf8.to_str().unwrap()], "is not valid UTF-8 (invalid byte at offset 3)"),
         (vec!["--file", "/nonexistent-hymba-text.txt"], "/nonexistent-hymba-text.txt"),
         (vec!["--file", empty.to_str().unwrap()], "has no tokens to score"),
         (vec!["--file", heldout.to_str().unwrap(), "--context", "64", "--stride", "64"], "stride must be between 1"),

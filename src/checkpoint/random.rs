@@ -5,7 +5,6 @@
 //! maps uniform with std ≈ 1/sqrt(fan_in), `A_log = log(1..=N)` (Mamba's S4D-real init), and a
 //! `dt_proj` bias that makes Δ = softplus(…) lie roughly in [0.001, 0.1].
 
-use super::weights::expected_tensors;
 use super::TensorSource;
 use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
@@ -21,7 +20,7 @@ pub struct RandomWeights {
 
 impl RandomWeights {
     pub fn new(cfg: &HymbaConfig, seed: u64) -> RandomWeights {
-        RandomWeights { shapes: expected_tensors(cfg).into_iter().map(|t| (t.name, t.shape)).collect(), seed }
+        RandomWeights { shapes: cfg.tensors().into_iter().map(|t| (t.name, t.shape)).collect(), seed }
     }
 }
 

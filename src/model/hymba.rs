@@ -34,12 +34,10 @@ impl Hymba {
 
     /// Build a model from a config and matching weights; runs the meta tokens once.
     pub fn new(config: HymbaConfig, weights: HymbaWeights) -> Hymba {
-        let mut model = Hymba { meta_prefix: Sequence::new(&config), config, weights };
-        let mut prefix = Sequence::new(&model.config);
-        let mut segments = [Segment::new(&mut prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
-        model.run(&mut segments, &mut Scratch::default(), None).expect("no ids to refuse");
-        model.meta_prefix = prefix;
-        model
+        let mut meta_prefix = Sequence::new(&config);
+        let mut segments = [Segment::new(&mut meta_prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
+        pass::run(&config, &weights, &mut segments, &mut Scratch::default(), None);
+        Hymba { config, weights, meta_prefix }
     }
 
     /// A new sequence, already holding the meta tokens (a copy of the model's prefix).
@@ -89,14 +87,14 @@ impl Hymba {
     }
 
     /// Final RMSNorm, into `out`. (T, H) → (T, H)
-    pub fn final_norm<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        rms_norm(x, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
+    pub fn final_norm<'o>(&self, hidden: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        rms_norm(hidden, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
     }
 
-    /// `logits = x · lm_headᵀ` into `out`, refusing non-finite results; `rows` says what the rows
-    /// of `x` are ([`crate::matrix::Matrix::matmul_t_of`]). (T, H) → (T, V)
-    pub fn lm_head<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
-        let logits = self.weights.lm_head().matmul_t_of(x, rows, out);
+    /// `logits = normed · lm_headᵀ` into `out`, refusing non-finite results; `rows` says what the
+    /// rows are ([`crate::matrix::Matrix::matmul_t_of`]). (T, H) → (T, V)
+    pub fn lm_head<'o>(&self, normed: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
+        let logits = self.weights.lm_head().matmul_t_of(normed, rows, out);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let (row, col) = (i / logits.ncols(), i % logits.ncols());
             return Err(Error::new(
@@ -108,9 +106,9 @@ impl Hymba {
     }
 
     /// Final norm and lm_head for rows of a finished pass, in new arrays. (T, H) → (T, V)
-    pub fn logits(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    pub fn logits(&self, hidden: ArrayView2<f32>) -> Result<Array2<f32>> {
         let (mut normed, mut logits) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-        self.lm_head(self.final_norm(x, &mut normed), Rows::Chunk, &mut logits)?;
+        self.lm_head(self.final_norm(hidden, &mut normed), Rows::Chunk, &mut logits)?;
         Ok(logits)
     }
 

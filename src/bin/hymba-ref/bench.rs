@@ -29,15 +29,19 @@
 //! bytes: no decode can be faster. K/V cache reads are not counted.
 
 mod bandwidth;
+mod limits;
 mod memory;
 
+use crate::args::print_stdout;
 use clap::Args;
+use hymba_ref::cache::HybridCache;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
-use hymba_ref::checkpoint::TensorSource;
 use hymba_ref::config::HymbaConfig;
+use hymba_ref::generate::sampling::argmax;
 use hymba_ref::model::{Batch, Hymba, Sequence};
+use hymba_ref::rng::SplitMix64;
 use hymba_ref::{Error, Result};
 use ndarray::Array2;
 use serde_json::{json, Value};
@@ -131,9 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        return Err(Error::input("--threads must be at least 1"));
-    }
+    limits::check_run(&specs, &args, threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -141,7 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if args.child {
         let configs = specs.iter().map(|spec| bench_config(spec, &args, &batch_sizes)).collect::<Result<Vec<_>>>()?;
-        println!("{}", json!({ "configs": configs }));
+        print_stdout(&format!("{}\n", json!({ "configs": configs })))?;
         return Ok(());
     }
 
@@ -181,11 +183,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "configs": configs,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON")))
     } else {
-        print!("{}", table(&report));
+        print_stdout(&table(&report))
     }
-    Ok(())
 }
 
 /// A config to benchmark: its display name and the text of its `config.json`.
@@ -209,7 +210,7 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
             known.join(", ")
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
     HymbaConfig::from_json_str(&text).map_err(|e| e.context(path.display()))?;
     Ok(ConfigSpec { name: name.to_string(), json: text })
 }
@@ -237,7 +238,8 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
     }
     let out = cmd.output().map_err(|e| Error::io(&exe, "run", e))?;
     if !out.status.success() {
-        return Err(Error::input(format!("benchmarking config {} failed ({})", spec.name, out.status)));
+        let hint = if out.status.code().is_none() { "; killed by a signal, perhaps out of memory" } else { "" };
+        return Err(Error::input(format!("benchmarking config {} failed ({}{hint})", spec.name, out.status)));
     }
     let value: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::input(format!("config {}: the child printed no valid JSON: {e}", spec.name)))?;
@@ -271,20 +273,6 @@ pub fn median(values: &[f64]) -> f64 {
         _ if n % 2 == 1 => v[n / 2],
         _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-}
-
-/// Parameters in total, and those a decode step reads (see the module docs).
-fn parameter_counts(source: &RandomWeights) -> (u64, u64) {
-    let size = |name: &str| source.shape(name).map_or(0, |s| s.iter().product::<usize>() as u64);
-    let total: u64 = source.names().iter().map(|n| size(n)).sum();
-    let untied = source.shape("lm_head.weight").is_some();
-    let mut read = total - size("model.memory_tokens");
-    if untied {
-        // Only the looked-up row of the embedding is read.
-        let embed = source.shape("model.embed_tokens.weight").unwrap_or_default();
-        read = read - size("model.embed_tokens.weight") + embed.get(1).copied().unwrap_or(0) as u64;
-    }
-    (total, read)
 }
 
 /// A `--batch-sizes` entry: a number of sequences, or `max` (the budget decides).
@@ -343,32 +331,15 @@ fn fill_with_random_rows(seq: &mut Sequence, cfg: &HymbaConfig, context: usize, 
     (rng.next_u64() % cfg.vocab_size as u64) as u32
 }
 
-/// SplitMix64, for reproducible random token ids.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
+/// Reproducible random token ids.
 fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix64(seed);
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
+/// Bytes a sequence's cache holds, counted as f32 (K/V rows, conv and scan state).
+fn cache_bytes(cache: &HybridCache) -> u64 {
+    cache.allocated_scalars().bytes(ScalarType::F32) as u64
 }
 
 /// RSS growth since `base`, if both readings exist.
@@ -381,7 +352,7 @@ fn rss_growth(base: Option<u64>) -> Option<u64> {
 fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) -> Result<Value> {
     let cfg = HymbaConfig::from_json_str(&spec.json)?;
     let source = RandomWeights::new(&cfg, args.seed);
-    let (params, params_read) = parameter_counts(&source);
+    let (params, params_read) = (cfg.parameter_count() as u64, cfg.decode_read_parameters() as u64);
 
     eprintln!("[bench] {}: generating {:.1}M random parameters", spec.name, params as f64 / 1e6);
     memory::release_free_memory();
@@ -395,7 +366,7 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
     let meta_seconds = start.elapsed().as_secs_f64();
     let model_rss = rss_growth(rss_base);
     let load_peak = memory::peak_rss_bytes();
-    let meta_cache = model.new_sequence().cache.allocated_scalars().bytes(ScalarType::F32) as u64;
+    let meta_cache = cache_bytes(&model.new_sequence().cache);
     // Everything the model holds except its meta-token cache; bytes per parameter follow from it.
     let weight_bytes = model_rss.map(|m| m.saturating_sub(meta_cache));
     let bytes_per_param = weight_bytes.map_or(4.0, |w| w as f64 / params as f64);
@@ -465,7 +436,9 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         let prefill_seconds = if args.synthetic_cache { f64::NAN } else { start.elapsed().as_secs_f64() };
         let mut batch = Batch::new();
         for _ in 0..batch_size {
-            batch.add(Sequence { cache: seq.cache.clone(), scratch: Default::default() });
+            let mut copy = Sequence { cache: seq.cache.clone(), scratch: Default::default() };
+            copy.reserve(args.decode_tokens); // a copy holds no spare room
+            batch.add(copy);
         }
         drop(seq);
         let mut next = vec![first; batch_size];
@@ -478,7 +451,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
                 *next = argmax(row.as_slice().expect("contiguous"));
             }
         }
-        cache_size = batch.cache_bytes();
+        cache_size = batch.cache_bytes() as u64;
         eprintln!(
             "[bench] {} context {context} batch {batch_size} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/step ({:.2} tok/s)",
             spec.name,
@@ -628,7 +601,7 @@ mod tests {
     fn released_shape_parameter_count() {
         // SPEC: Hymba-1.5B has 1,522.8M parameters; the meta tokens are not read when decoding.
         let cfg = HymbaConfig::from_json_str(BUILTIN_CONFIGS[2].1).unwrap();
-        let (total, read) = parameter_counts(&RandomWeights::new(&cfg, 0));
+        let (total, read) = (cfg.parameter_count(), cfg.decode_read_parameters());
         assert_eq!((total as f64 / 1e5).round() / 10.0, 1522.8);
         assert_eq!(total - read, 128 * 1600);
     }

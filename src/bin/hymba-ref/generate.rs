@@ -12,10 +12,11 @@ use clap::{ArgAction, Args};
 use hymba_ref::generate::sampling::SamplingParams;
 use hymba_ref::generate::text::{generate_text, generate_text_batch};
 use hymba_ref::generate::{generate, BatchOptions, BatchStats, Flow, GenerateOptions, Generation, GenerationStats, StopReason};
+use hymba_ref::files;
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use hymba_ref::{Error, ErrorKind, Result};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the bundled model lives (the demo model, `reference/demo-model`): used when `--model`
@@ -90,6 +91,7 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(n) = args.threads {
+        crate::args::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
@@ -119,6 +121,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     let tokenizer = Tokenizer::from_dir(&dir)?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
         None => text_prompts(&args, &tokenizer)?,
@@ -173,7 +176,7 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
         tokenizer.encode(&text, tokenizer.add_bos_token())
     };
     if let Some(path) = &args.prompts_file {
-        let text = utf8(std::fs::read(path).map_err(|e| Error::io(path, "read", e))?, &path.display().to_string())?;
+        let text = files::read_text_capped(path, files::TEXT)?;
         let prompts: Vec<Vec<u32>> = text.lines().map(encode).collect();
         if prompts.is_empty() {
             return Err(Error::input(format!("{} holds no prompts", path.display())));
@@ -183,9 +186,7 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
     let text = match &args.prompt {
         Some(text) => text.clone(),
         None => {
-            let mut bytes = Vec::new();
-            io::stdin().read_to_end(&mut bytes).map_err(|e| Error::new(ErrorKind::Io, format!("cannot read stdin: {e}")))?;
-            let text = utf8(bytes, "stdin")?;
+            let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
             // `echo text |` adds a newline that is not part of the prompt.
             let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
             text.to_string()
@@ -199,12 +200,6 @@ fn chat_prompt(system: Option<&str>, user: &str) -> String {
     let mut messages: Vec<ChatMessage> = system.map(|s| ChatMessage::new(Role::System, s)).into_iter().collect();
     messages.push(ChatMessage::new(Role::User, user));
     render_chat(&messages, true)
-}
-
-fn utf8(bytes: Vec<u8>, origin: &str) -> Result<String> {
-    String::from_utf8(bytes).map_err(|e| {
-        Error::input(format!("{origin} is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-    })
 }
 
 /// After a streamed generation: the final newline, or the ids as JSON.

@@ -15,7 +15,9 @@ pub struct LogitsArgs {
     /// Comma-separated token ids, e.g. 5,17,300.
     #[arg(long)]
     ids: String,
-    /// Output file: one f32 tensor `logits` of shape `[n, V]` (meta rows excluded).
+    /// Output file: one f32 tensor `logits` of shape `[n, V]` (meta rows excluded). A regular
+    /// file is replaced atomically (through a symbolic link, which is kept); a pipe or character
+    /// device such as /dev/stdout is written through; anything else is refused.
     #[arg(long)]
     out: PathBuf,
     /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.
@@ -26,6 +28,8 @@ pub struct LogitsArgs {
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     let ids = parse_id_list(&args.ids)?;
+    // Refuse an --out that would never be written (a directory, a dangling link) before the work.
+    hymba_ref::files::output_target(&args.out)?;
     let model = Hymba::from_dir(&args.model)?;
     model.check_ids(&ids)?;
     let logits = match args.prefill {
