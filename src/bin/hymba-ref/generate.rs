@@ -163,7 +163,7 @@ fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
     Err(Error::new(ErrorKind::Io, message))
 }
 
-/// One prompt (streamed) or a file's worth (generated in parallel, printed at the end).
+/// One prompt (streamed) or a file's worth (decoded together as one batch, printed at the end).
 enum Prompts {
     One(Vec<u32>),
     Many(Vec<Vec<u32>>),
