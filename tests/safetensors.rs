@@ -3,7 +3,8 @@
 //! culprit), robustness against truncation, bit flips and arbitrary bytes, and atomic writing.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+mod common;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hymba_ref::checkpoint::{
@@ -680,8 +681,7 @@ fn parse_index_returns_metadata_and_shards() {
 // ---------------------------------------------------------------------------------------------
 
 fn tiny_seed1(relative: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    root.join("../shared/hymba/conformance/tiny-seed1").join(relative)
+    common::shared_dir().join("conformance/tiny-seed1").join(relative)
 }
 
 #[test]

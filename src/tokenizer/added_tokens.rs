@@ -40,6 +40,11 @@ impl AddedTokens {
         AddedTokens { tokens, by_first_byte }
     }
 
+    /// Whether `id` is one of these tokens.
+    pub fn contains_id(&self, id: u32) -> bool {
+        self.tokens.iter().any(|&(_, token)| token == id)
+    }
+
     /// The longest token that `text` starts with.
     fn match_at(&self, text: &[u8]) -> Option<(usize, u32)> {
         let first = *text.first()?;

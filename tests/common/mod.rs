@@ -5,9 +5,18 @@ use hymba_ref::checkpoint::safetensors::SafetensorsFile;
 use ndarray::{ArrayD, ArrayView, Dimension, IxDyn};
 use std::path::{Path, PathBuf};
 
-/// `../shared/hymba/...` next to the repository, where CI puts the shared ground truth.
+/// The sentence an `--ignored` test fails with when the shared ground truth is not there.
+pub const NEEDS_SHARED: &str = "the tests run by `cargo test -- --ignored` need the shared ground truth in \
+    ../shared/hymba next to the repository (the released implementation's conformance goldens in \
+    conformance/, the released Hymba-1.5B config and tokenizer files in hymba-1.5b/), as CI provides; \
+    plain `cargo test` runs without it";
+
+/// `../shared/hymba/...` next to the repository, where CI puts the shared ground truth. Fails the
+/// test with [`NEEDS_SHARED`] when it is not there.
 pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hymba")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hymba");
+    assert!(dir.is_dir(), "{} does not exist: {NEEDS_SHARED}", dir.display());
+    dir
 }
 
 /// `tests/fixtures/...` in the repository.

@@ -47,7 +47,7 @@ const BUILTIN_CONFIGS: [(&str, &str); 3] = [
 #[derive(Args)]
 pub struct BenchArgs {
     /// Comma-separated configs: `small`, `mid`, `1.5b` (the released Hymba-1.5B shape), or paths
-    /// to config.json files.
+    /// to config.json files or the checkpoint directories holding them.
     #[arg(long, value_delimiter = ',', default_value = "small,mid,1.5b")]
     configs: Vec<String>,
     /// Comma-separated prompt lengths to prefill (meta tokens not counted).
@@ -156,7 +156,10 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
     if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
         return Ok(ConfigSpec { name: name.to_string(), json: text.to_string() });
     }
-    let path = Path::new(name);
+    let given = Path::new(name);
+    // A checkpoint directory stands for its config.json, as everywhere --model is taken.
+    let path = if given.is_dir() { given.join("config.json") } else { given.to_path_buf() };
+    let path = path.as_path();
     if !path.exists() {
         let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
         return Err(Error::input(format!(

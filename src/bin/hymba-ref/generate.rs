@@ -6,26 +6,22 @@
 //! cache size go to stderr, so stdout holds only the generated text (or, with `--print-ids`, the
 //! generated ids as JSON arrays, one line per prompt).
 
-use crate::args::parse_id_list;
-use clap::{ArgAction, Args};
-use hymba_ref::generate::sampling::SamplingParams;
+use crate::args::{model_dir, TokenIds};
+use crate::generation_args::{warn_past_trained_length, GenerationArgs};
+use clap::Args;
 use hymba_ref::generate::text::{generate_text, generate_text_batch};
-use hymba_ref::generate::{generate, Flow, GenerateOptions, Generation, GenerationStats, StopReason};
+use hymba_ref::generate::{generate, Flow, Generation, GenerationStats, StopReason};
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use hymba_ref::{Error, ErrorKind, Result};
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Where the bundled model lives (the demo model, `reference/demo-model`): used when `--model`
-/// is not given.
-const DEFAULT_MODEL_DIR: &str = hymba_ref::DEFAULT_MODEL_DIR;
-
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (config.json, safetensors weights, tokenizer files).
-    /// Default: the bundled model.
+    /// Checkpoint directory (config.json, safetensors weights, tokenizer files) or its
+    /// config.json. Default: the bundled model.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The prompt text. Without --prompt, --prompts-file or --ids, the prompt is read from stdin.
@@ -40,84 +36,41 @@ pub struct GenerateArgs {
     /// A system message for the chat format (implies --chat).
     #[arg(long, value_name = "TEXT", conflicts_with = "ids")]
     system: Option<String>,
-    /// Comma-separated prompt token ids (e.g. 1,415,2936), fed as they are.
-    #[arg(long, value_name = "IDS")]
-    ids: Option<String>,
+    /// Prompt token ids, fed as they are: 1,415,2936 or [1, 415, 2936] (as `tokenize` prints).
+    #[arg(long, value_name = "IDS", value_parser = crate::args::token_ids)]
+    ids: Option<TokenIds>,
     /// Print the generated ids as a JSON array (one line per prompt) instead of the text.
     #[arg(long)]
     print_ids: bool,
-    /// The most tokens to generate per prompt.
-    #[arg(long, value_name = "N", default_value_t = 128)]
-    max_new_tokens: usize,
-    // Sampling: each flag overrides the model's generation_config.json (greedy if it has none).
-    /// Sampling temperature; 0 = greedy (argmax).
-    #[arg(long, value_name = "T", value_parser = non_negative, allow_negative_numbers = true)]
-    temperature: Option<f32>,
-    /// Sample among the K most likely tokens only (0 = all).
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Sample among the most likely tokens whose probability sums to P (1 = all).
-    #[arg(long, value_name = "P", value_parser = probability_above_zero, allow_negative_numbers = true)]
-    top_p: Option<f32>,
-    /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long, value_name = "P", value_parser = probability, allow_negative_numbers = true)]
-    min_p: Option<f32>,
-    /// Penalise tokens already in the sequence (> 1 discourages repeats; 1 = off).
-    #[arg(long, value_name = "R", value_parser = positive, allow_negative_numbers = true)]
-    repetition_penalty: Option<f32>,
-    /// Seed of the sampler (the same seed gives the same output).
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    seed: u64,
-    /// Stop when this text appears (not printed); give several after one flag or repeat it.
-    #[arg(long, value_name = "STR", num_args = 1.., action = ArgAction::Append)]
-    stop: Vec<String>,
-    /// Keep generating after the end-of-sequence token.
-    #[arg(long)]
-    no_eos_stop: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    generation: GenerationArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| Error::input(format!("--threads {n}: cannot start the thread pool: {e}")))?;
-    }
-    let ids = args.ids.as_deref().map(parse_id_list).transpose()?;
+    args.generation.start_thread_pool()?;
+    let ids = args.ids.as_ref().map(|ids| ids.0.clone());
     let dir = model_dir(args.model.as_deref())?;
     let model = Hymba::from_dir(&dir)?;
-    let defaults = SamplingParams::from_generation_config(&dir)?;
-    let options = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        stop_at_eos: !args.no_eos_stop,
-        sampling: SamplingParams {
-            temperature: args.temperature.unwrap_or(defaults.temperature),
-            top_k: args.top_k.unwrap_or(defaults.top_k),
-            top_p: args.top_p.unwrap_or(defaults.top_p),
-            min_p: args.min_p.unwrap_or(defaults.min_p),
-            repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
-            seed: args.seed,
-        },
-    };
+    let options = args.generation.options(&dir)?;
+    let stops = &args.generation.stop;
     // Ids in and ids out need no tokenizer; anything with text does.
-    if let Some(ids) = ids.as_deref().filter(|_| args.print_ids && args.stop.is_empty()) {
+    if let Some(ids) = ids.as_deref().filter(|_| args.print_ids && stops.is_empty()) {
+        warn_past_trained_length(&model.config, ids.len(), options.max_new_tokens);
         let generation = generate(&model, ids, &options, |_| Ok(Flow::Continue))?;
         finish_output(&mut io::stdout().lock(), &generation, true)?;
         eprintln!("{}", stats_line(&generation.stats, generation.stop_reason));
         return Ok(());
     }
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let tokenizer = load_tokenizer(&dir)?;
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
         None => text_prompts(&args, &tokenizer)?,
     };
     match prompts {
         Prompts::One(prompt) => {
+            warn_past_trained_length(&model.config, prompt.len(), options.max_new_tokens);
             let mut out = io::stdout().lock();
-            let generation = generate_text(&model, &tokenizer, &prompt, &options, &args.stop, |text| {
+            let generation = generate_text(&model, &tokenizer, &prompt, &options, stops, |text| {
                 if !args.print_ids {
                     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)?;
                 }
@@ -128,24 +81,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Ok(())
         }
         Prompts::Many(prompts) => {
+            if let Some(longest) = prompts.iter().map(Vec::len).max() {
+                warn_past_trained_length(&model.config, longest, options.max_new_tokens);
+            }
             let start = Instant::now();
-            let results = generate_text_batch(&model, &tokenizer, &prompts, &options, &args.stop);
+            let results = generate_text_batch(&model, &tokenizer, &prompts, &options, stops);
             print_batch(&results, args.print_ids, start.elapsed().as_secs_f64())
         }
     }
 }
 
-/// The checkpoint directory: `--model`, else the bundled model; it must exist.
-fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
-    let dir = model.map_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR), Path::to_path_buf);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let message = match model {
-        Some(_) => format!("model directory {} does not exist", dir.display()),
-        None => format!("the bundled model directory {} does not exist; pass --model DIR", dir.display()),
-    };
-    Err(Error::new(ErrorKind::Io, message))
+/// The checkpoint's tokenizer; a checkpoint without one is told how to do without.
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let has_files = ["tokenizer.json", "tokenizer.model"].iter().any(|f| dir.join(f).exists());
+    Tokenizer::from_dir(dir).map_err(|e| match has_files {
+        true => e,
+        false => Error::new(
+            e.kind,
+            format!("{e}; without a tokenizer, give token ids and print ids: generate --ids 1,415,2936 --print-ids"),
+        ),
+    })
 }
 
 /// One prompt (streamed) or a file's worth (generated in parallel, printed at the end).
@@ -171,6 +126,9 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
     let text = match &args.prompt {
         Some(text) => text.clone(),
         None => {
+            if io::stdin().is_terminal() {
+                eprintln!("reading the prompt from stdin (end it with Ctrl-D)");
+            }
             let mut bytes = Vec::new();
             io::stdin().read_to_end(&mut bytes).map_err(|e| Error::new(ErrorKind::Io, format!("cannot read stdin: {e}")))?;
             let text = utf8(bytes, "stdin")?;
@@ -266,33 +224,4 @@ fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
 
 fn stdout_error(e: io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}"))
-}
-
-// Value checks for the sampling flags: a bad value is a usage error (exit code 2).
-
-fn number(text: &str) -> std::result::Result<f32, String> {
-    text.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| "not a finite number".to_string())
-}
-
-fn non_negative(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v >= 0.0 { Ok(v) } else { Err("must be ≥ 0".into()) })
-}
-
-fn positive(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v > 0.0 { Ok(v) } else { Err("must be > 0".into()) })
-}
-
-fn probability(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if (0.0..=1.0).contains(&v) { Ok(v) } else { Err("must be in [0, 1]".into()) })
-}
-
-fn probability_above_zero(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v > 0.0 && v <= 1.0 { Ok(v) } else { Err("must be in (0, 1]".into()) })
-}
-
-fn at_least_one(text: &str) -> std::result::Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("must be a whole number ≥ 1".into()),
-    }
 }

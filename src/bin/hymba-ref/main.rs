@@ -1,17 +1,20 @@
 //! `hymba-ref`: the command-line front end. One module per subcommand.
 //!
-//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments: reported by
-//! clap), 1 for every other failure; messages go to stderr.
+//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments, bad flag
+//! values: reported by clap, or an [`ErrorKind::Usage`] error for values that conflict), 1 for
+//! every other failure; messages go to stderr.
 
 mod args;
 mod bench;
 mod generate;
+mod generation_args;
 mod inspect;
 mod logits;
 mod perplexity;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
+use hymba_ref::ErrorKind;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -33,7 +36,7 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
-    /// Decode comma-separated token ids to text.
+    /// Decode token ids (1,2,3 or [1, 2, 3]) to text.
     Detokenize(tokenize::DetokenizeArgs),
     /// Token-level NLL and perplexity of a text file (sliding windows over long files).
     Perplexity(perplexity::PerplexityArgs),
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(1)
+            ExitCode::from(if e.kind == ErrorKind::Usage { 2 } else { 1 })
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `hymba-ref perplexity`: token-level NLL and perplexity of a text file.
 
-use crate::args::print_stdout;
+use crate::args::{at_least, model_dir, print_stdout};
 use clap::Args;
 use hymba_ref::eval::{perplexity, windows};
 use hymba_ref::model::Hymba;
@@ -12,23 +12,29 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct PerplexityArgs {
-    /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
-    #[arg(long, default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
-    model: PathBuf,
+    /// Checkpoint directory with its tokenizer, or its config.json. Default: the bundled demo model.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// UTF-8 text file to score (encoded as one text, BOS first).
     #[arg(long)]
     file: PathBuf,
     /// Tokens per window: longer texts are scored in overlapping windows of this many tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = at_least::<2>)]
     context: usize,
     /// Distance between window starts (default: context / 2). Each token is scored once, with at
     /// least context − stride tokens before it (except in the first window).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     stride: Option<usize>,
 }
 
 /// Print the number of scored tokens, the mean NLL (nats/token) and the perplexity.
 pub fn run(args: PerplexityArgs) -> Result<()> {
+    let stride = args.stride.unwrap_or(args.context / 2);
+    if stride >= args.context {
+        let problem = format!("must be below --context ({}), so that windows overlap", args.context);
+        return Err(Error::usage("--stride", stride, problem));
+    }
+    let dir = model_dir(args.model.as_deref())?;
     let bytes = std::fs::read(&args.file).map_err(|e| Error::io(&args.file, "read", e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::input(format!(
@@ -37,9 +43,8 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let stride = args.stride.unwrap_or(args.context / 2);
-    let model = Hymba::from_dir(&args.model)?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let model = Hymba::from_dir(&dir)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
     let ids = tokenizer.encode(&text, true);
     if ids.len() < 2 {
         return Err(Error::input(format!("{} has no tokens to score", args.file.display())));
