@@ -17,10 +17,12 @@
 //! (rayon), each with its own cache and sampler: a prompt's result is exactly what
 //! [`generate`] gives for it alone.
 
+pub mod conversation;
 pub mod sampling;
 pub mod stop;
 pub mod text;
 
+use crate::cache::HybridCache;
 use crate::cache_plan::ScalarType;
 use crate::error::Result;
 use crate::model::Hymba;
@@ -107,21 +109,37 @@ pub fn generate(
     model: &Hymba,
     prompt: &[u32],
     options: &GenerateOptions,
+    on_token: impl FnMut(u32) -> Result<Flow>,
+) -> Result<Generation> {
+    generate_in(model, &mut model.new_sequence(), &[], prompt, options, on_token)
+}
+
+/// [`generate`] continuing a sequence: `sequence` already holds `history` (the ids fed into it
+/// after the meta tokens, which the repetition penalty sees too); `prompt` is fed next and the
+/// continuation generated. On return the sequence holds `history`, `prompt` and
+/// [`Generation::tokens_in_sequence`]: a conversation goes on from there
+/// ([`conversation::Conversation`]).
+pub fn generate_in(
+    model: &Hymba,
+    sequence: &mut HybridCache,
+    history: &[u32],
+    prompt: &[u32],
+    options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Result<Flow>,
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(options.sampling)?;
     let eos = model.config.eos_token_id.filter(|_| options.stop_at_eos);
-    let mut cache = model.new_sequence();
+    let cache = sequence;
     // Room for every token up front (untouched pages cost no memory), so that decode steps do
     // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
     cache.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
 
     let start = Instant::now();
-    let mut logits = model.next_token_logits(prompt, &mut cache)?; // (V)
+    let mut logits = model.next_token_logits(prompt, cache)?; // (V)
     let prefill_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let mut seen = prompt.to_vec(); // prompt + generated: what the repetition penalty sees
+    let mut seen = [history, prompt].concat(); // what the repetition penalty sees
     let mut tokens = Vec::new();
     let mut decode_steps = 0;
     let stop_reason = loop {
@@ -138,7 +156,7 @@ pub fn generate(
             break StopReason::Callback;
         }
         if tokens.len() < options.max_new_tokens {
-            logits = model.next_token_logits(&[id], &mut cache)?;
+            logits = model.next_token_logits(&[id], cache)?;
             decode_steps += 1;
         }
     };
@@ -151,6 +169,19 @@ pub fn generate(
         cache_bytes: cache.allocated_scalars().bytes(ScalarType::F32),
     };
     Ok(Generation { tokens, stop_reason, stats })
+}
+
+impl Generation {
+    /// The generated ids the sequence was fed: every one after the prompt was fed back except
+    /// the last (generation had ended), unless the EOS ended it (the EOS is neither in
+    /// [`Generation::tokens`] nor fed).
+    pub fn tokens_in_sequence(&self) -> &[u32] {
+        let fed = match self.stop_reason {
+            StopReason::Eos => self.tokens.len(),
+            StopReason::MaxNewTokens | StopReason::Callback => self.tokens.len().saturating_sub(1),
+        };
+        &self.tokens[..fed]
+    }
 }
 
 /// [`generate`] for several prompts in parallel, each with its own cache and sampler (all

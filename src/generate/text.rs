@@ -3,7 +3,8 @@
 //! watched for stop strings ([`StopChecker`]); only text that is final reaches the caller.
 
 use super::stop::{Checked, StopChecker};
-use super::{generate, Flow, GenerateOptions, Generation};
+use super::{generate_in, Flow, GenerateOptions, Generation};
+use crate::cache::HybridCache;
 use crate::error::Result;
 use crate::model::Hymba;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -42,7 +43,7 @@ impl<'t> TextStream<'t> {
     }
 }
 
-/// [`generate`] with the output as text: `on_text` receives each (non-empty) piece of final text
+/// [`super::generate`] with the output as text: `on_text` receives each (non-empty) piece of final text
 /// as soon as it is known (the stop string and anything after it never arrive). A stop string ends
 /// generation with [`super::StopReason::Callback`].
 pub fn generate_text(
@@ -51,11 +52,26 @@ pub fn generate_text(
     prompt: &[u32],
     options: &GenerateOptions,
     stops: &[String],
+    on_text: impl FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
+    generate_text_in(model, tokenizer, &mut model.new_sequence(), &[], prompt, options, stops, on_text)
+}
+
+/// [`generate_text`] continuing a sequence that already holds `history` (see [`generate_in`]).
+#[allow(clippy::too_many_arguments)] // generate_in's arguments and the text layer's two
+pub fn generate_text_in(
+    model: &Hymba,
+    tokenizer: &Tokenizer,
+    sequence: &mut HybridCache,
+    history: &[u32],
+    prompt: &[u32],
+    options: &GenerateOptions,
+    stops: &[String],
     mut on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
     let mut stream = TextStream::new(tokenizer, stops)?;
     let mut stopped = false;
-    let generation = generate(model, prompt, options, |id| {
+    let generation = generate_in(model, sequence, history, prompt, options, |id| {
         let out = stream.push(id)?;
         if !out.text.is_empty() {
             on_text(&out.text)?;

@@ -202,17 +202,24 @@ fn ids_json(ids: &[u32]) -> String {
 
 /// `prefill: 12 tokens in 0.031 s (387.1 tok/s) | decode: 30 steps in 0.402 s (74.6 tok/s) | ...`
 fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
+    format!(
+        "prefill: {} tokens in {:.3} s ({:.1} tok/s) | {}",
+        s.prompt_tokens,
+        s.prefill_seconds,
+        s.prefill_tokens_per_second(),
+        decode_summary(s, reason)
+    )
+}
+
+/// `decode: 30 steps in 0.402 s (74.6 tok/s) | generated 31 tokens, stopped by ... | cache: ...`
+pub fn decode_summary(s: &GenerationStats, reason: StopReason) -> String {
     let reason = match reason {
         StopReason::Eos => "end of sequence",
         StopReason::MaxNewTokens => "max new tokens",
         StopReason::Callback => "stop string",
     };
     format!(
-        "prefill: {} tokens in {:.3} s ({:.1} tok/s) | decode: {} steps in {:.3} s ({:.1} tok/s) | \
-         generated {} tokens, stopped by {reason} | cache: {} bytes ({:.2} MB)",
-        s.prompt_tokens,
-        s.prefill_seconds,
-        s.prefill_tokens_per_second(),
+        "decode: {} steps in {:.3} s ({:.1} tok/s) | generated {} tokens, stopped by {reason} | cache: {} bytes ({:.2} MB)",
         s.decode_steps,
         s.decode_seconds,
         s.decode_tokens_per_second(),
@@ -222,6 +229,6 @@ fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
     )
 }
 
-fn stdout_error(e: io::Error) -> Error {
+pub fn stdout_error(e: io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}"))
 }

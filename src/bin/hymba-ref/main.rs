@@ -6,6 +6,7 @@
 
 mod args;
 mod bench;
+mod chat;
 mod generate;
 mod generation_args;
 mod inspect;
@@ -34,6 +35,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Continue a prompt (text, chat or ids), streaming the generated text.
     Generate(generate::GenerateArgs),
+    /// Multi-turn chat in the Instruct format: one user turn per line of stdin, /reset, Ctrl-D ends.
+    Chat(chat::ChatArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
     /// Decode token ids (1,2,3 or [1, 2, 3]) to text.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Detokenize(args) => tokenize::run_detokenize(args),
         Command::Perplexity(args) => perplexity::run(args),
