@@ -703,3 +703,34 @@ fn tiny_seed1_checkpoint_and_goldens() {
     assert_eq!(shape, [5]);
     assert_eq!(ids, [28102, 1956, 30499, 7252, 1272]);
 }
+
+#[test]
+fn random_weights_written_in_the_published_layout_read_back_exactly() {
+    use hymba_ref::checkpoint::random::RandomWeights;
+    use hymba_ref::checkpoint::TensorSource;
+    use hymba_ref::config::HymbaConfig;
+    let config = common::fixtures_dir().join("silu-groups-default/model/config.json");
+    let cfg = HymbaConfig::from_file(&config).unwrap();
+    let dir = TempDir::new("published-layout");
+    let random = RandomWeights::new(&cfg, 7);
+    let bytes = random.write_sharded(&dir.0, 2).unwrap();
+    assert_eq!(
+        dir.entries(),
+        ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    );
+    let index = parse_index(&fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(), "index").unwrap();
+    assert_eq!(index.metadata["total_size"], bytes);
+    let checkpoint = Checkpoint::open_dir(&dir.0).unwrap();
+    assert_eq!(checkpoint.total_bytes() as u64, bytes);
+    assert_eq!(TensorSource::names(&checkpoint), random.names());
+    let mut per_shard = [0, 0];
+    for name in random.names() {
+        assert_eq!(checkpoint.info(&name).unwrap().dtype, Dtype::BF16, "{name}");
+        let (shape, elements) = random.to_elements(&name).unwrap();
+        let mut want = vec![0f32; elements.len()];
+        elements.copy_to_f32(0, &mut want);
+        assert_eq!(checkpoint.to_f32(&name).unwrap(), (shape, want), "{name}");
+        per_shard[usize::from(index.weight_map[&name].contains("00002-of"))] += 1;
+    }
+    assert!(per_shard[0] > 0 && per_shard[1] > 0, "both shards hold tensors: {per_shard:?}");
+}

@@ -600,6 +600,7 @@ fn describe(tensor: &TensorInfo) -> String {
 #[derive(Debug, Clone, Copy)]
 pub enum TensorData<'a> {
     F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
     I64(&'a [i64]),
 }
 
@@ -607,6 +608,7 @@ impl TensorData<'_> {
     fn dtype(&self) -> Dtype {
         match self {
             TensorData::F32(_) => Dtype::F32,
+            TensorData::Bf16(_) => Dtype::BF16,
             TensorData::I64(_) => Dtype::I64,
         }
     }
@@ -614,6 +616,7 @@ impl TensorData<'_> {
     fn len(&self) -> usize {
         match self {
             TensorData::F32(values) => values.len(),
+            TensorData::Bf16(values) => values.len(),
             TensorData::I64(values) => values.len(),
         }
     }
@@ -622,6 +625,9 @@ impl TensorData<'_> {
         match self {
             TensorData::F32(values) => {
                 values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))
+            }
+            TensorData::Bf16(values) => {
+                values.iter().try_for_each(|v| out.write_all(&v.to_bits().to_le_bytes()))
             }
             TensorData::I64(values) => {
                 values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))

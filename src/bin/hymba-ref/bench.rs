@@ -20,6 +20,7 @@
 //! bytes: no decode can be faster. K/V cache reads are not counted.
 
 mod bandwidth;
+mod from_disk;
 mod memory;
 
 use clap::Args;
@@ -75,6 +76,15 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time what a user waits for instead: write each config's random weights as a published
+    /// checkpoint (two bf16 shards + index) to a temporary directory, then, in fresh processes,
+    /// load it and compute the first token of a one-token prompt (process start → first token,
+    /// split into load, meta prefix and prefill; peak RSS). The directory is removed afterwards.
+    #[arg(long)]
+    from_disk: bool,
+    /// Internal: the child side of --from-disk (load this checkpoint, one-token prompt, print JSON).
+    #[arg(long, hide = true, value_name = "DIR")]
+    child_load: Option<std::path::PathBuf>,
     /// Internal: measure the configs in this process and print their raw JSON (the parent runs
     /// each config this way in a child process, so each gets its own peak memory).
     #[arg(long, hide = true)]
@@ -98,6 +108,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .build_global()
         .map_err(|e| Error::input(format!("cannot start {threads} worker threads: {e}")))?;
 
+    if let Some(dir) = &args.child_load {
+        println!("{}", from_disk::child(dir, args.seed)?);
+        return Ok(());
+    }
+    if args.from_disk {
+        let configs = from_disk::bench_configs(&specs, &args, threads)?;
+        let report = json!({ "engine": "hymba-ref", "threads": threads, "runs": args.runs, "seed": args.seed, "configs": configs });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        } else {
+            print!("{}", from_disk::table(threads, args.runs, &configs));
+        }
+        return Ok(());
+    }
     if args.child {
         let configs = specs.iter().map(|spec| bench_config(spec, &args)).collect::<Result<Vec<_>>>()?;
         println!("{}", json!({ "configs": configs }));

@@ -10,9 +10,9 @@
 use crate::args::model_dir;
 use crate::generate::{decode_summary, load_tokenizer, stdout_error};
 use crate::generation_args::{warn_past_trained_length, GenerationArgs};
+use crate::load::load_model;
 use clap::Args;
 use hymba_ref::generate::conversation::{Conversation, Turn};
-use hymba_ref::model::Hymba;
 use hymba_ref::{Error, ErrorKind, Result};
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -49,10 +49,12 @@ fn parse_line(line: &str) -> Input<'_> {
 pub fn run(args: ChatArgs) -> Result<()> {
     args.generation.start_thread_pool()?;
     let dir = model_dir(args.model.as_deref())?;
-    let model = Hymba::from_dir(&dir)?;
+    let loaded = load_model(&dir)?;
+    let model = &loaded.model;
     let tokenizer = load_tokenizer(&dir)?;
     let options = args.generation.options(&dir)?;
-    let mut conversation = Conversation::new(&model, &tokenizer, args.system.as_deref());
+    let mut conversation = Conversation::new(model, &tokenizer, args.system.as_deref());
+    eprintln!("{}", loaded.timing());
     let interactive = io::stdin().is_terminal();
     if interactive {
         eprintln!("chat with {}: type a message, then Enter; /reset starts over; Ctrl-D ends", dir.display());

@@ -8,10 +8,10 @@
 
 use crate::args::{model_dir, TokenIds};
 use crate::generation_args::{warn_past_trained_length, GenerationArgs};
+use crate::load::load_model;
 use clap::Args;
 use hymba_ref::generate::text::{generate_text, generate_text_batch};
 use hymba_ref::generate::{generate, Flow, Generation, GenerationStats, StopReason};
-use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use hymba_ref::{Error, ErrorKind, Result};
 use std::io::{self, IsTerminal, Read, Write};
@@ -50,15 +50,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     args.generation.start_thread_pool()?;
     let ids = args.ids.as_ref().map(|ids| ids.0.clone());
     let dir = model_dir(args.model.as_deref())?;
-    let model = Hymba::from_dir(&dir)?;
+    let loaded = load_model(&dir)?;
+    let model = &loaded.model;
     let options = args.generation.options(&dir)?;
     let stops = &args.generation.stop;
     // Ids in and ids out need no tokenizer; anything with text does.
     if let Some(ids) = ids.as_deref().filter(|_| args.print_ids && stops.is_empty()) {
         warn_past_trained_length(&model.config, ids.len(), options.max_new_tokens);
-        let generation = generate(&model, ids, &options, |_| Ok(Flow::Continue))?;
+        let generation = generate(model, ids, &options, |_| Ok(Flow::Continue))?;
         finish_output(&mut io::stdout().lock(), &generation, true)?;
-        eprintln!("{}", stats_line(&generation.stats, generation.stop_reason));
+        eprintln!("{} | {}", loaded.timing(), stats_line(&generation.stats, generation.stop_reason));
         return Ok(());
     }
     let tokenizer = load_tokenizer(&dir)?;
@@ -70,14 +71,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Prompts::One(prompt) => {
             warn_past_trained_length(&model.config, prompt.len(), options.max_new_tokens);
             let mut out = io::stdout().lock();
-            let generation = generate_text(&model, &tokenizer, &prompt, &options, stops, |text| {
+            let generation = generate_text(model, &tokenizer, &prompt, &options, stops, |text| {
                 if !args.print_ids {
                     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)?;
                 }
                 Ok(())
             })?;
             finish_output(&mut out, &generation, args.print_ids)?;
-            eprintln!("{}", stats_line(&generation.stats, generation.stop_reason));
+            eprintln!("{} | {}", loaded.timing(), stats_line(&generation.stats, generation.stop_reason));
             Ok(())
         }
         Prompts::Many(prompts) => {
@@ -85,7 +86,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 warn_past_trained_length(&model.config, longest, options.max_new_tokens);
             }
             let start = Instant::now();
-            let results = generate_text_batch(&model, &tokenizer, &prompts, &options, stops);
+            eprintln!("{}", loaded.timing());
+            let results = generate_text_batch(model, &tokenizer, &prompts, &options, stops);
             print_batch(&results, args.print_ids, start.elapsed().as_secs_f64())
         }
     }

@@ -10,6 +10,7 @@ mod chat;
 mod generate;
 mod generation_args;
 mod inspect;
+mod load;
 mod logits;
 mod perplexity;
 mod tokenize;
