@@ -4,6 +4,9 @@
 //! return a view of it: `let h = rms_norm(x, w, eps, &mut buf.h); // (T, H)`. The buffers live
 //! with the sequence ([`crate::cache::HybridCache::buffers`]) and are reshaped only when a shape
 //! changes ([`shaped`]), so a decode step, whose shapes repeat, allocates nothing.
+//!
+//! [`plain`] is the exception: the whole forward pass in one plain, allocating file, the one to
+//! read first, and the truth the rest is tested against.
 
 pub mod attention;
 pub mod fusion;
@@ -11,6 +14,7 @@ pub mod hymba;
 pub mod layer;
 pub mod mlp;
 pub mod norm;
+pub mod plain;
 pub mod rope;
 pub mod ssm;
 
