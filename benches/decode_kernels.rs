@@ -48,7 +48,7 @@ fn main() {
         ("lm_head", 32001, 1600),
     ] {
         let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
-        let w = Matrix::new(rows, cols, Elements::Bf16(w)).expect("rows · cols");
+        let w = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");
         // Copies adding up to ≥ 512 MiB, so each call streams weights that are not in the caches.
         let copies: Vec<Matrix> = (0..(512 << 20) / w.bytes() + 1).map(|_| w.clone()).collect();
         let x = Array2::from_shape_fn((1, cols), |(_, c)| (c as f32 * 0.1).cos());

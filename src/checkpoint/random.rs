@@ -113,6 +113,6 @@ impl TensorSource for RandomWeights {
     /// Matrices come as bf16, like the released weights.
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         let (shape, data) = self.to_bf16(name)?;
-        Ok((shape, Elements::Bf16(data)))
+        Ok((shape, Elements::Bf16(data.into())))
     }
 }

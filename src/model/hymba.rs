@@ -76,6 +76,19 @@ impl Hymba {
         model
     }
 
+    /// A model whose state after the meta tokens is already known (e.g. read back from a
+    /// [`crate::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
+    /// these weights.
+    pub fn with_meta_prefix(config: HymbaConfig, weights: HymbaWeights, prefix: HybridCache) -> Hymba {
+        debug_assert_eq!(prefix.next_position, config.num_memory_tokens);
+        Hymba { config, weights, meta_prefix: prefix }
+    }
+
+    /// The state after the meta tokens, which every new sequence starts from.
+    pub fn meta_prefix(&self) -> &HybridCache {
+        &self.meta_prefix
+    }
+
     /// A cache for a new sequence, already holding the meta tokens (a copy of the prefix).
     pub fn new_sequence(&self) -> HybridCache {
         self.meta_prefix.clone()

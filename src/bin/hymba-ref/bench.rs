@@ -79,7 +79,9 @@ pub struct BenchArgs {
     /// Time what a user waits for instead: write each config's random weights as a published
     /// checkpoint (two bf16 shards + index) to a temporary directory, then, in fresh processes,
     /// load it and compute the first token of a one-token prompt (process start → first token,
-    /// split into load, meta prefix and prefill; peak RSS). The directory is removed afterwards.
+    /// split into load, meta prefix and prefill; peak RSS). The first run computes the meta
+    /// prefix and caches it, the others (--runs, at least 2) read it. The directory is removed
+    /// afterwards.
     #[arg(long)]
     from_disk: bool,
     /// Internal: the child side of --from-disk (load this checkpoint, one-token prompt, print JSON).
@@ -118,7 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
         } else {
-            print!("{}", from_disk::table(threads, args.runs, &configs));
+            print!("{}", from_disk::table(threads, &configs));
         }
         return Ok(());
     }

@@ -42,6 +42,10 @@ pub struct GenerationArgs {
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub threads: Option<usize>,
+    /// Compute the meta-token prefix instead of reading it from the cache directory
+    /// ($XDG_CACHE_HOME/hymba-ref, else ~/.cache/hymba-ref), and do not write it there.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 impl GenerationArgs {
