@@ -77,10 +77,10 @@ fn main() {
         let v_rows = v.view().into_shape_with_order((keys, nkv * dv)).unwrap();
         cache.append(k_rows, v_rows, &positions);
         let q_positions = [keys - 1];
-        let mut out = Array2::zeros((0, 0));
+        let mut out = Array2::zeros((1, nh * dv));
         let seconds = median_seconds(500, || {
             let (k, v, k_positions) = (cache.keys(), cache.values(), cache.positions());
-            attention_heads(q.view(), k, v, &q_positions, k_positions, span, meta, &mut out);
+            attention_heads(q.view(), k, v, &q_positions, k_positions, span, meta, out.view_mut());
         });
         println!("decode attention over {keys} keys: {:.1} µs per layer", seconds * 1e6);
     }

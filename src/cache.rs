@@ -8,14 +8,13 @@
 //! - Per layer, an [`SsmState`]: the last K−1 conv inputs and the D × N scan state (O(1) in the
 //!   sequence length).
 //!
-//! The cache is a plain value passed `&mut` to the model; a full forward pass is the same code
-//! run on a fresh cache.
+//! The cache is a plain value passed `&mut` to the model (inside a [`crate::model::Sequence`],
+//! beside the sequence's scratch buffers); a full forward pass is the same code run on a fresh
+//! cache. This module depends on the config alone.
 
 use crate::cache_plan::CacheSize;
 use crate::config::{AttentionSpan, HymbaConfig, LayerPlan};
-use crate::model::hymba::Buffers;
-use crate::model::ssm::SsmState;
-use ndarray::{ArrayView2, ArrayView3, ShapeBuilder};
+use ndarray::{Array2, ArrayView2, ArrayView3, ShapeBuilder};
 
 /// Keys and values of one K/V-producing layer. Rows are unordered: each carries its position,
 /// and eviction moves the last row into the freed slot (no shifting, no reallocation).
@@ -163,8 +162,23 @@ fn swap_remove_row(buf: &mut Vec<f32>, row: usize, last: usize, width: usize) {
     buf.truncate(last * width);
 }
 
+/// The recurrent state of one layer's SSM heads (`model::ssm`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsmState {
+    /// The last K−1 rows of the SSM input `x` before the conv (zeros before the first token). (K−1, D)
+    pub conv: Array2<f32>,
+    /// The selective-scan state. (D, N)
+    pub scan: Array2<f32>,
+}
+
+impl SsmState {
+    pub fn zeros(d_inner: usize, d_conv: usize, d_state: usize) -> SsmState {
+        SsmState { conv: Array2::zeros((d_conv - 1, d_inner)), scan: Array2::zeros((d_inner, d_state)) }
+    }
+}
+
 /// Everything one sequence carries between chunks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HybridCache {
     /// Per layer: `Some` for K/V producers, `None` for layers that reuse another layer's K/V.
     pub kv: Vec<Option<KvCache>>,
@@ -172,16 +186,6 @@ pub struct HybridCache {
     pub ssm: Vec<SsmState>,
     /// The position of the next token (meta tokens included).
     pub next_position: usize,
-    /// The activations of the last pass, reused by the next so that decoding does not allocate.
-    /// Not state: nothing in them is read before it is written.
-    pub buffers: Buffers,
-}
-
-/// Two caches are equal when their state is: the buffers do not count.
-impl PartialEq for HybridCache {
-    fn eq(&self, other: &HybridCache) -> bool {
-        (&self.kv, &self.ssm, self.next_position) == (&other.kv, &other.ssm, other.next_position)
-    }
 }
 
 impl HybridCache {
@@ -199,7 +203,7 @@ impl HybridCache {
         let ssm = (0..cfg.num_hidden_layers)
             .map(|_| SsmState::zeros(cfg.d_inner(), cfg.mamba_d_conv, cfg.mamba_d_state))
             .collect();
-        HybridCache { kv, ssm, next_position: 0, buffers: Buffers::default() }
+        HybridCache { kv, ssm, next_position: 0 }
     }
 
     /// The scalars this cache holds now, split as [`crate::cache_plan::CachePlan`] predicts them.
@@ -231,7 +235,6 @@ impl HybridCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array2;
 
     #[test]
     fn transposed_keys_read_back_as_rows_through_growth_and_eviction() {

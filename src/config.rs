@@ -58,6 +58,31 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
 }
 
+impl RopeConfig {
+    /// The RoPE base for a forward call whose largest position is `seq_len − 1` (SPEC, RoPE):
+    /// `default`: θ; `ntk`: θ·(2·max/orig − 1)^(dqk/(dqk−2)) always; `dynamic_ntk`: θ while
+    /// `seq_len` ≤ orig, the same formula with `seq_len` for max beyond.
+    pub fn base(&self, head_dim: usize, seq_len: usize) -> f64 {
+        let ntk = |len: usize, orig: usize| {
+            let exponent = head_dim as f64 / (head_dim as f64 - 2.0);
+            self.theta * (2.0 * len as f64 / orig as f64 - 1.0).powf(exponent)
+        };
+        match self.scaling {
+            RopeScaling::Default => self.theta,
+            RopeScaling::Ntk { max_position_embeddings, orig_max_position_embeddings } => {
+                ntk(max_position_embeddings, orig_max_position_embeddings)
+            }
+            RopeScaling::DynamicNtk { orig_max_position_embeddings } => {
+                if seq_len <= orig_max_position_embeddings {
+                    self.theta
+                } else {
+                    ntk(seq_len, orig_max_position_embeddings)
+                }
+            }
+        }
+    }
+}
+
 /// Which keys a layer's queries may attend to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionSpan {
@@ -90,6 +115,21 @@ pub struct LayerPlan {
 impl LayerPlan {
     pub fn owns_kv(&self) -> bool {
         self.kv == KvSource::Own
+    }
+
+    /// The layer whose K/V cache this layer attends to: itself, or the layer it reuses.
+    pub fn kv_producer(&self) -> usize {
+        self.kv.producer(self.index)
+    }
+}
+
+impl KvSource {
+    /// The producing layer, for layer `index` with this source.
+    pub fn producer(self, index: usize) -> usize {
+        match self {
+            KvSource::Own => index,
+            KvSource::ReuseFrom(j) => j,
+        }
     }
 }
 
@@ -448,7 +488,7 @@ fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {
     // NTK scales the base by (2·max/orig − 1)^(dqk/(dqk−2)): that factor must be positive, and
     // the base a finite number, or every rotation angle is NaN.
     if let RopeScaling::Ntk { max_position_embeddings: max, orig_max_position_embeddings: orig } = scaling {
-        let base = crate::model::rope::rope_base(&rope, head_dim_qk, 1);
+        let base = rope.base(head_dim_qk, 1);
         if !(base.is_finite() && base > 0.0) {
             return Err(Error::config(format!(
                 "rope_type \"ntk\" with `max_position_embeddings` = {max} and `orig_max_position_embeddings` = {orig} \
@@ -522,11 +562,7 @@ fn resolve_plan(sources: &[KvSource], global: &[usize], window: Option<usize>) -
     // A producer read by any global layer (itself or a reuser) must keep every position.
     let mut read_globally = vec![false; sources.len()];
     for (i, source) in sources.iter().enumerate() {
-        let producer = match *source {
-            KvSource::Own => i,
-            KvSource::ReuseFrom(j) => j,
-        };
-        read_globally[producer] |= is_global[i];
+        read_globally[source.producer(i)] |= is_global[i];
     }
     (0..sources.len())
         .map(|i| {
@@ -713,6 +749,24 @@ mod tests {
         let err = parse_value(&v).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidConfig);
         assert!(err.message.contains("sizes too large"), "{err}");
+    }
+
+    #[test]
+    fn ntk_base_of_the_released_model() {
+        let rope = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::Ntk { max_position_embeddings: 8192, orig_max_position_embeddings: 2048 },
+        };
+        let base = rope.base(64, 1);
+        assert!((base - 74_535.0).abs() < 1.0, "{base}"); // SPEC: ≈ 74,535 for Hymba-1.5B
+    }
+
+    #[test]
+    fn dynamic_ntk_switches_past_orig_max() {
+        let rope = RopeConfig { theta: 100.0, scaling: RopeScaling::DynamicNtk { orig_max_position_embeddings: 32 } };
+        assert_eq!(rope.base(8, 32), 100.0);
+        let expected = 100.0 * (2.0f64 * 40.0 / 32.0 - 1.0).powf(8.0 / 6.0);
+        assert!((rope.base(8, 40) - expected).abs() < 1e-9);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::Hymba;
-use ndarray::{s, Array2, ArrayView1};
+use ndarray::{s, ArrayView1};
 
 /// One window: the tokens `begin..end` are fed as a sequence, the tokens `first_scored..end` are
 /// scored (`begin < first_scored`, so each scored token has at least one token before it).
@@ -95,11 +95,10 @@ pub fn perplexity(
     let plan = windows(ids.len(), context, stride)?;
     let mut result = Perplexity { tokens: 0, total_nll: 0.0 };
     for (k, w) in plan.iter().enumerate() {
-        let mut cache = model.new_sequence(); // meta tokens already in
-        let mut embedded = Array2::zeros((0, 0));
-        let x = model.run_chunk(model.embed(&ids[w.begin..w.end], &mut embedded), &mut cache); // (len, H)
+        let mut seq = model.new_sequence(); // meta tokens already in
+        let hidden = model.hidden_states(&ids[w.begin..w.end], &mut seq)?; // (len, H)
         // Row r predicts token begin + r + 1: project only the rows that predict scored tokens.
-        let rows = x.slice(s![w.first_scored - 1 - w.begin..w.end - 1 - w.begin, ..]);
+        let rows = hidden.slice(s![w.first_scored - 1 - w.begin..w.end - 1 - w.begin, ..]);
         let logits = model.logits(rows)?; // (scored, V)
         for (row, &target) in logits.rows().into_iter().zip(&ids[w.first_scored..w.end]) {
             result.total_nll += token_nll(row, target);

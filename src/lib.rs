@@ -9,7 +9,7 @@
 //! layers **share K/V**; all but three layers use **sliding-window attention**.
 //!
 //! ## Goals
-//! - Read like the paper: one function per concept ([`model::hymba::prepend_meta_tokens`],
+//! - Read like the paper: one function per concept (meta tokens in [`model::pass`],
 //!   [`model::norm::rms_norm`], [`model::layer::split_in_proj`], [`model::attention::attention_heads`],
 //!   [`model::ssm::ssm_heads`], [`model::fusion::fuse_heads`], [`model::mlp::mlp`]), with the shape
 //!   of every tensor in a comment.
@@ -52,14 +52,23 @@
 //! - [`values`]: tensor values owned, or read in place from the checkpoint's memory mapping.
 //! - [`simd`]: the few inner loops decoding lives in (dot products, axpy), compiled for AVX-512 / AVX2
 //!   when the CPU has them, with bit-identical results.
-//! - [`model`]: the forward pass, one file per concept.
+//! - [`buffer`]: `shaped`, the reusable output buffers every tensor-producing function writes into.
+//! - [`model`]: the forward pass, one file per concept: a [`model::Sequence`] (its cache and
+//!   scratch), one path through the layers for a batch of segments ([`model::pass`]), thin entry
+//!   points on [`model::Hymba`], and an optional [`model::LayerObserver`] that sees every layer.
 //! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
 //!   streaming decode, the Instruct chat format.
-//! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`.
+//! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`; it
+//!   depends on the config alone.
+//!
+//! No module imports upward: `simd`, `buffer`, `matrix`, `config`, `cache`, `cache_plan`,
+//! `checkpoint`, `tokenizer` use nothing from `model`, and there is no import cycle among the
+//! files of `src/`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 //! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
 
+pub mod buffer;
 pub mod cache;
 pub mod cache_plan;
 pub mod checkpoint;

@@ -17,7 +17,7 @@
 use crate::simd::{bf16_to_f32, dot_bf16_fast, dot_fast};
 use crate::values::Values;
 use half::{bf16, f16};
-use crate::model::shaped;
+use crate::buffer::shaped;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 use rayon::prelude::*;
 

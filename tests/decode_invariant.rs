@@ -74,10 +74,10 @@ proptest! {
         let k = 1 + ((n - 1) as f64 * prefill_frac) as usize; // 1 ≤ K ≤ n
 
         let full = model.forward(ids).unwrap(); // (n, V)
-        let mut cache = model.new_sequence();
-        let mut rows = vec![model.forward_chunk(&ids[..k], &mut cache).unwrap()];
+        let mut seq = model.new_sequence();
+        let mut rows = vec![model.forward_chunk(&ids[..k], &mut seq).unwrap()];
         for &id in &ids[k..] {
-            rows.push(model.forward_chunk(&[id], &mut cache).unwrap());
+            rows.push(model.forward_chunk(&[id], &mut seq).unwrap());
         }
         let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
         let incremental = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
@@ -85,7 +85,7 @@ proptest! {
         prop_assert!(err <= 1e-4, "max |Δ| = {err} (n = {n}, K = {k}, config {config})");
 
         // Window eviction never drops a meta row, and keeps at most M + W rows.
-        for (plan, kv) in c.layers.iter().zip(&cache.kv) {
+        for (plan, kv) in c.layers.iter().zip(&seq.cache.kv) {
             let Some(kv) = kv else { continue };
             let meta = kv.positions().iter().filter(|&&p| p < c.num_memory_tokens).count();
             prop_assert_eq!(meta, c.num_memory_tokens, "layer {} lost meta rows", plan.index);
@@ -93,28 +93,5 @@ proptest! {
                 prop_assert!(kv.len() <= c.num_memory_tokens + w, "layer {} keeps {} rows", plan.index, kv.len());
             }
         }
-    }
-}
-
-/// Long inputs go through the layers in passes of `MAX_ROWS_PER_PASS` rows; the result equals
-/// one pass (`forward_traced` never splits), also for dynamic NTK past orig_max, since every
-/// pass of a call uses the call's RoPE base.
-#[test]
-fn passes_of_bounded_rows_equal_one_pass() {
-    use hymba_ref::model::hymba::MAX_ROWS_PER_PASS;
-    for rope in ["default", "dynamic_ntk"] {
-        let config = json!({
-            "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 24,
-            "num_memory_tokens": 3, "sliding_window": 7, "global_attn_idx": [1],
-            "kv_reuse_group": [[0, 2]], "rope": true, "rope_type": rope,
-            "orig_max_position_embeddings": 64, "mamba_d_state": 4, "mamba_d_conv": 3,
-        });
-        let model = random_model(&config, 7);
-        let ids: Vec<u32> = (0..MAX_ROWS_PER_PASS as u32 * 2 + 37).map(|i| (i * 31 + 5) % 50).collect();
-        let split = model.forward(&ids).unwrap();
-        let whole = model.forward_traced(&ids).unwrap().logits;
-        let err = max_abs_diff(split.view(), whole.view());
-        assert!(err <= 1e-4, "{rope}: max |Δ| = {err}");
     }
 }

@@ -23,7 +23,7 @@ fn check_fixture(name: &str) {
         let ids = goldens.ids(&format!("case{case}.input_ids"));
         let trace = model.forward_traced(&ids).unwrap();
         for (i, layer) in trace.layers.iter().enumerate() {
-            for (part, got) in [("attn", &layer.attn), ("ssm", &layer.ssm), ("fused", &layer.fused)] {
+            for (part, got) in [("attn", &layer.attn), ("ssm", &layer.ssm), ("fused", &layer.mixer_output)] {
                 let s = format!("layer{i}.{part}");
                 assert_close(&key(s.clone()), got.view(), &g(s), ATOL, RTOL);
             }

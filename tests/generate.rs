@@ -74,11 +74,11 @@ fn stats_count_tokens_steps_and_cache() {
     assert_eq!((s.prompt_tokens, s.generated_tokens, s.decode_steps), (4, 10, 9));
     assert!(s.prefill_seconds > 0.0 && s.decode_seconds > 0.0);
     // The cache holds what a fresh sequence fed the same 13 tokens holds.
-    let mut cache = model.new_sequence();
+    let mut seq = model.new_sequence();
     let fed: Vec<u32> = [1, 2, 3, 4].iter().chain(&g.tokens[..9]).copied().collect();
-    model.forward_chunk(&fed, &mut cache).unwrap();
-    assert_eq!(s.cache_bytes, cache.allocated_scalars().bytes(ScalarType::F32));
-    assert!(s.cache_bytes > model.new_sequence().allocated_scalars().bytes(ScalarType::F32));
+    model.forward_chunk(&fed, &mut seq).unwrap();
+    assert_eq!(s.cache_bytes, seq.cache.allocated_scalars().bytes(ScalarType::F32));
+    assert!(s.cache_bytes > model.new_sequence().cache.allocated_scalars().bytes(ScalarType::F32));
 }
 
 #[test]

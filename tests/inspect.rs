@@ -186,13 +186,13 @@ proptest! {
         let cfg = HymbaConfig::from_json_str(&config.to_string()).expect("valid random config");
         let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 7)).expect("random weights");
         let model = Hymba::new(cfg, weights);
-        let mut cache = model.new_sequence();
-        check_cache(&model, &cache, 0)?;
+        let mut seq = model.new_sequence();
+        check_cache(&model, &seq.cache, 0)?;
         let mut context = 0;
         for len in chunks {
-            model.forward_chunk(&ids_seed[context..context + len], &mut cache).unwrap();
+            model.forward_chunk(&ids_seed[context..context + len], &mut seq).unwrap();
             context += len;
-            check_cache(&model, &cache, context)?;
+            check_cache(&model, &seq.cache, context)?;
         }
     }
 }

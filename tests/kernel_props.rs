@@ -242,8 +242,8 @@ fn attention_heads_owned(
     span: AttentionSpan,
     num_meta: usize,
 ) -> Array2<f32> {
-    let mut out = Array2::zeros((0, 0));
-    attention_heads(q, k, v, q_positions, k_positions, span, num_meta, &mut out);
+    let mut out = Array2::zeros((q.dim().0, q.dim().1 * v.dim().2)); // (T, nh·dv)
+    attention_heads(q, k, v, q_positions, k_positions, span, num_meta, out.view_mut());
     out
 }
 

@@ -21,7 +21,7 @@
 
 use super::text::generate_text_in;
 use super::{GenerateOptions, Generation};
-use crate::cache::HybridCache;
+use crate::model::Sequence;
 use crate::error::Result;
 use crate::model::Hymba;
 use crate::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
@@ -30,7 +30,7 @@ use std::time::Instant;
 /// A sequence and the ids (after the meta tokens) whose state it holds.
 #[derive(Clone)]
 struct Held {
-    sequence: HybridCache,
+    sequence: Sequence,
     ids: Vec<u32>,
 }
 
@@ -131,6 +131,7 @@ impl<'m> Conversation<'m> {
             last,
             options,
             stops,
+            None,
             |text| {
                 reply.push_str(text);
                 on_text(text)

@@ -1,11 +1,11 @@
 //! Text generation over token ids: prefill the prompt, then sample and step one token at a time.
 //!
 //! ```text
-//! cache  = model.new_sequence()                 (meta tokens already in it)
-//! logits = next_token_logits(prompt, cache)     prefill: one pass over the whole prompt
+//! seq    = model.new_sequence()                 (meta tokens already in it)
+//! logits = next_token_logits(prompt, seq)       prefill: one pass over the whole prompt
 //! loop:  id = sampler.sample(logits, seen)      see [`sampling`]
 //!        stop on EOS / max_new_tokens / the callback asking to stop
-//!        logits = next_token_logits([id], cache) one decode step
+//!        logits = next_token_logits([id], seq)  one decode step
 //! ```
 //!
 //! Each generated id goes to a callback as soon as it is chosen, so a caller can stream it;
@@ -22,7 +22,7 @@ pub mod sampling;
 pub mod stop;
 pub mod text;
 
-use crate::cache::HybridCache;
+use crate::model::{LayerObserver, Sequence};
 use crate::cache_plan::ScalarType;
 use crate::error::Result;
 use crate::model::Hymba;
@@ -111,31 +111,32 @@ pub fn generate(
     options: &GenerateOptions,
     on_token: impl FnMut(u32) -> Result<Flow>,
 ) -> Result<Generation> {
-    generate_in(model, &mut model.new_sequence(), &[], prompt, options, on_token)
+    generate_in(model, &mut model.new_sequence(), &[], prompt, options, None, on_token)
 }
 
-/// [`generate`] continuing a sequence: `sequence` already holds `history` (the ids fed into it
+/// [`generate`] continuing a sequence: `seq` already holds `history` (the ids fed into it
 /// after the meta tokens, which the repetition penalty sees too); `prompt` is fed next and the
-/// continuation generated. On return the sequence holds `history`, `prompt` and
+/// continuation generated; `prefill_observer`, if any, watches the prompt's passes (e.g. to
+/// report the progress of a long prompt). On return the sequence holds `history`, `prompt` and
 /// [`Generation::tokens_in_sequence`]: a conversation goes on from there
 /// ([`conversation::Conversation`]).
 pub fn generate_in(
     model: &Hymba,
-    sequence: &mut HybridCache,
+    seq: &mut Sequence,
     history: &[u32],
     prompt: &[u32],
     options: &GenerateOptions,
+    prefill_observer: Option<&mut dyn LayerObserver>,
     mut on_token: impl FnMut(u32) -> Result<Flow>,
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(options.sampling)?;
     let eos = model.config.eos_token_id.filter(|_| options.stop_at_eos);
-    let cache = sequence;
     // Room for every token up front (untouched pages cost no memory), so that decode steps do
     // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
-    cache.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
+    seq.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
 
     let start = Instant::now();
-    let mut logits = model.next_token_logits(prompt, cache)?; // (V)
+    let mut logits = model.next_token_logits_observed(prompt, seq, prefill_observer)?; // (V)
     let prefill_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -156,7 +157,7 @@ pub fn generate_in(
             break StopReason::Callback;
         }
         if tokens.len() < options.max_new_tokens {
-            logits = model.next_token_logits(&[id], cache)?;
+            logits = model.next_token_logits(&[id], seq)?;
             decode_steps += 1;
         }
     };
@@ -166,7 +167,7 @@ pub fn generate_in(
         prefill_seconds,
         decode_steps,
         decode_seconds: start.elapsed().as_secs_f64(),
-        cache_bytes: cache.allocated_scalars().bytes(ScalarType::F32),
+        cache_bytes: seq.cache.allocated_scalars().bytes(ScalarType::F32),
     };
     Ok(Generation { tokens, stop_reason, stats })
 }

@@ -4,7 +4,7 @@
 
 use super::stop::{Checked, StopChecker};
 use super::{generate_in, Flow, GenerateOptions, Generation};
-use crate::cache::HybridCache;
+use crate::model::{LayerObserver, Sequence};
 use crate::error::Result;
 use crate::model::Hymba;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -54,24 +54,25 @@ pub fn generate_text(
     stops: &[String],
     on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
-    generate_text_in(model, tokenizer, &mut model.new_sequence(), &[], prompt, options, stops, on_text)
+    generate_text_in(model, tokenizer, &mut model.new_sequence(), &[], prompt, options, stops, None, on_text)
 }
 
 /// [`generate_text`] continuing a sequence that already holds `history` (see [`generate_in`]).
-#[allow(clippy::too_many_arguments)] // generate_in's arguments and the text layer's two
+#[allow(clippy::too_many_arguments)] // generate_in's arguments and the text layer's stops
 pub fn generate_text_in(
     model: &Hymba,
     tokenizer: &Tokenizer,
-    sequence: &mut HybridCache,
+    seq: &mut Sequence,
     history: &[u32],
     prompt: &[u32],
     options: &GenerateOptions,
     stops: &[String],
+    prefill_observer: Option<&mut dyn LayerObserver>,
     mut on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
     let mut stream = TextStream::new(tokenizer, stops)?;
     let mut stopped = false;
-    let generation = generate_in(model, sequence, history, prompt, options, |id| {
+    let generation = generate_in(model, seq, history, prompt, options, prefill_observer, |id| {
         let out = stream.push(id)?;
         if !out.text.is_empty() {
             on_text(&out.text)?;

@@ -6,8 +6,7 @@
 
 use crate::config::AttentionSpan;
 use crate::simd::{axpy, best_simd};
-use super::shaped;
-use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, Axis, CowArray, Ix2};
+use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 /// Whether a query at absolute position `i` may attend to a key at absolute position `j`:
@@ -28,7 +27,7 @@ const FEW_QUERIES: usize = 4;
 
 /// Multi-head attention over keys at `k_positions` for queries at `q_positions`.
 ///
-/// q: (T, nh, dqk), k: (S, nkv, dqk), v: (S, nkv, dv) → (T, nh·dv).
+/// q: (T, nh, dqk), k: (S, nkv, dqk), v: (S, nkv, dv) → out (T, nh·dv).
 /// Query head h reads K/V head h / (nh/nkv) (grouped-query attention).
 ///
 /// Queries are processed in blocks of consecutive rows; each block gathers only the keys that
@@ -37,7 +36,7 @@ const FEW_QUERIES: usize = 4;
 /// parallel. A few queries (decoding) go to `attention_each_query` instead. Both are tested
 /// against [`attention_heads_reference`].
 #[allow(clippy::too_many_arguments)]
-pub fn attention_heads<'o>(
+pub fn attention_heads(
     q: ArrayView3<f32>,
     k: ArrayView3<f32>,
     v: ArrayView3<f32>,
@@ -45,16 +44,16 @@ pub fn attention_heads<'o>(
     k_positions: &[usize],
     span: AttentionSpan,
     num_meta: usize,
-    out: &'o mut Array2<f32>,
-) -> ArrayView2<'o, f32> {
+    mut out: ArrayViewMut2<f32>,
+) {
     let (t, nh, dqk) = q.dim();
     let (s_len, nkv, dv) = v.dim();
     debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
     debug_assert_eq!((q_positions.len(), k_positions.len()), (t, s_len));
-    let out = shaped(out, (t, nh * dv)); // (T, nh·dv) = (T, D)
+    debug_assert_eq!(out.dim(), (t, nh * dv)); // (T, nh·dv) = (T, D)
     if t <= FEW_QUERIES {
         attention_each_query(q, k, v, q_positions, k_positions, span, num_meta, out);
-        return out.view();
+        return;
     }
     let group = nh / nkv;
     let scale = 1.0 / (dqk as f32).sqrt();
@@ -95,7 +94,6 @@ pub fn attention_heads<'o>(
     for (first, h, tile) in tiles {
         out.slice_mut(s![first..first + tile.nrows(), h * dv..(h + 1) * dv]).assign(&tile);
     }
-    out.view()
 }
 
 /// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
@@ -111,14 +109,14 @@ fn attention_each_query(
     k_positions: &[usize],
     span: AttentionSpan,
     num_meta: usize,
-    out: &mut Array2<f32>,
+    mut out: ArrayViewMut2<f32>,
 ) {
     let (t, nh, dqk) = q.dim();
     let (s_len, nkv, dv) = v.dim();
     debug_assert_eq!((k.dim(), out.dim()), ((s_len, nkv, dqk), (t, nh * dv)));
     let q = q.as_standard_layout();
     let q = q.as_slice().expect("standard layout"); // (T·nh·dqk)
-    let out = out.as_slice_mut().expect("standard layout"); // (T, nh, dv)
+    let out = out.as_slice_mut().expect("consecutive rows of a standard-layout array"); // (T, nh, dv)
     out.par_chunks_mut(dv).enumerate().for_each(|(task, out)| {
         let (row, h) = (task / nh, task % nh);
         let g = h / (nh / nkv); // GQA: the K/V head this query head reads
@@ -264,8 +262,8 @@ mod tests {
         let q = Array3::from_elem((1, 2, 2), 1.0f32);
         let k = Array3::from_shape_vec((2, 1, 2), vec![1.0, 0.0, 5.0, 5.0]).unwrap();
         let v = Array3::from_shape_vec((2, 1, 3), vec![1.0, 2.0, 3.0, 9.0, 9.0, 9.0]).unwrap();
-        let mut out = Array2::zeros((0, 0));
-        attention_heads(q.view(), k.view(), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0, &mut out);
+        let mut out = Array2::zeros((1, 6));
+        attention_heads(q.view(), k.view(), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0, out.view_mut());
         assert_eq!(out.row(0).to_vec(), vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
@@ -286,8 +284,8 @@ mod tests {
             for rows in [t, 4, 3, 1] {
                 let (q, q_pos) = (q.slice(s![t - rows.., .., ..]), &q_pos[t - rows..]);
                 let (k, v, k_pos) = (k.slice(s![..10 + t, .., ..]), v.slice(s![..10 + t, .., ..]), &k_pos[..]);
-                let mut fast = Array2::zeros((0, 0));
-                attention_heads(q, k, v, q_pos, k_pos, span, 3, &mut fast);
+                let mut fast = Array2::zeros((rows, nh * dv));
+                attention_heads(q, k, v, q_pos, k_pos, span, 3, fast.view_mut());
                 let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
@@ -300,8 +298,8 @@ mod tests {
         let q = Array3::from_elem((1, 1, 2), 0.0f32); // all scores 0 → uniform weights
         let k = Array3::from_elem((2, 1, 2), 1.0f32);
         let v = Array3::from_shape_vec((2, 1, 1), vec![2.0, 4.0]).unwrap();
-        let mut out = Array2::zeros((0, 0));
-        attention_heads(q.view(), k.view(), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0, &mut out);
+        let mut out = Array2::zeros((1, 1));
+        attention_heads(q.view(), k.view(), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0, out.view_mut());
         assert!((out[[0, 0]] - 3.0).abs() < 1e-6);
     }
 }

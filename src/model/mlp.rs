@@ -4,7 +4,7 @@ use super::ssm::silu;
 use crate::checkpoint::weights::MlpWeights;
 use ndarray::{Array2, ArrayView2, Zip};
 
-/// The MLP's intermediate activations (see [`super::shaped`]).
+/// The MLP's intermediate activations (see [`crate::buffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct MlpBuffers {
     /// (T, F)

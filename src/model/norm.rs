@@ -1,7 +1,7 @@
 //! RMSNorm, used everywhere in Hymba: before each layer, inside the SSM heads (on Δ, B, C),
 //! on each attention head (`kq_norm`), on each branch before fusion, and at the end.
 
-use super::shaped;
+use crate::buffer::shaped;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
 
 /// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`, applied to each row of `x`, into `out`.

@@ -2,35 +2,13 @@
 //!
 //! `inv_freq_k = base^(−2k/dqk)` for k < dqk/2; the angle for position p is `p · inv_freq`,
 //! duplicated over both halves; `x' = x·cos + [−x₂, x₁]·sin` with x₁, x₂ the two halves.
-//! The base depends on `rope_type` (see [`rope_base`]).
+//! The base depends on `rope_type` (see [`crate::config::RopeConfig::base`]).
 //!
 //! Precision: like the released code, `inv_freq` and the angle `p · inv_freq` are float32; the
 //! cos/sin of that float32 angle are then taken exactly. At long contexts this rounding is part
 //! of the model's behaviour, so we reproduce it rather than computing angles in f64.
 
-use crate::config::{RopeConfig, RopeScaling};
 use ndarray::{ArrayViewMut3, Axis};
-
-/// The RoPE base for a forward call whose largest position is `seq_len − 1`.
-pub fn rope_base(rope: &RopeConfig, head_dim: usize, seq_len: usize) -> f64 {
-    let ntk = |len: usize, orig: usize| {
-        let exponent = head_dim as f64 / (head_dim as f64 - 2.0);
-        rope.theta * (2.0 * len as f64 / orig as f64 - 1.0).powf(exponent)
-    };
-    match rope.scaling {
-        RopeScaling::Default => rope.theta,
-        RopeScaling::Ntk { max_position_embeddings, orig_max_position_embeddings } => {
-            ntk(max_position_embeddings, orig_max_position_embeddings)
-        }
-        RopeScaling::DynamicNtk { orig_max_position_embeddings } => {
-            if seq_len <= orig_max_position_embeddings {
-                rope.theta
-            } else {
-                ntk(seq_len, orig_max_position_embeddings)
-            }
-        }
-    }
-}
 
 /// Rotate `x` (T, heads, dqk) in place; row t is at absolute position `positions[t]`.
 pub fn apply_rope(mut x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
@@ -56,24 +34,6 @@ pub fn apply_rope(mut x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
 mod tests {
     use super::*;
     use ndarray::Array3;
-
-    #[test]
-    fn ntk_base_of_the_released_model() {
-        let rope = RopeConfig {
-            theta: 10000.0,
-            scaling: RopeScaling::Ntk { max_position_embeddings: 8192, orig_max_position_embeddings: 2048 },
-        };
-        let base = rope_base(&rope, 64, 1);
-        assert!((base - 74_535.0).abs() < 1.0, "{base}"); // SPEC: ≈ 74,535 for Hymba-1.5B
-    }
-
-    #[test]
-    fn dynamic_ntk_switches_past_orig_max() {
-        let rope = RopeConfig { theta: 100.0, scaling: RopeScaling::DynamicNtk { orig_max_position_embeddings: 32 } };
-        assert_eq!(rope_base(&rope, 8, 32), 100.0);
-        let expected = 100.0 * (2.0f64 * 40.0 / 32.0 - 1.0).powf(8.0 / 6.0);
-        assert!((rope_base(&rope, 8, 40) - expected).abs() < 1e-9);
-    }
 
     #[test]
     fn position_zero_is_identity_and_rotation_is_by_angle() {

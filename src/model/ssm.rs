@@ -10,29 +10,15 @@
 //! y  = y ⊙ SiLU(z)
 //! ```
 //!
-//! The state carried between calls is explicit ([`SsmState`]): the last K−1 conv inputs and the
+//! The state carried between calls is explicit ([`crate::cache::SsmState`]): the last K−1 conv inputs and the
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
-use super::shaped;
+use super::segment::Pass;
+use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
-
-/// The recurrent state of one layer's SSM heads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SsmState {
-    /// The last K−1 rows of `x` before the conv (zeros before the first token). (K−1, D)
-    pub conv: Array2<f32>,
-    /// The selective-scan state. (D, N)
-    pub scan: Array2<f32>,
-}
-
-impl SsmState {
-    pub fn zeros(d_inner: usize, d_conv: usize, d_state: usize) -> SsmState {
-        SsmState { conv: Array2::zeros((d_conv - 1, d_inner)), scan: Array2::zeros((d_inner, d_state)) }
-    }
-}
 
 pub fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
@@ -45,22 +31,21 @@ pub fn softplus(v: f32) -> f32 {
 
 /// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]`, where rows
 /// before `x` come from `history` (the previous K−1 inputs). Updates `history` to the last K−1
-/// rows. x: (T, D), w: (D, K), history: (K−1, D) → (T, D)
-pub fn causal_conv1d<'o>(
+/// rows. x: (T, D), w: (D, K), history: (K−1, D) → out (T, D)
+pub fn causal_conv1d(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
     bias: Option<ArrayView1<f32>>,
     history: &mut Array2<f32>,
-    out: &'o mut Array2<f32>,
-) -> ArrayView2<'o, f32> {
+    mut out: ArrayViewMut2<f32>,
+) {
     let (t, d) = x.dim();
     let k = w.ncols();
-    debug_assert_eq!(history.dim(), (k - 1, d));
+    debug_assert_eq!((history.dim(), out.dim()), ((k - 1, d), (t, d)));
     // Row `row` of the padded input [history; x] (K−1+T, D), column c.
     let padded = |history: &Array2<f32>, row: usize, c: usize| {
         if row < k - 1 { history[[row, c]] } else { x[[row - (k - 1), c]] }
     };
-    let out = shaped(out, (t, d)); // (T, D)
     for (ti, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
         for c in 0..d {
             let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(history, ti + j, c)).sum();
@@ -73,7 +58,6 @@ pub fn causal_conv1d<'o>(
             history[[r, c]] = padded(history, t + r, c);
         }
     }
-    out.view()
 }
 
 /// The selective scan, sequentially over time: the plain reference every faster variant is
@@ -111,7 +95,7 @@ pub fn selective_scan(
 /// N-dimensional state in a local buffer and walks through time once. The arithmetic per channel
 /// is the same as [`selective_scan`], in the same order, so the results are identical (tested).
 #[allow(clippy::too_many_arguments)]
-pub fn selective_scan_parallel<'o>(
+pub fn selective_scan_parallel(
     u: ArrayView2<f32>,
     delta: ArrayView2<f32>,
     a: ArrayView2<f32>,
@@ -119,12 +103,12 @@ pub fn selective_scan_parallel<'o>(
     c: ArrayView2<f32>,
     d: ArrayView1<f32>,
     state: &mut Array2<f32>,
-    out: &'o mut Array2<f32>,
-) -> ArrayView2<'o, f32> {
+    mut y: ArrayViewMut2<f32>,
+) {
     let (t, d_inner) = u.dim();
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
-    let y = shaped(out, (t, d_inner)); // (T, D), filled a column (channel) per task
+    debug_assert_eq!(y.dim(), (t, d_inner)); // (T, D), filled a column (channel) per task
     y.axis_iter_mut(Axis(1))
         .into_par_iter()
         .zip(state.axis_iter_mut(Axis(0)))
@@ -143,7 +127,6 @@ pub fn selective_scan_parallel<'o>(
                 y[ti] = acc + d[ch] * ut;
             }
         });
-    y.view()
 }
 
 /// `part` RMS-normalised into `out` if the config has that norm (`mamba_inner_layernorms`),
@@ -160,7 +143,7 @@ fn maybe_rms_norm<'a>(
     }
 }
 
-/// The SSM heads' intermediate activations (see [`super::shaped`]).
+/// The SSM heads' intermediate activations (see [`crate::buffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct SsmBuffers {
     /// (T, D)
@@ -171,24 +154,32 @@ pub struct SsmBuffers {
     dt: Array2<f32>,
     b: Array2<f32>,
     c: Array2<f32>,
-    /// (T, D)
-    delta: Array2<f32>,
+    /// (T, D): Δ, after softplus
+    pub(crate) delta: Array2<f32>,
 }
 
-/// The SSM heads: x, z (T, D) → y (T, D), advancing `state`.
+/// The SSM heads of layer `layer` over the rows of a pass: x, z (T, D) → y (T, D), advancing each
+/// sequence's [`crate::cache::SsmState`]. The conv and the scan run per sequence, on its rows and its state;
+/// the projections between them run over all rows at once.
+#[allow(clippy::too_many_arguments)]
 pub fn ssm_heads<'o>(
     x: ArrayView2<f32>,
     z: ArrayView2<f32>,
     w: &MambaWeights,
     eps: f32,
-    state: &mut SsmState,
+    layer: usize,
+    pass: &mut Pass,
     buf: &mut SsmBuffers,
     out: &'o mut Array2<f32>,
 ) -> ArrayView2<'o, f32> {
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
-    causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv, &mut buf.u);
-    buf.u.mapv_inplace(silu);
+    let u = shaped(&mut buf.u, x.dim()); // (T, D)
+    for (part, cache) in pass.parts_mut() {
+        let (rows, conv) = (part.rows.clone(), &mut cache.ssm[layer].conv);
+        causal_conv1d(x.slice(s![rows.clone(), ..]), w.conv1d_weight.view(), bias, conv, u.slice_mut(s![rows, ..]));
+    }
+    u.mapv_inplace(silu);
     let u = buf.u.view(); // (T, D)
 
     let dt_b_c = w.x_proj.matmul_t(u, &mut buf.dt_b_c); // (T, R + 2N)
@@ -198,9 +189,15 @@ pub fn ssm_heads<'o>(
 
     w.dt_proj.forward(dt, &mut buf.delta);
     buf.delta.mapv_inplace(softplus); // (T, D): Δ
-    selective_scan_parallel(u, buf.delta.view(), w.a.view(), b, c, w.d.view(), &mut state.scan, out); // (T, D)
-    Zip::from(&mut *out).and(z).for_each(|y, &z| *y *= silu(z)); // y ⊙ SiLU(z)
-    out.view()
+    let y = shaped(out, x.dim()); // (T, D)
+    for (part, cache) in pass.parts_mut() {
+        let (rows, scan) = (part.rows.clone(), &mut cache.ssm[layer].scan);
+        let (u, delta) = (u.slice(s![rows.clone(), ..]), buf.delta.slice(s![rows.clone(), ..]));
+        let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..]));
+        selective_scan_parallel(u, delta, w.a.view(), b, c, w.d.view(), scan, y.slice_mut(s![rows, ..])); // (T_s, D)
+    }
+    Zip::from(&mut *y).and(z).for_each(|y, &z| *y *= silu(z)); // y ⊙ SiLU(z)
+    y.view()
 }
 
 #[cfg(test)]
@@ -213,12 +210,12 @@ mod tests {
         // D = 1, K = 3, w = [1, 10, 100]: out_t = x_{t−2} + 10 x_{t−1} + 100 x_t.
         let w = array![[1.0f32, 10.0, 100.0]];
         let mut hist = Array2::zeros((2, 1));
-        let (mut out, mut next) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-        let out = causal_conv1d(array![[1.0f32], [2.0], [3.0]].view(), w.view(), None, &mut hist, &mut out);
+        let (mut out, mut next) = (Array2::zeros((3, 1)), Array2::zeros((1, 1)));
+        causal_conv1d(array![[1.0f32], [2.0], [3.0]].view(), w.view(), None, &mut hist, out.view_mut());
         assert_eq!(out.column(0).to_vec(), vec![100.0, 210.0, 321.0]);
         assert_eq!(hist.column(0).to_vec(), vec![2.0, 3.0]);
         // Continuing with the carried history equals the unsplit sequence.
-        let next = causal_conv1d(array![[4.0f32]].view(), w.view(), Some(array![0.5f32].view()), &mut hist, &mut next);
+        causal_conv1d(array![[4.0f32]].view(), w.view(), Some(array![0.5f32].view()), &mut hist, next.view_mut());
         assert_eq!(next[[0, 0]], 2.0 + 30.0 + 400.0 + 0.5);
         assert_eq!(hist.column(0).to_vec(), vec![3.0, 4.0]); // a chunk shorter than K−1 shifts it
     }
@@ -250,8 +247,8 @@ mod tests {
         let mut s1 = f(d, n, 0.4);
         let mut s2 = s1.clone();
         let y1 = selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
-        let mut y2 = Array2::zeros((0, 0));
-        selective_scan_parallel(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, &mut y2);
+        let mut y2 = Array2::zeros((t, d));
+        selective_scan_parallel(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut());
         assert_eq!(y1, y2);
         assert_eq!(s1, s2);
     }

@@ -325,7 +325,7 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
     let meta_seconds = start.elapsed().as_secs_f64();
     let model_rss = rss_growth(rss_base);
     let load_peak = memory::peak_rss_bytes();
-    let meta_cache = cache_bytes(&cfg, &model.new_sequence());
+    let meta_cache = cache_bytes(&cfg, &model.new_sequence().cache);
     // Everything the model holds except its meta-token cache; bytes per parameter follow from it.
     let weight_bytes = model_rss.map(|m| m.saturating_sub(meta_cache));
     let bytes_per_param = weight_bytes.map_or(4.0, |w| w as f64 / params as f64);
@@ -388,7 +388,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
             logits = model.next_token_logits(&[next], &mut cache)?;
             decode_seconds += start.elapsed().as_secs_f64();
         }
-        cache_size = cache_bytes(&model.config, &cache);
+        cache_size = cache_bytes(&model.config, &cache.cache);
         eprintln!(
             "[bench] {} context {context} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/token",
             spec.name,

@@ -10,8 +10,10 @@ use crate::args::{model_dir, TokenIds};
 use crate::generation_args::{warn_past_trained_length, GenerationArgs};
 use crate::load::load_model;
 use clap::Args;
-use hymba_ref::generate::text::{generate_text, generate_text_batch};
-use hymba_ref::generate::{generate, Flow, Generation, GenerationStats, StopReason};
+use hymba_ref::generate::text::{generate_text_batch, generate_text_in};
+use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
+use hymba_ref::model::{LayerObserver, LayerTrace};
+use hymba_ref::generate::{generate_in, Flow, Generation, GenerationStats, StopReason};
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use hymba_ref::{Error, ErrorKind, Result};
 use std::io::{self, IsTerminal, Read, Write};
@@ -57,7 +59,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // Ids in and ids out need no tokenizer; anything with text does.
     if let Some(ids) = ids.as_deref().filter(|_| args.print_ids && stops.is_empty()) {
         warn_past_trained_length(&model.config, ids.len(), options.max_new_tokens);
-        let generation = generate(model, ids, &options, |_| Ok(Flow::Continue))?;
+        let mut progress = PrefillProgress::new(ids.len(), model.config.num_hidden_layers);
+        let observer = progress.as_mut().map(|p| p as &mut dyn LayerObserver);
+        let generation = generate_in(model, &mut model.new_sequence(), &[], ids, &options, observer, |_| Ok(Flow::Continue))?;
         finish_output(&mut io::stdout().lock(), &generation, true)?;
         eprintln!("{} | {}", loaded.timing(), stats_line(&generation.stats, generation.stop_reason));
         return Ok(());
@@ -71,7 +75,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Prompts::One(prompt) => {
             warn_past_trained_length(&model.config, prompt.len(), options.max_new_tokens);
             let mut out = io::stdout().lock();
-            let generation = generate_text(model, &tokenizer, &prompt, &options, stops, |text| {
+            let mut progress = PrefillProgress::new(prompt.len(), model.config.num_hidden_layers);
+            let observer = progress.as_mut().map(|p| p as &mut dyn LayerObserver);
+            let generation = generate_text_in(model, &tokenizer, &mut model.new_sequence(), &[], &prompt, &options, stops, observer, |text| {
                 if !args.print_ids {
                     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)?;
                 }
@@ -233,4 +239,36 @@ pub fn decode_summary(s: &GenerationStats, reason: StopReason) -> String {
 
 pub fn stdout_error(e: io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}"))
+}
+
+/// `prefill: 1024/3000 tokens, 45.2 tok/s` on one line of stderr after each pass of a long
+/// prompt, erased once the prompt is in; only when stderr is a terminal.
+struct PrefillProgress {
+    total: usize,
+    done: usize,
+    last_layer: usize,
+    start: Instant,
+}
+
+impl PrefillProgress {
+    /// `None` unless stderr is a terminal and the prompt takes more than one pass.
+    fn new(total: usize, layers: usize) -> Option<PrefillProgress> {
+        let worth_it = total > MAX_ROWS_PER_PASS && io::stderr().is_terminal();
+        worth_it.then(|| PrefillProgress { total, done: 0, last_layer: layers - 1, start: Instant::now() })
+    }
+}
+
+impl LayerObserver for PrefillProgress {
+    fn layer(&mut self, trace: &LayerTrace) {
+        if trace.plan.index != self.last_layer {
+            return;
+        }
+        self.done += trace.positions.len();
+        let seconds = self.start.elapsed().as_secs_f64();
+        let line = format!("prefill: {}/{} tokens, {:.1} tok/s", self.done, self.total, self.done as f64 / seconds);
+        let end = if self.done >= self.total { format!("\r{}\r", " ".repeat(line.len())) } else { String::new() };
+        let mut stderr = io::stderr().lock();
+        let _ = write!(stderr, "\r{line}{end}");
+        let _ = stderr.flush();
+    }
 }

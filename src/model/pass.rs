@@ -1,0 +1,291 @@
+//! The one path through the layers, used by every entry point of [`super::Hymba`].
+//!
+//! A call runs a batch of **segments**: each segment is consecutive new rows of one sequence,
+//! extending that sequence's [`crate::cache::HybridCache`]. Prefill is one segment of n rows, a decode step one
+//! segment of 1 row, a batched decode step B segments of 1 row. The rows of all segments are
+//! stacked into one (T, H) residual stream and go through the layers together, in passes of at
+//! most [`MAX_ROWS_PER_PASS`] rows (a long segment is split across passes: its cache carries
+//! everything from one pass to the next, so the result is the same). Inside a layer, row-wise
+//! work (norms, projections, fusion, MLP) runs over all T rows at once; attention and the SSM's
+//! conv and scan run per segment, on that sequence's own cache, positions and RoPE base.
+//!
+//! Meta tokens: a sequence's positions 0..M are the M learned meta tokens. A call on an empty
+//! sequence feeds them first, then its ids, so they are run one way everywhere: the model runs
+//! them once into the sequence every [`super::Hymba::new_sequence`] copies, and [`super::Hymba::forward`] runs
+//! them with the prompt in one call (one RoPE base for the whole call, as SPEC's full forward).
+//!
+//! An optional [`LayerObserver`] sees every layer of every pass ([`super::trace`]).
+
+use super::layer::{hymba_layer, LayerBuffers};
+use super::segment::{Keep, Part, Pass, Segment};
+use super::trace::{LayerObserver, LayerTrace};
+use crate::buffer::shaped;
+use crate::checkpoint::weights::HymbaWeights;
+use crate::config::HymbaConfig;
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
+use std::ops::Range;
+
+/// The most rows one pass sends through the layers: bounds the activation memory of long inputs.
+pub const MAX_ROWS_PER_PASS: usize = 512;
+
+/// What a call works out for each segment before its first pass.
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    /// M for an empty sequence (the meta tokens go first), else 0.
+    meta_rows: usize,
+    /// meta_rows + ids: the rows this call feeds.
+    rows: usize,
+    /// The RoPE base for every row of the call (SPEC, RoPE: from the call's largest position).
+    rope_base: Option<f64>,
+    /// Where the segment's kept rows start in [`Scratch::kept`].
+    first_kept: usize,
+}
+
+/// The buffers of a call (see [`crate::buffer`]), reused from call to call: a sequence keeps one
+/// ([`super::Sequence`]); a batch of sequences shares one. Not state: nothing in it is read before
+/// it is written.
+#[derive(Debug, Clone, Default)]
+pub struct Scratch {
+    /// (T, H): the residual stream of the pass
+    hidden: Array2<f32>,
+    /// (T): the absolute position of each row
+    positions: Vec<usize>,
+    /// The segments' rows in the pass, in row order
+    parts: Vec<Part>,
+    /// One per segment of the call
+    planned: Vec<Planned>,
+    layer: LayerBuffers,
+    /// (T, H): a copy of the layer's input, made only for an observer
+    layer_input: Array2<f32>,
+    /// (K, H): the kept final hidden rows, segment after segment
+    kept: Array2<f32>,
+    /// (K, H), (K, V): the kept rows after the final norm, and their logits
+    normed: Array2<f32>,
+    logits: Array2<f32>,
+}
+
+impl Scratch {
+    /// The rows the last call kept (see [`Keep`]), segment after segment, before the final norm.
+    /// (K, H)
+    pub fn kept(&self) -> ArrayView2<'_, f32> {
+        self.kept.view()
+    }
+
+    /// The kept rows, with the buffers for them after the final norm (K, H) and their logits (K, V).
+    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, &mut Array2<f32>, &mut Array2<f32>) {
+        (self.kept.view(), &mut self.normed, &mut self.logits)
+    }
+}
+
+/// Run the segments through every layer, in passes of at most [`MAX_ROWS_PER_PASS`] rows,
+/// extending each segment's cache, and keep the final hidden rows each segment asks for
+/// ([`Scratch::kept`]). `observer`, if any, sees every layer of every pass. The ids must be in the
+/// vocabulary ([`super::Hymba::run`] checks them, then calls this).
+pub fn run(
+    cfg: &HymbaConfig,
+    weights: &HymbaWeights,
+    segments: &mut [Segment],
+    scratch: &mut Scratch,
+    observer: Option<&mut dyn LayerObserver>,
+) {
+    run_in_passes(cfg, weights, segments, scratch, observer, MAX_ROWS_PER_PASS);
+}
+
+/// [`run`] with passes of at most `max_rows` rows.
+fn run_in_passes(
+    cfg: &HymbaConfig,
+    weights: &HymbaWeights,
+    segments: &mut [Segment],
+    scratch: &mut Scratch,
+    mut observer: Option<&mut (dyn LayerObserver + '_)>,
+    max_rows: usize,
+) {
+    plan_segments(cfg, segments, scratch);
+    scratch.parts.clear();
+    let mut pass_rows = 0;
+    for index in 0..scratch.planned.len() {
+        let planned = scratch.planned[index];
+        let mut fed = 0;
+        while fed < planned.rows {
+            let take = (planned.rows - fed).min(max_rows - pass_rows);
+            let (rows, rope_base) = (pass_rows..pass_rows + take, planned.rope_base);
+            scratch.parts.push(Part { segment: index, rows, fed: fed..fed + take, rope_base });
+            (pass_rows, fed) = (pass_rows + take, fed + take);
+            if pass_rows == max_rows {
+                run_pass(cfg, weights, segments, scratch, observer.as_deref_mut());
+                scratch.parts.clear();
+                pass_rows = 0;
+            }
+        }
+    }
+    if pass_rows > 0 {
+        run_pass(cfg, weights, segments, scratch, observer);
+    }
+}
+
+/// Work out each segment's rows, RoPE base and kept rows; shape [`Scratch::kept`].
+fn plan_segments(cfg: &HymbaConfig, segments: &[Segment], scratch: &mut Scratch) {
+    scratch.planned.clear();
+    let mut kept = 0;
+    for segment in segments {
+        let start = segment.cache.next_position;
+        let meta_rows = if start == 0 { cfg.num_memory_tokens } else { 0 };
+        let rows = meta_rows + segment.ids.len();
+        let rope_base = cfg.rope.map(|r| r.base(cfg.head_dim_qk(), start + rows));
+        scratch.planned.push(Planned { meta_rows, rows, rope_base, first_kept: kept });
+        kept += match segment.keep {
+            Keep::AllRows => rows,
+            Keep::LastRow => rows.min(1),
+        };
+    }
+    shaped(&mut scratch.kept, (kept, cfg.hidden_size));
+}
+
+/// One pass of the parts in `scratch.parts` through every layer; then keep the rows asked for,
+/// and advance each sequence past its rows (evicting K/V rows no future query can see).
+fn run_pass(
+    cfg: &HymbaConfig,
+    weights: &HymbaWeights,
+    segments: &mut [Segment],
+    scratch: &mut Scratch,
+    mut observer: Option<&mut (dyn LayerObserver + '_)>,
+) {
+    let Scratch { hidden, positions, parts, planned, layer, layer_input, kept, .. } = scratch;
+    let parts: &[Part] = parts;
+    let t = parts.last().map_or(0, |p| p.rows.end);
+    let hidden = shaped(hidden, (t, cfg.hidden_size)); // (T, H)
+    positions.clear();
+    for part in parts {
+        let segment = &segments[part.segment];
+        let start = segment.cache.next_position;
+        positions.extend(start..start + part.rows.len());
+        let rows = hidden.slice_mut(s![part.rows.clone(), ..]);
+        input_rows(weights, &planned[part.segment], segment.ids, part.fed.clone(), rows);
+    }
+    // The pass runs on a worker of the thread pool, so each parallel loop inside it shares its
+    // work with the other workers directly, rather than being queued from outside the pool and
+    // waited for (a few microseconds each, ~10 loops a layer: it shows in decoding).
+    rayon::scope(|_| {
+        for (plan, w) in cfg.layers.iter().zip(&weights.layers) {
+            if observer.is_some() {
+                shaped(layer_input, hidden.dim()).assign(hidden);
+            }
+            let mut pass = Pass { segments: &mut *segments, parts };
+            hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer);
+            if let Some(observer) = observer.as_deref_mut() {
+                observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));
+            }
+        }
+    });
+    for part in parts {
+        let (segment, planned) = (&mut segments[part.segment], &planned[part.segment]);
+        match segment.keep {
+            Keep::AllRows => {
+                let kept_rows = planned.first_kept + part.fed.start..planned.first_kept + part.fed.end;
+                kept.slice_mut(s![kept_rows, ..]).assign(&hidden.slice(s![part.rows.clone(), ..]));
+            }
+            Keep::LastRow if part.fed.end == planned.rows => {
+                kept.row_mut(planned.first_kept).assign(&hidden.row(part.rows.end - 1));
+            }
+            Keep::LastRow => {}
+        }
+        segment.cache.finish_chunk(part.rows.len(), cfg.num_memory_tokens);
+    }
+}
+
+/// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (SPEC, forward
+/// step 1), the meta tokens only for an empty sequence. → out (fed.len(), H)
+fn input_rows(w: &HymbaWeights, planned: &Planned, ids: &[u32], fed: Range<usize>, mut out: ArrayViewMut2<f32>) {
+    for (i, mut row) in fed.zip(out.rows_mut()) {
+        match i.checked_sub(planned.meta_rows) {
+            None => row.assign(&w.memory_tokens.row(i)), // meta token i
+            Some(j) => w.embed_tokens.row_into(ids[j] as usize, row.as_slice_mut().expect("standard layout")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::random::RandomWeights;
+    use crate::cache::{HybridCache, KvCache};
+
+    fn model(rope: &str) -> (HymbaConfig, HymbaWeights) {
+        let config = serde_json::json!({
+            "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 24,
+            "num_memory_tokens": 3, "sliding_window": 7, "global_attn_idx": [1],
+            "kv_reuse_group": [[0, 2]], "rope": true, "rope_type": rope,
+            "orig_max_position_embeddings": 64, "mamba_d_state": 4, "mamba_d_conv": 3,
+        });
+        let cfg = HymbaConfig::from_json_str(&config.to_string()).unwrap();
+        let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 7)).unwrap();
+        (cfg, weights)
+    }
+
+    fn max_abs_diff(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f32 {
+        assert_eq!(a.dim(), b.dim());
+        a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// The kept rows of `ids` fed as one segment to `cache`, in passes of at most `max_rows` rows.
+    fn feed((cfg, w): &(HymbaConfig, HymbaWeights), cache: &mut HybridCache, ids: &[u32], keep: Keep, max_rows: usize) -> Array2<f32> {
+        let mut scratch = Scratch::default();
+        run_in_passes(cfg, w, &mut [Segment::new(cache, ids, keep)], &mut scratch, None, max_rows);
+        scratch.kept().to_owned()
+    }
+
+    /// Long inputs go through the layers in passes of `MAX_ROWS_PER_PASS` rows; the result equals
+    /// one pass, also for dynamic NTK past orig_max, since every pass of a call uses the call's
+    /// RoPE base.
+    #[test]
+    fn passes_of_bounded_rows_equal_one_pass() {
+        for rope in ["default", "dynamic_ntk"] {
+            let model = model(rope);
+            let ids: Vec<u32> = (0..MAX_ROWS_PER_PASS as u32 * 2 + 37).map(|i| (i * 31 + 5) % 50).collect();
+            let split = feed(&model, &mut HybridCache::new(&model.0), &ids, Keep::AllRows, MAX_ROWS_PER_PASS);
+            let whole = feed(&model, &mut HybridCache::new(&model.0), &ids, Keep::AllRows, usize::MAX);
+            assert_eq!(split.nrows(), 3 + ids.len(), "meta rows, then one row per id");
+            let err = max_abs_diff(split.view(), whole.view());
+            assert!(err <= 1e-4, "{rope}: max |Δ| = {err}");
+        }
+    }
+
+    /// Two sequences at different lengths, run as one batch (in one pass, or in passes that split
+    /// them), give each the final hidden rows it gets alone, and leave each cache as alone.
+    #[test]
+    fn a_batch_of_segments_equals_each_segment_alone() {
+        let model = model("default");
+        let a_prompt: Vec<u32> = (0..20).map(|i| i * 7 % 50).collect();
+        let b_prompt: Vec<u32> = (0..5).map(|i| i * 3 % 50).collect();
+        let (a_next, b_next) = ([11u32, 4, 9], [23u32]);
+        for max_rows in [usize::MAX, 2] {
+            // Alone: each sequence fed its prompt (after the meta tokens), then its next ids.
+            let mut alone = Vec::new();
+            for (prompt, next) in [(&a_prompt, &a_next[..]), (&b_prompt, &b_next[..])] {
+                let mut cache = HybridCache::new(&model.0);
+                feed(&model, &mut cache, prompt, Keep::LastRow, max_rows);
+                alone.push((feed(&model, &mut cache, next, Keep::AllRows, max_rows), cache));
+            }
+            // Together: the same prompts, then both next chunks as one batch.
+            let (mut a, mut b) = (HybridCache::new(&model.0), HybridCache::new(&model.0));
+            feed(&model, &mut a, &a_prompt, Keep::LastRow, max_rows);
+            feed(&model, &mut b, &b_prompt, Keep::LastRow, max_rows);
+            let mut scratch = Scratch::default();
+            let mut segments =
+                [Segment::new(&mut a, &a_next, Keep::AllRows), Segment::new(&mut b, &b_next, Keep::AllRows)];
+            run_in_passes(&model.0, &model.1, &mut segments, &mut scratch, None, max_rows);
+            let kept = scratch.kept(); // (3 + 1, H)
+            let err_a = max_abs_diff(kept.slice(s![..3, ..]), alone[0].0.view());
+            let err_b = max_abs_diff(kept.slice(s![3.., ..]), alone[1].0.view());
+            assert!(err_a <= 1e-5 && err_b <= 1e-5, "max_rows {max_rows}: max |Δ| = {err_a}, {err_b}");
+            for (together, (_, alone)) in [(&a, &alone[0]), (&b, &alone[1])] {
+                assert_eq!(together.next_position, alone.next_position);
+                for (kv, kv_alone) in together.kv.iter().zip(&alone.kv) {
+                    let positions = |kv: &Option<KvCache>| kv.as_ref().map(|c| c.positions().to_vec());
+                    assert_eq!(positions(kv), positions(kv_alone), "the same K/V rows");
+                }
+            }
+        }
+    }
+}

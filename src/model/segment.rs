@@ -1,0 +1,62 @@
+//! A batch of segments, the unit the layers work on (see [`super::pass`]): each segment is new
+//! rows of one sequence; a pass stacks the rows of its segments into one (T, H) array.
+
+use crate::cache::HybridCache;
+use std::ops::Range;
+
+/// Which of a segment's final hidden rows (after the last layer, before the final norm) a call
+/// keeps: what the final norm and `lm_head` will be applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Only the last row: the next-token logits (generation).
+    LastRow,
+    /// Every row (meta rows included when the call runs them): logits at every position.
+    AllRows,
+}
+
+/// New rows of one sequence in a call: the meta tokens first if the sequence is empty, then the
+/// embeddings of `ids`.
+#[derive(Debug)]
+pub struct Segment<'a> {
+    /// The sequence's state, extended by this segment's rows.
+    pub cache: &'a mut HybridCache,
+    pub ids: &'a [u32],
+    pub keep: Keep,
+}
+
+impl<'a> Segment<'a> {
+    pub fn new(cache: &'a mut HybridCache, ids: &'a [u32], keep: Keep) -> Segment<'a> {
+        Segment { cache, ids, keep }
+    }
+}
+
+/// The rows of one segment in one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// The segment's index in the call.
+    pub segment: usize,
+    /// Its rows in the pass's (T, H) stack.
+    pub rows: Range<usize>,
+    /// Which of the rows the call feeds the segment these are (0 = its first, meta rows first).
+    pub fed: Range<usize>,
+    /// The RoPE base of the segment's call (`None`: no RoPE).
+    pub rope_base: Option<f64>,
+}
+
+/// The segments of a pass as a layer sees them: each part's rows with its sequence's cache.
+pub struct Pass<'p, 'a> {
+    pub(crate) segments: &'p mut [Segment<'a>],
+    pub(crate) parts: &'p [Part],
+}
+
+impl<'p, 'a> Pass<'p, 'a> {
+    /// Each part of the pass, in row order, with the cache of its sequence.
+    pub fn parts_mut<'s>(&'s mut self) -> impl Iterator<Item = (&'s Part, &'s mut HybridCache)> + use<'s, 'p, 'a> {
+        let mut segments = self.segments.iter_mut().enumerate();
+        self.parts.iter().map(move |part| {
+            // Parts come in segment order, one per segment: walk forward to this one.
+            let (_, segment) = segments.find(|(i, _)| *i == part.segment).expect("parts in segment order");
+            (part, &mut *segment.cache)
+        })
+    }
+}
