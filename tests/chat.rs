@@ -2,30 +2,18 @@
 //! turn's reply is what one `generate` over the whole conversation's text gives, and a turn
 //! feeds only the ids its sequence does not hold yet.
 
+mod common;
+use common::cli_with_stdin;
 use hymba_ref::generate::conversation::Conversation;
 use hymba_ref::generate::sampling::SamplingParams;
 use hymba_ref::generate::text::generate_text;
 use hymba_ref::generate::GenerateOptions;
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 const MODEL: &str = hymba_ref::DEFAULT_MODEL_DIR;
 const SYSTEM: &str = "You are a fortune cookie.";
-
-fn cli(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
@@ -35,7 +23,7 @@ fn text(bytes: &[u8]) -> String {
 /// newline.
 fn generate_reply(prompt: &str, max_new_tokens: &str) -> String {
     let args = ["generate", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", max_new_tokens];
-    let out = cli(&args, b"");
+    let out = cli_with_stdin(&args, b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout).strip_suffix('\n').unwrap().to_string()
 }
@@ -60,7 +48,7 @@ fn piped_two_turn_chat_equals_generate_over_the_conversation_and_prefills_only_t
     let encode = |messages: &[ChatMessage]| tokenizer.encode(&render_chat(messages, true), true);
     let system = ChatMessage::new(Role::System, SYSTEM);
 
-    let out = cli(&["chat", "--system", SYSTEM, "--temperature", "0", "--max-new-tokens", n], format!("{user1}\n{user2}\n").as_bytes());
+    let out = cli_with_stdin(&["chat", "--system", SYSTEM, "--temperature", "0", "--max-new-tokens", n], format!("{user1}\n{user2}\n").as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Turn 1 is `generate --system` over the first message; turn 2 is `generate` over the text of
@@ -89,7 +77,7 @@ fn piped_two_turn_chat_equals_generate_over_the_conversation_and_prefills_only_t
 
 #[test]
 fn reset_starts_over_and_blank_lines_are_not_turns() {
-    let out = cli(&["chat", "--temperature", "0", "--max-new-tokens", "8"], b"Hello.\n\n/reset\nHello.\n");
+    let out = cli_with_stdin(&["chat", "--temperature", "0", "--max-new-tokens", "8"], b"Hello.\n\n/reset\nHello.\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let replies: Vec<&str> = stdout.split_terminator('\n').collect();

@@ -10,6 +10,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+use common::cli_with_stdin;
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
@@ -576,21 +578,6 @@ fn tokenize_with_a_closed_stdout_is_not_a_panic() {
 // ---------------------------------------------------------------------------------------------
 // generate and perplexity (on the bundled demo model)
 // ---------------------------------------------------------------------------------------------
-
-fn cli_with_stdin(args: &[&str], input: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(input); // the program may exit before reading it all
-    drop(stdin);
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn non_utf8_prompt_on_stdin_is_refused() {

@@ -63,3 +63,20 @@ pub fn assert_close<D: Dimension>(name: &str, got: ArrayView<f32, D>, want: &Arr
     assert!(failed == 0, "{name}: {failed} mismatches (atol {atol}, rtol {rtol}), max |Δ| = {max_err}\n{}", bad.join("\n"));
     max_err
 }
+
+/// Run `hymba-ref` with `args`, `input` on its stdin (then closed), and collect its output.
+pub fn cli_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(input); // the program may exit before reading it all
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
