@@ -37,7 +37,7 @@ impl<T: Plain> Values<T> {
     /// big-endian (the file's little-endian bytes would then need converting).
     pub fn mapped(map: Arc<Mmap>, offset: usize, len: usize) -> Option<Values<T>> {
         let end = len.checked_mul(size_of::<T>()).and_then(|bytes| offset.checked_add(bytes))?;
-        let aligned = (map.as_ptr() as usize).wrapping_add(offset) % align_of::<T>() == 0;
+        let aligned = (map.as_ptr() as usize).wrapping_add(offset).is_multiple_of(align_of::<T>());
         (cfg!(target_endian = "little") && end <= map.len() && aligned).then_some(Values::Mapped { map, offset, len })
     }
 

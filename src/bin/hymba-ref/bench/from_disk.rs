@@ -1,6 +1,6 @@
 //! `bench --from-disk`: what a user waits for. Each config's random weights are written to a
-//! temporary directory in the published layout (two bf16 shards + `model.safetensors.index.json`
-//! + `config.json`), read once so the page cache is warm, and then each run is a fresh process of
+//! temporary directory in the published layout (two bf16 shards, `model.safetensors.index.json`
+//! and `config.json`), read once so the page cache is warm, and then each run is a fresh process of
 //! this binary (`bench --child-load DIR`) that loads the checkpoint, gets the meta-token prefix
 //! and prefills a one-token prompt, as `generate` does. The parent times process start → exit
 //! (the first token is the last thing the child computes); the child reports the split (load,
