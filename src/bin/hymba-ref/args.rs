@@ -63,7 +63,8 @@ pub fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
             path.display()
         )));
     }
-    Err(Error::new(ErrorKind::Io, format!("model directory {} does not exist", path.display())))
+    let message = format!("model directory {} does not exist (give a checkpoint directory or its config.json)", path.display());
+    Err(Error::new(ErrorKind::Io, message))
 }
 
 /// Write `text` to stdout. `println!` panics when stdout is a closed pipe (`hymba-ref ... | head`);
