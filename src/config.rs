@@ -205,7 +205,8 @@ impl HymbaConfig {
 
     /// Read and validate `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<HymbaConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let bytes = crate::files::read_capped(path, crate::files::CONFIG)?;
+        let text = crate::files::utf8(bytes, &path.display().to_string()).map_err(|e| Error::config(e.message))?;
         Self::from_json_str(&text).map_err(|e| e.context(path.display()))
     }
 
@@ -213,6 +214,9 @@ impl HymbaConfig {
     pub fn from_json_str(text: &str) -> Result<HymbaConfig> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("not valid JSON: {e}")))?;
+        if let Some(key) = crate::checkpoint::json_text::first_duplicate_key(text) {
+            return Err(Error::config(format!("the key `{key}` appears twice in one object (refusing to guess which one is meant)")));
+        }
         let obj = value.as_object().ok_or_else(|| Error::config("expected a JSON object"))?;
         parse(&Fields(obj))
     }

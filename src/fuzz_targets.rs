@@ -19,7 +19,9 @@ use crate::checkpoint::weights::{expected_tensors, parameter_count, HymbaWeights
 use crate::config::{HymbaConfig, KvSource};
 use crate::error::{Error, ErrorKind};
 use crate::model::Hymba;
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::checkpoint::json_text::first_duplicate_key;
+use crate::generate::sampling::SamplingParams;
+use crate::tokenizer::{AddedTokens, Segment, StreamDecoder, Tokenizer, MAX_ADDED_TOKEN_BYTES};
 
 /// The body of a fuzz target.
 pub type Target = fn(&[u8]);
@@ -33,6 +35,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tokenizer_json", tokenizer_json),
     ("tokenizer_model", tokenizer_model),
     ("tokenizer_roundtrip", tokenizer_roundtrip),
+    ("generation_config", generation_config),
+    ("added_tokens", added_tokens),
 ];
 
 /// A safetensors file from arbitrary bytes: parse, then read every tensor every way.
@@ -295,4 +299,76 @@ pub fn tokenizer_roundtrip(data: &[u8]) {
     assert_eq!(streamed, decoded, "streaming decode differs from decode");
     let with_bos = tok.encode(&text, true);
     assert!(with_bos.len() >= ids.len());
+}
+
+/// `generation_config.json` text. An accepted file passes [`SamplingParams::validate`], has no
+/// repeated key, and is greedy unless it says `"do_sample": true`; then its `top_k` is exactly
+/// the whole number written (or 50 when absent).
+pub fn generation_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(params) = SamplingParams::from_generation_config_text(&text, "fuzz.generation_config.json") else { return };
+    assert!(params.validate().is_ok(), "{params:?}");
+    assert!(first_duplicate_key(&text).is_none(), "a repeated key was accepted");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("accepted text is JSON");
+    if json.get("do_sample") == Some(&serde_json::Value::Bool(true)) {
+        let written = json.get("top_k").filter(|v| !v.is_null()).map_or(Some(50), serde_json::Value::as_u64);
+        assert_eq!(written, Some(params.top_k as u64), "top_k");
+    } else {
+        assert!(params.is_greedy(), "sampling without do_sample: {params:?}");
+    }
+}
+
+/// Added-token matching: the input up to the first NUL byte lists tokens (one per line, lossy
+/// UTF-8, ids by position), the rest is the text. The trie's cut of the text must equal a naive
+/// leftmost-longest scan (every token tried at every position), and the pieces must rebuild it.
+pub fn added_tokens(data: &[u8]) {
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let list = String::from_utf8_lossy(&data[..split]);
+    let text = String::from_utf8_lossy(data.get(split + 1..).unwrap_or_default());
+    let tokens: Vec<(String, u32)> = list
+        .split('\n')
+        .filter(|t| !t.is_empty() && t.len() <= MAX_ADDED_TOKEN_BYTES)
+        .zip(0u32..)
+        .map(|(t, id)| (t.to_string(), id))
+        .collect();
+    let segments = AddedTokens::new(tokens.clone()).split(&text);
+    assert_eq!(segments, naive_split(&tokens, &text));
+    let rebuilt: String = segments
+        .iter()
+        .map(|s| match s {
+            Segment::Text(t) => t.to_string(),
+            Segment::Token(id) => tokens.iter().find(|(_, i)| i == id).expect("a listed id").0.clone(),
+        })
+        .collect();
+    assert_eq!(rebuilt, text);
+}
+
+/// Leftmost-longest matching by brute force; of equal contents the first listed wins.
+fn naive_split<'a>(tokens: &[(String, u32)], text: &'a str) -> Vec<Segment<'a>> {
+    let mut segments = Vec::new();
+    let (mut start, mut pos) = (0, 0);
+    while pos < text.len() {
+        let best = tokens
+            .iter()
+            .filter(|(t, _)| text.as_bytes()[pos..].starts_with(t.as_bytes()))
+            .fold(None::<&(String, u32)>, |best, t| match best {
+                Some(b) if b.0.len() >= t.0.len() => Some(b),
+                _ => Some(t),
+            });
+        match best {
+            Some((content, id)) => {
+                if start < pos {
+                    segments.push(Segment::Text(&text[start..pos]));
+                }
+                segments.push(Segment::Token(*id));
+                pos += content.len();
+                start = pos;
+            }
+            None => pos += 1,
+        }
+    }
+    if start < text.len() {
+        segments.push(Segment::Text(&text[start..]));
+    }
+    segments
 }

@@ -67,6 +67,8 @@
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 //! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
+//! - [`files`]: every file read is a regular file with a size cap per kind; outputs never replace
+//!   anything but a regular file.
 
 pub mod buffer;
 pub mod cache;
@@ -75,6 +77,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;

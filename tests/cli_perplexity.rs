@@ -48,7 +48,7 @@ fn bad_input_is_a_clear_error() {
     let empty = scratch_file("empty.txt", b"");
     let heldout = heldout();
     let cases: [(Vec<&str>, &str, i32); 5] = [
-        (vec!["--file", not_utf8.to_str().unwrap()], "is not UTF-8 text (invalid byte at offset 3)", 1),
+        (vec!["--file", not_utf8.to_str().unwrap()], "is not valid UTF-8 (invalid byte at offset 3)", 1),
         (vec!["--file", "/nonexistent-hymba-text.txt"], "/nonexistent-hymba-text.txt", 1),
         (vec!["--file", empty.to_str().unwrap()], "has no tokens to score", 1),
         (vec!["--file", heldout.to_str().unwrap(), "--context", "64", "--stride", "64"], "--stride 64: must be below --context (64)", 2),

@@ -10,11 +10,15 @@ use serde_json::Value;
 
 /// A JSON value for an error message, cut to a readable length.
 pub(crate) fn brief(value: &Value) -> String {
+    brief_text(&value.to_string())
+}
+
+/// JSON text (or any text) for an error message, cut to a readable length.
+pub(crate) fn brief_text(text: &str) -> String {
     const LIMIT: usize = 80;
-    let text = value.to_string();
     match text.char_indices().nth(LIMIT) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text,
+        None => text.to_string(),
     }
 }
 
@@ -23,41 +27,111 @@ pub(crate) fn brief(value: &Value) -> String {
 pub(crate) fn first_duplicate_key(json: &str) -> Option<String> {
     // One entry per open `{` (its keys so far) or `[` (None).
     let mut scopes: Vec<Option<HashSet<String>>> = Vec::new();
+    let mut repeated = None;
+    scan(json, |event| match event {
+        Event::Open { object } => {
+            scopes.push(object.then(HashSet::new));
+            true
+        }
+        Event::Close => {
+            scopes.pop();
+            true
+        }
+        Event::Comma => true,
+        Event::Key(literal) => {
+            let Some(Some(keys)) = scopes.last_mut() else { return true };
+            let key = decode_string(literal);
+            if keys.insert(key.clone()) {
+                return true;
+            }
+            repeated = Some(key);
+            false
+        }
+    });
+    repeated
+}
+
+/// How many keys the objects of `json` hold: at the top level only (`depth` 1) or at every depth
+/// (`None`). A linear scan that allocates nothing, so a text can be refused for holding too many
+/// entries before it is parsed into values.
+pub(crate) fn count_keys(json: &str, depth: Option<usize>) -> usize {
+    let mut open = 0usize;
+    let mut count = 0usize;
+    scan(json, |event| {
+        match event {
+            Event::Open { .. } => open += 1,
+            Event::Close => open = open.saturating_sub(1),
+            Event::Key(_) if depth.is_none_or(|d| d == open) => count += 1,
+            Event::Key(_) | Event::Comma => {}
+        }
+        true
+    });
+    count
+}
+
+/// About how many values (objects, arrays, strings, numbers, ...) `json` holds: its commas and
+/// opening brackets, plus one. A linear scan that allocates nothing, so a text whose parsed tree
+/// would be many times its size can be refused before it is parsed.
+pub(crate) fn count_values(json: &str) -> usize {
+    let mut count = 1usize;
+    scan(json, |event| {
+        if matches!(event, Event::Open { .. } | Event::Comma) {
+            count += 1;
+        }
+        true
+    });
+    count
+}
+
+/// What [`scan`] reports, in text order.
+enum Event<'a> {
+    /// `{` (object) or `[`.
+    Open { object: bool },
+    /// `}` or `]`.
+    Close,
+    /// An object key, as its quoted literal.
+    Key(&'a str),
+    /// `,` between values.
+    Comma,
+}
+
+/// Walk the structure of `json` (valid JSON, or at least terminating on anything), calling
+/// `on_event` until it returns false.
+fn scan<'a>(json: &'a str, mut on_event: impl FnMut(Event<'a>) -> bool) {
+    let mut in_object: Vec<bool> = Vec::new();
     let mut expecting_key = false;
     let bytes = json.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
+        let go_on = match bytes[i] {
             b'"' => {
                 let end = closing_quote(bytes, i);
-                if expecting_key {
-                    if let Some(Some(keys)) = scopes.last_mut() {
-                        let key = decode_string(&json[i..=end]);
-                        if !keys.insert(key.clone()) {
-                            return Some(key);
-                        }
-                    }
-                }
+                let go_on = !expecting_key || on_event(Event::Key(&json[i..=end]));
                 expecting_key = false;
                 i = end;
+                go_on
             }
-            b'{' => {
-                scopes.push(Some(HashSet::new()));
-                expecting_key = true;
-            }
-            b'[' => {
-                scopes.push(None);
-                expecting_key = false;
+            b'{' | b'[' => {
+                let object = bytes[i] == b'{';
+                in_object.push(object);
+                expecting_key = object;
+                on_event(Event::Open { object })
             }
             b'}' | b']' => {
-                scopes.pop();
+                in_object.pop();
+                on_event(Event::Close)
             }
-            b',' => expecting_key = matches!(scopes.last(), Some(Some(_))),
-            _ => {}
+            b',' => {
+                expecting_key = in_object.last() == Some(&true);
+                on_event(Event::Comma)
+            }
+            _ => true,
+        };
+        if !go_on {
+            return;
         }
         i += 1;
     }
-    None
 }
 
 /// Index of the `"` closing the string that opens at `start` (or the last index if unterminated).
@@ -81,7 +155,18 @@ fn decode_string(literal: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::first_duplicate_key;
+    use super::{count_keys, count_values, first_duplicate_key};
+
+    #[test]
+    fn counts_keys_at_the_top_or_everywhere() {
+        let json = r#"{"a": {"b": 1, "c": [{"d": "e"}]}, "f": "g,h"}"#;
+        assert_eq!(count_keys(json, Some(1)), 2);
+        assert_eq!(count_keys(json, Some(2)), 2);
+        assert_eq!(count_keys(json, None), 5);
+        assert_eq!(count_keys("[1, 2]", None), 0);
+        assert_eq!(count_values(json), 7, "3 objects, an array, 3 scalars: 4 brackets, 2 commas, 1");
+        assert_eq!(count_values("[0,0,0]"), 4);
+    }
 
     #[test]
     fn finds_repeats_at_any_depth_and_only_among_keys() {

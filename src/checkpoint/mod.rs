@@ -12,7 +12,7 @@
 //! Everything read here is untrusted: corrupt or malicious files produce an [`Error`] naming the
 //! file, the tensor and the offending numbers, never a panic or an out-of-bounds read.
 
-mod json_text;
+pub(crate) mod json_text;
 pub mod random;
 pub mod safetensors;
 pub mod shards;

@@ -44,11 +44,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use half::{bf16, f16};
 
@@ -58,13 +56,24 @@ use std::sync::Arc;
 use crate::values::{Plain, Values};
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::json_text::{brief, first_duplicate_key};
+use super::json_text::{brief, brief_text, count_keys, first_duplicate_key};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The largest header accepted, as in the reference implementation: 100 MB.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// The most tensors one file, or one sharded checkpoint, may hold (Hymba-1.5B has a few hundred; the limit
+/// keeps a header of millions of tiny entries from costing memory and time before it is refused).
+pub const MAX_TENSORS: usize = 100_000;
+
+/// The most bytes of JSON one tensor's entry may take (a real one takes about 80).
+pub const MAX_ENTRY_BYTES: usize = 64 << 10;
+
+/// The most entries `__metadata__` may hold (PyTorch writes one).
+pub const MAX_METADATA_ENTRIES: usize = 4096;
 
 /// The key of the free-form string map in the header; every other key is a tensor.
 pub const METADATA_KEY: &str = "__metadata__";
@@ -233,7 +242,7 @@ struct Header {
 impl SafetensorsFile {
     /// Memory-map and validate the file at `path`; errors name the path.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let (file, _) = crate::files::open_regular(path, crate::files::WEIGHTS)?;
         // SAFETY: the mapping is read-only. As with every mmap, another process truncating or
         // rewriting the file while we hold it could change or remove the bytes under us; model
         // files are not modified in place (our own writer replaces files by renaming).
@@ -394,8 +403,7 @@ fn corrupt(origin: &str, message: impl fmt::Display) -> Error {
 
 fn parse(bytes: &[u8], origin: &str) -> Result<Header> {
     let (text, data_start) = split_header(bytes, origin)?;
-    let object = parse_json_object(text, origin)?;
-    let (mut tensors, metadata) = parse_entries(object, origin)?;
+    let (mut tensors, metadata) = parse_entries(text, origin)?;
     let data_len = bytes.len() - data_start;
     for tensor in &tensors {
         check_in_buffer(tensor, data_len, origin)?;
@@ -434,46 +442,63 @@ fn split_header<'a>(bytes: &'a [u8], origin: &str) -> Result<(&'a str, usize)> {
     Ok((text, 8 + header_len))
 }
 
-fn parse_json_object(text: &str, origin: &str) -> Result<Map<String, Value>> {
-    let value: Value = serde_json::from_str(text)
+/// The header's entries: tensors and the `__metadata__` map. Bounded before anything is built:
+/// at most [`MAX_TENSORS`] entries (counted by a scan that allocates nothing), each tensor entry
+/// at most [`MAX_ENTRY_BYTES`] of JSON, at most [`MAX_METADATA_ENTRIES`] metadata strings. The
+/// top level is read as raw JSON slices of the mapped file and each entry parsed on its own, so
+/// memory stays within a small multiple of the entries' count, never of the header's bytes.
+fn parse_entries(text: &str, origin: &str) -> Result<(Vec<TensorInfo>, BTreeMap<String, String>)> {
+    if !text.trim_start().starts_with('{') {
+        let found = brief_text(text.trim());
+        return Err(corrupt(origin, format!("header must be a JSON object, found {found}")));
+    }
+    let entries = count_keys(text, Some(1));
+    if entries > MAX_TENSORS + 1 {
+        let why = format!("header holds {entries} entries; at most {MAX_TENSORS} tensors are accepted");
+        return Err(corrupt(origin, why));
+    }
+    let object: BTreeMap<String, &RawValue> = serde_json::from_str(text)
         .map_err(|e| corrupt(origin, format!("header is not valid JSON: {e}")))?;
-    let Value::Object(object) = value else {
-        return Err(corrupt(
-            origin,
-            format!("header must be a JSON object, found {}", brief(&value)),
-        ));
-    };
     if let Some(key) = first_duplicate_key(text) {
         return Err(corrupt(origin, format!("header repeats the key '{key}' within one object")));
     }
-    Ok(object)
-}
-
-fn parse_entries(
-    object: Map<String, Value>,
-    origin: &str,
-) -> Result<(Vec<TensorInfo>, BTreeMap<String, String>)> {
     let mut tensors = Vec::with_capacity(object.len());
     let mut metadata = BTreeMap::new();
-    for (key, value) in object {
+    for (key, raw) in object {
         if key == METADATA_KEY {
-            metadata = parse_metadata(value, origin)?;
+            metadata = parse_metadata(raw.get(), origin)?;
+        } else if raw.get().len() > MAX_ENTRY_BYTES {
+            let why = format!(
+                "tensor '{key}': its entry is {} bytes of JSON, over the limit of {MAX_ENTRY_BYTES}",
+                raw.get().len()
+            );
+            return Err(corrupt(origin, why));
         } else {
+            let value: Value = serde_json::from_str(raw.get())
+                .map_err(|e| corrupt(origin, format!("tensor '{key}': {e}")))?;
             tensors.push(parse_tensor(key, &value, origin)?);
         }
     }
     Ok((tensors, metadata))
 }
 
-fn parse_metadata(value: Value, origin: &str) -> Result<BTreeMap<String, String>> {
+fn parse_metadata(raw: &str, origin: &str) -> Result<BTreeMap<String, String>> {
     let bad = |what: String| {
         corrupt(origin, format!("{METADATA_KEY} must map strings to strings, but {what}"))
     };
-    let Value::Object(map) = value else { return Err(bad(format!("it is {}", brief(&value)))) };
+    if !raw.starts_with('{') {
+        return Err(bad(format!("it is {}", brief_text(raw))));
+    }
+    let entries = count_keys(raw, Some(1));
+    if entries > MAX_METADATA_ENTRIES {
+        return Err(bad(format!("it holds {entries} entries, over the limit of {MAX_METADATA_ENTRIES}")));
+    }
+    let map: BTreeMap<String, &RawValue> =
+        serde_json::from_str(raw).map_err(|e| bad(format!("it is not an object: {e}")))?;
     map.into_iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => Ok((k, s)),
-            other => Err(bad(format!("\"{k}\" maps to {}", brief(&other)))),
+        .map(|(k, v)| match serde_json::from_str::<String>(v.get()) {
+            Ok(s) => Ok((k, s)),
+            Err(_) => Err(bad(format!("\"{k}\" maps to {}", brief_text(v.get())))),
         })
         .collect()
 }
@@ -666,9 +691,11 @@ pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()
 
 /// Write tensors and `__metadata__` entries to a valid safetensors file at `path`.
 ///
-/// The file is written atomically: to a temporary file in the same directory, flushed to disk,
-/// then renamed over `path`. On failure no partial output is left and an existing `path` is
-/// untouched. As in the reference writer, tensors are laid out by decreasing element size, then
+/// A regular file (or a path not yet there) is written atomically: to a temporary file in the same
+/// directory, flushed to disk, then renamed over `path` (a symbolic link is resolved first and
+/// kept). On failure no partial output is left and an existing `path` is untouched. A pipe or
+/// character device (`/dev/stdout`) is written through; anything else is refused (see
+/// [`crate::files::write_output`]). As in the reference writer, tensors are laid out by decreasing element size, then
 /// by name, after a header padded with spaces to a multiple of 8 bytes, so each tensor's data is
 /// aligned to its element size.
 pub fn write_tensors(
@@ -682,10 +709,10 @@ pub fn write_tensors(
         b.2.dtype().size_in_bytes().cmp(&a.2.dtype().size_in_bytes()).then(a.0.cmp(b.0))
     });
     let header = header_bytes(&order, metadata);
-    write_atomically(path, |out| {
+    crate::files::write_output(path, |mut out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
-        order.iter().try_for_each(|(_, _, data)| data.write_le(out))
+        order.iter().try_for_each(|(_, _, data)| data.write_le(&mut out))
     })
 }
 
@@ -732,33 +759,3 @@ fn header_bytes(order: &[&NamedTensor], metadata: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
-/// Write via `fill` to a temporary sibling of `path`, then rename it onto `path`.
-fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> Result<()> {
-    let temp = temporary_sibling(path)?;
-    let file = OpenOptions::new().write(true).create_new(true).open(&temp);
-    let file = file.map_err(|e| Error::io(path, "create", e))?;
-    let mut out = BufWriter::new(file);
-    let written =
-        fill(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error())?.sync_all());
-    let result = written.map_err(|e| Error::io(path, "write", e)).and_then(|()| {
-        fs::rename(&temp, path).map_err(|e| Error::io(path, "rename temporary file onto", e))
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&temp); // best effort; the error we report is the original one
-    }
-    result
-}
-
-/// `dir/.name.tmp-<pid>-<n>`, unique within this process and among processes.
-fn temporary_sibling(path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let Some(name) = path.file_name() else {
-        return Err(Error::input(format!("cannot write {}: not a file path", path.display())));
-    };
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp_name = format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id());
-    Ok(path.with_file_name(temp_name))
-}

@@ -19,13 +19,12 @@
 //! names in the same directory (an index cannot point at `../elsewhere`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::json_text::{brief, first_duplicate_key};
-use super::safetensors::{SafetensorsFile, TensorInfo};
+use super::json_text::{brief, count_keys, first_duplicate_key};
+use super::safetensors::{SafetensorsFile, TensorInfo, MAX_METADATA_ENTRIES, MAX_TENSORS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Elements;
 
@@ -33,6 +32,10 @@ use crate::matrix::Elements;
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The most keys an index may hold: a weight map of [`MAX_TENSORS`] and a small `metadata`
+/// (counted before parsing, so an index of millions of entries is refused without building them).
+const MAX_INDEX_KEYS: usize = MAX_TENSORS + MAX_METADATA_ENTRIES;
 
 /// A parsed `model.safetensors.index.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +62,11 @@ fn index_error(origin: &str, message: impl std::fmt::Display) -> Error {
 
 /// Parse the text of a shard index; `origin` names it in error messages.
 pub fn parse_index(json_text: &str, origin: &str) -> Result<ShardIndex> {
+    let keys = count_keys(json_text, None);
+    if keys > MAX_INDEX_KEYS {
+        let why = format!("holds {keys} keys; an index may list at most {MAX_TENSORS} tensors");
+        return Err(index_error(origin, why));
+    }
     let value: Value = serde_json::from_str(json_text)
         .map_err(|e| index_error(origin, format!("not valid JSON: {e}")))?;
     if let Some(key) = first_duplicate_key(json_text) {
@@ -127,13 +135,13 @@ impl Checkpoint {
     /// `dir/model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Checkpoint> {
         let single = dir.join(SINGLE_FILE);
-        if single.is_file() {
+        if single.exists() {
             let file = SafetensorsFile::open(&single)?;
             let file_of = locate_tensors(std::slice::from_ref(&file))?;
             return Ok(Checkpoint { dir: dir.to_path_buf(), files: vec![file], file_of });
         }
         let index = dir.join(INDEX_FILE);
-        if index.is_file() {
+        if index.exists() {
             return Self::open_sharded(dir, &index);
         }
         let message = format!("{}: found neither {SINGLE_FILE} nor {INDEX_FILE}", dir.display());
@@ -142,15 +150,24 @@ impl Checkpoint {
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
         let origin = index_path.display().to_string();
-        let bytes = fs::read(index_path).map_err(|e| Error::io(index_path, "read", e))?;
+        let bytes = crate::files::read_capped(index_path, crate::files::SHARD_INDEX)?;
         let text =
             std::str::from_utf8(&bytes).map_err(|_| index_error(&origin, "is not valid UTF-8"))?;
         let index = parse_index(text, &origin)?;
         let shard_names = index.shard_files();
-        let files = shard_names
-            .iter()
-            .map(|name| open_shard(dir, name, &origin))
-            .collect::<Result<Vec<_>>>()?;
+        let mut files = Vec::with_capacity(shard_names.len());
+        let mut held = 0;
+        for name in &shard_names {
+            let file = open_shard(dir, name, &origin)?;
+            check_all_listed(&index, name, &file, &origin)?;
+            held += file.tensors().count();
+            files.push(file);
+            if held > index.weight_map.len() {
+                // Every tensor is listed, so more tensors than entries means one is in two shards:
+                // stop before opening more shards and say which.
+                locate_tensors(&files)?;
+            }
+        }
         let file_of = locate_tensors(&files)?;
         check_against_index(&index, &shard_names, &file_of, &origin)?;
         Ok(Checkpoint { dir: dir.to_path_buf(), files, file_of })
@@ -202,11 +219,22 @@ impl Checkpoint {
 
 fn open_shard(dir: &Path, name: &str, index_origin: &str) -> Result<SafetensorsFile> {
     let path = dir.join(name);
-    if !path.is_file() {
+    if !path.exists() {
         let why = format!("lists shard '{name}', but {} does not exist", path.display());
         return Err(index_error(index_origin, why));
     }
     SafetensorsFile::open(&path)
+}
+
+/// Every tensor of shard `name` is listed in the index (checked as each shard opens, so extra
+/// shards full of unlisted entries are refused at the first of them).
+fn check_all_listed(index: &ShardIndex, name: &str, file: &SafetensorsFile, origin: &str) -> Result<()> {
+    match file.tensors().find(|t| !index.weight_map.contains_key(&t.name)) {
+        None => Ok(()),
+        Some(tensor) => {
+            Err(index_error(origin, format!("does not list tensor '{}', which {name} holds", tensor.name)))
+        }
+    }
 }
 
 /// Which file holds each tensor; a tensor in two files is an error.
@@ -228,7 +256,7 @@ fn locate_tensors(files: &[SafetensorsFile]) -> Result<HashMap<String, usize>> {
     Ok(file_of)
 }
 
-/// Every indexed tensor lives in the shard the index names, and every stored tensor is indexed.
+/// Every indexed tensor lives in the shard the index names.
 fn check_against_index(
     index: &ShardIndex,
     shard_names: &[&str],
@@ -249,17 +277,6 @@ fn check_against_index(
             }
         }
     }
-    let mut unlisted: Vec<&String> =
-        file_of.keys().filter(|t| !index.weight_map.contains_key(*t)).collect();
-    unlisted.sort_unstable();
-    match unlisted.first() {
-        None => Ok(()),
-        Some(tensor) => {
-            let shard = shard_names[file_of[*tensor]];
-            Err(index_error(
-                origin,
-                format!("does not list tensor '{tensor}', which {shard} holds"),
-            ))
-        }
-    }
+    // Stored but unlisted tensors were refused as each shard opened (`check_all_listed`).
+    Ok(())
 }

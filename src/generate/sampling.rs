@@ -52,26 +52,59 @@ impl SamplingParams {
     /// applies either way. No file means greedy; a malformed file is an error naming it.
     pub fn from_generation_config(dir: &Path) -> Result<SamplingParams> {
         let path = dir.join("generation_config.json");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SamplingParams::default()),
-            Err(e) => return Err(Error::io(&path, "read", e)),
+        match crate::files::read_optional(&path, crate::files::CONFIG)? {
+            None => Ok(SamplingParams::default()),
+            Some(bytes) => {
+                let origin = path.display().to_string();
+                let text = crate::files::utf8(bytes, &origin)?;
+                SamplingParams::from_generation_config_text(&text, &origin)
+            }
+        }
+    }
+
+    /// Parse the text of a `generation_config.json`; `origin` names it in errors. Every field we
+    /// read must have its type (`do_sample` true or false, `top_k` a whole number ≥ 0, the rest
+    /// numbers) whether or not `do_sample` puts it to use; a repeated key is an error.
+    pub fn from_generation_config_text(text: &str, origin: &str) -> Result<SamplingParams> {
+        let bad = |what: String| Error::input(format!("{origin}: {what}"));
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        if let Some(key) = crate::checkpoint::json_text::first_duplicate_key(text) {
+            return Err(bad(format!("the key `{key}` appears twice in one object")));
+        }
+        let serde_json::Value::Object(fields) = &json else {
+            return Err(bad(format!("must be a JSON object of generation settings, found {}", crate::checkpoint::json_text::brief(&json))));
         };
-        let bad = |what: String| Error::input(format!("{}: {what}", path.display()));
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let field = |key: &str| fields.get(key).filter(|v| !v.is_null());
         let number = |key: &str, default: f32| -> Result<f32> {
-            match json.get(key).filter(|v| !v.is_null()) {
+            match field(key) {
                 None => Ok(default),
                 Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| bad(format!("`{key}` must be a number, found {v}"))),
             }
         };
-        let mut params = SamplingParams { repetition_penalty: number("repetition_penalty", 1.0)?, ..Default::default() };
-        if json.get("do_sample").and_then(serde_json::Value::as_bool) == Some(true) {
-            params.temperature = number("temperature", 1.0)?;
-            params.top_k = number("top_k", 50.0)? as usize;
-            params.top_p = number("top_p", 1.0)?;
-            params.min_p = number("min_p", 0.0)?;
-        }
+        let do_sample = match field("do_sample") {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| bad(format!("`do_sample` must be true or false, found {v}")))?,
+        };
+        let top_k = match field("top_k") {
+            None => 50,
+            Some(v) => v
+                .as_u64()
+                .and_then(|k| usize::try_from(k).ok())
+                .ok_or_else(|| bad(format!("`top_k` must be a whole number ≥ 0 (0 = off), found {v}")))?,
+        };
+        let sampled = SamplingParams {
+            temperature: number("temperature", 1.0)?,
+            top_k,
+            top_p: number("top_p", 1.0)?,
+            min_p: number("min_p", 0.0)?,
+            repetition_penalty: number("repetition_penalty", 1.0)?,
+            seed: 0,
+        };
+        let params = if do_sample {
+            sampled
+        } else {
+            SamplingParams { repetition_penalty: sampled.repetition_penalty, ..Default::default() }
+        };
         params.validate().map_err(|e| bad(e.message))?;
         Ok(params)
     }

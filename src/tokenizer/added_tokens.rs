@@ -17,41 +17,72 @@ pub(crate) enum Segment<'a> {
     Token(u32),
 }
 
+/// The longest added token, in bytes. Matching costs at most this many steps per byte of text,
+/// so the bound keeps `encode` linear in the text (Hugging Face's added tokens are a few bytes).
+pub(crate) const MAX_ADDED_TOKEN_BYTES: usize = 1024;
+
+/// The added tokens as a byte trie: matching at a position walks the text down the trie once,
+/// remembering the last node that ends a token (the longest match), however many tokens share
+/// a prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct AddedTokens {
-    /// `(content, id)`, content non-empty.
-    tokens: Vec<(String, u32)>,
-    /// For each first byte, the indices into `tokens` starting with it, longest first.
-    by_first_byte: Vec<Vec<usize>>,
+    /// Node 0 is the root (the empty string).
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TrieNode {
+    /// `(byte, child node)`, sorted by byte.
+    children: Vec<(u8, u32)>,
+    /// The id of the token that ends here, if any.
+    token: Option<u32>,
 }
 
 impl AddedTokens {
-    /// `tokens` are `(content, id)` pairs with non-empty contents.
+    /// `tokens` are `(content, id)` pairs with non-empty contents of at most
+    /// [`MAX_ADDED_TOKEN_BYTES`]; when one content is given twice, the first id wins.
     pub fn new(tokens: Vec<(String, u32)>) -> AddedTokens {
-        let mut by_first_byte = vec![Vec::new(); 256];
-        for (i, (content, _)) in tokens.iter().enumerate() {
-            if let Some(&b) = content.as_bytes().first() {
-                by_first_byte[usize::from(b)].push(i);
+        debug_assert!(tokens.iter().all(|(c, _)| !c.is_empty() && c.len() <= MAX_ADDED_TOKEN_BYTES));
+        // Inserted in byte order, every new child sorts after its siblings: a push, not an insert.
+        let mut order: Vec<usize> = (0..tokens.len()).collect();
+        order.sort_by(|&a, &b| tokens[a].0.as_bytes().cmp(tokens[b].0.as_bytes()).then(a.cmp(&b)));
+        let mut nodes = vec![TrieNode::default()];
+        for i in order {
+            let (content, id) = &tokens[i];
+            let mut node = 0;
+            for &b in content.as_bytes() {
+                node = match nodes[node].children.binary_search_by_key(&b, |&(c, _)| c) {
+                    Ok(k) => nodes[node].children[k].1 as usize,
+                    Err(k) => {
+                        let child = nodes.len();
+                        nodes[node].children.insert(k, (b, child as u32));
+                        nodes.push(TrieNode::default());
+                        child
+                    }
+                };
             }
+            nodes[node].token.get_or_insert(*id);
         }
-        for list in &mut by_first_byte {
-            list.sort_by_key(|&i| std::cmp::Reverse(tokens[i].0.len()));
-        }
-        AddedTokens { tokens, by_first_byte }
+        AddedTokens { nodes }
     }
 
     /// Whether `id` is one of these tokens.
     pub fn contains_id(&self, id: u32) -> bool {
-        self.tokens.iter().any(|&(_, token)| token == id)
+        self.nodes.iter().any(|node| node.token == Some(id))
     }
 
-    /// The longest token that `text` starts with.
+    /// The longest token that `text` starts with: `(length in bytes, id)`.
     fn match_at(&self, text: &[u8]) -> Option<(usize, u32)> {
-        let first = *text.first()?;
-        self.by_first_byte.get(usize::from(first))?.iter().find_map(|&i| {
-            let (content, id) = &self.tokens[i];
-            text.starts_with(content.as_bytes()).then_some((content.len(), *id))
-        })
+        let mut node = &self.nodes[0];
+        let mut longest = None;
+        for (depth, &b) in text.iter().enumerate() {
+            let Ok(k) = node.children.binary_search_by_key(&b, |&(c, _)| c) else { break };
+            node = &self.nodes[node.children[k].1 as usize];
+            if let Some(id) = node.token {
+                longest = Some((depth + 1, id));
+            }
+        }
+        longest
     }
 
     /// Cut `text` at every added token. Empty stretches of text are left out.
@@ -108,5 +139,12 @@ mod tests {
         let t = AddedTokens::new(vec![("<a".into(), 7), ("<ab>".into(), 8)]);
         assert_eq!(t.split("x<ab>"), vec![Text("x"), Token(8)]);
         assert_eq!(t.split("x<ac"), vec![Text("x"), Token(7), Text("c")]);
+    }
+
+    #[test]
+    fn first_of_two_equal_contents_wins_and_shared_prefixes_share_nodes() {
+        let t = AddedTokens::new(vec![("<ab>".into(), 5), ("<ab>".into(), 6), ("<ac>".into(), 7)]);
+        assert_eq!(t.split("<ab><ac>"), vec![Token(5), Token(7)]);
+        assert_eq!(t.nodes.len(), 1 + 4 + 2, "the root, `<ab>`, then only `c>` for `<ac>`");
     }
 }

@@ -18,17 +18,31 @@
 //!
 //! `truncation` and `padding` are batch policies, not tokenization, and are ignored.
 
+use super::added_tokens::MAX_ADDED_TOKEN_BYTES;
 use super::bpe::{Merge, MergeTable};
 use super::normalizer::{Normalizer, Step};
 use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
+use crate::checkpoint::json_text::{count_values, first_duplicate_key};
 use crate::error::Result;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
+/// The most JSON values a `tokenizer.json` may hold (Hymba's holds about 100 000; a vocabulary of
+/// 128 000 pieces with 280 000 merges, about a million). Each parsed value takes some 80 bytes,
+/// so the bound keeps a file of tiny values (`[0,0,0,...]`) from costing 40 times its size.
+const MAX_JSON_VALUES: usize = 2_000_000;
+
 /// Parse the text of a `tokenizer.json`. `origin` names the file in errors.
 pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
     let err = |what: String| tokenizer_error(origin, what);
+    let values = count_values(text);
+    if values > MAX_JSON_VALUES {
+        return Err(err(format!("holds about {values} JSON values; a tokenizer.json may hold at most {MAX_JSON_VALUES}")));
+    }
     let root: Value = serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    if let Some(key) = first_duplicate_key(text) {
+        return Err(err(format!("the key {key:?} appears twice in one object")));
+    }
     let root = root.as_object().ok_or_else(|| err("the top level is not a JSON object".into()))?;
 
     let model = root.get("model").and_then(Value::as_object).ok_or_else(|| err("no `model` object".into()))?;
@@ -86,6 +100,9 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Tokenizer> {
 pub(super) fn apply_tokenizer_config(tokenizer: &mut Tokenizer, text: &str, origin: &str) -> Result<()> {
     let err = |what: String| tokenizer_error(origin, what);
     let root: Value = serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    if let Some(key) = first_duplicate_key(text) {
+        return Err(err(format!("the key {key:?} appears twice in one object")));
+    }
     let root = root.as_object().ok_or_else(|| err("the top level is not a JSON object".into()))?;
 
     if let Some(v) = root.get("add_bos_token").filter(|v| !v.is_null()) {
@@ -186,6 +203,12 @@ fn read_added_tokens(root: &Map<String, Value>) -> std::result::Result<Vec<(Stri
                 .and_then(Value::as_str)
                 .filter(|c| !c.is_empty())
                 .ok_or_else(|| format!("{context}.content is not a non-empty string"))?;
+            if content.len() > MAX_ADDED_TOKEN_BYTES {
+                return Err(format!(
+                    "{context}.content is {} bytes long; added tokens may have at most {MAX_ADDED_TOKEN_BYTES}",
+                    content.len()
+                ));
+            }
             for key in ["lstrip", "rstrip", "single_word", "normalized"] {
                 check_off(token, key, &context)?;
             }

@@ -54,7 +54,8 @@ pub use chat::{render_chat, ChatMessage, Role};
 pub use stream::StreamDecoder;
 
 use crate::error::{Error, ErrorKind, Result};
-use added_tokens::{AddedTokens, Segment};
+use crate::files;
+pub(crate) use added_tokens::{AddedTokens, Segment, MAX_ADDED_TOKEN_BYTES};
 use bpe::{FastMap, MergeTable};
 use normalizer::{Normalizer, SPACE_SYMBOL};
 use std::path::Path;
@@ -89,9 +90,9 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let json = dir.join("tokenizer.json");
         let model = dir.join("tokenizer.model");
-        let mut tokenizer = if json.is_file() {
+        let mut tokenizer = if json.exists() {
             Tokenizer::from_tokenizer_json(&json)?
-        } else if model.is_file() {
+        } else if model.exists() {
             Tokenizer::from_sentencepiece_model(&model)?
         } else {
             return Err(Error::new(
@@ -100,8 +101,8 @@ impl Tokenizer {
             ));
         };
         let config = dir.join("tokenizer_config.json");
-        if config.is_file() {
-            let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, "read", e))?;
+        if config.exists() {
+            let text = files::read_text_capped(&config, files::CONFIG)?;
             hf_json::apply_tokenizer_config(&mut tokenizer, &text, &config.display().to_string())?;
         }
         Ok(tokenizer)
@@ -109,7 +110,7 @@ impl Tokenizer {
 
     /// Load a Hugging Face `tokenizer.json` (Llama-style BPE with byte fallback).
     pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let text = files::read_text_capped(path, files::TOKENIZER)?;
         Tokenizer::from_json_str(&text, &path.display().to_string())
     }
 
@@ -120,7 +121,7 @@ impl Tokenizer {
 
     /// Load a SentencePiece `tokenizer.model` (a BPE model with byte fallback).
     pub fn from_sentencepiece_model(path: &Path) -> Result<Tokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        let bytes = files::read_capped(path, files::TOKENIZER)?;
         Tokenizer::from_sp_bytes(&bytes, &path.display().to_string())
     }
 
@@ -214,6 +215,26 @@ impl Tokenizer {
     /// The number of ids: every id below this has a piece.
     pub fn vocab_size(&self) -> usize {
         self.pieces.len()
+    }
+
+    /// Ok if this tokenizer and a model with `vocab_size` ids (`config.json`'s) agree on the
+    /// vocabulary; else an error naming both sizes. Fewer pieces would let the model generate
+    /// ids the tokenizer cannot print; more would let text encode to ids the model cannot embed.
+    pub fn check_model_vocab(&self, vocab_size: usize, dir: &Path) -> Result<()> {
+        if self.pieces.len() == vocab_size {
+            return Ok(());
+        }
+        let problem = if self.pieces.len() < vocab_size {
+            "the model could generate ids the tokenizer cannot decode"
+        } else {
+            "text could encode to ids the model has no embedding for"
+        };
+        let message = format!(
+            "{}: the tokenizer has {} ids but config.json's vocab_size is {vocab_size}: {problem}",
+            dir.display(),
+            self.pieces.len()
+        );
+        Err(Error::new(ErrorKind::Tokenizer, message))
     }
 
     /// The beginning-of-sequence id (`<s>`, 1 for Llama).

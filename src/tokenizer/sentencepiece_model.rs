@@ -262,6 +262,10 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
     let mut ids: HashMap<&str, u32> = HashMap::with_capacity(pieces.len());
     for (i, piece) in pieces.iter().enumerate() {
         let id = u32::try_from(i).map_err(|_| err("more than 2^32 pieces".into()))?;
+        if piece.text.len() > MAX_PIECE_BYTES {
+            let len = piece.text.len();
+            return Err(err(format!("piece {id} is {len} bytes long; pieces may have at most {MAX_PIECE_BYTES}")));
+        }
         let what = format!("piece {id} {:?}", piece.text);
         match piece.kind {
             NORMAL | UNKNOWN | CONTROL | BYTE => {}
@@ -328,9 +332,18 @@ pub(super) fn parse(buf: &[u8], origin: &str) -> Result<Tokenizer> {
     })
 }
 
+/// The longest piece, in bytes. Finding a piece's merges looks at each of its splits, so the bound
+/// keeps loading near-linear in the file (SentencePiece trains pieces of at most 16 characters).
+const MAX_PIECE_BYTES: usize = 256;
+
 /// Every split of a NORMAL piece into two NORMAL pieces, ranked by the piece's score (higher
-/// score → lower rank; equal scores share a rank so that ties go to the leftmost pair).
+/// score → lower rank; equal scores share a rank so that ties go to the leftmost pair). Only
+/// splits where both halves have the length of some piece are looked up, left half first.
 fn merge_table(pieces: &[Piece], normal: &HashMap<&str, u32>) -> MergeTable {
+    let mut is_length = [false; MAX_PIECE_BYTES + 1];
+    for text in normal.keys() {
+        is_length[text.len()] = true;
+    }
     let mut scores: Vec<f32> = normal.values().map(|&id| pieces[id as usize].score).collect();
     scores.sort_by(|a, b| b.total_cmp(a));
     scores.dedup_by(|a, b| a.total_cmp(b).is_eq());
@@ -340,8 +353,12 @@ fn merge_table(pieces: &[Piece], normal: &HashMap<&str, u32>) -> MergeTable {
     for (&text, &merged) in normal {
         let rank = rank_of(pieces[merged as usize].score);
         for (split, _) in text.char_indices().skip(1) {
+            if !(is_length[split] && is_length[text.len() - split]) {
+                continue;
+            }
             let (left, right) = text.split_at(split);
-            if let (Some(&l), Some(&r)) = (normal.get(left), normal.get(right)) {
+            let Some(&l) = normal.get(left) else { continue };
+            if let Some(&r) = normal.get(right) {
                 table.insert(l, r, Merge { rank, merged });
             }
         }

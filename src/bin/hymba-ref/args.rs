@@ -79,6 +79,21 @@ pub fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
+/// The most worker threads `--threads` may ask for: this many, or 4 per core if that is more.
+const MAX_THREADS: usize = 1024;
+
+/// Ok if `threads` is between 1 and the limit; the error names `--threads`.
+pub fn check_threads(threads: usize) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = MAX_THREADS.max(4 * cores);
+    if threads == 0 || threads > limit {
+        return Err(Error::input(format!(
+            "--threads {threads}: must be between 1 and {limit} (this machine has {cores} cores)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

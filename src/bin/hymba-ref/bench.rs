@@ -21,8 +21,10 @@
 
 mod bandwidth;
 mod from_disk;
+mod limits;
 mod memory;
 
+use crate::args::print_stdout;
 use clap::Args;
 use hymba_ref::cache::HybridCache;
 use hymba_ref::checkpoint::random::RandomWeights;
@@ -102,31 +104,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        return Err(Error::input("--threads must be at least 1"));
-    }
+    limits::check_run(&specs, &args, threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .map_err(|e| Error::input(format!("cannot start {threads} worker threads: {e}")))?;
 
     if let Some(dir) = &args.child_load {
-        println!("{}", from_disk::child(dir, args.seed)?);
-        return Ok(());
+        return print_stdout(&format!("{}\n", from_disk::child(dir, args.seed)?));
     }
     if args.from_disk {
         let configs = from_disk::bench_configs(&specs, &args, threads)?;
         let report = json!({ "engine": "hymba-ref", "threads": threads, "runs": args.runs, "seed": args.seed, "configs": configs });
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
-        } else {
-            print!("{}", from_disk::table(threads, &configs));
-        }
-        return Ok(());
+        return match args.json {
+            true => print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON"))),
+            false => print_stdout(&from_disk::table(threads, &configs)),
+        };
     }
     if args.child {
         let configs = specs.iter().map(|spec| bench_config(spec, &args)).collect::<Result<Vec<_>>>()?;
-        println!("{}", json!({ "configs": configs }));
+        print_stdout(&format!("{}\n", json!({ "configs": configs })))?;
         return Ok(());
     }
 
@@ -165,11 +162,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "configs": configs,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON")))
     } else {
-        print!("{}", table(&report));
+        print_stdout(&table(&report))
     }
-    Ok(())
 }
 
 /// A config to benchmark: its display name and the text of its `config.json`.
@@ -193,7 +189,7 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
             known.join(", ")
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
     HymbaConfig::from_json_str(&text).map_err(|e| e.context(path.display()))?;
     Ok(ConfigSpec { name: name.to_string(), json: text })
 }
@@ -216,7 +212,8 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
     }
     let out = cmd.output().map_err(|e| Error::io(&exe, "run", e))?;
     if !out.status.success() {
-        return Err(Error::input(format!("benchmarking config {} failed ({})", spec.name, out.status)));
+        let hint = if out.status.code().is_none() { "; killed by a signal, perhaps out of memory" } else { "" };
+        return Err(Error::input(format!("benchmarking config {} failed ({}{hint})", spec.name, out.status)));
     }
     let value: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::input(format!("config {}: the child printed no valid JSON: {e}", spec.name)))?;

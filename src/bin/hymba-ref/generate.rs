@@ -15,8 +15,9 @@ use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
 use hymba_ref::model::{LayerObserver, LayerTrace};
 use hymba_ref::generate::{generate_in, Flow, Generation, GenerationStats, StopReason};
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
+use hymba_ref::files;
 use hymba_ref::{Error, ErrorKind, Result};
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     let tokenizer = load_tokenizer(&dir)?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
         None => text_prompts(&args, &tokenizer)?,
@@ -124,7 +126,7 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
         tokenizer.encode(&text, tokenizer.add_bos_token())
     };
     if let Some(path) = &args.prompts_file {
-        let text = utf8(std::fs::read(path).map_err(|e| Error::io(path, "read", e))?, &path.display().to_string())?;
+        let text = files::read_text_capped(path, files::TEXT)?;
         let prompts: Vec<Vec<u32>> = text.lines().map(encode).collect();
         if prompts.is_empty() {
             return Err(Error::input(format!("{} holds no prompts", path.display())));
@@ -137,9 +139,7 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
             if io::stdin().is_terminal() {
                 eprintln!("reading the prompt from stdin (end it with Ctrl-D)");
             }
-            let mut bytes = Vec::new();
-            io::stdin().read_to_end(&mut bytes).map_err(|e| Error::new(ErrorKind::Io, format!("cannot read stdin: {e}")))?;
-            let text = utf8(bytes, "stdin")?;
+            let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
             // `echo text |` adds a newline that is not part of the prompt.
             let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
             text.to_string()
@@ -153,12 +153,6 @@ fn chat_prompt(system: Option<&str>, user: &str) -> String {
     let mut messages: Vec<ChatMessage> = system.map(|s| ChatMessage::new(Role::System, s)).into_iter().collect();
     messages.push(ChatMessage::new(Role::User, user));
     render_chat(&messages, true)
-}
-
-fn utf8(bytes: Vec<u8>, origin: &str) -> Result<String> {
-    String::from_utf8(bytes).map_err(|e| {
-        Error::input(format!("{origin} is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-    })
 }
 
 /// After a streamed generation: the final newline, or the ids as JSON.

@@ -52,6 +52,7 @@ impl GenerationArgs {
     /// Start the global thread pool with `--threads` workers (rayon's default otherwise).
     pub fn start_thread_pool(&self) -> Result<()> {
         let Some(n) = self.threads else { return Ok(()) };
+        crate::args::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

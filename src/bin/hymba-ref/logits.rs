@@ -15,7 +15,9 @@ pub struct LogitsArgs {
     /// Token ids: 5,17,300 or [5, 17, 300].
     #[arg(long, value_parser = token_ids)]
     ids: TokenIds,
-    /// Output file: one f32 tensor `logits` of shape `[n, V]` (meta rows excluded).
+    /// Output file: one f32 tensor `logits` of shape `[n, V]` (meta rows excluded). A regular
+    /// file is replaced atomically (through a symbolic link, which is kept); a pipe or character
+    /// device such as /dev/stdout is written through; anything else is refused.
     #[arg(long)]
     out: PathBuf,
     /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.
@@ -29,6 +31,8 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     if let Some(k) = args.prefill.filter(|&k| k > ids.len()) {
         return Err(Error::usage("--prefill", k, format!("must be at most the number of --ids ({})", ids.len())));
     }
+    // Refuse an --out that would never be written (a directory, a dangling link) before the work.
+    hymba_ref::files::output_target(&args.out)?;
     let model = Hymba::from_dir(&model_dir(Some(&args.model))?)?;
     model.check_ids(&ids)?;
     let logits = match args.prefill {

@@ -2,6 +2,7 @@
 
 use crate::args::{at_least, model_dir, print_stdout};
 use clap::Args;
+use hymba_ref::files;
 use hymba_ref::eval::{perplexity, windows};
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::Tokenizer;
@@ -35,16 +36,10 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         return Err(Error::usage("--stride", stride, problem));
     }
     let dir = model_dir(args.model.as_deref())?;
-    let bytes = std::fs::read(&args.file).map_err(|e| Error::io(&args.file, "read", e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::input(format!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            args.file.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    let text = files::read_text_capped(&args.file, files::TEXT)?;
     let model = Hymba::from_dir(&dir)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let ids = tokenizer.encode(&text, true);
     if ids.len() < 2 {
         return Err(Error::input(format!("{} has no tokens to score", args.file.display())));
