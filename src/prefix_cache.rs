@@ -8,7 +8,7 @@
 //! (`$XDG_CACHE_HOME/hymba-ref/`, else `~/.cache/hymba-ref/`):
 //!
 //! ```text
-//! prefix-<key>.safetensors
+//! prefix-<directory>-<weights>.safetensors
 //!   layers.{i}.keys       F32 (M, nkv·dqk)   K/V-producing layers only, rows in cache order
 //!   layers.{i}.values     F32 (M, nkv·dv)
 //!   layers.{i}.positions  I64 (M)
@@ -17,9 +17,11 @@
 //!   __metadata__: {"key": <key>, "format": FORMAT, "checksum": <hash of every tensor>}
 //! ```
 //!
-//! The key identifies the weights cheaply, without reading them: the engine version, the file
-//! format, and for `config.json` and every `.safetensors` / index file of the checkpoint its name,
-//! size, modification time and (for safetensors) header. Reading checks the key, every name,
+//! The key identifies the weights cheaply, without reading them: `<directory>` is a hash of the
+//! checkpoint directory's path, `<weights>` one of the engine version, the file format, and for
+//! `config.json` and each weights file (`model.safetensors`, or the index and the shards it
+//! names) its name, size, modification time and (for safetensors) header. Writing a prefix
+//! removes the directory's older ones, so changed weights do not pile up files. Reading checks the key, every name,
 //! shape and dtype against the config, the positions, every value finite, and the checksum of
 //! the values (so a flipped bit is caught too); a file
 //! that fails is reported (the caller warns, recomputes and rewrites it, atomically: readers
@@ -27,7 +29,8 @@
 //! gives bit-identical logits (tested).
 
 use crate::cache::HybridCache;
-use crate::checkpoint::{check_finite, write_tensors, NamedTensor, SafetensorsFile, TensorData};
+use crate::checkpoint::shards::{INDEX_FILE, SINGLE_FILE};
+use crate::checkpoint::{check_finite, parse_index, write_tensors, NamedTensor, SafetensorsFile, TensorData};
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::model::Hymba;
@@ -74,13 +77,22 @@ impl PrefixCache {
         read_prefix(cfg, key, &file).map(Some).map_err(|e| e.context(path.display()))
     }
 
-    /// Store `prefix` for `key`, replacing any file there atomically.
+    /// Store `prefix` for `key`, replacing any file there atomically, and remove the prefixes
+    /// of the same directory under other keys (its weights changed since).
     pub fn write(&self, cfg: &HymbaConfig, key: &str, prefix: &HybridCache) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, "create", e))?;
         let arrays = prefix_arrays(cfg, prefix);
         let tensors: Vec<NamedTensor> = arrays.iter().map(|(name, shape, data)| (name.as_str(), shape.as_slice(), data.as_tensor())).collect();
         let checksum = checksum(&arrays);
-        write_tensors(&self.path(key), &tensors, &[("key", key), ("format", FORMAT), ("checksum", &checksum)])
+        write_tensors(&self.path(key), &tensors, &[("key", key), ("format", FORMAT), ("checksum", &checksum)])?;
+        let directory = key.split('-').next().unwrap_or(key);
+        let stale = |name: &str| name.starts_with(&format!("prefix-{directory}-")) && name != format!("prefix-{key}.safetensors");
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_str().is_some_and(stale) {
+                let _ = std::fs::remove_file(entry.path()); // best effort: a stale file is only wasted space
+            }
+        }
+        Ok(())
     }
 }
 
@@ -116,31 +128,42 @@ impl PrefixCache {
     }
 }
 
-/// The key of the checkpoint in `dir` (see the module docs): 32 hex digits.
+/// The key of the checkpoint in `dir` (see the module docs): `<16 hex digits>-<32 hex digits>`.
 pub fn weights_key(dir: &Path) -> Result<String> {
-    let mut hash = Fnv128::new();
-    hash.write(FORMAT.as_bytes());
-    hash.write(env!("CARGO_PKG_VERSION").as_bytes());
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
-        })
-        .collect();
-    files.sort();
-    for path in files {
+    let mut directory = Fnv128::new();
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, "resolve", e))?;
+    directory.write(canonical.as_os_str().as_encoded_bytes());
+    let mut weights = Fnv128::new();
+    weights.write(FORMAT.as_bytes());
+    weights.write(env!("CARGO_PKG_VERSION").as_bytes());
+    for name in checkpoint_files(dir)? {
+        let path = dir.join(&name);
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, "read the metadata of", e))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
-        hash.write(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-        hash.write(&meta.len().to_le_bytes());
-        hash.write(&mtime.as_nanos().to_le_bytes());
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            hash.write(&header_bytes(&path)?);
+        weights.write(name.as_bytes());
+        weights.write(&meta.len().to_le_bytes());
+        weights.write(&mtime.as_nanos().to_le_bytes());
+        if name.ends_with(".safetensors") {
+            weights.write(&header_bytes(&path)?);
         }
     }
-    Ok(hash.hex())
+    Ok(format!("{}-{}", &directory.hex()[..16], weights.hex()))
+}
+
+/// The files the weights come from: `config.json` and `model.safetensors`, or `config.json`, the
+/// index and the shards it names (as [`crate::checkpoint::Checkpoint::open_dir`] chooses).
+fn checkpoint_files(dir: &Path) -> Result<Vec<String>> {
+    let mut files = vec!["config.json".to_string()];
+    if dir.join(SINGLE_FILE).is_file() {
+        files.push(SINGLE_FILE.to_string());
+        return Ok(files);
+    }
+    let index_path = dir.join(INDEX_FILE);
+    let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, "read", e))?;
+    let index = parse_index(&text, &index_path.display().to_string())?;
+    files.push(INDEX_FILE.to_string());
+    files.extend(index.shard_files().into_iter().map(str::to_string));
+    Ok(files)
 }
 
 /// The 8-byte length and the JSON header of a safetensors file (at most 100 MB are read).

@@ -103,11 +103,21 @@ fn the_key_changes_with_the_weights_files() {
         std::fs::copy(checkpoint().join(name), dir.join(name)).unwrap();
     }
     let key = weights_key(&dir).unwrap();
-    assert_eq!(key.len(), 32);
+    assert_eq!(key.len(), 16 + 1 + 32, "{key}");
     assert_eq!(weights_key(&dir).unwrap(), key, "stable");
+    std::fs::write(dir.join("logits.safetensors"), b"not part of the checkpoint").unwrap();
+    assert_eq!(weights_key(&dir).unwrap(), key, "only the checkpoint's files count");
+    let cache = PrefixCache::at(dir.join("cache"));
+    build(&cache, &dir);
     let file = std::fs::OpenOptions::new().append(true).open(dir.join("config.json")).unwrap();
     file.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
-    assert_ne!(weights_key(&dir).unwrap(), key, "a new modification time");
+    let new_key = weights_key(&dir).unwrap();
+    assert_ne!(new_key, key, "a new modification time");
+    assert_eq!(new_key[..17], key[..17], "the same directory");
+    // The prefix of the changed weights replaces the old one.
+    assert!(!build(&cache, &dir).read_from_cache);
+    let files: Vec<_> = std::fs::read_dir(dir.join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files, [cache.path(&new_key)]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
