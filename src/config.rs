@@ -133,6 +133,166 @@ impl KvSource {
     }
 }
 
+/// Where a checkpoint tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightScope {
+    /// Once in the model, under its own key.
+    Model,
+    /// In every layer, under `model.layers.{i}.` + key.
+    EveryLayer,
+    /// In the layers that produce K/V. The released layout carries it in reusing layers too,
+    /// where it is never used: there it is accepted and ignored.
+    KvProducers,
+}
+
+/// How the loader keeps a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A matrix in its stored dtype, bf16 staying bf16 (see `matrix`): the large projections.
+    Matrix,
+    /// Converted to f32 at load: vectors, the conv kernel, meta tokens, `A_log` (kept as
+    /// A = −exp(A_log)).
+    F32,
+}
+
+/// How much of a tensor one decode step reads (the roofline of `hymba-ref bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeRead {
+    All,
+    Nothing,
+    /// The embedding: one looked-up row, or all of it when it is also the (tied) `lm_head`.
+    EmbeddingRow,
+}
+
+/// The sizes a shape is made of, in u128 so that an absurd config can be measured (and refused)
+/// without overflow.
+#[derive(Debug, Clone, Copy)]
+pub struct ShapeDims {
+    pub v: u128,
+    pub h: u128,
+    pub d: u128,
+    pub n: u128,
+    pub k: u128,
+    pub r: u128,
+    pub f: u128,
+    pub m: u128,
+    pub nh: u128,
+    pub nkv: u128,
+    pub dqk: u128,
+    pub dv: u128,
+}
+
+impl ShapeDims {
+    /// Output rows of `in_proj`: q `[H]` + k `[nkv·dqk]` + v `[nkv·dv]` (a K/V producer) + x, z `[D]`.
+    fn in_proj(&self, owns_kv: bool) -> u128 {
+        self.h + if owns_kv { self.nkv * (self.dqk + self.dv) } else { 0 } + 2 * self.d
+    }
+}
+
+/// One row of the weight table: a checkpoint key, where it is, when the config has it, its shape.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightSpec {
+    pub key: &'static str,
+    pub scope: WeightScope,
+    pub storage: Storage,
+    pub decode_read: DecodeRead,
+    /// Whether `cfg` has this tensor.
+    pub present: fn(&HymbaConfig) -> bool,
+    /// Its checkpoint shape; `owns_kv` tells a layer that produces K/V from one that reuses.
+    pub shape: fn(&HymbaConfig, &ShapeDims, bool) -> Vec<u128>,
+}
+
+impl WeightSpec {
+    /// The checkpoint name, in layer `layer` for a per-layer tensor.
+    pub fn name(&self, layer: Option<usize>) -> String {
+        match layer {
+            Some(i) => format!("model.layers.{i}.{}", self.key),
+            None => self.key.to_string(),
+        }
+    }
+}
+
+/// `[dqk]` (`rms`) or `[1, heads, 1, dqk]` (`perhead-rms`): a q_norm / k_norm weight.
+fn kq_norm_shape(cfg: &HymbaConfig, heads: u128, dqk: u128) -> Vec<u128> {
+    match cfg.kq_norm {
+        KqNorm::PerHeadRms => vec![1, heads, 1, dqk],
+        KqNorm::Rms | KqNorm::None => vec![dqk],
+    }
+}
+
+macro_rules! weight {
+    ($name:ident, $key:literal, $scope:ident, $storage:ident, $read:ident, $present:expr, $shape:expr) => {
+        #[doc = concat!("`", $key, "`")]
+        pub const $name: WeightSpec = WeightSpec {
+            key: $key,
+            scope: WeightScope::$scope,
+            storage: Storage::$storage,
+            decode_read: DecodeRead::$read,
+            present: $present,
+            shape: $shape,
+        };
+    };
+}
+
+/// The weight table (SPEC, "Weights"): every tensor a Hymba checkpoint can hold, named as its
+/// checkpoint key. It drives the config's size check, the loader's name and shape checks
+/// (`checkpoint::weights`), the parameter counts of `inspect` and `bench`, and random weights.
+pub mod weights {
+    use super::{DecodeRead, KqNorm, MlpActivation, Storage, WeightScope, WeightSpec};
+
+    weight!(EMBED_TOKENS, "model.embed_tokens.weight", Model, Matrix, EmbeddingRow, |_| true, |_, d, _| vec![d.v, d.h]);
+    weight!(MEMORY_TOKENS, "model.memory_tokens", Model, F32, Nothing, |c| c.num_memory_tokens > 0, |_, d, _| vec![d.m, d.h]);
+    weight!(FINAL_LAYERNORM, "model.final_layernorm.weight", Model, F32, All, |_| true, |_, d, _| vec![d.h]);
+    weight!(LM_HEAD, "lm_head.weight", Model, Matrix, All, |c| !c.tie_word_embeddings, |_, d, _| vec![d.v, d.h]);
+    weight!(INPUT_LAYERNORM, "input_layernorm.weight", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.h]);
+    weight!(IN_PROJ, "mamba.in_proj.weight", EveryLayer, Matrix, All, |_| true, |_, d, own| vec![d.in_proj(own), d.h]);
+    weight!(IN_PROJ_BIAS, "mamba.in_proj.bias", EveryLayer, F32, All, |c| c.mamba_proj_bias, |_, d, own| vec![d.in_proj(own)]);
+    weight!(CONV1D, "mamba.conv1d.weight", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.d, 1, d.k]);
+    weight!(CONV1D_BIAS, "mamba.conv1d.bias", EveryLayer, F32, All, |c| c.mamba_conv_bias, |_, d, _| vec![d.d]);
+    weight!(X_PROJ, "mamba.x_proj.0.weight", EveryLayer, Matrix, All, |_| true, |_, d, _| vec![d.r + 2 * d.n, d.d]);
+    weight!(DT_PROJ, "mamba.dt_proj.0.weight", EveryLayer, Matrix, All, |_| true, |_, d, _| vec![d.d, d.r]);
+    weight!(DT_PROJ_BIAS, "mamba.dt_proj.0.bias", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.d]);
+    weight!(A_LOG, "mamba.A_log.0", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.d, d.n]);
+    weight!(D, "mamba.D.0", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.d]);
+    weight!(DT_LAYERNORM, "mamba.dt_layernorm.weight", EveryLayer, F32, All, |c| c.mamba_inner_layernorms, |_, d, _| vec![d.r]);
+    weight!(B_LAYERNORM, "mamba.B_layernorm.weight", EveryLayer, F32, All, |c| c.mamba_inner_layernorms, |_, d, _| vec![d.n]);
+    weight!(C_LAYERNORM, "mamba.C_layernorm.weight", EveryLayer, F32, All, |c| c.mamba_inner_layernorms, |_, d, _| vec![d.n]);
+    weight!(PRE_AVG_LAYERNORM1, "mamba.pre_avg_layernorm1.weight", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.d]);
+    weight!(PRE_AVG_LAYERNORM2, "mamba.pre_avg_layernorm2.weight", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.d]);
+    weight!(OUT_PROJ, "mamba.out_proj.weight", EveryLayer, Matrix, All, |_| true, |_, d, _| vec![d.h, d.d]);
+    weight!(OUT_PROJ_BIAS, "mamba.out_proj.bias", EveryLayer, F32, All, |c| c.mamba_proj_bias, |_, d, _| vec![d.h]);
+    weight!(Q_NORM, "mamba.self_attn.q_norm.weight", EveryLayer, F32, All, |c| c.kq_norm != KqNorm::None, |c, d, _| super::kq_norm_shape(c, d.nh, d.dqk));
+    weight!(K_NORM, "mamba.self_attn.k_norm.weight", KvProducers, F32, All, |c| c.kq_norm != KqNorm::None, |c, d, _| super::kq_norm_shape(c, d.nkv, d.dqk));
+    weight!(PRE_MOE_LAYERNORM, "pre_moe_layernorm.weight", EveryLayer, F32, All, |_| true, |_, d, _| vec![d.h]);
+    weight!(GATE_PROJ, "moe.experts.0.gate_proj.weight", EveryLayer, Matrix, All, |c| c.mlp_hidden_act == MlpActivation::Silu, |_, d, _| vec![d.f, d.h]);
+    weight!(UP_PROJ, "moe.experts.0.up_proj.weight", EveryLayer, Matrix, All, |_| true, |_, d, _| vec![d.f, d.h]);
+    weight!(DOWN_PROJ, "moe.experts.0.down_proj.weight", EveryLayer, Matrix, All, |_| true, |_, d, _| vec![d.h, d.f]);
+
+    /// Every row of the table.
+    pub const ALL: [WeightSpec; 27] = [
+        EMBED_TOKENS, MEMORY_TOKENS, FINAL_LAYERNORM, LM_HEAD, INPUT_LAYERNORM, IN_PROJ, IN_PROJ_BIAS, CONV1D,
+        CONV1D_BIAS, X_PROJ, DT_PROJ, DT_PROJ_BIAS, A_LOG, D, DT_LAYERNORM, B_LAYERNORM, C_LAYERNORM,
+        PRE_AVG_LAYERNORM1, PRE_AVG_LAYERNORM2, OUT_PROJ, OUT_PROJ_BIAS, Q_NORM, K_NORM, PRE_MOE_LAYERNORM,
+        GATE_PROJ, UP_PROJ, DOWN_PROJ,
+    ];
+}
+
+/// One tensor of a particular config: its checkpoint name and shape, its layer, and its table row.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// `None` for a model-level tensor.
+    pub layer: Option<usize>,
+    pub spec: WeightSpec,
+}
+
+impl TensorSpec {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
 /// A validated Hymba config. Field names follow `config.json`; comments give the SPEC symbol.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HymbaConfig {
@@ -201,6 +361,87 @@ impl HymbaConfig {
     pub fn in_proj_rows(&self, plan: &LayerPlan) -> usize {
         let kv = if plan.owns_kv() { self.k_width() + self.v_width() } else { 0 };
         self.hidden_size + kv + 2 * self.d_inner()
+    }
+
+    /// The sizes the weight shapes are made of (see [`weights`]), in u128.
+    fn shape_dims(&self) -> ShapeDims {
+        let u = |x: usize| x as u128;
+        let (h, nh) = (u(self.hidden_size), u(self.num_attention_heads));
+        let d = u(self.mamba_expand) * h;
+        ShapeDims {
+            v: u(self.vocab_size),
+            h,
+            d,
+            n: u(self.mamba_d_state),
+            k: u(self.mamba_d_conv),
+            r: u(self.mamba_dt_rank),
+            f: u(self.intermediate_size),
+            m: u(self.num_memory_tokens),
+            nh,
+            nkv: u(self.num_key_value_heads),
+            dqk: h / nh,
+            dv: d / nh,
+        }
+    }
+
+    /// Every (table row, layer, shape) this config has, model-level tensors first, then layer by
+    /// layer; shapes in u128.
+    fn each_weight(&self, mut visit: impl FnMut(&WeightSpec, Option<usize>, Vec<u128>)) {
+        let dims = self.shape_dims();
+        let present = weights::ALL.iter().filter(|w| (w.present)(self));
+        for w in present.clone().filter(|w| w.scope == WeightScope::Model) {
+            visit(w, None, (w.shape)(self, &dims, true));
+        }
+        for plan in &self.layers {
+            for w in present.clone() {
+                let here = match w.scope {
+                    WeightScope::Model => false,
+                    WeightScope::EveryLayer => true,
+                    WeightScope::KvProducers => plan.owns_kv(),
+                };
+                if here {
+                    visit(w, Some(plan.index), (w.shape)(self, &dims, plan.owns_kv()));
+                }
+            }
+        }
+    }
+
+    /// Every tensor this config implies, named and shaped as in the checkpoint (SPEC, "Weights").
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let mut tensors = Vec::new();
+        self.each_weight(|w, layer, shape| {
+            let shape = shape.into_iter().map(|x| x as usize).collect(); // fits: see `check_size`
+            tensors.push(TensorSpec { name: w.name(layer), shape, layer, spec: *w });
+        });
+        tensors
+    }
+
+    /// The number of parameters (what the loader will read).
+    pub fn parameter_count(&self) -> usize {
+        self.tensors().iter().map(TensorSpec::elements).sum()
+    }
+
+    /// The parameters one decode step reads: every tensor but the meta tokens, and of an untied
+    /// embedding only the looked-up row.
+    pub fn decode_read_parameters(&self) -> usize {
+        let read = |t: &TensorSpec| match t.spec.decode_read {
+            DecodeRead::All => t.elements(),
+            DecodeRead::Nothing => 0,
+            DecodeRead::EmbeddingRow if self.tie_word_embeddings => t.elements(),
+            DecodeRead::EmbeddingRow => self.hidden_size,
+        };
+        self.tensors().iter().map(read).sum()
+    }
+
+    /// A tensor the released layout carries but this config never uses: a `k_norm` in a layer
+    /// that reuses K/V ([`WeightScope::KvProducers`]).
+    pub fn is_unused_tensor(&self, name: &str) -> bool {
+        let Some((index, key)) = name.strip_prefix("model.layers.").and_then(|rest| rest.split_once('.')) else {
+            return false;
+        };
+        let plan = index.parse::<usize>().ok().and_then(|i| self.layers.get(i));
+        weights::ALL.iter().any(|w| w.key == key && w.scope == WeightScope::KvProducers && (w.present)(self))
+            && plan.is_some_and(|plan| !plan.owns_kv() && name == format!("model.layers.{}.{key}", plan.index))
     }
 
     /// Read and validate `path` (a `config.json`).
@@ -434,30 +675,17 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
     Ok(cfg)
 }
 
-/// Refuse a config implying more than [`MAX_PARAMETERS`] parameters. The count is an upper bound
-/// on `weights::parameter_count` (every q/k norm counted as H wide, every bias present), and
-/// every intermediate product of the tensor shapes is at most this count.
+/// Refuse a config implying more than [`MAX_PARAMETERS`] parameters (counted from the weight
+/// table in u128, so nothing overflows): then every tensor shape, element and byte count, and
+/// every intermediate product of them, fits.
 fn check_size(cfg: &HymbaConfig) -> Result<()> {
-    let u = |x: usize| x as u128;
-    let (v, h, l, f) = (u(cfg.vocab_size), u(cfg.hidden_size), u(cfg.num_hidden_layers), u(cfg.intermediate_size));
-    let (d, n, k, r, m) = (u(cfg.d_inner()), u(cfg.mamba_d_state), u(cfg.mamba_d_conv), u(cfg.mamba_dt_rank), u(cfg.num_memory_tokens));
-    let in_proj = h + u(cfg.num_key_value_heads) * (h / u(cfg.num_attention_heads) + d / u(cfg.num_attention_heads)) + 2 * d;
-    let terms_per_layer = [
-        in_proj * (h + 1),             // in_proj weight and bias
-        d * (k + 1),                   // conv1d weight and bias
-        (r + 2 * n) * d,               // x_proj
-        d * (r + 1),                   // dt_proj weight and bias
-        d * n + d,                     // A_log, D
-        r + 2 * n + 2 * d,             // inner layernorms, pre_avg layernorms
-        h * d + h,                     // out_proj weight and bias
-        2 * h + 2 * h,                 // q/k norms, input and pre-MLP layernorms
-        3 * f * h,                     // gate, up, down
-    ];
-    let per_layer = terms_per_layer.iter().fold(0u128, |a, &t| a.saturating_add(t));
-    let total = (2 * v * h + m * h + h).saturating_add(l.saturating_mul(per_layer));
+    let mut total = 0u128;
+    cfg.each_weight(|_, _, shape| total = total.saturating_add(shape.iter().fold(1u128, |p, &x| p.saturating_mul(x))));
     if total > MAX_PARAMETERS as u128 {
+        let (v, h, l, f) = (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size);
+        let (n, k, r, m) = (cfg.mamba_d_state, cfg.mamba_d_conv, cfg.mamba_dt_rank, cfg.num_memory_tokens);
         return Err(Error::config(format!(
-            "sizes too large: the config implies about {total} parameters, more than the limit of {MAX_PARAMETERS} \
+            "sizes too large: the config implies {total} parameters, more than the limit of {MAX_PARAMETERS} \
              (vocab_size {v}, hidden_size {h}, num_hidden_layers {l}, intermediate_size {f}, \
              mamba_expand {}, mamba_d_state {n}, mamba_d_conv {k}, mamba_dt_rank {r}, num_memory_tokens {m})",
             cfg.mamba_expand

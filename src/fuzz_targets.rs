@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use crate::checkpoint::random::RandomWeights;
 use crate::checkpoint::safetensors::{Dtype, SafetensorsFile};
 use crate::checkpoint::shards::parse_index;
-use crate::checkpoint::weights::{expected_tensors, parameter_count, HymbaWeights};
+use crate::checkpoint::weights::HymbaWeights;
 use crate::config::{HymbaConfig, KvSource};
 use crate::error::{Error, ErrorKind};
 use crate::model::Hymba;
@@ -73,9 +73,12 @@ pub fn config_json(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let Ok(cfg) = HymbaConfig::from_json_str(&text) else { return };
     check_plan(&cfg);
-    let specs = expected_tensors(&cfg);
-    let params = parameter_count(&cfg);
-    assert_eq!(params, specs.iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>());
+    // The size check let it through, so its tensors are within the bound, and named once each.
+    let specs = cfg.tensors();
+    let params = cfg.parameter_count();
+    assert!(params as u64 <= crate::config::MAX_PARAMETERS, "{params} parameters accepted");
+    let names: std::collections::BTreeSet<&str> = specs.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names.len(), specs.len(), "a tensor name appears twice");
     // Small enough to run: random weights, a full forward, and the same ids decoded in steps.
     if params <= 40_000 && cfg.num_hidden_layers <= 8 {
         let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 7))

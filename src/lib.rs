@@ -44,6 +44,15 @@
 //! | T, n | | rows in a chunk / prompt tokens | |
 //! | `pre_avg_layernorm1/2` | β1, β2 | fusion norms (paper eq. 3) | |
 //!
+//! **Meta tokens** (the paper's word) are called "memory tokens" in the released checkpoint and
+//! config: the code keeps those keys (`model.memory_tokens` → `HymbaWeights::memory_tokens`,
+//! `num_memory_tokens`) and says "meta" everywhere else. Other names: `hidden` is the residual
+//! stream (T, H); `x` and `z` are the SSM heads' input and gate (SPEC); `projected` is `in_proj`'s
+//! output; `fused_heads` (T, D) is the fusion of the two branches, `mixer_output` (T, H) its
+//! projection by `out_proj`; `moe_expert0` is the one dense MLP (`moe.experts.0`). A function's
+//! plain, slow truth is `*_reference` (`selective_scan_reference`, `attention_heads_reference`,
+//! `matmul_t_reference`, `dot_reference`), tested against the fast one of the unsuffixed name.
+//!
 //! ## Map of the crate
 //! - [`config`]: `config.json` → validated [`config::HymbaConfig`] with a per-layer
 //!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
@@ -69,6 +78,8 @@
 //! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
 //! - [`files`]: every file read is a regular file with a size cap per kind; outputs never replace
 //!   anything but a regular file.
+//! - [`explain`]: one prompt's forward pass watched layer by layer (attention maps and shares,
+//!   branch balance, SSM memory, ablation, the cache), as JSON or a self-contained page.
 
 pub mod buffer;
 pub mod cache;
@@ -77,6 +88,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
@@ -84,7 +96,7 @@ pub mod generate;
 pub mod matrix;
 pub mod model;
 pub mod prefix_cache;
-mod rng;
+pub mod rng;
 pub mod simd;
 pub mod tokenizer;
 pub mod values;

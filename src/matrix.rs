@@ -14,12 +14,13 @@
 //!
 //! Both are tested against [`matmul_t_reference`], the plain triple loop.
 
-use crate::simd::{bf16_to_f32, dot_bf16_fast, dot_fast};
+use crate::simd::{bf16_to_f32, dot, dot_bf16};
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Tensor elements in their stored dtype, owned or read in place from a mapped checkpoint
 /// ([`Values`]).
@@ -62,11 +63,14 @@ impl Elements {
 }
 
 /// A row-major `[rows, cols]` weight matrix (PyTorch's `[out, in]` for a linear map).
+///
+/// The elements are shared (`Arc`): a clone costs nothing, so a copy of the weights with a few
+/// vectors changed (`explain`'s ablation zeroes a fusion scale) holds only those vectors anew.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
     rows: usize,
     cols: usize,
-    data: Elements,
+    data: Arc<Elements>,
 }
 
 /// Weight rows per parallel task.
@@ -75,13 +79,13 @@ const ROWS_PER_TASK: usize = 64;
 impl Matrix {
     /// `None` if `data` does not hold `rows · cols` elements.
     pub fn new(rows: usize, cols: usize, data: Elements) -> Option<Matrix> {
-        (rows.checked_mul(cols) == Some(data.len())).then_some(Matrix { rows, cols, data })
+        (rows.checked_mul(cols) == Some(data.len())).then_some(Matrix { rows, cols, data: Arc::new(data) })
     }
 
     pub fn from_f32(a: Array2<f32>) -> Matrix {
         let (rows, cols) = a.dim();
         let data = a.as_standard_layout().iter().copied().collect();
-        Matrix { rows, cols, data: Elements::F32(data) }
+        Matrix { rows, cols, data: Arc::new(Elements::F32(data)) }
     }
 
     pub fn rows(&self) -> usize {
@@ -141,9 +145,9 @@ impl Matrix {
             for (i, o) in out.iter_mut().enumerate() {
                 let r = task * ROWS_PER_TASK + i;
                 let w_row = r * self.cols..(r + 1) * self.cols;
-                *o = match &self.data {
-                    Elements::F32(v) => dot_fast(x, &v[w_row]),
-                    Elements::Bf16(v) => dot_bf16_fast(x, &v[w_row]),
+                *o = match &*self.data {
+                    Elements::F32(v) => dot(x, &v[w_row]),
+                    Elements::Bf16(v) => dot_bf16(x, &v[w_row]),
                     Elements::F16(v) => dot_f16(x, &v[w_row]),
                 };
             }

@@ -38,7 +38,7 @@ pub(crate) use best_simd;
 /// Σ a·b with 16 independent partial sums (one AVX-512 vector, two AVX2, four SSE), so the
 /// additions need not wait for each other.
 #[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_reference(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 16];
     let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -57,11 +57,11 @@ pub fn bf16_to_f32(w: bf16) -> f32 {
     f32::from_bits((w.to_bits() as u32) << 16)
 }
 
-/// [`dot`] with the second operand in bf16, widened on the fly (no copy of the row); 32
+/// [`dot_reference`] with the second operand in bf16, widened on the fly (no copy of the row); 32
 /// partial sums, and the weights a page ahead requested early, since this loop streams the
 /// weights and must keep up with memory.
 #[inline(always)]
-pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
+pub fn dot_bf16_reference(a: &[f32], b: &[bf16]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 32];
     let (a32, b32) = (a.chunks_exact(32), b.chunks_exact(32));
@@ -75,7 +75,7 @@ pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// How far ahead [`dot_bf16`] asks for weights: 2048 bf16 = 4 KiB, a page. Matrix rows lie one
+/// How far ahead [`dot_bf16_reference`] asks for weights: 2048 bf16 = 4 KiB, a page. Matrix rows lie one
 /// after another, so near the end of a row this reaches into the next one, which comes next.
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -103,13 +103,13 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 best_simd! {
-    /// [`dot`] on the best vector unit of this CPU.
-    pub fn dot_fast(a: &[f32], b: &[f32]) -> f32 = dot
+    /// [`dot_reference`] on the best vector unit of this CPU.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 = dot_reference
 }
 
 best_simd! {
-    /// [`dot_bf16`] on the best vector unit of this CPU: the decode matvec's inner loop.
-    pub fn dot_bf16_fast(a: &[f32], b: &[bf16]) -> f32 = dot_bf16
+    /// [`dot_bf16_reference`] on the best vector unit of this CPU: the decode matvec's inner loop.
+    pub fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 = dot_bf16_reference
 }
 
 #[cfg(test)]
@@ -119,7 +119,7 @@ mod tests {
     #[inline(always)]
     fn dot_and_axpy(a: &[f32], b: &[bf16], y: &mut [f32]) -> (f32, f32) {
         axpy(0.5, a, y);
-        (dot(a, y), dot_bf16(a, b))
+        (dot_reference(a, y), dot_bf16_reference(a, b))
     }
     best_simd! { fn dot_and_axpy_fast(a: &[f32], b: &[bf16], y: &mut [f32]) -> (f32, f32) = dot_and_axpy }
 

@@ -6,7 +6,7 @@ mod common;
 use common::shared_dir;
 use hymba_ref::cache_plan::{CachePlan, CacheSize};
 use hymba_ref::checkpoint::random::RandomWeights;
-use hymba_ref::checkpoint::weights::{parameter_count, HymbaWeights};
+use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::model::Hymba;
 use proptest::prelude::*;
@@ -41,7 +41,7 @@ fn hymba_1_5b_at_8k() {
     let cfg = HymbaConfig::from_file(&dir.join("config.json")).unwrap();
     let (params, kv, ssm, conv) =
         (1_522_797_824, 3 * (8192 + 128) * 960 + 14 * (128 + 1024) * 960, 32 * 3200 * 16, 32 * 3200 * 3);
-    assert_eq!(parameter_count(&cfg), params);
+    assert_eq!(cfg.parameter_count(), params);
     let plan = CachePlan::new(&cfg, 8192).unwrap();
     let want = CacheSize { kv_cache_elements: kv, ssm_state_elements: ssm, conv_state_elements: conv };
     assert_eq!(plan.size, want);
@@ -87,7 +87,7 @@ fn cli_json_matches_the_library() {
         let plan = CachePlan::new(&cfg, context).unwrap();
         let report = inspect_json(&dir, context);
         assert_eq!(report["context"], context);
-        assert_eq!(report["parameters"], parameter_count(&cfg));
+        assert_eq!(report["parameters"], cfg.parameter_count());
         assert_eq!(report["kv_cache_elements"], plan.size.kv_cache_elements);
         assert_eq!(report["ssm_state_elements"], plan.size.ssm_state_elements);
         assert_eq!(report["conv_state_elements"], plan.size.conv_state_elements);
@@ -99,7 +99,7 @@ fn cli_json_matches_the_library() {
         let b = &report["parameters_breakdown"];
         let parts = ["embedding", "meta_tokens", "final_norm", "lm_head"].iter().map(|k| b[k].as_u64().unwrap());
         let layers = ["own_kv_layers", "reusing_layers"].iter().map(|k| b[k]["parameters"].as_u64().unwrap());
-        assert_eq!(parts.chain(layers).sum::<u64>(), parameter_count(&cfg) as u64);
+        assert_eq!(parts.chain(layers).sum::<u64>(), cfg.parameter_count() as u64);
     }
     // The readable report runs too, and shows the plan.
     let out = inspect(&["--model", dir.to_str().unwrap()]);

@@ -6,7 +6,6 @@
 //! `dt_proj` bias that makes Δ = softplus(…) lie roughly in [0.001, 0.1].
 
 use super::shards::INDEX_FILE;
-use super::weights::expected_tensors;
 use super::{write_tensors, NamedTensor, TensorData, TensorSource};
 use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
@@ -23,7 +22,7 @@ pub struct RandomWeights {
 
 impl RandomWeights {
     pub fn new(cfg: &HymbaConfig, seed: u64) -> RandomWeights {
-        RandomWeights { shapes: expected_tensors(cfg).into_iter().map(|t| (t.name, t.shape)).collect(), seed }
+        RandomWeights { shapes: cfg.tensors().into_iter().map(|t| (t.name, t.shape)).collect(), seed }
     }
 }
 

@@ -1,12 +1,15 @@
 //! The model's weights, named as the checkpoint keys, and the one loader that fills them.
 //!
-//! [`expected_tensors`] lists every tensor the config implies with its shape (SPEC, "Weights");
-//! [`HymbaWeights::load`] checks a checkpoint against that list, reporting every missing,
-//! unexpected or mis-shaped tensor by name, before converting anything.
+//! The weight table ([`crate::config::weights`], listed for a config by
+//! [`HymbaConfig::tensors`]) says which tensors a config implies, with their shapes (SPEC,
+//! "Weights"); [`HymbaWeights::load`] checks a checkpoint against that list, reporting every
+//! missing, unexpected or mis-shaped tensor by name, before converting anything, then fills each
+//! field from its table row.
 
 use super::shards::Checkpoint;
 use super::{check_elements_finite, check_finite, TensorSource};
-use crate::config::{HymbaConfig, KqNorm, LayerPlan, MlpActivation};
+use crate::config::weights::*;
+use crate::config::{HymbaConfig, Storage, TensorSpec, WeightSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Matrix;
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
@@ -59,13 +62,22 @@ pub struct MambaWeights {
     pub pre_avg_layernorm2: Array1<f32>,
     /// `out_proj` `[H, D]`.
     pub out_proj: Linear,
-    /// `self_attn.q_norm.weight` as (1 or nh, dqk): one row shared, or one per head.
+    /// `self_attn.*`: the attention heads' weights (the checkpoint keeps them under `mamba`).
+    pub self_attn: SelfAttnWeights,
+}
+
+/// `model.layers.{i}.mamba.self_attn.*`: the attention heads have no projection of their own
+/// (q, k, v come from `in_proj`, and there is no output projection), only optional norms.
+#[derive(Debug, Clone)]
+pub struct SelfAttnWeights {
+    /// `q_norm.weight` as (1 or nh, dqk): one row shared, or one per head.
     pub q_norm: Option<Array2<f32>>,
-    /// `self_attn.k_norm.weight` as (1 or nkv, dqk); `None` in reusing layers (never used there).
+    /// `k_norm.weight` as (1 or nkv, dqk); `None` in reusing layers (never used there).
     pub k_norm: Option<Array2<f32>>,
 }
 
-/// `model.layers.{i}.moe.experts.0.*`: the one MLP the released model builds.
+/// `model.layers.{i}.moe.experts.0.*`: a dense MLP. The released code names it as expert 0 of a
+/// mixture of experts, but builds exactly one expert and always uses it (no routing).
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
     /// `gate_proj` `[F, H]` (silu only).
@@ -82,6 +94,7 @@ pub struct LayerWeights {
     pub input_layernorm: Array1<f32>,
     pub mamba: MambaWeights,
     pub pre_moe_layernorm: Array1<f32>,
+    /// `moe.experts.0.*`: the layer's MLP (see [`MlpWeights`]).
     pub moe_expert0: MlpWeights,
 }
 
@@ -106,91 +119,6 @@ impl HymbaWeights {
     }
 }
 
-/// One tensor the config requires, with its shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-}
-
-/// Every tensor `cfg` implies, in checkpoint naming (SPEC, "Weights").
-pub fn expected_tensors(cfg: &HymbaConfig) -> Vec<TensorSpec> {
-    let (h, d, n, r, f) =
-        (cfg.hidden_size, cfg.d_inner(), cfg.mamba_d_state, cfg.mamba_dt_rank, cfg.intermediate_size);
-    let mut specs = Vec::new();
-    let mut add = |name: String, shape: &[usize]| specs.push(TensorSpec { name, shape: shape.to_vec() });
-    add("model.embed_tokens.weight".into(), &[cfg.vocab_size, h]);
-    if cfg.num_memory_tokens > 0 {
-        add("model.memory_tokens".into(), &[cfg.num_memory_tokens, h]);
-    }
-    for plan in &cfg.layers {
-        let p = |s: &str| format!("model.layers.{}.{s}", plan.index);
-        add(p("input_layernorm.weight"), &[h]);
-        add(p("mamba.in_proj.weight"), &[cfg.in_proj_rows(plan), h]);
-        if cfg.mamba_proj_bias {
-            add(p("mamba.in_proj.bias"), &[cfg.in_proj_rows(plan)]);
-            add(p("mamba.out_proj.bias"), &[h]);
-        }
-        add(p("mamba.conv1d.weight"), &[d, 1, cfg.mamba_d_conv]);
-        if cfg.mamba_conv_bias {
-            add(p("mamba.conv1d.bias"), &[d]);
-        }
-        add(p("mamba.x_proj.0.weight"), &[r + 2 * n, d]);
-        add(p("mamba.dt_proj.0.weight"), &[d, r]);
-        add(p("mamba.dt_proj.0.bias"), &[d]);
-        add(p("mamba.A_log.0"), &[d, n]);
-        add(p("mamba.D.0"), &[d]);
-        if cfg.mamba_inner_layernorms {
-            add(p("mamba.dt_layernorm.weight"), &[r]);
-            add(p("mamba.B_layernorm.weight"), &[n]);
-            add(p("mamba.C_layernorm.weight"), &[n]);
-        }
-        add(p("mamba.pre_avg_layernorm1.weight"), &[d]);
-        add(p("mamba.pre_avg_layernorm2.weight"), &[d]);
-        add(p("mamba.out_proj.weight"), &[h, d]);
-        if let Some(shape) = kq_norm_shape(cfg, cfg.num_attention_heads) {
-            add(p("mamba.self_attn.q_norm.weight"), &shape);
-        }
-        if plan.owns_kv() {
-            if let Some(shape) = kq_norm_shape(cfg, cfg.num_key_value_heads) {
-                add(p("mamba.self_attn.k_norm.weight"), &shape);
-            }
-        }
-        add(p("pre_moe_layernorm.weight"), &[h]);
-        if cfg.mlp_hidden_act == MlpActivation::Silu {
-            add(p("moe.experts.0.gate_proj.weight"), &[f, h]);
-        }
-        add(p("moe.experts.0.up_proj.weight"), &[f, h]);
-        add(p("moe.experts.0.down_proj.weight"), &[h, f]);
-    }
-    add("model.final_layernorm.weight".into(), &[h]);
-    if !cfg.tie_word_embeddings {
-        add("lm_head.weight".into(), &[cfg.vocab_size, h]);
-    }
-    specs
-}
-
-/// The checkpoint shape of a q_norm / k_norm weight for `heads` heads.
-fn kq_norm_shape(cfg: &HymbaConfig, heads: usize) -> Option<Vec<usize>> {
-    match cfg.kq_norm {
-        KqNorm::None => None,
-        KqNorm::Rms => Some(vec![cfg.head_dim_qk()]),
-        KqNorm::PerHeadRms => Some(vec![1, heads, 1, cfg.head_dim_qk()]),
-    }
-}
-
-/// Tensors the released layout carries but never uses: a `k_norm` in a layer that reuses K/V.
-fn is_ignored(cfg: &HymbaConfig, name: &str) -> bool {
-    let layer = name
-        .strip_prefix("model.layers.")
-        .and_then(|rest| rest.strip_suffix(".mamba.self_attn.k_norm.weight"))
-        .and_then(|index| index.parse::<usize>().ok());
-    cfg.kq_norm != KqNorm::None
-        && layer.and_then(|i| cfg.layers.get(i)).is_some_and(|plan: &LayerPlan| {
-            !plan.owns_kv() && name == format!("model.layers.{}.mamba.self_attn.k_norm.weight", plan.index)
-        })
-}
-
 /// At most this many names are listed in one error message; the rest are counted.
 const LISTED_NAMES: usize = 12;
 
@@ -204,17 +132,12 @@ fn name_list<S: AsRef<str>>(names: &[S], separator: &str) -> String {
     text
 }
 
-/// The number of parameters the config implies (what the loader will read).
-pub fn parameter_count(cfg: &HymbaConfig) -> usize {
-    expected_tensors(cfg).iter().map(|t| t.shape.iter().product::<usize>()).sum()
-}
-
 /// Compare the checkpoint's tensors with `expected`; report every problem by name.
 fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &dyn TensorSource, expected: &[TensorSpec]) -> Result<()> {
     let wanted: BTreeMap<&str, &[usize]> = expected.iter().map(|t| (t.name.as_str(), &t.shape[..])).collect();
     let missing: Vec<&str> = wanted.keys().copied().filter(|name| ckpt.shape(name).is_none()).collect();
     let unexpected: Vec<String> =
-        ckpt.names().into_iter().filter(|name| !wanted.contains_key(name.as_str()) && !is_ignored(cfg, name)).collect();
+        ckpt.names().into_iter().filter(|name| !wanted.contains_key(name.as_str()) && !cfg.is_unused_tensor(name)).collect();
     let mismatched: Vec<String> = wanted
         .iter()
         .filter_map(|(name, shape)| {
@@ -248,95 +171,124 @@ impl HymbaWeights {
         Self::from_checkpoint(cfg, &ckpt).map_err(|e| e.context(dir.display()))
     }
 
-    /// Check every name and shape, then convert every tensor to f32 (checking it is finite).
+    /// Check every name and shape against the weight table, then convert every tensor (checking it
+    /// is finite): matrices kept in their stored dtype, the rest in f32 ([`Storage`]).
     pub fn from_checkpoint(cfg: &HymbaConfig, ckpt: &dyn TensorSource) -> Result<HymbaWeights> {
-        check_names_and_shapes(cfg, ckpt, &expected_tensors(cfg))?;
-        let get = |name: &str| -> Result<ndarray::ArrayD<f32>> {
-            let (shape, data) = ckpt.to_f32(name)?;
-            check_finite(name, &data)?;
-            ndarray::ArrayD::from_shape_vec(IxDyn(&shape), data)
-                .map_err(|e| Error::new(ErrorKind::CorruptSafetensors, format!("{name}: {e}")))
-        };
-        // Shapes were checked above, so these reshapes cannot fail on a consistent checkpoint;
-        // they still return errors rather than panicking.
-        let vec1 = |name: &str| -> Result<Array1<f32>> { into_shape1(get(name)?, name) };
-        let mat = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>> {
-            into_shape2(get(name)?, name, rows, cols)
-        };
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
-            let (_, data) = ckpt.to_elements(name)?;
-            check_elements_finite(name, &data)?;
-            Matrix::new(rows, cols, data).ok_or_else(|| {
-                Error::new(ErrorKind::ShapeMismatch, format!("{name}: cannot view as [{rows}, {cols}]"))
-            })
-        };
-        let opt = |present: bool, name: &str| -> Result<Option<Array1<f32>>> {
-            present.then(|| vec1(name)).transpose()
-        };
-        let (h, d, dqk) = (cfg.hidden_size, cfg.d_inner(), cfg.head_dim_qk());
-        let (n, r, f, k) = (cfg.mamba_d_state, cfg.mamba_dt_rank, cfg.intermediate_size, cfg.mamba_d_conv);
-        let kq = |name: &str, heads: usize| -> Result<Option<Array2<f32>>> {
-            match cfg.kq_norm {
-                KqNorm::None => Ok(None),
-                KqNorm::Rms => mat(name, 1, dqk).map(Some),
-                KqNorm::PerHeadRms => mat(name, heads, dqk).map(Some),
-            }
-        };
+        let expected = cfg.tensors();
+        check_names_and_shapes(cfg, ckpt, &expected)?;
+        let tensors = Tensors { ckpt, expected: expected.iter().map(|t| (t.name.as_str(), t)).collect() };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for plan in &cfg.layers {
-            let p = |s: &str| format!("model.layers.{}.{s}", plan.index);
-            let bias = cfg.mamba_proj_bias;
-            let mamba = MambaWeights {
-                in_proj: Linear {
-                    weight: matrix(&p("mamba.in_proj.weight"), cfg.in_proj_rows(plan), h)?,
-                    bias: opt(bias, &p("mamba.in_proj.bias"))?,
-                },
-                conv1d_weight: mat(&p("mamba.conv1d.weight"), d, k)?,
-                conv1d_bias: opt(cfg.mamba_conv_bias, &p("mamba.conv1d.bias"))?,
-                x_proj: matrix(&p("mamba.x_proj.0.weight"), r + 2 * n, d)?,
-                dt_proj: Linear {
-                    weight: matrix(&p("mamba.dt_proj.0.weight"), d, r)?,
-                    bias: Some(vec1(&p("mamba.dt_proj.0.bias"))?),
-                },
-                a: mat(&p("mamba.A_log.0"), d, n)?.mapv(|v| -v.exp()),
-                d: vec1(&p("mamba.D.0"))?,
-                dt_layernorm: opt(cfg.mamba_inner_layernorms, &p("mamba.dt_layernorm.weight"))?,
-                b_layernorm: opt(cfg.mamba_inner_layernorms, &p("mamba.B_layernorm.weight"))?,
-                c_layernorm: opt(cfg.mamba_inner_layernorms, &p("mamba.C_layernorm.weight"))?,
-                pre_avg_layernorm1: vec1(&p("mamba.pre_avg_layernorm1.weight"))?,
-                pre_avg_layernorm2: vec1(&p("mamba.pre_avg_layernorm2.weight"))?,
-                out_proj: Linear {
-                    weight: matrix(&p("mamba.out_proj.weight"), h, d)?,
-                    bias: opt(bias, &p("mamba.out_proj.bias"))?,
-                },
-                q_norm: kq(&p("mamba.self_attn.q_norm.weight"), cfg.num_attention_heads)?,
-                k_norm: if plan.owns_kv() {
-                    kq(&p("mamba.self_attn.k_norm.weight"), cfg.num_key_value_heads)?
-                } else {
-                    None
-                },
+            let at = Some(plan.index);
+            let linear = |weight: &WeightSpec, bias: &WeightSpec| -> Result<Linear> {
+                Ok(Linear { weight: tensors.matrix(weight, at)?, bias: tensors.optional_vector(bias, at)? })
             };
-            let silu = cfg.mlp_hidden_act == MlpActivation::Silu;
+            let mamba = MambaWeights {
+                in_proj: linear(&IN_PROJ, &IN_PROJ_BIAS)?,
+                conv1d_weight: tensors.rows(&CONV1D, at)?,
+                conv1d_bias: tensors.optional_vector(&CONV1D_BIAS, at)?,
+                x_proj: tensors.matrix(&X_PROJ, at)?,
+                dt_proj: linear(&DT_PROJ, &DT_PROJ_BIAS)?,
+                a: tensors.rows(&A_LOG, at)?.mapv(|v| -v.exp()),
+                d: tensors.vector(&D, at)?,
+                dt_layernorm: tensors.optional_vector(&DT_LAYERNORM, at)?,
+                b_layernorm: tensors.optional_vector(&B_LAYERNORM, at)?,
+                c_layernorm: tensors.optional_vector(&C_LAYERNORM, at)?,
+                pre_avg_layernorm1: tensors.vector(&PRE_AVG_LAYERNORM1, at)?,
+                pre_avg_layernorm2: tensors.vector(&PRE_AVG_LAYERNORM2, at)?,
+                out_proj: linear(&OUT_PROJ, &OUT_PROJ_BIAS)?,
+                self_attn: SelfAttnWeights { q_norm: tensors.optional_rows(&Q_NORM, at)?, k_norm: tensors.optional_rows(&K_NORM, at)? },
+            };
             let moe_expert0 = MlpWeights {
-                gate_proj: silu.then(|| matrix(&p("moe.experts.0.gate_proj.weight"), f, h)).transpose()?,
-                up_proj: matrix(&p("moe.experts.0.up_proj.weight"), f, h)?,
-                down_proj: matrix(&p("moe.experts.0.down_proj.weight"), h, f)?,
+                gate_proj: tensors.optional_matrix(&GATE_PROJ, at)?,
+                up_proj: tensors.matrix(&UP_PROJ, at)?,
+                down_proj: tensors.matrix(&DOWN_PROJ, at)?,
             };
             layers.push(LayerWeights {
-                input_layernorm: vec1(&p("input_layernorm.weight"))?,
+                input_layernorm: tensors.vector(&INPUT_LAYERNORM, at)?,
                 mamba,
-                pre_moe_layernorm: vec1(&p("pre_moe_layernorm.weight"))?,
+                pre_moe_layernorm: tensors.vector(&PRE_MOE_LAYERNORM, at)?,
                 moe_expert0,
             });
         }
-        let m = cfg.num_memory_tokens;
         Ok(HymbaWeights {
-            embed_tokens: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?,
-            memory_tokens: if m > 0 { mat("model.memory_tokens", m, h)? } else { Array2::zeros((0, h)) },
+            embed_tokens: tensors.matrix(&EMBED_TOKENS, None)?,
+            memory_tokens: tensors.optional_rows(&MEMORY_TOKENS, None)?.unwrap_or_else(|| Array2::zeros((0, cfg.hidden_size))),
             layers,
-            final_layernorm: vec1("model.final_layernorm.weight")?,
-            lm_head: (!cfg.tie_word_embeddings).then(|| matrix("lm_head.weight", cfg.vocab_size, h)).transpose()?,
+            final_layernorm: tensors.vector(&FINAL_LAYERNORM, None)?,
+            lm_head: tensors.optional_matrix(&LM_HEAD, None)?,
         })
+    }
+}
+
+/// The checkpoint's tensors, read as the weight table says, once their names and shapes are
+/// checked. Reading a tensor the config does not have gives `None`.
+struct Tensors<'a> {
+    ckpt: &'a dyn TensorSource,
+    expected: BTreeMap<&'a str, &'a TensorSpec>,
+}
+
+impl Tensors<'_> {
+    /// The tensor of `w` (in layer `layer`), if the config has it.
+    fn spec(&self, w: &WeightSpec, layer: Option<usize>) -> Option<&TensorSpec> {
+        self.expected.get(w.name(layer).as_str()).copied()
+    }
+
+    /// A tensor in f32, finite, with its checked shape.
+    fn f32(&self, t: &TensorSpec) -> Result<ndarray::ArrayD<f32>> {
+        debug_assert_eq!(t.spec.storage, Storage::F32);
+        let (shape, data) = self.ckpt.to_f32(&t.name)?;
+        check_finite(&t.name, &data)?;
+        ndarray::ArrayD::from_shape_vec(IxDyn(&shape), data)
+            .map_err(|e| Error::new(ErrorKind::CorruptSafetensors, format!("{}: {e}", t.name)))
+    }
+
+    /// A vector (any shape, flattened), if the config has it.
+    fn optional_vector(&self, w: &WeightSpec, layer: Option<usize>) -> Result<Option<Array1<f32>>> {
+        self.spec(w, layer).map(|t| into_shape1(self.f32(t)?, &t.name)).transpose()
+    }
+
+    /// A tensor as rows of its last dimension, if the config has it: `[D, 1, K]` → (D, K),
+    /// `[1, nh, 1, dqk]` → (nh, dqk).
+    fn optional_rows(&self, w: &WeightSpec, layer: Option<usize>) -> Result<Option<Array2<f32>>> {
+        self.spec(w, layer)
+            .map(|t| {
+                let cols = t.shape.last().copied().unwrap_or(1).max(1);
+                into_shape2(self.f32(t)?, &t.name, t.elements() / cols, cols)
+            })
+            .transpose()
+    }
+
+    /// A matrix in its stored dtype, if the config has it.
+    fn optional_matrix(&self, w: &WeightSpec, layer: Option<usize>) -> Result<Option<Matrix>> {
+        self.spec(w, layer)
+            .map(|t| {
+                debug_assert_eq!(t.spec.storage, Storage::Matrix);
+                let (_, data) = self.ckpt.to_elements(&t.name)?;
+                check_elements_finite(&t.name, &data)?;
+                Matrix::new(t.shape[0], t.shape[1], data).ok_or_else(|| {
+                    Error::new(ErrorKind::ShapeMismatch, format!("{}: cannot view as {:?}", t.name, t.shape))
+                })
+            })
+            .transpose()
+    }
+
+    /// The same, for tensors every config has.
+    fn vector(&self, w: &WeightSpec, layer: Option<usize>) -> Result<Array1<f32>> {
+        self.require(self.optional_vector(w, layer)?, w, layer)
+    }
+
+    fn rows(&self, w: &WeightSpec, layer: Option<usize>) -> Result<Array2<f32>> {
+        self.require(self.optional_rows(w, layer)?, w, layer)
+    }
+
+    fn matrix(&self, w: &WeightSpec, layer: Option<usize>) -> Result<Matrix> {
+        self.require(self.optional_matrix(w, layer)?, w, layer)
+    }
+
+    /// `value`, which every config has (the names were checked).
+    fn require<T>(&self, value: Option<T>, w: &WeightSpec, layer: Option<usize>) -> Result<T> {
+        value.ok_or_else(|| Error::new(ErrorKind::MissingTensor, format!("{} is missing", w.name(layer))))
     }
 }
 

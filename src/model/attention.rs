@@ -140,10 +140,10 @@ fn contiguous_rows(x: ArrayView2<f32>) -> CowArray<f32, Ix2> {
 best_simd! {
     /// One query head against its K/V head: `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over the visible
     /// keys j. q: (dqk), keys_t: (dqk, S), values: (S, dv), out: (dv); rows contiguous.
-    fn attend(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_plain
+    fn attend(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
 
-/// Keys scored at a time by [`attend_plain`] (a buffer on the stack).
+/// Keys scored at a time by [`attend_reference`] (a buffer on the stack).
 const KEY_BLOCK: usize = 64;
 
 /// Scores a block of keys at a time, Σ_d q[d]·Kᵀ[d, block] (each term a vector operation over
@@ -152,7 +152,7 @@ const KEY_BLOCK: usize = 64;
 /// `out` = Σ exp(sⱼ − m)·vⱼ / Σ exp(sⱼ − m), the softmax-weighted sum, without ever holding all
 /// S scores.
 #[inline(always)]
-fn attend_plain(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
+fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
     let (dqk, s_len) = keys_t.dim();
     let scale = 1.0 / (dqk as f32).sqrt();
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);

@@ -34,12 +34,10 @@ impl Hymba {
 
     /// Build a model from a config and matching weights; runs the meta tokens once.
     pub fn new(config: HymbaConfig, weights: HymbaWeights) -> Hymba {
-        let mut model = Hymba { meta_prefix: Sequence::new(&config), config, weights };
-        let mut prefix = Sequence::new(&model.config);
-        let mut segments = [Segment::new(&mut prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
-        model.run(&mut segments, &mut Scratch::default(), None).expect("no ids to refuse");
-        model.meta_prefix = prefix;
-        model
+        let mut meta_prefix = Sequence::new(&config);
+        let mut segments = [Segment::new(&mut meta_prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
+        pass::run(&config, &weights, &mut segments, &mut Scratch::default(), None);
+        Hymba { config, weights, meta_prefix }
     }
 
     /// A model whose state after the meta tokens is already known (e.g. read back from a
@@ -103,13 +101,13 @@ impl Hymba {
     }
 
     /// Final RMSNorm, into `out`. (T, H) → (T, H)
-    pub fn final_norm<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        rms_norm(x, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
+    pub fn final_norm<'o>(&self, hidden: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        rms_norm(hidden, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
     }
 
     /// `logits = x · lm_headᵀ` into `out`, refusing non-finite results. (T, H) → (T, V)
-    pub fn lm_head<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
-        let logits = self.weights.lm_head().matmul_t(x, out);
+    pub fn lm_head<'o>(&self, normed: ArrayView2<f32>, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
+        let logits = self.weights.lm_head().matmul_t(normed, out);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let (row, col) = (i / logits.ncols(), i % logits.ncols());
             return Err(Error::new(
@@ -121,9 +119,9 @@ impl Hymba {
     }
 
     /// Final norm and lm_head for rows of a finished pass, in new arrays. (T, H) → (T, V)
-    pub fn logits(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    pub fn logits(&self, hidden: ArrayView2<f32>) -> Result<Array2<f32>> {
         let (mut normed, mut logits) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-        self.lm_head(self.final_norm(x, &mut normed), &mut logits)?;
+        self.lm_head(self.final_norm(hidden, &mut normed), &mut logits)?;
         Ok(logits)
     }
 

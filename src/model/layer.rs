@@ -10,7 +10,7 @@
 //! A layer processes the T rows of a pass (see [`super::pass`]): consecutive rows of one or more
 //! sequences at known absolute positions. Everything row-wise (norms, projections, fusion, MLP)
 //! runs over all T rows at once; attention and the SSM's conv and scan run per sequence, against
-//! that sequence's own [`HybridCache`]. A full forward pass is one sequence on a fresh cache;
+//! that sequence's own [`crate::cache::HybridCache`]. A full forward pass is one sequence on a fresh cache;
 //! decoding is a prefill followed by one-row passes — the same code.
 
 use super::attention::attention_heads;
@@ -155,8 +155,8 @@ fn attention_branch<'o>(
     out: &'o mut Array2<f32>,
 ) -> ArrayView2<'o, f32> {
     let (nh, nkv, eps) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps);
-    let mut q = split_heads(split.q, nh, w.mamba.q_norm.as_ref(), eps, q_buf); // (T, nh, dqk)
-    let mut k = split.k.map(|k| split_heads(k, nkv, w.mamba.k_norm.as_ref(), eps, k_buf)); // (T, nkv, dqk)
+    let mut q = split_heads(split.q, nh, w.mamba.self_attn.q_norm.as_ref(), eps, q_buf); // (T, nh, dqk)
+    let mut k = split.k.map(|k| split_heads(k, nkv, w.mamba.self_attn.k_norm.as_ref(), eps, k_buf)); // (T, nkv, dqk)
     let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
     let producer = plan.kv_producer();
     for (part, cache) in pass.parts_mut() {

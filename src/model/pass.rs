@@ -1,8 +1,8 @@
 //! The one path through the layers, used by every entry point of [`super::Hymba`].
 //!
 //! A call runs a batch of **segments**: each segment is consecutive new rows of one sequence,
-//! extending that sequence's [`crate::cache::HybridCache`]. Prefill is one segment of n rows, a decode step one
-//! segment of 1 row, a batched decode step B segments of 1 row. The rows of all segments are
+//! extending that sequence's [`crate::cache::HybridCache`]. Prefill is one segment of n rows, a
+//! decode step one segment of 1 row, a batched decode step B segments of 1 row. The rows of all segments are
 //! stacked into one (T, H) residual stream and go through the layers together, in passes of at
 //! most [`MAX_ROWS_PER_PASS`] rows (a long segment is split across passes: its cache carries
 //! everything from one pass to the next, so the result is the same). Inside a layer, row-wise
@@ -11,8 +11,9 @@
 //!
 //! Meta tokens: a sequence's positions 0..M are the M learned meta tokens. A call on an empty
 //! sequence feeds them first, then its ids, so they are run one way everywhere: the model runs
-//! them once into the sequence every [`super::Hymba::new_sequence`] copies, and [`super::Hymba::forward`] runs
-//! them with the prompt in one call (one RoPE base for the whole call, as SPEC's full forward).
+//! them once into the sequence every [`super::Hymba::new_sequence`] copies, and
+//! [`super::Hymba::forward`] runs them with the prompt in one call (one RoPE base for the whole
+//! call, as SPEC's full forward).
 //!
 //! An optional [`LayerObserver`] sees every layer of every pass ([`super::trace`]).
 

@@ -63,7 +63,7 @@ pub fn causal_conv1d(
 /// The selective scan, sequentially over time: the plain reference every faster variant is
 /// tested against. u, Δ: (T, D); A: (D, N); B, C: (T, N); D: (D); state: (D, N) → y (T, D)
 #[allow(clippy::too_many_arguments)]
-pub fn selective_scan(
+pub fn selective_scan_reference(
     u: ArrayView2<f32>,
     delta: ArrayView2<f32>,
     a: ArrayView2<f32>,
@@ -93,9 +93,9 @@ pub fn selective_scan(
 
 /// The same scan, fused per channel and run in parallel over channels: each channel keeps its
 /// N-dimensional state in a local buffer and walks through time once. The arithmetic per channel
-/// is the same as [`selective_scan`], in the same order, so the results are identical (tested).
+/// is the same as [`selective_scan_reference`], in the same order, so the results are identical (tested).
 #[allow(clippy::too_many_arguments)]
-pub fn selective_scan_parallel(
+pub fn selective_scan(
     u: ArrayView2<f32>,
     delta: ArrayView2<f32>,
     a: ArrayView2<f32>,
@@ -194,7 +194,7 @@ pub fn ssm_heads<'o>(
         let (rows, scan) = (part.rows.clone(), &mut cache.ssm[layer].scan);
         let (u, delta) = (u.slice(s![rows.clone(), ..]), buf.delta.slice(s![rows.clone(), ..]));
         let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..]));
-        selective_scan_parallel(u, delta, w.a.view(), b, c, w.d.view(), scan, y.slice_mut(s![rows, ..])); // (T_s, D)
+        selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y.slice_mut(s![rows, ..])); // (T_s, D)
     }
     Zip::from(&mut *y).and(z).for_each(|y, &z| *y *= silu(z)); // y ⊙ SiLU(z)
     y.view()
@@ -228,7 +228,7 @@ mod tests {
         let delta = Array2::from_elem((3, 1), ln2);
         let ones = Array2::from_elem((3, 1), 1.0f32);
         let mut state = Array2::zeros((1, 1));
-        let y = selective_scan(u.view(), delta.view(), array![[-1.0f32]].view(), ones.view(), ones.view(), array![0.0f32].view(), &mut state);
+        let y = selective_scan_reference(u.view(), delta.view(), array![[-1.0f32]].view(), ones.view(), ones.view(), array![0.0f32].view(), &mut state);
         // s1 = ln2, s2 = 0.5 ln2 + ln2, s3 = 0.5 s2
         let want = [ln2, 1.5 * ln2, 0.75 * ln2];
         for (got, want) in y.column(0).iter().zip(want) {
@@ -246,9 +246,9 @@ mod tests {
         let dd = Array1::from_shape_fn(d, |i| i as f32 * 0.1);
         let mut s1 = f(d, n, 0.4);
         let mut s2 = s1.clone();
-        let y1 = selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
+        let y1 = selective_scan_reference(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
         let mut y2 = Array2::zeros((t, d));
-        selective_scan_parallel(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut());
+        selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut());
         assert_eq!(y1, y2);
         assert_eq!(s1, s2);
     }
@@ -257,7 +257,7 @@ mod tests {
     fn skip_connection_and_softplus() {
         let mut state = Array2::zeros((2, 1));
         let zeros = Array2::zeros((1, 2));
-        let y = selective_scan(array![[2.0f32, 3.0]].view(), zeros.view(), array![[-1.0f32], [-1.0]].view(),
+        let y = selective_scan_reference(array![[2.0f32, 3.0]].view(), zeros.view(), array![[-1.0f32], [-1.0]].view(),
             Array2::zeros((1, 1)).view(), Array2::zeros((1, 1)).view(), array![0.5f32, -1.0].view(), &mut state);
         assert_eq!(y.row(0).to_vec(), vec![1.0, -3.0]);
         assert_eq!(softplus(30.0), 30.0);

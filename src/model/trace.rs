@@ -41,7 +41,7 @@ pub struct LayerTrace<'a> {
     pub kv: Vec<KvView<'a>>,
     /// (T, D): the attention heads, concatenated
     pub attn: ArrayView2<'a, f32>,
-    /// (T, D): the SSM's Δ after softplus (the decay of channel c at row t is exp(Δ[t, c]·A[c]))
+    /// (T, D): the SSM's Δ after softplus (the decay of channel c at row t is `exp(Δ[t, c]·A[c])`)
     pub delta: ArrayView2<'a, f32>,
     /// (T, D): the SSM heads after the SiLU(z) gate
     pub ssm: ArrayView2<'a, f32>,

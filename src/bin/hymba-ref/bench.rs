@@ -27,11 +27,13 @@ mod memory;
 use crate::args::print_stdout;
 use clap::Args;
 use hymba_ref::cache::HybridCache;
+use hymba_ref::cache_plan::ScalarType;
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
-use hymba_ref::checkpoint::TensorSource;
 use hymba_ref::config::HymbaConfig;
+use hymba_ref::generate::sampling::argmax;
 use hymba_ref::model::Hymba;
+use hymba_ref::rng::SplitMix64;
 use hymba_ref::{Error, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -248,54 +250,15 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Parameters in total, and those a decode step reads (see the module docs).
-fn parameter_counts(source: &RandomWeights) -> (u64, u64) {
-    let size = |name: &str| source.shape(name).map_or(0, |s| s.iter().product::<usize>() as u64);
-    let total: u64 = source.names().iter().map(|n| size(n)).sum();
-    let untied = source.shape("lm_head.weight").is_some();
-    let mut read = total - size("model.memory_tokens");
-    if untied {
-        // Only the looked-up row of the embedding is read.
-        let embed = source.shape("model.embed_tokens.weight").unwrap_or_default();
-        read = read - size("model.embed_tokens.weight") + embed.get(1).copied().unwrap_or(0) as u64;
-    }
-    (total, read)
-}
-
-/// Bytes a sequence's cache holds, counted as f32: K/V rows of every producing layer plus the
-/// conv (K−1 rows) and scan (N per channel) state of every layer.
-fn cache_bytes(cfg: &HymbaConfig, cache: &HybridCache) -> u64 {
-    let kv: usize = cache.kv.iter().flatten().map(|kv| kv.scalars()).sum();
-    let ssm = cfg.num_hidden_layers * cfg.d_inner() * (cfg.mamba_d_state + cfg.mamba_d_conv - 1);
-    ((kv + ssm) * std::mem::size_of::<f32>()) as u64
-}
-
-/// SplitMix64, for reproducible random token ids.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
+/// Reproducible random token ids.
 fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix64(seed);
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
+/// Bytes a sequence's cache holds, counted as f32 (K/V rows, conv and scan state).
+fn cache_bytes(cache: &HybridCache) -> u64 {
+    cache.allocated_scalars().bytes(ScalarType::F32) as u64
 }
 
 /// RSS growth since `base`, if both readings exist.
@@ -308,7 +271,7 @@ fn rss_growth(base: Option<u64>) -> Option<u64> {
 fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
     let cfg = HymbaConfig::from_json_str(&spec.json)?;
     let source = RandomWeights::new(&cfg, args.seed);
-    let (params, params_read) = parameter_counts(&source);
+    let (params, params_read) = (cfg.parameter_count() as u64, cfg.decode_read_parameters() as u64);
 
     eprintln!("[bench] {}: generating {:.1}M random parameters", spec.name, params as f64 / 1e6);
     memory::release_free_memory();
@@ -322,7 +285,7 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
     let meta_seconds = start.elapsed().as_secs_f64();
     let model_rss = rss_growth(rss_base);
     let load_peak = memory::peak_rss_bytes();
-    let meta_cache = cache_bytes(&cfg, &model.new_sequence().cache);
+    let meta_cache = cache_bytes(&model.new_sequence().cache);
     // Everything the model holds except its meta-token cache; bytes per parameter follow from it.
     let weight_bytes = model_rss.map(|m| m.saturating_sub(meta_cache));
     let bytes_per_param = weight_bytes.map_or(4.0, |w| w as f64 / params as f64);
@@ -385,7 +348,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
             logits = model.next_token_logits(&[next], &mut cache)?;
             decode_seconds += start.elapsed().as_secs_f64();
         }
-        cache_size = cache_bytes(&model.config, &cache.cache);
+        cache_size = cache_bytes(&cache.cache);
         eprintln!(
             "[bench] {} context {context} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/token",
             spec.name,
@@ -487,7 +450,7 @@ mod tests {
     fn released_shape_parameter_count() {
         // SPEC: Hymba-1.5B has 1,522.8M parameters; the meta tokens are not read when decoding.
         let cfg = HymbaConfig::from_json_str(BUILTIN_CONFIGS[2].1).unwrap();
-        let (total, read) = parameter_counts(&RandomWeights::new(&cfg, 0));
+        let (total, read) = (cfg.parameter_count(), cfg.decode_read_parameters());
         assert_eq!((total as f64 / 1e5).round() / 10.0, 1522.8);
         assert_eq!(total - read, 128 * 1600);
     }

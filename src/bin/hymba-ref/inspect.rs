@@ -6,8 +6,7 @@
 use crate::args::{model_dir, print_stdout};
 use clap::Args;
 use hymba_ref::cache_plan::{CachePlan, CacheSize, LayerCache, ScalarType};
-use hymba_ref::checkpoint::weights::{expected_tensors, parameter_count};
-use hymba_ref::config::{AttentionSpan, HymbaConfig, KvSource};
+use hymba_ref::config::{weights, AttentionSpan, HymbaConfig, KvSource, TensorSpec, WeightSpec};
 use hymba_ref::Result;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -37,7 +36,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
 }
 
-/// Where the parameters are (sums to [`parameter_count`]).
+/// Where the parameters are (sums to [`HymbaConfig::parameter_count`]), from the weight table.
 struct ParameterBreakdown {
     total: usize,
     embedding: usize,
@@ -52,25 +51,25 @@ struct ParameterBreakdown {
 
 impl ParameterBreakdown {
     fn new(cfg: &HymbaConfig) -> ParameterBreakdown {
-        let tensors = expected_tensors(cfg);
-        let count = |keep: &dyn Fn(&str) -> bool| -> usize {
-            tensors.iter().filter(|t| keep(&t.name)).map(|t| t.shape.iter().product::<usize>()).sum()
+        let tensors = cfg.tensors();
+        let count = |keep: &dyn Fn(&TensorSpec) -> bool| -> usize {
+            tensors.iter().filter(|t| keep(t)).map(TensorSpec::elements).sum()
         };
         let (mut own_kv_layers, mut reusing_layers) = ((0, 0), (0, 0));
         for plan in &cfg.layers {
-            let prefix = format!("model.layers.{}.", plan.index);
             let group = if plan.owns_kv() { &mut own_kv_layers } else { &mut reusing_layers };
             group.0 += 1;
-            group.1 += count(&|name| name.starts_with(&prefix));
+            group.1 += count(&|t| t.layer == Some(plan.index));
         }
+        let model_tensor = |w: WeightSpec| move |t: &TensorSpec| t.layer.is_none() && t.spec.key == w.key;
         ParameterBreakdown {
-            total: parameter_count(cfg),
-            embedding: count(&|name| name == "model.embed_tokens.weight"),
-            meta_tokens: count(&|name| name == "model.memory_tokens"),
+            total: cfg.parameter_count(),
+            embedding: count(&model_tensor(weights::EMBED_TOKENS)),
+            meta_tokens: count(&model_tensor(weights::MEMORY_TOKENS)),
             own_kv_layers,
             reusing_layers,
-            final_norm: count(&|name| name == "model.final_layernorm.weight"),
-            lm_head: (!cfg.tie_word_embeddings).then(|| count(&|name| name == "lm_head.weight")),
+            final_norm: count(&model_tensor(weights::FINAL_LAYERNORM)),
+            lm_head: (!cfg.tie_word_embeddings).then(|| count(&model_tensor(weights::LM_HEAD))),
         }
     }
 }

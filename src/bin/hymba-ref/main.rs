@@ -7,6 +7,7 @@
 mod args;
 mod bench;
 mod chat;
+mod explain;
 mod generate;
 mod generation_args;
 mod inspect;
@@ -44,6 +45,8 @@ enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Token-level NLL and perplexity of a text file (sliding windows over long files).
     Perplexity(perplexity::PerplexityArgs),
+    /// Watch one forward pass of a prompt: attention maps and shares, branch balance, SSM memory, the cache.
+    Explain(explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Detokenize(args) => tokenize::run_detokenize(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Explain(args) => explain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -142,7 +142,7 @@ pub fn child(dir: &Path, seed: u64) -> Result<Value> {
         "prefill_seconds": prefill_seconds,
         "prefix_from_cache": loaded.prefix_from_cache,
         "first_token": first_token,
-        "cache_bytes": cache_bytes(&model.config, &sequence.cache),
+        "cache_bytes": cache_bytes(&sequence.cache),
         "peak_rss_bytes": memory::peak_rss_bytes(),
     }))
 }

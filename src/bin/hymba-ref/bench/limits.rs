@@ -95,8 +95,7 @@ pub fn check_run(specs: &[super::ConfigSpec], args: &super::BenchArgs, threads: 
     check_bandwidth_buffer(args.bandwidth_mib, available)?;
     for spec in specs {
         let cfg = HymbaConfig::from_json_str(&spec.json)?;
-        let source = hymba_ref::checkpoint::random::RandomWeights::new(&cfg, 0);
-        let (params, _) = super::parameter_counts(&source);
+        let params = cfg.parameter_count() as u64;
         check_config_fits(&spec.name, &cfg, params, &args.contexts, args.decode_tokens, available)?;
     }
     Ok(())

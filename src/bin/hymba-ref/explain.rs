@@ -1,0 +1,122 @@
+//! `hymba-ref explain`: one forward pass of a prompt, watched layer by layer (see
+//! [`hymba_ref::explain`]): attention shares and maps, branch balance, SSM memory, the cache,
+//! and with `--ablate` each branch's importance. A text summary, `--json` for every number,
+//! `--html FILE` for a page with the maps and charts.
+
+use crate::args::print_stdout;
+use clap::Args;
+use hymba_ref::explain::html::{to_html, PageInfo};
+use hymba_ref::files::write_output;
+use hymba_ref::explain::json::to_json;
+use hymba_ref::explain::{explain, span_name, Options, Report};
+use hymba_ref::model::Hymba;
+use hymba_ref::tokenizer::Tokenizer;
+use hymba_ref::{Error, Result};
+use std::fmt::Write;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
+    #[arg(long, default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
+    model: PathBuf,
+    /// The prompt (encoded with BOS first when the tokenizer asks for it).
+    #[arg(long)]
+    prompt: String,
+    /// Layers to draw attention maps of, e.g. 0,3 (default: the global layers and the first window layer).
+    #[arg(long, value_name = "LIST")]
+    layers: Option<String>,
+    /// Heads to draw in those layers, e.g. 0,1 (default: the first four).
+    #[arg(long, value_name = "LIST")]
+    heads: Option<String>,
+    /// Print every number as JSON instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Write a self-contained page with the maps and charts to FILE.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Also score the prompt with each layer's attention, then SSM, branch removed (2 passes per layer).
+    #[arg(long)]
+    ablate: bool,
+}
+
+pub fn run(args: ExplainArgs) -> Result<()> {
+    let options = Options {
+        layers: args.layers.as_deref().map(|list| parse_indices(list, "--layers")).transpose()?,
+        heads: args.heads.as_deref().map(|list| parse_indices(list, "--heads")).transpose()?,
+        ablate: args.ablate,
+        ..Options::default()
+    };
+    let model = Hymba::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let ids = tokenizer.encode(&args.prompt, tokenizer.add_bos_token());
+    let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.id_to_piece(id).unwrap_or("?").to_string()).collect();
+    let report = explain(&model, &ids, &options)?;
+    if let Some(path) = &args.html {
+        let model_name = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let page = to_html(&report, &PageInfo { model: &model_name, prompt: &args.prompt, tokens: &tokens });
+        write_output(path, |out| out.write_all(page.as_bytes()))?; // never replaces a non-regular file
+    }
+    match args.json {
+        true => print_stdout(&format!("{}\n", to_json(&report, &tokens))),
+        false => print_stdout(&summary(&report)),
+    }
+}
+
+/// `"0, 3,5"` → `[0, 3, 5]`; a bad entry is an error naming `flag`.
+fn parse_indices(list: &str, flag: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|entry| {
+            entry.trim().parse::<usize>().map_err(|_| {
+                Error::input(format!("{flag}: {entry:?} is not an index (a whole number from 0), in {list:?}"))
+            })
+        })
+        .collect()
+}
+
+/// The report as a few lines of text: one per layer.
+fn summary(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} tokens after {} meta tokens; mean log-prob {:.4} nats/token (perplexity {:.2})",
+        r.ids.len(),
+        r.num_meta,
+        r.mean_log_prob,
+        (-r.mean_log_prob).exp()
+    );
+    let _ = writeln!(out, "shares: mean over heads and tokens of the attention on meta tokens / the first token / the last W tokens");
+    let _ = writeln!(out, "terms: median size of β1·norm(attention) and β2·norm(SSM) in the fusion; SSM half-life: median, in tokens");
+    let _ = writeln!(out, "layer  attention   meta  first window   attn term  SSM term  SSM half-life  >W");
+    for l in &r.layers {
+        let (shares, span) = (l.mean_shares(), span_name(l.span));
+        let _ = writeln!(
+            out,
+            "{:>5}  {span:<10} {:>5.1}% {:>5.1}% {:>5.1}%  {:>9.3} {:>9.3}  {:>13.1} {:>4.0}%",
+            l.index,
+            100.0 * shares.meta,
+            100.0 * shares.first_token,
+            100.0 * shares.window,
+            l.branches.attention.p50,
+            l.branches.ssm.p50,
+            l.memory.half_life.p50,
+            100.0 * l.memory.beyond_window
+        );
+    }
+    let (hybrid, dense) = (r.cache.size.total_elements(), r.cache.dense_equivalent.total_elements());
+    let _ = writeln!(
+        out,
+        "cache after the prompt: {hybrid} scalars (K/V {}, SSM {}, conv {}); dense attention: {dense} ({:.2}x)",
+        r.cache.size.kv_cache_elements,
+        r.cache.size.ssm_state_elements,
+        r.cache.size.conv_state_elements,
+        r.cache.dense_ratio()
+    );
+    if let Some(ablation) = &r.ablation {
+        let _ = writeln!(out, "ablation: mean log-prob without each branch (baseline {:.4})", r.mean_log_prob);
+        for a in ablation {
+            let _ = writeln!(out, "  layer {:>2}: without attention {:.4}, without SSM {:.4}", a.layer, a.without_attention, a.without_ssm);
+        }
+    }
+    out
+}
