@@ -53,7 +53,7 @@ fn main() {
         ("lm_head", 32001, 1600),
     ] {
         let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
-        let w = Matrix::new(rows, cols, Elements::Bf16(w)).expect("rows · cols");
+        let w = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");
         // Copies adding up to ≥ 512 MiB, so each call streams weights that are not in the caches.
         let copies: Vec<Matrix> = (0..(512 << 20) / w.bytes() + 1).map(|_| w.clone()).collect();
         for (i, &batch) in batches.iter().enumerate() {

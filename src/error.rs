@@ -34,8 +34,11 @@ pub enum ErrorKind {
     Tokenizer,
     /// A token id is not below the vocabulary size.
     TokenIdOutOfRange,
-    /// Any other bad user input: empty id list, non-UTF-8 text, bad flag value, ...
+    /// Any other bad user input: non-UTF-8 text, an empty file, ...
     InvalidInput,
+    /// A command-line flag has a value that cannot work (`--stride` not below `--context`,
+    /// `--prefill` past the ids): the command line, not a file, is wrong. The CLI exits with 2.
+    Usage,
     /// The computation produced a non-finite value (reported, never silently passed on).
     NonFiniteOutput,
 }
@@ -65,6 +68,11 @@ impl Error {
 
     pub fn input(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// A bad value of `flag` (e.g. `--stride`): `--stride 8: must be below --context (8)`.
+    pub fn usage(flag: &str, value: impl fmt::Display, problem: impl fmt::Display) -> Self {
+        Error::new(ErrorKind::Usage, format!("{flag} {value}: {problem}"))
     }
 
     /// Prefix the message with where it happened, keeping the kind.

@@ -58,6 +58,7 @@
 //!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
 //! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
+//! - [`values`]: tensor values owned, or read in place from the checkpoint's memory mapping.
 //! - [`simd`]: the few inner loops decoding lives in (dot products, axpy), compiled for AVX-512 / AVX2
 //!   when the CPU has them, with bit-identical results.
 //! - [`buffer`]: `shaped`, the reusable output buffers every tensor-producing function writes into.
@@ -74,6 +75,7 @@
 //! files of `src/`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
+//! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
 //! - [`files`]: every file read is a regular file with a size cap per kind; outputs never replace
 //!   anything but a regular file.
 //! - [`explain`]: one prompt's forward pass watched layer by layer (attention maps and shares,
@@ -93,9 +95,11 @@ pub mod fuzz_targets;
 pub mod generate;
 pub mod matrix;
 pub mod model;
+pub mod prefix_cache;
 pub mod rng;
 pub mod simd;
 pub mod tokenizer;
+pub mod values;
 
 pub use error::{Error, ErrorKind, Result};
 

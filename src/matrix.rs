@@ -31,18 +31,20 @@
 //! and, unlike GEMM, leaves every sequence's logits exactly as they are alone.
 
 use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
+use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// Tensor elements in their stored dtype.
+/// Tensor elements in their stored dtype, owned or read in place from a mapped checkpoint
+/// ([`Values`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Elements {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
-    F16(Vec<f16>),
+    F32(Values<f32>),
+    Bf16(Values<bf16>),
+    F16(Values<f16>),
 }
 
 impl Elements {
@@ -365,8 +367,8 @@ mod tests {
         let as_f16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
         for w in [
             Matrix::from_f32(w32.clone()),
-            Matrix::new(150, 37, Elements::Bf16(as_bf16)).unwrap(),
-            Matrix::new(150, 37, Elements::F16(as_f16)).unwrap(),
+            Matrix::new(150, 37, Elements::Bf16(as_bf16.into())).unwrap(),
+            Matrix::new(150, 37, Elements::F16(as_f16.into())).unwrap(),
         ] {
             for t in [1, 3, 4, 5, 70] {
                 let x = sample(t, 37, 0.7);
@@ -390,8 +392,8 @@ mod tests {
             let as_f16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
             for w in [
                 Matrix::from_f32(w32.clone()),
-                Matrix::new(rows, cols, Elements::Bf16(as_bf16)).unwrap(),
-                Matrix::new(rows, cols, Elements::F16(as_f16)).unwrap(),
+                Matrix::new(rows, cols, Elements::Bf16(as_bf16.into())).unwrap(),
+                Matrix::new(rows, cols, Elements::F16(as_f16.into())).unwrap(),
             ] {
                 for batch in [1, 2, 4, 7, 16, 21] {
                     let x = sample(batch, cols, 1.1);
@@ -410,9 +412,9 @@ mod tests {
 
     #[test]
     fn bf16_is_kept_at_two_bytes_and_converts_exactly() {
-        let w = Matrix::new(1, 2, Elements::Bf16(vec![bf16::from_bits(0x3F80), bf16::from_bits(0xC000)])).unwrap();
+        let w = Matrix::new(1, 2, Elements::Bf16(vec![bf16::from_bits(0x3F80), bf16::from_bits(0xC000)].into())).unwrap();
         assert_eq!(w.bytes(), 4);
         assert_eq!(w.to_f32().row(0).to_vec(), vec![1.0, -2.0]);
-        assert!(Matrix::new(2, 2, Elements::F32(vec![0.0; 3])).is_none());
+        assert!(Matrix::new(2, 2, Elements::F32(vec![0.0; 3].into())).is_none());
     }
 }

@@ -63,3 +63,42 @@ fn bench_refuses_unknown_config() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-config"));
 }
+
+#[test]
+fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
+    let tmp = std::env::temp_dir().join(format!("hymba-ref-test-bench-from-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(["bench", "--from-disk", "--configs", "small", "--runs", "2", "--threads", "1", "--json"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .expect("run hymba-ref");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let small = &report["configs"][0];
+    assert_eq!(small["name"], "small");
+    assert_eq!(small["shards"], 2);
+    positive(&small["weight_bytes_on_disk"], "weight_bytes_on_disk");
+    // The first run computes the meta prefix and caches it; the second reads it.
+    for (summary, runs) in [("prefix_computed", 1), ("prefix_cached", 1)] {
+        let s = &small[summary];
+        assert_eq!(s["runs"], runs, "{summary}");
+        for key in ["start_to_first_token_seconds", "load_seconds", "meta_prefix_seconds", "prefill_seconds", "cache_bytes"] {
+            positive(&s[key], key);
+        }
+        // The split is part of the process's time.
+        let wall = s["start_to_first_token_seconds"].as_f64().unwrap();
+        let split: f64 = ["load_seconds", "meta_prefix_seconds", "prefill_seconds"].iter().map(|k| s[k].as_f64().unwrap()).sum();
+        assert!(split < wall, "{summary}: {split} ≥ {wall}");
+        if cfg!(target_os = "linux") {
+            positive(&s["peak_rss_bytes"], "peak_rss_bytes");
+        }
+    }
+    let runs = small["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!((&runs[0]["child"]["prefix_from_cache"], &runs[1]["child"]["prefix_from_cache"]), (&Value::Bool(false), &Value::Bool(true)));
+    assert_eq!(runs[0]["child"]["first_token"], runs[1]["child"]["first_token"], "the cached prefix gives the same token");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    std::fs::remove_dir(&tmp).unwrap();
+}

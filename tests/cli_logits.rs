@@ -51,19 +51,22 @@ fn bad_input_is_refused_and_leaves_no_file() {
     let dir = temp_dir("bad");
     let out = dir.join("out.safetensors");
     let out_s = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
-        (&["--ids", "1,2,999"], "999"),   // vocab is 256
-        (&["--ids", ""], "empty"),
-        (&["--ids", "1,two"], "entry 2"),
-        (&["--ids", "1,2", "--prefill", "3"], "--prefill 3"),
-        (&["--ids", "1,2", "--prefill", "0"], "--prefill 0"),
+    // A bad flag value is a usage error (exit 2) naming the flag; an id past the vocabulary,
+    // known only once the model is read, exits 1.
+    let cases: [(&[&str], &str, i32); 6] = [
+        (&["--ids", "1,2,999"], "999", 1), // vocab is 256
+        (&["--ids", ""], "'--ids <IDS>': the token id list is empty", 2),
+        (&["--ids", "[]"], "'--ids <IDS>': the token id list is empty", 2),
+        (&["--ids", "1,two"], "'--ids <IDS>': entry 2 is \"two\"", 2),
+        (&["--ids", "1,2", "--prefill", "3"], "--prefill 3: must be at most the number of --ids (2)", 2),
+        (&["--ids", "1,2", "--prefill", "0"], "'0' for '--prefill <K>': must be at least 1", 2),
     ];
-    for (extra, culprit) in cases {
+    for (extra, culprit, code) in cases {
         let mut args = vec!["logits", "--model", model, "--out", out_s];
         args.extend(extra);
         let result = run(&args);
         let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert_eq!(result.status.code(), Some(code), "{extra:?}: {stderr}");
         assert!(stderr.contains(culprit), "{extra:?}: stderr {stderr:?} should name {culprit:?}");
         assert!(!out.exists(), "{extra:?} left an output file");
     }

@@ -47,16 +47,16 @@ fn bad_input_is_a_clear_error() {
     let not_utf8 = scratch_file("latin1.txt", b"caf\xe9 au lait");
     let empty = scratch_file("empty.txt", b"");
     let heldout = heldout();
-    let cases: [(Vec<&str>, &str); 5] = [
-        (vec!["--file", not_utf8.to_str().unwrap()], "is not valid UTF-8 (invalid byte at offset 3)"),
-        (vec!["--file", "/nonexistent-hymba-text.txt"], "/nonexistent-hymba-text.txt"),
-        (vec!["--file", empty.to_str().unwrap()], "has no tokens to score"),
-        (vec!["--file", heldout.to_str().unwrap(), "--context", "64", "--stride", "64"], "stride must be between 1"),
-        (vec!["--file", heldout.to_str().unwrap(), "--model", "/nonexistent-hymba-dir"], "/nonexistent-hymba-dir"),
+    let cases: [(Vec<&str>, &str, i32); 5] = [
+        (vec!["--file", not_utf8.to_str().unwrap()], "is not valid UTF-8 (invalid byte at offset 3)", 1),
+        (vec!["--file", "/nonexistent-hymba-text.txt"], "/nonexistent-hymba-text.txt", 1),
+        (vec!["--file", empty.to_str().unwrap()], "has no tokens to score", 1),
+        (vec!["--file", heldout.to_str().unwrap(), "--context", "64", "--stride", "64"], "--stride 64: must be below --context (64)", 2),
+        (vec!["--file", heldout.to_str().unwrap(), "--model", "/nonexistent-hymba-dir"], "/nonexistent-hymba-dir", 1),
     ];
-    for (args, needle) in cases {
+    for (args, needle, code) in cases {
         let out = run(&[&["perplexity"], args.as_slice()].concat());
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
         assert!(out.stdout.is_empty(), "{args:?}");

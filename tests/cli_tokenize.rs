@@ -46,16 +46,35 @@ fn detokenize_prints_the_text() {
 fn bad_input_is_a_clear_error() {
     let model = fixture_dir();
     let model = model.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
-        (&["detokenize", "--model", model, "--ids", "1,x"], "entry 2 is \"x\""),
-        (&["detokenize", "--model", model, "--ids", "1,-3"], "entry 2 is \"-3\""),
-        (&["detokenize", "--model", model, "--ids", "1,32001"], "token id 32001 is out of range"),
-        (&["tokenize", "--model", "/nonexistent-hymba-dir", "--text", "x"], "/nonexistent-hymba-dir"),
+    let cases: [(&[&str], &str, i32); 5] = [
+        (&["detokenize", "--model", model, "--ids", "1,x"], "entry 2 is \"x\"", 2),
+        (&["detokenize", "--model", model, "--ids", "1,-3"], "entry 2 is \"-3\"", 2),
+        (&["detokenize", "--model", model, "--ids", "[1, 2"], "must end with ']'", 2),
+        (&["detokenize", "--model", model, "--ids", "1,32001"], "token id 32001 is out of range", 1),
+        (&["tokenize", "--model", "/nonexistent-hymba-dir", "--text", "x"], "/nonexistent-hymba-dir", 1),
     ];
-    for (args, needle) in cases {
+    for (args, needle, code) in cases {
         let out = run(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
     }
+}
+
+#[test]
+fn tokenize_output_round_trips_through_detokenize() {
+    // `tokenize` prints a JSON array; `detokenize` takes it as it is, and with --skip-special
+    // gives back the text (without it, the BOS prints as `<s>`).
+    let model = fixture_dir();
+    let model = model.to_str().unwrap();
+    for text in ["Hello world", "emoji: 🦙 and  two spaces", " leading space"] {
+        let ids = stdout(&run(&["tokenize", "--model", model, "--text", text]));
+        let ids = ids.trim_end();
+        assert!(ids.starts_with("[1,"), "{ids}");
+        let back = stdout(&run(&["detokenize", "--model", model, "--ids", ids, "--skip-special"]));
+        assert_eq!(back, format!("{text}\n"), "{text:?} → {ids}");
+        let kept = stdout(&run(&["detokenize", "--model", model, "--ids", ids]));
+        assert!(kept.starts_with("<s>"), "{kept:?}");
+    }
+    assert_eq!(stdout(&run(&["detokenize", "--model", model, "--ids", "[1, 15043]", "--skip-special"])), "Hello\n");
 }

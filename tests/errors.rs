@@ -10,6 +10,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+use common::cli_with_stdin;
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
@@ -413,11 +415,12 @@ fn bad_model_dir_exits_1_naming_the_path() {
 }
 
 #[test]
-fn bad_ids_exit_1_naming_the_entry() {
+fn bad_ids_are_a_usage_error_naming_the_entry() {
     let dir = checkpoint_dir("cli-ids", CONFIG, &random_tensors());
     let out_file = dir.join("logits.safetensors");
     let out = cli(&["logits", "--model", dir.0.to_str().unwrap(), "--ids", "1,x2", "--out", out_file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--ids"), "{}", stderr(&out));
     assert!(stderr(&out).contains("\"x2\""), "{}", stderr(&out));
     assert!(!out_file.exists());
 }
@@ -576,21 +579,6 @@ fn tokenize_with_a_closed_stdout_is_not_a_panic() {
 // generate and perplexity (on the bundled demo model)
 // ---------------------------------------------------------------------------------------------
 
-fn cli_with_stdin(args: &[&str], input: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(input); // the program may exit before reading it all
-    drop(stdin);
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn non_utf8_prompt_on_stdin_is_refused() {
     let out = cli_with_stdin(&["generate", "--model", hymba_ref::DEFAULT_MODEL_DIR, "--max-new-tokens", "2"], b"Once upon \xff\xfe a time");
@@ -637,9 +625,15 @@ fn perplexity_errors_name_the_file_and_the_bad_value() {
     assert!(stderr(&out).contains("binary.txt") && stderr(&out).contains("UTF-8"), "{}", stderr(&out));
     let text = dir.join("text.txt");
     fs::write(&text, "Once upon a time there was a small model.").unwrap();
-    for (context, stride, needle) in [("0", "1", "context"), ("8", "8", "stride"), ("8", "0", "stride")] {
+    // Bad window flags are usage errors naming the flag.
+    for (context, stride, needle) in [
+        ("0", "1", "'0' for '--context"),
+        ("1", "1", "'1' for '--context"),
+        ("8", "8", "--stride 8: must be below --context (8)"),
+        ("8", "0", "'0' for '--stride"),
+    ] {
         let out = cli(&["perplexity", "--model", model, "--file", text.to_str().unwrap(), "--context", context, "--stride", stride]);
-        assert_eq!(out.status.code(), Some(1), "{context}/{stride}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "{context}/{stride}: {}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
     let missing = dir.join("missing.txt");
@@ -657,4 +651,52 @@ fn perplexity_with_a_closed_stdout_is_not_a_panic() {
     let out = cli_with_closed_stdout(&["perplexity", "--model", model, "--file", text.to_str().unwrap(), "--context", "16"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_checkpoint_without_a_tokenizer_points_to_ids() {
+    let dir = checkpoint_dir("cli-notok", CONFIG, &random_tensors());
+    let model = dir.0.to_str().unwrap();
+    let out = cli(&["generate", "--model", model, "--prompt", "hi", "--max-new-tokens", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no tokenizer in"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--ids") && stderr(&out).contains("--print-ids"), "{}", stderr(&out));
+    // What it points to works.
+    let out = cli(&["generate", "--model", model, "--ids", "[1, 2]", "--print-ids", "--max-new-tokens", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches(',').count(), 1, "two ids");
+}
+
+#[test]
+fn every_model_flag_takes_the_directory_or_its_config_json() {
+    let dir = checkpoint_dir("cli-cfgpath", CONFIG, &random_tensors());
+    let config = dir.join("config.json");
+    let config = config.to_str().unwrap();
+    let out = cli(&["inspect", "--model", config, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let by_dir = cli(&["inspect", "--model", dir.0.to_str().unwrap(), "--json"]);
+    assert_eq!(out.stdout, by_dir.stdout);
+    let out_file = dir.join("logits.safetensors");
+    let out = cli(&["logits", "--model", config, "--ids", "1,2", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let weights = dir.join("model.safetensors");
+    let out = cli(&["inspect", "--model", weights.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a checkpoint directory or its config.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn generating_past_max_position_embeddings_warns_and_says_what_happens() {
+    // The demo model: max_position_embeddings 2048, 16 meta tokens, rope_type ntk.
+    let model = hymba_ref::DEFAULT_MODEL_DIR;
+    let ids = vec!["5"; 2030].join(",");
+    let out = cli(&["generate", "--model", model, "--ids", &ids, "--print-ids", "--max-new-tokens", "3", "--no-eos-stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("warning: the prompt (2030 tokens) + --max-new-tokens 3"), "{err}");
+    assert!(err.contains("make 2049 positions, past max_position_embeddings = 2048"), "{err}");
+    assert!(err.contains("Generation goes on"), "{err}");
+    let out = cli(&["generate", "--model", model, "--ids", &ids, "--print-ids", "--max-new-tokens", "2", "--no-eos-stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 }

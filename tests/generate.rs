@@ -464,24 +464,24 @@ mod cli {
     }
 
     #[test]
-    fn bad_input_exits_with_code_1_and_names_the_problem() {
+    fn bad_input_exits_with_code_1_and_bad_flag_values_with_2_naming_the_problem() {
         let dir = checkpoint(Ckpt::Full).to_str().unwrap();
         let no_tokenizer = checkpoint(Ckpt::NoTokenizer).to_str().unwrap();
         let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-no-prompts.txt");
         std::fs::write(&empty, "").unwrap();
         let empty = empty.to_str().unwrap();
-        let cases: [(&[&str], &str); 7] = [
-            (&["--model", "/nonexistent-hymba-model", "--prompt", "x"], "/nonexistent-hymba-model does not exist"),
-            (&["--model", dir, "--prompts-file", empty], "holds no prompts"),
-            (&["--model", dir, "--ids", "1,x,3"], "entry 2 is \"x\""),
-            (&["--model", dir, "--ids", ""], "empty"),
-            (&["--model", dir, "--ids", "1,32001", "--print-ids"], "32001"),
-            (&["--model", no_tokenizer, "--prompt", "x"], "tokenizer"),
-            (&["--model", dir, "--prompts-file", "/nonexistent-prompts.txt"], "/nonexistent-prompts.txt"),
+        let cases: [(&[&str], &str, i32); 7] = [
+            (&["--model", "/nonexistent-hymba-model", "--prompt", "x"], "/nonexistent-hymba-model does not exist", 1),
+            (&["--model", dir, "--prompts-file", empty], "holds no prompts", 1),
+            (&["--model", dir, "--ids", "1,x,3"], "'--ids <IDS>': entry 2 is \"x\"", 2),
+            (&["--model", dir, "--ids", ""], "'--ids <IDS>': the token id list is empty", 2),
+            (&["--model", dir, "--ids", "1,32001", "--print-ids"], "32001", 1),
+            (&["--model", no_tokenizer, "--prompt", "x"], "tokenizer", 1),
+            (&["--model", dir, "--prompts-file", "/nonexistent-prompts.txt"], "/nonexistent-prompts.txt", 1),
         ];
-        for (args, needle) in cases {
+        for (args, needle, code) in cases {
             let out = run(args);
-            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
             assert!(stderr(&out).contains(needle), "{needle:?} not in {}", stderr(&out));
         }
     }

@@ -43,8 +43,8 @@ proptest! {
         let bias = with_bias.then(|| Array1::from(bias_seed[..out].to_vec()));
         let weight = match dtype {
             0 => Matrix::from_f32(w.clone()),
-            1 => Matrix::new(out, inner, Elements::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect())).unwrap(),
-            _ => Matrix::new(out, inner, Elements::F16(w.iter().map(|&v| f16::from_f32(v)).collect())).unwrap(),
+            1 => Matrix::new(out, inner, Elements::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>().into())).unwrap(),
+            _ => Matrix::new(out, inner, Elements::F16(w.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>().into())).unwrap(),
         };
         let w = weight.to_f32(); // the values actually stored
         let linear = Linear { weight, bias: bias.clone() };

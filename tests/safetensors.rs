@@ -3,7 +3,8 @@
 //! culprit), robustness against truncation, bit flips and arbitrary bytes, and atomic writing.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+mod common;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hymba_ref::checkpoint::{
@@ -680,8 +681,7 @@ fn parse_index_returns_metadata_and_shards() {
 // ---------------------------------------------------------------------------------------------
 
 fn tiny_seed1(relative: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    root.join("../shared/hymba/conformance/tiny-seed1").join(relative)
+    common::shared_dir().join("conformance/tiny-seed1").join(relative)
 }
 
 #[test]
@@ -702,4 +702,35 @@ fn tiny_seed1_checkpoint_and_goldens() {
     let (shape, ids) = goldens.to_i64("case1.input_ids").unwrap();
     assert_eq!(shape, [5]);
     assert_eq!(ids, [28102, 1956, 30499, 7252, 1272]);
+}
+
+#[test]
+fn random_weights_written_in_the_published_layout_read_back_exactly() {
+    use hymba_ref::checkpoint::random::RandomWeights;
+    use hymba_ref::checkpoint::TensorSource;
+    use hymba_ref::config::HymbaConfig;
+    let config = common::fixtures_dir().join("silu-groups-default/model/config.json");
+    let cfg = HymbaConfig::from_file(&config).unwrap();
+    let dir = TempDir::new("published-layout");
+    let random = RandomWeights::new(&cfg, 7);
+    let bytes = random.write_sharded(&dir.0, 2).unwrap();
+    assert_eq!(
+        dir.entries(),
+        ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    );
+    let index = parse_index(&fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(), "index").unwrap();
+    assert_eq!(index.metadata["total_size"], bytes);
+    let checkpoint = Checkpoint::open_dir(&dir.0).unwrap();
+    assert_eq!(checkpoint.total_bytes() as u64, bytes);
+    assert_eq!(TensorSource::names(&checkpoint), random.names());
+    let mut per_shard = [0, 0];
+    for name in random.names() {
+        assert_eq!(checkpoint.info(&name).unwrap().dtype, Dtype::BF16, "{name}");
+        let (shape, elements) = random.to_elements(&name).unwrap();
+        let mut want = vec![0f32; elements.len()];
+        elements.copy_to_f32(0, &mut want);
+        assert_eq!(checkpoint.to_f32(&name).unwrap(), (shape, want), "{name}");
+        per_shard[usize::from(index.weight_map[&name].contains("00002-of"))] += 1;
+    }
+    assert!(per_shard[0] > 0 && per_shard[1] > 0, "both shards hold tensors: {per_shard:?}");
 }

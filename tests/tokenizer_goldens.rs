@@ -2,14 +2,12 @@
 //! made with the released Hugging Face tokenizer and the `sentencepiece` library from the files
 //! in `../shared/hymba/hymba-1.5b/`). Run with `cargo test -- --ignored`.
 
+mod common;
+use common::shared_dir as shared;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, StreamDecoder, Tokenizer};
 use serde_json::Value;
 use std::path::PathBuf;
 
-fn shared() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().expect("the crate has a parent directory").join("shared/hymba")
-}
 
 fn goldens() -> Value {
     let path = shared().join("conformance/tokenizer-goldens.json");

@@ -5,12 +5,14 @@
 //! maps uniform with std ≈ 1/sqrt(fan_in), `A_log = log(1..=N)` (Mamba's S4D-real init), and a
 //! `dt_proj` bias that makes Δ = softplus(…) lie roughly in [0.001, 0.1].
 
-use super::TensorSource;
+use super::shards::INDEX_FILE;
+use super::{write_tensors, NamedTensor, TensorData, TensorSource};
 use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
 use crate::matrix::Elements;
 use crate::rng::SplitMix64;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// A [`TensorSource`] that makes every tensor `cfg` requires, on demand.
 pub struct RandomWeights {
@@ -21,6 +23,44 @@ pub struct RandomWeights {
 impl RandomWeights {
     pub fn new(cfg: &HymbaConfig, seed: u64) -> RandomWeights {
         RandomWeights { shapes: cfg.tensors().into_iter().map(|t| (t.name, t.shape)).collect(), seed }
+    }
+}
+
+impl RandomWeights {
+    /// Write these weights as a published checkpoint is laid out: `shards` bf16 safetensors
+    /// files `model-0000i-of-0000n.safetensors` of about equal size (tensors in name order) and
+    /// `model.safetensors.index.json`. Holds one shard in memory at a time. → bytes of weights
+    pub fn write_sharded(&self, dir: &Path, shards: usize) -> Result<u64> {
+        let names = self.names();
+        let bytes_of = |name: &str| 2 * self.shapes[name].iter().product::<usize>() as u64;
+        let total: u64 = names.iter().map(|n| bytes_of(n)).sum();
+        let shards = shards.clamp(1, names.len().max(1));
+        let file_name = |i: usize| format!("model-{:05}-of-{shards:05}.safetensors", i + 1);
+        // Tensor i goes to the shard its first byte falls in.
+        let (mut weight_map, mut groups) = (serde_json::Map::new(), vec![Vec::new(); shards]);
+        let mut offset = 0;
+        for name in &names {
+            let shard = ((offset * shards as u64) / total.max(1)) as usize;
+            groups[shard.min(shards - 1)].push(name.as_str());
+            offset += bytes_of(name);
+        }
+        for (i, group) in groups.iter().enumerate() {
+            let tensors = group.iter().map(|&n| self.to_bf16(n).map(|(shape, v)| (n, shape, v))).collect::<Result<Vec<_>>>()?;
+            let named: Vec<NamedTensor> =
+                tensors.iter().map(|(n, shape, v)| (*n, shape.as_slice(), TensorData::Bf16(v))).collect();
+            write_tensors(&dir.join(file_name(i)), &named, &[("format", "pt")])?;
+            weight_map.extend(group.iter().map(|&n| (n.to_string(), file_name(i).into())));
+        }
+        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let path = dir.join(INDEX_FILE);
+        std::fs::write(&path, format!("{index:#}\n")).map_err(|e| Error::io(&path, "write", e))?;
+        Ok(total)
+    }
+
+    /// A tensor rounded to bf16, as the released weights are stored.
+    fn to_bf16(&self, name: &str) -> Result<(Vec<usize>, Vec<half::bf16>)> {
+        let (shape, data) = self.to_f32(name)?;
+        Ok((shape, data.into_iter().map(half::bf16::from_f32).collect()))
     }
 }
 
@@ -71,7 +111,7 @@ impl TensorSource for RandomWeights {
 
     /// Matrices come as bf16, like the released weights.
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
-        let (shape, data) = self.to_f32(name)?;
-        Ok((shape, Elements::Bf16(data.into_iter().map(half::bf16::from_f32).collect())))
+        let (shape, data) = self.to_bf16(name)?;
+        Ok((shape, Elements::Bf16(data.into())))
     }
 }

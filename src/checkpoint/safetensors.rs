@@ -52,6 +52,8 @@ use half::{bf16, f16};
 
 use crate::matrix::Elements;
 use memmap2::Mmap;
+use std::sync::Arc;
+use crate::values::{Plain, Values};
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
 use serde_json::value::RawValue;
@@ -192,7 +194,8 @@ impl TensorInfo {
 
 /// The bytes of a file: memory-mapped, or owned (for tests and fuzzing).
 enum Bytes {
-    Mapped(Mmap),
+    /// Shared with the tensors read in place from it ([`Values::Mapped`]).
+    Mapped(Arc<Mmap>),
     Owned(Vec<u8>),
 }
 
@@ -244,7 +247,7 @@ impl SafetensorsFile {
         // rewriting the file while we hold it could change or remove the bytes under us; model
         // files are not modified in place (our own writer replaces files by renaming).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "memory-map", e))?;
-        Self::validate(Bytes::Mapped(map), path.display().to_string())
+        Self::validate(Bytes::Mapped(Arc::new(map)), path.display().to_string())
     }
 
     /// Validate a file held in memory; `origin` names it in error messages.
@@ -305,19 +308,34 @@ impl SafetensorsFile {
         Ok((info.shape.clone(), values))
     }
 
-    /// Shape and values of an `F32`, `F16` or `BF16` tensor, kept in that dtype.
+    /// Shape and values of an `F32`, `F16` or `BF16` tensor, kept in that dtype: read in place
+    /// from the file's mapping when the file is mapped and the tensor aligned for its dtype
+    /// (the writer aligns every tensor; see [`Values`]), else copied.
     pub fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         let (info, bytes) = self.lookup(name)?;
         let values = match info.dtype {
-            Dtype::F32 => Elements::F32(decode(bytes, f32::from_le_bytes)),
-            Dtype::F16 => Elements::F16(decode(bytes, f16::from_le_bytes)),
-            Dtype::BF16 => Elements::Bf16(decode(bytes, bf16::from_le_bytes)),
+            Dtype::F32 => Elements::F32(self.values(info, bytes, f32::from_le_bytes)),
+            Dtype::F16 => Elements::F16(self.values(info, bytes, f16::from_le_bytes)),
+            Dtype::BF16 => Elements::Bf16(self.values(info, bytes, bf16::from_le_bytes)),
             other => {
                 return Err(self.unconvertible(name, other, "f32 (only F32, F16 and BF16 can)"))
             }
         };
-        self.release(info);
         Ok((info.shape.clone(), values))
+    }
+
+    /// A tensor's values in place in the mapping if they can be, else decoded (and the mapped
+    /// pages released).
+    fn values<const N: usize, T: Plain>(&self, info: &TensorInfo, bytes: &[u8], convert: impl Fn([u8; N]) -> T) -> Values<T> {
+        if let Bytes::Mapped(map) = &self.bytes {
+            let offset = self.data_start + info.data_offsets.0;
+            if let Some(values) = Values::mapped(map.clone(), offset, info.num_elements()) {
+                return values;
+            }
+        }
+        let values = decode(bytes, convert).into();
+        self.release(info);
+        values
     }
 
     /// Shape and values of an `I64` or `I32` tensor, as `i64`.
@@ -332,16 +350,16 @@ impl SafetensorsFile {
     }
 
     /// Tell the kernel we are done with a tensor's mapped pages, once they are copied. They
-    /// leave this process's resident memory (the file stays in the page cache), so loading a
-    /// checkpoint peaks near the size of the weights, not twice it.
+    /// leave this process's resident memory (the file stays in the page cache), so converting
+    /// a checkpoint peaks near the size of the weights, not twice it.
     fn release(&self, info: &TensorInfo) {
         #[cfg(unix)]
         if let Bytes::Mapped(map) = &self.bytes {
             let (begin, end) = info.data_offsets;
-            // SAFETY: no slice of the mapping is alive here (the tensor was copied and its
-            // bytes dropped), and the mapping is a read-only view of a file: a page read again
-            // is faulted back in from the file, with the same contents. A failure only means
-            // the pages stay resident.
+            // SAFETY: the mapping is a read-only shared view of a file: a page dropped here is
+            // faulted back in from the file, with the same contents, when anything reads it
+            // again (a neighbouring tensor read in place may share the range's first or last
+            // page). A failure only means the pages stay resident.
             let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, self.data_start + begin, end - begin) };
         }
     }
@@ -625,6 +643,7 @@ fn describe(tensor: &TensorInfo) -> String {
 #[derive(Debug, Clone, Copy)]
 pub enum TensorData<'a> {
     F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
     I64(&'a [i64]),
 }
 
@@ -632,6 +651,7 @@ impl TensorData<'_> {
     fn dtype(&self) -> Dtype {
         match self {
             TensorData::F32(_) => Dtype::F32,
+            TensorData::Bf16(_) => Dtype::BF16,
             TensorData::I64(_) => Dtype::I64,
         }
     }
@@ -639,6 +659,7 @@ impl TensorData<'_> {
     fn len(&self) -> usize {
         match self {
             TensorData::F32(values) => values.len(),
+            TensorData::Bf16(values) => values.len(),
             TensorData::I64(values) => values.len(),
         }
     }
@@ -647,6 +668,9 @@ impl TensorData<'_> {
         match self {
             TensorData::F32(values) => {
                 values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))
+            }
+            TensorData::Bf16(values) => {
+                values.iter().try_for_each(|v| out.write_all(&v.to_bits().to_le_bytes()))
             }
             TensorData::I64(values) => {
                 values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))

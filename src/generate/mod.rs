@@ -18,13 +18,14 @@
 //! stops), each with its own cache and sampler: a prompt's result is exactly what [`generate`]
 //! gives for it alone.
 
+pub mod conversation;
 pub mod sampling;
 pub mod stop;
 pub mod text;
 
 use crate::cache_plan::{CachePlan, ScalarType};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Hymba, Sequence, SequenceId};
+use crate::model::{Batch, Hymba, LayerObserver, Sequence, SequenceId};
 use sampling::{Sampler, SamplingParams};
 use std::time::Instant;
 
@@ -97,6 +98,19 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
+impl Generation {
+    /// The generated ids the sequence was fed: every one after the prompt was fed back except
+    /// the last (generation had ended), unless the EOS ended it (the EOS is neither in
+    /// [`Generation::tokens`] nor fed).
+    pub fn tokens_in_sequence(&self) -> &[u32] {
+        let fed = match self.stop_reason {
+            StopReason::Eos => self.tokens.len(),
+            StopReason::MaxNewTokens | StopReason::Callback => self.tokens.len().saturating_sub(1),
+        };
+        &self.tokens[..fed]
+    }
+}
+
 /// The most tokens [`generate`] reserves K/V room for before it starts.
 const RESERVE_TOKENS_LIMIT: usize = 1 << 16;
 
@@ -113,7 +127,7 @@ struct Decoder<C> {
     sampler: Sampler,
     eos: Option<u32>,
     max_new_tokens: usize,
-    /// Prompt + generated: what the repetition penalty sees.
+    /// History + prompt + generated: what the repetition penalty sees.
     seen: Vec<u32>,
     tokens: Vec<u32>,
     on_token: C,
@@ -125,13 +139,20 @@ struct Decoder<C> {
 }
 
 impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
-    /// For `prompt`, whose prefill took `prefill_seconds` and just ended.
-    fn new(model: &Hymba, prompt: &[u32], options: &GenerateOptions, prefill_seconds: f64, on_token: C) -> Result<Decoder<C>> {
+    /// For `prompt` fed after `history`, its prefill took `prefill_seconds` and just ended.
+    fn new(
+        model: &Hymba,
+        history: &[u32],
+        prompt: &[u32],
+        options: &GenerateOptions,
+        prefill_seconds: f64,
+        on_token: C,
+    ) -> Result<Decoder<C>> {
         Ok(Decoder {
             sampler: Sampler::new(options.sampling)?,
             eos: model.config.eos_token_id.filter(|_| options.stop_at_eos),
             max_new_tokens: options.max_new_tokens,
-            seen: prompt.to_vec(),
+            seen: [history, prompt].concat(),
             tokens: Vec::new(),
             on_token,
             prompt_tokens: prompt.len(),
@@ -176,16 +197,21 @@ impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
     }
 }
 
-/// A new sequence with `prompt` fed (the prefill), K/V room reserved for every token it may
-/// reach; its logits after the prompt, and the prefill's wall time.
-fn prefill(model: &Hymba, prompt: &[u32], options: &GenerateOptions) -> Result<(Sequence, Vec<f32>, f64)> {
-    let mut seq = model.new_sequence();
+/// Feed `prompt` to `seq` (the prefill, watched by `observer` if any), K/V room reserved for
+/// every token it may reach; the logits after the prompt, and the prefill's wall time.
+fn prefill(
+    model: &Hymba,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    observer: Option<&mut dyn LayerObserver>,
+) -> Result<(Vec<f32>, f64)> {
     // Room for every token up front (untouched pages cost no memory), so that decode steps do
     // not reallocate the global layers' K/V; a huge --max-new-tokens just grows it as it goes.
     seq.reserve((prompt.len() + options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
     let start = Instant::now();
-    let logits = model.next_token_logits(prompt, &mut seq)?.to_vec(); // (V)
-    Ok((seq, logits, start.elapsed().as_secs_f64()))
+    let logits = model.next_token_logits_observed(prompt, seq, observer)?.to_vec(); // (V)
+    Ok((logits, start.elapsed().as_secs_f64()))
 }
 
 /// Generate a continuation of `prompt`, calling `on_token` with each new id as it is chosen.
@@ -197,20 +223,38 @@ pub fn generate(
     options: &GenerateOptions,
     on_token: impl FnMut(u32) -> Result<Flow>,
 ) -> Result<Generation> {
+    generate_in(model, &mut model.new_sequence(), &[], prompt, options, None, on_token)
+}
+
+/// [`generate`] continuing a sequence: `seq` already holds `history` (the ids fed into it
+/// after the meta tokens, which the repetition penalty sees too); `prompt` is fed next and the
+/// continuation generated; `prefill_observer`, if any, watches the prompt's passes (e.g. to
+/// report the progress of a long prompt). On return the sequence holds `history`, `prompt` and
+/// [`Generation::tokens_in_sequence`]: a conversation goes on from there
+/// ([`conversation::Conversation`]).
+pub fn generate_in(
+    model: &Hymba,
+    seq: &mut Sequence,
+    history: &[u32],
+    prompt: &[u32],
+    options: &GenerateOptions,
+    prefill_observer: Option<&mut dyn LayerObserver>,
+    on_token: impl FnMut(u32) -> Result<Flow>,
+) -> Result<Generation> {
     Sampler::new(options.sampling)?; // invalid parameters fail before the prefill
-    let (mut seq, first_logits, prefill_seconds) = prefill(model, prompt, options)?;
-    let mut decoder = Decoder::new(model, prompt, options, prefill_seconds, on_token)?;
+    let (first_logits, prefill_seconds) = prefill(model, seq, prompt, options, prefill_observer)?;
+    let mut decoder = Decoder::new(model, history, prompt, options, prefill_seconds, on_token)?;
     let mut next = decoder.next(&first_logits)?;
     let stop_reason = loop {
         match next {
             Next::Feed(id) => {
-                let logits = model.next_token_logits(&[id], &mut seq)?; // (V)
+                let logits = model.next_token_logits(&[id], seq)?; // (V)
                 next = decoder.next(logits.as_slice().expect("contiguous logits"))?;
             }
             Next::Stop(reason) => break reason,
         }
     };
-    Ok(decoder.finish(stop_reason, &seq))
+    Ok(decoder.finish(stop_reason, seq))
 }
 
 /// How many sequences [`generate_batch`] decodes together.
@@ -340,8 +384,9 @@ fn join<C: FnMut(u32) -> Result<Flow>>(
     on_token: C,
 ) -> Result<(Sequence, Decoder<C>, Next)> {
     Sampler::new(options.sampling)?;
-    let (seq, logits, prefill_seconds) = prefill(model, prompt, options)?;
-    let mut decoder = Decoder::new(model, prompt, options, prefill_seconds, on_token)?;
+    let mut seq = model.new_sequence();
+    let (logits, prefill_seconds) = prefill(model, &mut seq, prompt, options, None)?;
+    let mut decoder = Decoder::new(model, &[], prompt, options, prefill_seconds, on_token)?;
     let next = decoder.next(&logits)?;
     Ok((seq, decoder, next))
 }

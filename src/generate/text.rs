@@ -3,7 +3,8 @@
 //! watched for stop strings ([`StopChecker`]); only text that is final reaches the caller.
 
 use super::stop::{Checked, StopChecker};
-use super::{generate, generate_batch, BatchOptions, BatchStats, Flow, GenerateOptions, Generation};
+use super::{generate_batch, generate_in, BatchOptions, BatchStats, Flow, GenerateOptions, Generation};
+use crate::model::{LayerObserver, Sequence};
 use crate::error::{Error, Result};
 use crate::model::Hymba;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -75,7 +76,7 @@ impl<'t, F: FnMut(&str) -> Result<()>> TextSink<'t, F> {
     }
 }
 
-/// [`generate`] with the output as text: `on_text` receives each (non-empty) piece of final text
+/// [`super::generate`] with the output as text: `on_text` receives each (non-empty) piece of final text
 /// as soon as it is known (the stop string and anything after it never arrive). A stop string ends
 /// generation with [`super::StopReason::Callback`].
 pub fn generate_text(
@@ -86,8 +87,24 @@ pub fn generate_text(
     stops: &[String],
     on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
+    generate_text_in(model, tokenizer, &mut model.new_sequence(), &[], prompt, options, stops, None, on_text)
+}
+
+/// [`generate_text`] continuing a sequence that already holds `history` (see [`generate_in`]).
+#[allow(clippy::too_many_arguments)] // generate_in's arguments and the text layer's stops
+pub fn generate_text_in(
+    model: &Hymba,
+    tokenizer: &Tokenizer,
+    seq: &mut Sequence,
+    history: &[u32],
+    prompt: &[u32],
+    options: &GenerateOptions,
+    stops: &[String],
+    prefill_observer: Option<&mut dyn LayerObserver>,
+    on_text: impl FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
     let sink = RefCell::new(TextSink::new(tokenizer, stops, on_text)?);
-    let generation = generate(model, prompt, options, |id| sink.borrow_mut().push(id))?;
+    let generation = generate_in(model, seq, history, prompt, options, prefill_observer, |id| sink.borrow_mut().push(id))?;
     sink.into_inner().finish()?;
     Ok(generation)
 }

@@ -8,6 +8,7 @@ use super::pass::{self, Scratch};
 use super::segment::{Keep, Segment};
 use super::sequence::Sequence;
 use super::trace::LayerObserver;
+use crate::cache::HybridCache;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -38,6 +39,20 @@ impl Hymba {
         let mut segments = [Segment::new(&mut meta_prefix.cache, &[], Keep::LastRow)]; // no ids: the meta tokens alone
         pass::run(&config, &weights, &mut segments, &mut Scratch::default(), None);
         Hymba { config, weights, meta_prefix }
+    }
+
+    /// A model whose state after the meta tokens is already known (e.g. read back from a
+    /// [`crate::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
+    /// these weights.
+    pub fn with_meta_prefix(config: HymbaConfig, weights: HymbaWeights, prefix: HybridCache) -> Hymba {
+        debug_assert_eq!(prefix.next_position, config.num_memory_tokens);
+        let meta_prefix = Sequence { cache: prefix, scratch: Default::default() };
+        Hymba { config, weights, meta_prefix }
+    }
+
+    /// The state after the meta tokens, which every new sequence starts from.
+    pub fn meta_prefix(&self) -> &HybridCache {
+        &self.meta_prefix.cache
     }
 
     /// A new sequence, already holding the meta tokens (a copy of the model's prefix).
@@ -184,9 +199,20 @@ impl Hymba {
     /// sequence's scratch. Allocates nothing once the shapes repeat, as they do from the second
     /// decode step on (tested).
     pub fn next_token_logits<'s>(&self, ids: &[u32], seq: &'s mut Sequence) -> Result<ArrayView1<'s, f32>> {
+        self.next_token_logits_observed(ids, seq, None)
+    }
+
+    /// [`Hymba::next_token_logits`] with an observer of every layer of every pass (e.g. one that
+    /// reports the progress of a long prefill).
+    pub fn next_token_logits_observed<'s>(
+        &self,
+        ids: &[u32],
+        seq: &'s mut Sequence,
+        observer: Option<&mut dyn LayerObserver>,
+    ) -> Result<ArrayView1<'s, f32>> {
         self.check_ids(ids)?;
         let Sequence { cache, scratch } = seq;
-        self.run(&mut [Segment::new(cache, ids, Keep::LastRow)], scratch, None)?;
+        self.run(&mut [Segment::new(cache, ids, Keep::LastRow)], scratch, observer)?;
         let logits = self.kept_logits(scratch)?; // (1, V)
         Ok(logits.index_axis_move(Axis(0), 0)) // (V)
     }

@@ -66,6 +66,11 @@ impl AddedTokens {
         AddedTokens { nodes }
     }
 
+    /// Whether `id` is one of these tokens.
+    pub fn contains_id(&self, id: u32) -> bool {
+        self.nodes.iter().any(|node| node.token == Some(id))
+    }
+
     /// The longest token that `text` starts with: `(length in bytes, id)`.
     fn match_at(&self, text: &[u8]) -> Option<(usize, u32)> {
         let mut node = &self.nodes[0];

@@ -254,6 +254,12 @@ impl Tokenizer {
         self.add_bos_token
     }
 
+    /// Whether `id` is a special token: BOS, EOS, or an added token (`<unk>`, `[PAD]`), the
+    /// tokens Hugging Face's `decode(ids, skip_special_tokens=True)` leaves out.
+    pub fn is_special(&self, id: u32) -> bool {
+        id == self.bos || id == self.eos || self.added.contains_id(id)
+    }
+
     /// The id whose piece is exactly `piece`.
     fn find_piece(&self, piece: &str) -> Option<u32> {
         self.pieces.iter().position(|p| p == piece).and_then(|i| u32::try_from(i).ok())

@@ -5,9 +5,18 @@ use hymba_ref::checkpoint::safetensors::SafetensorsFile;
 use ndarray::{ArrayD, ArrayView, Dimension, IxDyn};
 use std::path::{Path, PathBuf};
 
-/// `../shared/hymba/...` next to the repository, where CI puts the shared ground truth.
+/// The sentence an `--ignored` test fails with when the shared ground truth is not there.
+pub const NEEDS_SHARED: &str = "the tests run by `cargo test -- --ignored` need the shared ground truth in \
+    ../shared/hymba next to the repository (the released implementation's conformance goldens in \
+    conformance/, the released Hymba-1.5B config and tokenizer files in hymba-1.5b/), as CI provides; \
+    plain `cargo test` runs without it";
+
+/// `../shared/hymba/...` next to the repository, where CI puts the shared ground truth. Fails the
+/// test with [`NEEDS_SHARED`] when it is not there.
 pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hymba")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hymba");
+    assert!(dir.is_dir(), "{} does not exist: {NEEDS_SHARED}", dir.display());
+    dir
 }
 
 /// `tests/fixtures/...` in the repository.
@@ -53,4 +62,21 @@ pub fn assert_close<D: Dimension>(name: &str, got: ArrayView<f32, D>, want: &Arr
     }
     assert!(failed == 0, "{name}: {failed} mismatches (atol {atol}, rtol {rtol}), max |Δ| = {max_err}\n{}", bad.join("\n"));
     max_err
+}
+
+/// Run `hymba-ref` with `args`, `input` on its stdin (then closed), and collect its output.
+pub fn cli_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(input); // the program may exit before reading it all
+    drop(stdin);
+    child.wait_with_output().unwrap()
 }

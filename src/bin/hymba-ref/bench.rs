@@ -29,6 +29,7 @@
 //! bytes: no decode can be faster. K/V cache reads are not counted.
 
 mod bandwidth;
+mod from_disk;
 mod limits;
 mod memory;
 
@@ -75,7 +76,8 @@ fn dense_twin(config_json: &str) -> Result<String> {
 #[derive(Args)]
 pub struct BenchArgs {
     /// Comma-separated configs: `small`, `mid`, `1.5b` (the released Hymba-1.5B shape),
-    /// `1.5b-dense` (its dense-attention twin), or paths to config.json files.
+    /// `1.5b-dense` (its dense-attention twin), or paths to config.json files or the checkpoint
+    /// directories holding them.
     #[arg(long, value_delimiter = ',', default_value = "small,mid,1.5b")]
     configs: Vec<String>,
     /// Comma-separated prompt lengths to prefill (meta tokens not counted).
@@ -116,6 +118,17 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time what a user waits for instead: write each config's random weights as a published
+    /// checkpoint (two bf16 shards + index) to a temporary directory, then, in fresh processes,
+    /// load it and compute the first token of a one-token prompt (process start → first token,
+    /// split into load, meta prefix and prefill; peak RSS). The first run computes the meta
+    /// prefix and caches it, the others (--runs, at least 2) read it. The directory is removed
+    /// afterwards.
+    #[arg(long)]
+    from_disk: bool,
+    /// Internal: the child side of --from-disk (load this checkpoint, one-token prompt, print JSON).
+    #[arg(long, hide = true, value_name = "DIR")]
+    child_load: Option<std::path::PathBuf>,
     /// Internal: measure the configs in this process and print their raw JSON (the parent runs
     /// each config this way in a child process, so each gets its own peak memory).
     #[arg(long, hide = true)]
@@ -141,6 +154,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .build_global()
         .map_err(|e| Error::input(format!("cannot start {threads} worker threads: {e}")))?;
 
+    if let Some(dir) = &args.child_load {
+        return print_stdout(&format!("{}\n", from_disk::child(dir, args.seed)?));
+    }
+    if args.from_disk {
+        let configs = from_disk::bench_configs(&specs, &args, threads)?;
+        let report = json!({ "engine": "hymba-ref", "threads": threads, "runs": args.runs, "seed": args.seed, "configs": configs });
+        return match args.json {
+            true => print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON"))),
+            false => print_stdout(&from_disk::table(threads, &configs)),
+        };
+    }
     if args.child {
         let configs = specs.iter().map(|spec| bench_config(spec, &args, &batch_sizes)).collect::<Result<Vec<_>>>()?;
         print_stdout(&format!("{}\n", json!({ "configs": configs })))?;
@@ -202,7 +226,10 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
     if name == DENSE_1_5B {
         return Ok(ConfigSpec { name: name.to_string(), json: dense_twin(BUILTIN_CONFIGS[2].1)? });
     }
-    let path = Path::new(name);
+    let given = Path::new(name);
+    // A checkpoint directory stands for its config.json, as everywhere --model is taken.
+    let path = if given.is_dir() { given.join("config.json") } else { given.to_path_buf() };
+    let path = path.as_path();
     if !path.exists() {
         let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).chain([DENSE_1_5B]).collect();
         return Err(Error::input(format!(

@@ -7,26 +7,25 @@
 //! cache size go to stderr, so stdout holds only the generated text (or, with `--print-ids`, the
 //! generated ids as JSON arrays, one line per prompt).
 
-use crate::args::parse_id_list;
-use clap::{ArgAction, Args};
-use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::text::{generate_text, generate_text_batch};
-use hymba_ref::generate::{generate, BatchOptions, BatchStats, Flow, GenerateOptions, Generation, GenerationStats, StopReason};
-use hymba_ref::files;
-use hymba_ref::model::Hymba;
+use crate::args::{model_dir, TokenIds};
+use crate::generation_args::{warn_past_trained_length, GenerationArgs};
+use crate::load::load_model;
+use clap::Args;
+use hymba_ref::generate::text::{generate_text_batch, generate_text_in};
+use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
+use hymba_ref::model::{LayerObserver, LayerTrace};
+use hymba_ref::generate::{generate_in, BatchOptions, BatchStats, Flow, Generation, GenerationStats, StopReason};
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
+use hymba_ref::files;
 use hymba_ref::{Error, ErrorKind, Result};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-
-/// Where the bundled model lives (the demo model, `reference/demo-model`): used when `--model`
-/// is not given.
-const DEFAULT_MODEL_DIR: &str = hymba_ref::DEFAULT_MODEL_DIR;
+use std::time::Instant;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (config.json, safetensors weights, tokenizer files).
-    /// Default: the bundled model.
+    /// Checkpoint directory (config.json, safetensors weights, tokenizer files) or its
+    /// config.json. Default: the bundled model.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The prompt text. Without --prompt, --prompts-file or --ids, the prompt is read from stdin.
@@ -37,12 +36,12 @@ pub struct GenerateArgs {
     prompts_file: Option<PathBuf>,
     /// With --prompts-file: the most prompts decoding at once (default: all of them). Each
     /// prompt joins after its own prefill and leaves when it stops.
-    #[arg(long, value_name = "N", value_parser = at_least_one, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    #[arg(long, value_name = "N", value_parser = crate::args::at_least::<1>, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     batch_size: Option<usize>,
     /// With --prompts-file: the most cache memory the batch may reach, in GB (10⁹ bytes, f32
     /// cache); a prompt joins only when its cache at prompt + --max-new-tokens tokens fits
     /// (one prompt always runs). Default: no bound.
-    #[arg(long, value_name = "GB", value_parser = positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    #[arg(long, value_name = "GB", value_parser = crate::generation_args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     max_cache_gb: Option<f32>,
     /// Wrap each prompt as a user message in the Instruct chat format.
     #[arg(long, conflicts_with = "ids")]
@@ -50,77 +49,35 @@ pub struct GenerateArgs {
     /// A system message for the chat format (implies --chat).
     #[arg(long, value_name = "TEXT", conflicts_with = "ids")]
     system: Option<String>,
-    /// Comma-separated prompt token ids (e.g. 1,415,2936), fed as they are.
-    #[arg(long, value_name = "IDS")]
-    ids: Option<String>,
+    /// Prompt token ids, fed as they are: 1,415,2936 or [1, 415, 2936] (as `tokenize` prints).
+    #[arg(long, value_name = "IDS", value_parser = crate::args::token_ids)]
+    ids: Option<TokenIds>,
     /// Print the generated ids as a JSON array (one line per prompt) instead of the text.
     #[arg(long)]
     print_ids: bool,
-    /// The most tokens to generate per prompt.
-    #[arg(long, value_name = "N", default_value_t = 128)]
-    max_new_tokens: usize,
-    // Sampling: each flag overrides the model's generation_config.json (greedy if it has none).
-    /// Sampling temperature; 0 = greedy (argmax).
-    #[arg(long, value_name = "T", value_parser = non_negative, allow_negative_numbers = true)]
-    temperature: Option<f32>,
-    /// Sample among the K most likely tokens only (0 = all).
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Sample among the most likely tokens whose probability sums to P (1 = all).
-    #[arg(long, value_name = "P", value_parser = probability_above_zero, allow_negative_numbers = true)]
-    top_p: Option<f32>,
-    /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long, value_name = "P", value_parser = probability, allow_negative_numbers = true)]
-    min_p: Option<f32>,
-    /// Penalise tokens already in the sequence (> 1 discourages repeats; 1 = off).
-    #[arg(long, value_name = "R", value_parser = positive, allow_negative_numbers = true)]
-    repetition_penalty: Option<f32>,
-    /// Seed of the sampler (the same seed gives the same output).
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    seed: u64,
-    /// Stop when this text appears (not printed); give several after one flag or repeat it.
-    #[arg(long, value_name = "STR", num_args = 1.., action = ArgAction::Append)]
-    stop: Vec<String>,
-    /// Keep generating after the end-of-sequence token.
-    #[arg(long)]
-    no_eos_stop: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    generation: GenerationArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    if let Some(n) = args.threads {
-        crate::args::check_threads(n)?;
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| Error::input(format!("--threads {n}: cannot start the thread pool: {e}")))?;
-    }
-    let ids = args.ids.as_deref().map(parse_id_list).transpose()?;
+    args.generation.start_thread_pool()?;
+    let ids = args.ids.as_ref().map(|ids| ids.0.clone());
     let dir = model_dir(args.model.as_deref())?;
-    let model = Hymba::from_dir(&dir)?;
-    let defaults = SamplingParams::from_generation_config(&dir)?;
-    let options = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        stop_at_eos: !args.no_eos_stop,
-        sampling: SamplingParams {
-            temperature: args.temperature.unwrap_or(defaults.temperature),
-            top_k: args.top_k.unwrap_or(defaults.top_k),
-            top_p: args.top_p.unwrap_or(defaults.top_p),
-            min_p: args.min_p.unwrap_or(defaults.min_p),
-            repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
-            seed: args.seed,
-        },
-    };
+    let loaded = load_model(&dir, !args.generation.no_prefix_cache)?;
+    let model = &loaded.model;
+    let options = args.generation.options(&dir)?;
+    let stops = &args.generation.stop;
     // Ids in and ids out need no tokenizer; anything with text does.
-    if let Some(ids) = ids.as_deref().filter(|_| args.print_ids && args.stop.is_empty()) {
-        let generation = generate(&model, ids, &options, |_| Ok(Flow::Continue))?;
+    if let Some(ids) = ids.as_deref().filter(|_| args.print_ids && stops.is_empty()) {
+        warn_past_trained_length(&model.config, ids.len(), options.max_new_tokens);
+        let mut progress = PrefillProgress::new(ids.len(), model.config.num_hidden_layers);
+        let observer = progress.as_mut().map(|p| p as &mut dyn LayerObserver);
+        let generation = generate_in(model, &mut model.new_sequence(), &[], ids, &options, observer, |_| Ok(Flow::Continue))?;
         finish_output(&mut io::stdout().lock(), &generation, true)?;
-        eprintln!("{}", stats_line(&generation.stats, generation.stop_reason));
+        eprintln!("{} | {}", loaded.timing(), stats_line(&generation.stats, generation.stop_reason));
         return Ok(());
     }
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let tokenizer = load_tokenizer(&dir)?;
     tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
@@ -128,42 +85,48 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     match prompts {
         Prompts::One(prompt) => {
+            warn_past_trained_length(&model.config, prompt.len(), options.max_new_tokens);
             let mut out = io::stdout().lock();
-            let generation = generate_text(&model, &tokenizer, &prompt, &options, &args.stop, |text| {
+            let mut progress = PrefillProgress::new(prompt.len(), model.config.num_hidden_layers);
+            let observer = progress.as_mut().map(|p| p as &mut dyn LayerObserver);
+            let generation = generate_text_in(model, &tokenizer, &mut model.new_sequence(), &[], &prompt, &options, stops, observer, |text| {
                 if !args.print_ids {
                     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)?;
                 }
                 Ok(())
             })?;
             finish_output(&mut out, &generation, args.print_ids)?;
-            eprintln!("{}", stats_line(&generation.stats, generation.stop_reason));
+            eprintln!("{} | {}", loaded.timing(), stats_line(&generation.stats, generation.stop_reason));
             Ok(())
         }
         Prompts::Many(prompts) => {
+            if let Some(longest) = prompts.iter().map(Vec::len).max() {
+                warn_past_trained_length(&model.config, longest, options.max_new_tokens);
+            }
+            eprintln!("{}", loaded.timing());
             let batching = BatchOptions {
                 max_batch: args.batch_size.unwrap_or(usize::MAX),
                 max_cache_bytes: args.max_cache_gb.map(|gb| (gb as f64 * 1e9) as usize),
             };
-            let (results, stats) = generate_text_batch(&model, &tokenizer, &prompts, &options, &batching, &args.stop);
+            let (results, stats) = generate_text_batch(model, &tokenizer, &prompts, &options, &batching, stops);
             print_batch(&results, args.print_ids, &stats)
         }
     }
 }
 
-/// The checkpoint directory: `--model`, else the bundled model; it must exist.
-fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
-    let dir = model.map_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR), Path::to_path_buf);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let message = match model {
-        Some(_) => format!("model directory {} does not exist", dir.display()),
-        None => format!("the bundled model directory {} does not exist; pass --model DIR", dir.display()),
-    };
-    Err(Error::new(ErrorKind::Io, message))
+/// The checkpoint's tokenizer; a checkpoint without one is told how to do without.
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let has_files = ["tokenizer.json", "tokenizer.model"].iter().any(|f| dir.join(f).exists());
+    Tokenizer::from_dir(dir).map_err(|e| match has_files {
+        true => e,
+        false => Error::new(
+            e.kind,
+            format!("{e}; without a tokenizer, give token ids and print ids: generate --ids 1,415,2936 --print-ids"),
+        ),
+    })
 }
 
-/// One prompt (streamed) or a file's worth (decoded together as one batch, printed at the end).
+/// One prompt (streamed) or a file's worth (generated in parallel, printed at the end).
 enum Prompts {
     One(Vec<u32>),
     Many(Vec<Vec<u32>>),
@@ -186,6 +149,9 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
     let text = match &args.prompt {
         Some(text) => text.clone(),
         None => {
+            if io::stdin().is_terminal() {
+                eprintln!("reading the prompt from stdin (end it with Ctrl-D)");
+            }
             let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
             // `echo text |` adds a newline that is not part of the prompt.
             let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
@@ -257,17 +223,24 @@ fn ids_json(ids: &[u32]) -> String {
 
 /// `prefill: 12 tokens in 0.031 s (387.1 tok/s) | decode: 30 steps in 0.402 s (74.6 tok/s) | ...`
 fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
+    format!(
+        "prefill: {} tokens in {:.3} s ({:.1} tok/s) | {}",
+        s.prompt_tokens,
+        s.prefill_seconds,
+        s.prefill_tokens_per_second(),
+        decode_summary(s, reason)
+    )
+}
+
+/// `decode: 30 steps in 0.402 s (74.6 tok/s) | generated 31 tokens, stopped by ... | cache: ...`
+pub fn decode_summary(s: &GenerationStats, reason: StopReason) -> String {
     let reason = match reason {
         StopReason::Eos => "end of sequence",
         StopReason::MaxNewTokens => "max new tokens",
         StopReason::Callback => "stop string",
     };
     format!(
-        "prefill: {} tokens in {:.3} s ({:.1} tok/s) | decode: {} steps in {:.3} s ({:.1} tok/s) | \
-         generated {} tokens, stopped by {reason} | cache: {} bytes ({:.2} MB)",
-        s.prompt_tokens,
-        s.prefill_seconds,
-        s.prefill_tokens_per_second(),
+        "decode: {} steps in {:.3} s ({:.1} tok/s) | generated {} tokens, stopped by {reason} | cache: {} bytes ({:.2} MB)",
         s.decode_steps,
         s.decode_seconds,
         s.decode_tokens_per_second(),
@@ -277,35 +250,38 @@ fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
     )
 }
 
-fn stdout_error(e: io::Error) -> Error {
+pub fn stdout_error(e: io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}"))
 }
 
-// Value checks for the sampling flags: a bad value is a usage error (exit code 2).
-
-fn number(text: &str) -> std::result::Result<f32, String> {
-    text.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| "not a finite number".to_string())
+/// `prefill: 1024/3000 tokens, 45.2 tok/s` on one line of stderr after each pass of a long
+/// prompt, erased once the prompt is in; only when stderr is a terminal.
+struct PrefillProgress {
+    total: usize,
+    done: usize,
+    last_layer: usize,
+    start: Instant,
 }
 
-fn non_negative(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v >= 0.0 { Ok(v) } else { Err("must be ≥ 0".into()) })
+impl PrefillProgress {
+    /// `None` unless stderr is a terminal and the prompt takes more than one pass.
+    fn new(total: usize, layers: usize) -> Option<PrefillProgress> {
+        let worth_it = total > MAX_ROWS_PER_PASS && io::stderr().is_terminal();
+        worth_it.then(|| PrefillProgress { total, done: 0, last_layer: layers - 1, start: Instant::now() })
+    }
 }
 
-fn positive(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v > 0.0 { Ok(v) } else { Err("must be > 0".into()) })
-}
-
-fn probability(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if (0.0..=1.0).contains(&v) { Ok(v) } else { Err("must be in [0, 1]".into()) })
-}
-
-fn probability_above_zero(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v > 0.0 && v <= 1.0 { Ok(v) } else { Err("must be in (0, 1]".into()) })
-}
-
-fn at_least_one(text: &str) -> std::result::Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("must be a whole number ≥ 1".into()),
+impl LayerObserver for PrefillProgress {
+    fn layer(&mut self, trace: &LayerTrace) {
+        if trace.plan.index != self.last_layer {
+            return;
+        }
+        self.done += trace.positions.len();
+        let seconds = self.start.elapsed().as_secs_f64();
+        let line = format!("prefill: {}/{} tokens, {:.1} tok/s", self.done, self.total, self.done as f64 / seconds);
+        let end = if self.done >= self.total { format!("\r{}\r", " ".repeat(line.len())) } else { String::new() };
+        let mut stderr = io::stderr().lock();
+        let _ = write!(stderr, "\r{line}{end}");
+        let _ = stderr.flush();
     }
 }

@@ -3,7 +3,7 @@
 //! cache a sequence needs at a given context (K/V, SSM and conv state, in scalars and in bf16 /
 //! f32 bytes) next to the dense-attention equivalent (SPEC, "Incremental decoding").
 
-use crate::args::print_stdout;
+use crate::args::{model_dir, print_stdout};
 use clap::Args;
 use hymba_ref::cache_plan::{CachePlan, CacheSize, LayerCache, ScalarType};
 use hymba_ref::config::{weights, AttentionSpan, HymbaConfig, KvSource, TensorSpec, WeightSpec};
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Model directory; only its config.json is read (no weights needed).
+    /// Model directory or its config.json; only the config is read (no weights needed).
     #[arg(long)]
     model: PathBuf,
     /// Context length N for the cache sizes: prompt + generated tokens, meta tokens excluded.
@@ -25,7 +25,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let path = args.model.join("config.json");
+    let path = model_dir(Some(&args.model))?.join("config.json");
     let cfg = HymbaConfig::from_file(&path)?;
     let cache = CachePlan::new(&cfg, args.context)?;
     let params = ParameterBreakdown::new(&cfg);

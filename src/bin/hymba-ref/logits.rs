@@ -1,20 +1,20 @@
 //! `hymba-ref logits`: run a forward pass over token ids and save the logits.
 
-use crate::args::parse_id_list;
+use crate::args::{model_dir, token_ids, TokenIds};
 use clap::Args;
 use hymba_ref::checkpoint::safetensors::write_f32;
 use hymba_ref::model::Hymba;
-use hymba_ref::Result;
+use hymba_ref::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct LogitsArgs {
-    /// Checkpoint directory (config.json + model.safetensors or shards).
+    /// Checkpoint directory (config.json + model.safetensors or shards) or its config.json.
     #[arg(long)]
     model: PathBuf,
-    /// Comma-separated token ids, e.g. 5,17,300.
-    #[arg(long)]
-    ids: String,
+    /// Token ids: 5,17,300 or [5, 17, 300].
+    #[arg(long, value_parser = token_ids)]
+    ids: TokenIds,
     /// Output file: one f32 tensor `logits` of shape `[n, V]` (meta rows excluded). A regular
     /// file is replaced atomically (through a symbolic link, which is kept); a pipe or character
     /// device such as /dev/stdout is written through; anything else is refused.
@@ -22,15 +22,18 @@ pub struct LogitsArgs {
     out: PathBuf,
     /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.
     /// Without it: one full-sequence forward pass.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = crate::args::at_least::<1>)]
     prefill: Option<usize>,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let ids = parse_id_list(&args.ids)?;
+    let ids = args.ids.0;
+    if let Some(k) = args.prefill.filter(|&k| k > ids.len()) {
+        return Err(Error::usage("--prefill", k, format!("must be at most the number of --ids ({})", ids.len())));
+    }
     // Refuse an --out that would never be written (a directory, a dangling link) before the work.
     hymba_ref::files::output_target(&args.out)?;
-    let model = Hymba::from_dir(&args.model)?;
+    let model = Hymba::from_dir(&model_dir(Some(&args.model))?)?;
     model.check_ids(&ids)?;
     let logits = match args.prefill {
         None => model.forward(&ids)?,

@@ -1,18 +1,23 @@
 //! `hymba-ref`: the command-line front end. One module per subcommand.
 //!
-//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments: reported by
-//! clap), 1 for every other failure; messages go to stderr.
+//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments, bad flag
+//! values: reported by clap, or an [`ErrorKind::Usage`] error for values that conflict), 1 for
+//! every other failure; messages go to stderr.
 
 mod args;
 mod bench;
+mod chat;
 mod explain;
 mod generate;
+mod generation_args;
 mod inspect;
+mod load;
 mod logits;
 mod perplexity;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
+use hymba_ref::ErrorKind;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -32,9 +37,11 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Continue a prompt (text, chat or ids), streaming the generated text.
     Generate(generate::GenerateArgs),
+    /// Multi-turn chat in the Instruct format: one user turn per line of stdin, /reset, Ctrl-D ends.
+    Chat(chat::ChatArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
-    /// Decode comma-separated token ids to text.
+    /// Decode token ids (1,2,3 or [1, 2, 3]) to text.
     Detokenize(tokenize::DetokenizeArgs),
     /// Token-level NLL and perplexity of a text file (sliding windows over long files).
     Perplexity(perplexity::PerplexityArgs),
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Tokenize(args) => tokenize::run_tokenize(args),
         Command::Detokenize(args) => tokenize::run_detokenize(args),
         Command::Perplexity(args) => perplexity::run(args),
@@ -58,7 +66,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(1)
+            ExitCode::from(if e.kind == ErrorKind::Usage { 2 } else { 1 })
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `hymba-ref perplexity`: token-level NLL and perplexity of a text file.
 
-use crate::args::print_stdout;
+use crate::args::{at_least, model_dir, print_stdout};
 use clap::Args;
 use hymba_ref::files;
 use hymba_ref::eval::{perplexity, windows};
@@ -13,28 +13,33 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct PerplexityArgs {
-    /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
-    #[arg(long, default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
-    model: PathBuf,
+    /// Checkpoint directory with its tokenizer, or its config.json. Default: the bundled demo model.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// UTF-8 text file to score (encoded as one text, BOS first).
     #[arg(long)]
     file: PathBuf,
     /// Tokens per window: longer texts are scored in overlapping windows of this many tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = at_least::<2>)]
     context: usize,
     /// Distance between window starts (default: context / 2). Each token is scored once, with at
     /// least context − stride tokens before it (except in the first window).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     stride: Option<usize>,
 }
 
 /// Print the number of scored tokens, the mean NLL (nats/token) and the perplexity.
 pub fn run(args: PerplexityArgs) -> Result<()> {
-    let text = files::read_text_capped(&args.file, files::TEXT)?;
     let stride = args.stride.unwrap_or(args.context / 2);
-    let model = Hymba::from_dir(&args.model)?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
-    tokenizer.check_model_vocab(model.config.vocab_size, &args.model)?;
+    if stride >= args.context {
+        let problem = format!("must be below --context ({}), so that windows overlap", args.context);
+        return Err(Error::usage("--stride", stride, problem));
+    }
+    let dir = model_dir(args.model.as_deref())?;
+    let text = files::read_text_capped(&args.file, files::TEXT)?;
+    let model = Hymba::from_dir(&dir)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let ids = tokenizer.encode(&text, true);
     if ids.len() < 2 {
         return Err(Error::input(format!("{} has no tokens to score", args.file.display())));

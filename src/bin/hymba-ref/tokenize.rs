@@ -1,6 +1,6 @@
 //! `tokenize` and `detokenize`: text → ids and ids → text with a checkpoint's tokenizer.
 
-use crate::args::{parse_id_list, print_stdout};
+use crate::args::{model_dir, print_stdout, token_ids, TokenIds};
 use clap::Args;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// Checkpoint directory (only the tokenizer files are read).
+    /// Checkpoint directory or its config.json (only the tokenizer files are read).
     #[arg(long)]
     model: PathBuf,
     /// Text to encode.
@@ -21,17 +21,21 @@ pub struct TokenizeArgs {
 
 #[derive(Args)]
 pub struct DetokenizeArgs {
-    /// Checkpoint directory (only the tokenizer files are read).
+    /// Checkpoint directory or its config.json (only the tokenizer files are read).
     #[arg(long)]
     model: PathBuf,
-    /// Comma-separated token ids, e.g. `1,15043,3186`.
-    #[arg(long, allow_hyphen_values = true)]
-    ids: String,
+    /// Token ids: `1,15043,3186`, or `[1, 15043, 3186]` as `tokenize` prints them.
+    #[arg(long, allow_hyphen_values = true, value_parser = token_ids)]
+    ids: TokenIds,
+    /// Leave out special tokens (BOS, EOS, padding), so that `tokenize` then `detokenize`
+    /// gives back the text.
+    #[arg(long)]
+    skip_special: bool,
 }
 
 /// Print the ids of `--text` as a JSON array.
 pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&model_dir(Some(&args.model))?)?;
     let ids = tokenizer.encode(&args.text, tokenizer.add_bos_token() && !args.no_bos);
     let json = serde_json::to_string(&ids).map_err(|e| Error::input(format!("cannot print ids: {e}")))?;
     print_stdout(&format!("{json}\n"))
@@ -39,7 +43,10 @@ pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
 
 /// Print the text of `--ids`.
 pub fn run_detokenize(args: DetokenizeArgs) -> Result<()> {
-    let ids = parse_id_list(&args.ids)?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&model_dir(Some(&args.model))?)?;
+    let mut ids = args.ids.0;
+    if args.skip_special {
+        ids.retain(|&id| !tokenizer.is_special(id));
+    }
     print_stdout(&format!("{}\n", tokenizer.decode(&ids)?))
 }

@@ -1,0 +1,127 @@
+//! The flags `generate` and `chat` share: how many tokens, how to sample them, when to stop,
+//! how many threads. A bad value is refused by its value parser (exit code 2, flag named).
+
+use crate::args::at_least;
+use clap::{ArgAction, Args};
+use hymba_ref::config::{HymbaConfig, RopeScaling};
+use hymba_ref::generate::sampling::SamplingParams;
+use hymba_ref::generate::GenerateOptions;
+use hymba_ref::{Error, Result};
+use std::path::Path;
+
+#[derive(Args)]
+pub struct GenerationArgs {
+    /// The most tokens to generate per prompt (or chat turn).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_new_tokens: usize,
+    // Sampling: each flag overrides the model's generation_config.json (greedy if it has none).
+    /// Sampling temperature; 0 = greedy (argmax).
+    #[arg(long, value_name = "T", value_parser = non_negative, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Sample among the K most likely tokens only (0 = all).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probability sums to P (1 = all).
+    #[arg(long, value_name = "P", value_parser = probability_above_zero, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long, value_name = "P", value_parser = probability, allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Penalise tokens already in the sequence (> 1 discourages repeats; 1 = off).
+    #[arg(long, value_name = "R", value_parser = positive, allow_negative_numbers = true)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler (the same seed gives the same output).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (not printed); give several after one flag or repeat it.
+    #[arg(long, value_name = "STR", num_args = 1.., action = ArgAction::Append)]
+    pub stop: Vec<String>,
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    pub no_eos_stop: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
+    pub threads: Option<usize>,
+    /// Compute the meta-token prefix instead of reading it from the cache directory
+    /// ($XDG_CACHE_HOME/hymba-ref, else ~/.cache/hymba-ref), and do not write it there.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+}
+
+impl GenerationArgs {
+    /// Start the global thread pool with `--threads` workers (rayon's default otherwise).
+    pub fn start_thread_pool(&self) -> Result<()> {
+        let Some(n) = self.threads else { return Ok(()) };
+        crate::args::check_threads(n)?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::input(format!("--threads {n}: cannot start the thread pool: {e}")))
+    }
+
+    /// The options: each sampling flag given, else the model's `generation_config.json`.
+    pub fn options(&self, dir: &Path) -> Result<GenerateOptions> {
+        let defaults = SamplingParams::from_generation_config(dir)?;
+        Ok(GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            stop_at_eos: !self.no_eos_stop,
+            sampling: SamplingParams {
+                temperature: self.temperature.unwrap_or(defaults.temperature),
+                top_k: self.top_k.unwrap_or(defaults.top_k),
+                top_p: self.top_p.unwrap_or(defaults.top_p),
+                min_p: self.min_p.unwrap_or(defaults.min_p),
+                repetition_penalty: self.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+                seed: self.seed,
+            },
+        })
+    }
+}
+
+fn number(text: &str) -> std::result::Result<f32, String> {
+    text.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| "not a finite number".to_string())
+}
+
+fn non_negative(text: &str) -> std::result::Result<f32, String> {
+    number(text).and_then(|v| if v >= 0.0 { Ok(v) } else { Err("must be ≥ 0".into()) })
+}
+
+pub fn positive(text: &str) -> std::result::Result<f32, String> {
+    number(text).and_then(|v| if v > 0.0 { Ok(v) } else { Err("must be > 0".into()) })
+}
+
+fn probability(text: &str) -> std::result::Result<f32, String> {
+    number(text).and_then(|v| if (0.0..=1.0).contains(&v) { Ok(v) } else { Err("must be in [0, 1]".into()) })
+}
+
+fn probability_above_zero(text: &str) -> std::result::Result<f32, String> {
+    number(text).and_then(|v| if v > 0.0 && v <= 1.0 { Ok(v) } else { Err("must be in (0, 1]".into()) })
+}
+
+/// Warn on stderr when a prompt of `prompt_tokens` plus `max_new_tokens` reaches positions past
+/// the length the model is configured for, saying what happens there.
+pub fn warn_past_trained_length(cfg: &HymbaConfig, prompt_tokens: usize, max_new_tokens: usize) {
+    if let Some(warning) = past_trained_length(cfg, prompt_tokens + max_new_tokens) {
+        eprintln!("warning: the prompt ({prompt_tokens} tokens) + --max-new-tokens {max_new_tokens} {warning}");
+    }
+}
+
+/// What happens to a sequence of `tokens` (meta tokens not counted) past the configured length;
+/// `None` when it fits or the config names no length (`rope_type` default, or no RoPE).
+pub fn past_trained_length(cfg: &HymbaConfig, tokens: usize) -> Option<String> {
+    let m = cfg.num_memory_tokens;
+    let positions = m + tokens;
+    match cfg.rope?.scaling {
+        RopeScaling::Ntk { max_position_embeddings: max, .. } if positions > max => Some(format!(
+            "+ {m} meta tokens make {positions} positions, past max_position_embeddings = {max}. \
+             Generation goes on, but positions from {max} on are rotated (RoPE, fixed NTK base) by \
+             angles the model was not trained on: expect the text to degrade there."
+        )),
+        RopeScaling::DynamicNtk { orig_max_position_embeddings: orig } if positions > orig => Some(format!(
+            "+ {m} meta tokens make {positions} positions, past orig_max_position_embeddings = {orig}. \
+             Generation goes on; from there the RoPE base grows with the length (dynamic NTK) while \
+             cached keys keep the rotation they got, so tokens past it differ from what one full \
+             forward pass over the same text would give (SPEC, RoPE)."
+        )),
+        _ => None,
+    }
+}
