@@ -1,5 +1,6 @@
 //! The per-layer MLP (`moe.experts.0`: the released model builds exactly one expert).
 
+use super::profile::{Phase, Profile};
 use super::ssm::silu;
 use crate::checkpoint::weights::MlpWeights;
 use ndarray::{Array2, ArrayView2, Zip};
@@ -14,18 +15,25 @@ pub struct MlpBuffers {
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-pub fn mlp<'o>(h: ArrayView2<f32>, w: &MlpWeights, buf: &mut MlpBuffers, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-    w.up_proj.matmul_t(h, &mut buf.up); // (T, F)
+/// `profile` times the products and the activation when it records.
+pub fn mlp<'o>(
+    h: ArrayView2<f32>,
+    w: &MlpWeights,
+    buf: &mut MlpBuffers,
+    out: &'o mut Array2<f32>,
+    profile: &mut Profile,
+) -> ArrayView2<'o, f32> {
+    profile.time(Phase::Weights, || w.up_proj.matmul_t(h, &mut buf.up)); // (T, F)
     let act = match &w.gate_proj {
         Some(gate) => {
-            gate.matmul_t(h, &mut buf.gate); // (T, F)
-            Zip::from(&mut buf.gate).and(&buf.up).for_each(|g, &u| *g = silu(*g) * u);
+            profile.time(Phase::Weights, || gate.matmul_t(h, &mut buf.gate)); // (T, F)
+            profile.time(Phase::Elementwise, || Zip::from(&mut buf.gate).and(&buf.up).for_each(|g, &u| *g = silu(*g) * u));
             &buf.gate
         }
         None => {
-            buf.up.mapv_inplace(|v| v.max(0.0).powi(2));
+            profile.time(Phase::Elementwise, || buf.up.mapv_inplace(|v| v.max(0.0).powi(2)));
             &buf.up
         }
     }; // (T, F)
-    w.down_proj.matmul_t(act.view(), out) // (T, H)
+    profile.time(Phase::Weights, || w.down_proj.matmul_t(act.view(), out)) // (T, H)
 }

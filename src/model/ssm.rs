@@ -14,6 +14,7 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
+use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
@@ -171,32 +172,38 @@ pub fn ssm_heads<'o>(
     pass: &mut Pass,
     buf: &mut SsmBuffers,
     out: &'o mut Array2<f32>,
+    profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
     for (part, cache) in pass.parts_mut() {
         let (rows, conv) = (part.rows.clone(), &mut cache.ssm[layer].conv);
-        causal_conv1d(x.slice(s![rows.clone(), ..]), w.conv1d_weight.view(), bias, conv, u.slice_mut(s![rows, ..]));
+        let (x, u) = (x.slice(s![rows.clone(), ..]), u.slice_mut(s![rows, ..]));
+        profile.time(Phase::Conv, || causal_conv1d(x, w.conv1d_weight.view(), bias, conv, u));
     }
-    u.mapv_inplace(silu);
+    profile.time(Phase::Elementwise, || u.mapv_inplace(silu));
     let u = buf.u.view(); // (T, D)
 
-    let dt_b_c = w.x_proj.matmul_t(u, &mut buf.dt_b_c); // (T, R + 2N)
-    let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
-    let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
-    let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
+    let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t(u, &mut buf.dt_b_c)); // (T, R + 2N)
+    let (dt, b, c) = profile.time(Phase::Elementwise, || {
+        let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
+        let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
+        let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
+        (dt, b, c)
+    });
 
-    w.dt_proj.forward(dt, &mut buf.delta);
-    buf.delta.mapv_inplace(softplus); // (T, D): Δ
+    profile.time(Phase::Weights, || w.dt_proj.forward(dt, &mut buf.delta));
+    profile.time(Phase::Elementwise, || buf.delta.mapv_inplace(softplus)); // (T, D): Δ
     let y = shaped(out, x.dim()); // (T, D)
     for (part, cache) in pass.parts_mut() {
         let (rows, scan) = (part.rows.clone(), &mut cache.ssm[layer].scan);
         let (u, delta) = (u.slice(s![rows.clone(), ..]), buf.delta.slice(s![rows.clone(), ..]));
         let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..]));
-        selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y.slice_mut(s![rows, ..])); // (T_s, D)
+        let y = y.slice_mut(s![rows, ..]); // (T_s, D)
+        profile.time(Phase::Scan, || selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y));
     }
-    Zip::from(&mut *y).and(z).for_each(|y, &z| *y *= silu(z)); // y ⊙ SiLU(z)
+    profile.time(Phase::Elementwise, || Zip::from(&mut *y).and(z).for_each(|y, &z| *y *= silu(z))); // y ⊙ SiLU(z)
     y.view()
 }
 

@@ -22,6 +22,7 @@
 mod bandwidth;
 mod limits;
 mod memory;
+mod profile;
 
 use crate::args::print_stdout;
 use clap::Args;
@@ -31,7 +32,8 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::generate::sampling::argmax;
-use hymba_ref::model::Hymba;
+use hymba_ref::model::{Hymba, Profile};
+use profile::PhaseTimes;
 use hymba_ref::rng::SplitMix64;
 use hymba_ref::{Error, Result};
 use serde_json::{json, Value};
@@ -76,6 +78,11 @@ pub struct BenchArgs {
     /// Buffer size for the read-bandwidth measurement (0: skip it).
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     bandwidth_mib: usize,
+    /// Also time each phase of a pass (weights, attention, conv, scan, elementwise, output) at
+    /// one thread and at --threads, run alternately, and report each phase's speed-up and the
+    /// serial share of the pass (Amdahl). Doubles the running time.
+    #[arg(long)]
+    profile: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -185,6 +192,9 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
         .stderr(Stdio::inherit());
     if let Some(budget) = args.time_budget {
         cmd.args(["--time-budget", &budget.to_string()]);
+    }
+    if args.profile {
+        cmd.arg("--profile");
     }
     let out = cmd.output().map_err(|e| Error::io(&exe, "run", e))?;
     if !out.status.success() {
@@ -302,27 +312,59 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs) -> Result<Value> {
     }))
 }
 
-/// Time `runs` × (prefill `context` tokens, decode `decode_tokens`) on `model` (child side).
+/// One prefill of `ids` into a fresh sequence, then `decode_tokens` greedy steps: their seconds
+/// and, when profiling, their time per phase.
+struct Generation {
+    prefill: PhaseTimes,
+    decode: PhaseTimes,
+    cache_bytes: u64,
+}
+
+fn generate(model: &Hymba, ids: &[u32], decode_tokens: usize, profile: bool) -> Result<Generation> {
+    let mut seq = model.new_sequence();
+    if profile {
+        *seq.scratch.profile_mut() = Profile::recording();
+    }
+    let (mut prefill, mut decode) = (PhaseTimes::default(), PhaseTimes::default());
+    let start = Instant::now();
+    let greedy = |logits: ndarray::ArrayView1<f32>| argmax(logits.as_slice().expect("contiguous"));
+    let mut next = greedy(model.next_token_logits(ids, &mut seq)?);
+    prefill.add(start.elapsed().as_secs_f64(), seq.scratch.profile());
+    seq.scratch.profile_mut().clear();
+    let mut seconds = 0.0;
+    for _ in 0..decode_tokens {
+        let start = Instant::now();
+        let logits = model.next_token_logits(&[next], &mut seq)?;
+        seconds += start.elapsed().as_secs_f64();
+        next = greedy(logits);
+    }
+    decode.add(seconds, seq.scratch.profile());
+    Ok(Generation { prefill, decode, cache_bytes: cache_bytes(&seq.cache) })
+}
+
+/// Time `runs` × (prefill `context` tokens, decode `decode_tokens`) on `model` (child side);
+/// with `--profile`, each run first at one thread, then at the pool's count.
 fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: usize) -> Result<Value> {
     let ids = random_ids(model.config.vocab_size, context, args.seed ^ (context as u64).wrapping_mul(0x9E37));
     memory::release_free_memory();
     let peak_reset = memory::reset_peak();
     let rss_before = memory::rss_bytes();
     let (mut prefill, mut decode, mut cache_size) = (Vec::new(), Vec::new(), 0);
+    let one_thread = match args.profile {
+        true => Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| Error::input(format!("cannot start a worker thread: {e}")))?),
+        false => None,
+    };
+    let [mut prefill_1, mut decode_1, mut prefill_n, mut decode_n] = Default::default();
     let started = Instant::now();
     for run in 1..=args.runs {
-        let mut cache = model.new_sequence();
-        let start = Instant::now();
-        let mut logits = model.next_token_logits(&ids, &mut cache)?;
-        let prefill_seconds = start.elapsed().as_secs_f64();
-        let mut decode_seconds = 0.0;
-        for _ in 0..args.decode_tokens {
-            let next = argmax(logits.as_slice().expect("contiguous"));
-            let start = Instant::now();
-            logits = model.next_token_logits(&[next], &mut cache)?;
-            decode_seconds += start.elapsed().as_secs_f64();
+        if let Some(pool) = &one_thread {
+            let one = pool.install(|| generate(model, &ids, args.decode_tokens, true))?;
+            (prefill_1, decode_1) = (sum(prefill_1, &one.prefill), sum(decode_1, &one.decode));
         }
-        cache_size = cache_bytes(&cache.cache);
+        let many = generate(model, &ids, args.decode_tokens, args.profile)?;
+        (prefill_n, decode_n) = (sum(prefill_n, &many.prefill), sum(decode_n, &many.decode));
+        let (prefill_seconds, decode_seconds) = (many.prefill.total, many.decode.total);
+        cache_size = many.cache_bytes;
         eprintln!(
             "[bench] {} context {context} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/token",
             spec.name,
@@ -336,6 +378,16 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
             break;
         }
     }
+    let threads = rayon::current_num_threads();
+    let runs = prefill.len();
+    let rows = context.min(hymba_ref::model::pass::MAX_ROWS_PER_PASS);
+    let profile = args.profile.then(|| {
+        json!({
+            "threads": threads,
+            "prefill": profile::summary(&prefill_1, &prefill_n, runs, threads, rows),
+            "decode": profile::summary(&decode_1, &decode_n, runs, threads, 1),
+        })
+    });
     let (p, d) = (median(&prefill), median(&decode));
     Ok(json!({
         "context": context,
@@ -348,7 +400,15 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         "cache_bytes": cache_size,
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": if peak_reset { memory::peak_rss_bytes() } else { None },
+        "profile": profile,
     }))
+}
+
+/// `a` with the times of `b` added.
+fn sum(mut a: PhaseTimes, b: &PhaseTimes) -> PhaseTimes {
+    a.total += b.total;
+    a.phases.iter_mut().zip(b.phases).for_each(|(x, y)| *x += y);
+    a
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -398,6 +458,12 @@ fn table(report: &Value) -> String {
                     x => x + "%",
                 },
             );
+        }
+    }
+    for cfg in report["configs"].as_array().into_iter().flatten() {
+        for c in cfg["contexts"].as_array().into_iter().flatten().filter(|c| c["profile"].is_object()) {
+            let name = cfg["name"].as_str().unwrap_or("?");
+            out += &profile::table(name, c["context"].as_u64().unwrap_or(0), &c["profile"]);
         }
     }
     out
