@@ -17,6 +17,7 @@ use super::attention::attention_heads;
 use super::fusion::fuse_heads;
 use super::mlp::{mlp, MlpBuffers};
 use super::norm::{rms_norm, rms_norm_in_place};
+use super::parallel::{for_each_row, zip_with};
 use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use super::rope::apply_rope;
@@ -70,16 +71,14 @@ fn split_heads<'o>(
 ) -> ArrayViewMut3<'o, f32> {
     let (t, dim) = (flat.nrows(), flat.ncols() / heads);
     let out = shaped(out, (t, heads, dim)); // (T, heads, dim)
-    for (mut row, flat_row) in out.outer_iter_mut().zip(flat.rows()) {
-        row.iter_mut().zip(flat_row).for_each(|(o, &v)| *o = v); // (heads, dim), row-major
-    }
-    if let Some(w) = norm {
-        for mut row in out.axis_iter_mut(Axis(0)) {
+    for_each_row(out.view_mut(), |t, mut row| {
+        row.iter_mut().zip(flat.row(t)).for_each(|(o, &v)| *o = v); // (heads, dim), row-major
+        if let Some(w) = norm {
             for (h, head) in row.axis_iter_mut(Axis(0)).enumerate() {
                 rms_norm_in_place(head, w.row(if w.nrows() == 1 { 0 } else { h }), eps);
             }
         }
-    }
+    });
     out.view_mut()
 }
 
@@ -137,11 +136,11 @@ pub fn hymba_layer(
     let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
     let fused_heads = profile.time(Elementwise, || fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads)); // (T, D)
     let mixer_output = profile.time(Weights, || w.mamba.out_proj.forward(fused_heads, &mut buf.mixer_output)); // (T, H)
-    profile.time(Elementwise, || *hidden += &mixer_output); // residual
+    profile.time(Elementwise, || zip_with(hidden.view_mut(), mixer_output, |h, m| *h += m)); // residual
 
     let h2 = profile.time(Elementwise, || rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h)); // (T, H)
     let mlp = mlp(h2, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp, profile); // (T, H)
-    profile.time(Elementwise, || *hidden += &mlp); // residual
+    profile.time(Elementwise, || zip_with(hidden.view_mut(), mlp, |h, m| *h += m)); // residual
 }
 
 /// The attention heads over the rows of a pass. q (and, in a producer, k) are split into heads

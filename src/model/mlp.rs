@@ -3,7 +3,8 @@
 use super::profile::{Phase, Profile};
 use super::ssm::silu;
 use crate::checkpoint::weights::MlpWeights;
-use ndarray::{Array2, ArrayView2, Zip};
+use super::parallel::{map_in_place, zip_with};
+use ndarray::{Array2, ArrayView2};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
 #[derive(Debug, Clone, Default)]
@@ -27,11 +28,11 @@ pub fn mlp<'o>(
     let act = match &w.gate_proj {
         Some(gate) => {
             profile.time(Phase::Weights, || gate.matmul_t(h, &mut buf.gate)); // (T, F)
-            profile.time(Phase::Elementwise, || Zip::from(&mut buf.gate).and(&buf.up).for_each(|g, &u| *g = silu(*g) * u));
+            profile.time(Phase::Elementwise, || zip_with(buf.gate.view_mut(), buf.up.view(), |g, u| *g = silu(*g) * u));
             &buf.gate
         }
         None => {
-            profile.time(Phase::Elementwise, || buf.up.mapv_inplace(|v| v.max(0.0).powi(2)));
+            profile.time(Phase::Elementwise, || map_in_place(buf.up.view_mut(), |v| v.max(0.0).powi(2)));
             &buf.up
         }
     }; // (T, F)

@@ -23,6 +23,7 @@ pub mod hymba;
 pub mod layer;
 pub mod mlp;
 pub mod norm;
+pub mod parallel;
 pub mod pass;
 pub mod plain;
 pub mod profile;

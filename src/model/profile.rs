@@ -43,10 +43,11 @@ impl Phase {
 
     /// How the phase's code uses the threads, for a pass of `rows` rows (a statement about the
     /// code, kept next to it; the measured speed-up says how well it works).
-    pub fn threading(self, _rows: usize) -> &'static str {
+    pub fn threading(self, rows: usize) -> &'static str {
         match self {
             Phase::Weights | Phase::Attention | Phase::Scan => "parallel",
             Phase::Output => "norm serial, lm_head parallel",
+            Phase::Conv | Phase::Elementwise if rows >= super::parallel::PARALLEL_ROWS => "parallel over rows",
             Phase::Conv | Phase::Elementwise => "one thread",
         }
     }

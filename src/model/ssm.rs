@@ -14,11 +14,12 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
+use super::parallel::{for_each_row, map_in_place, zip_with};
 use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 pub fn silu(v: f32) -> f32 {
@@ -47,12 +48,14 @@ pub fn causal_conv1d(
     let padded = |history: &Array2<f32>, row: usize, c: usize| {
         if row < k - 1 { history[[row, c]] } else { x[[row - (k - 1), c]] }
     };
-    for (ti, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+    // Each output row reads only x and the history as they were: rows can go to any thread.
+    let old_history: &Array2<f32> = history;
+    for_each_row(out.view_mut(), |ti, mut row| {
         for c in 0..d {
-            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(history, ti + j, c)).sum();
+            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(old_history, ti + j, c)).sum();
             row[c] = acc + bias.map_or(0.0, |b| b[c]);
         }
-    }
+    });
     // history ← padded rows T..T+K−1. Row r reads padded row T + r > r: not yet overwritten.
     for r in 0..k - 1 {
         for c in 0..d {
@@ -182,7 +185,7 @@ pub fn ssm_heads<'o>(
         let (x, u) = (x.slice(s![rows.clone(), ..]), u.slice_mut(s![rows, ..]));
         profile.time(Phase::Conv, || causal_conv1d(x, w.conv1d_weight.view(), bias, conv, u));
     }
-    profile.time(Phase::Elementwise, || u.mapv_inplace(silu));
+    profile.time(Phase::Elementwise, || map_in_place(u.view_mut(), silu));
     let u = buf.u.view(); // (T, D)
 
     let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t(u, &mut buf.dt_b_c)); // (T, R + 2N)
@@ -194,7 +197,7 @@ pub fn ssm_heads<'o>(
     });
 
     profile.time(Phase::Weights, || w.dt_proj.forward(dt, &mut buf.delta));
-    profile.time(Phase::Elementwise, || buf.delta.mapv_inplace(softplus)); // (T, D): Δ
+    profile.time(Phase::Elementwise, || map_in_place(buf.delta.view_mut(), softplus)); // (T, D): Δ
     let y = shaped(out, x.dim()); // (T, D)
     for (part, cache) in pass.parts_mut() {
         let (rows, scan) = (part.rows.clone(), &mut cache.ssm[layer].scan);
@@ -203,7 +206,7 @@ pub fn ssm_heads<'o>(
         let y = y.slice_mut(s![rows, ..]); // (T_s, D)
         profile.time(Phase::Scan, || selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y));
     }
-    profile.time(Phase::Elementwise, || Zip::from(&mut *y).and(z).for_each(|y, &z| *y *= silu(z))); // y ⊙ SiLU(z)
+    profile.time(Phase::Elementwise, || zip_with(y.view_mut(), z, |y, z| *y *= silu(z))); // y ⊙ SiLU(z)
     y.view()
 }
 
