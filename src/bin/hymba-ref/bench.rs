@@ -354,16 +354,19 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         true => Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| Error::input(format!("cannot start a worker thread: {e}")))?),
         false => None,
     };
-    let [mut prefill_1, mut decode_1, mut prefill_n, mut decode_n] = Default::default();
+    // Per run: the profiles at 1 thread and at N, for prefill and decode.
+    let [mut prefill_1, mut decode_1, mut prefill_n, mut decode_n] = [(); 4].map(|_| Vec::new());
     let started = Instant::now();
     for run in 1..=args.runs {
         if let Some(pool) = &one_thread {
             let one = pool.install(|| generate(model, &ids, args.decode_tokens, true))?;
-            (prefill_1, decode_1) = (sum(prefill_1, &one.prefill), sum(decode_1, &one.decode));
+            prefill_1.push(one.prefill);
+            decode_1.push(one.decode);
         }
         let many = generate(model, &ids, args.decode_tokens, args.profile)?;
-        (prefill_n, decode_n) = (sum(prefill_n, &many.prefill), sum(decode_n, &many.decode));
         let (prefill_seconds, decode_seconds) = (many.prefill.total, many.decode.total);
+        prefill_n.push(many.prefill);
+        decode_n.push(many.decode);
         cache_size = many.cache_bytes;
         eprintln!(
             "[bench] {} context {context} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/token",
@@ -379,13 +382,12 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         }
     }
     let threads = rayon::current_num_threads();
-    let runs = prefill.len();
     let rows = context.min(hymba_ref::model::pass::MAX_ROWS_PER_PASS);
     let profile = args.profile.then(|| {
         json!({
             "threads": threads,
-            "prefill": profile::summary(&prefill_1, &prefill_n, runs, threads, rows),
-            "decode": profile::summary(&decode_1, &decode_n, runs, threads, 1),
+            "prefill": profile::summary(&prefill_1, &prefill_n, threads, rows),
+            "decode": profile::summary(&decode_1, &decode_n, threads, 1),
         })
     });
     let (p, d) = (median(&prefill), median(&decode));
@@ -402,13 +404,6 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         "peak_rss_bytes": if peak_reset { memory::peak_rss_bytes() } else { None },
         "profile": profile,
     }))
-}
-
-/// `a` with the times of `b` added.
-fn sum(mut a: PhaseTimes, b: &PhaseTimes) -> PhaseTimes {
-    a.total += b.total;
-    a.phases.iter_mut().zip(b.phases).for_each(|(x, y)| *x += y);
-    a
 }
 
 const MIB: f64 = 1024.0 * 1024.0;

@@ -38,10 +38,18 @@ fn serial_share(one: f64, many: f64, pass_one: f64, threads: usize) -> Option<f6
     (threads > 1 && pass_one > 0.0).then(|| (threads as f64 * many - one) / ((threads - 1) as f64 * pass_one))
 }
 
-/// The profile of one kind of call (prefill or decode) as JSON: totals per run, each phase's
-/// seconds at 1 and `threads` threads, its speed-up and its part of the serial share.
-pub fn summary(one: &PhaseTimes, many: &PhaseTimes, runs: usize, threads: usize, rows: usize) -> Value {
-    let per_run = |s: f64| s / runs as f64;
+/// Each figure's median over runs (a shared machine's load comes and goes: a median keeps the
+/// runs it did not disturb).
+fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
+    let field = |f: &dyn Fn(&PhaseTimes) -> f64| super::median(&runs.iter().map(f).collect::<Vec<_>>());
+    PhaseTimes { total: field(&|r| r.total), phases: std::array::from_fn(|i| field(&|r| r.phases[i])) }
+}
+
+/// The profile of one kind of call (prefill or decode) as JSON, from its runs at one thread and
+/// at `threads`: the median seconds of the call and of each phase, each phase's speed-up and its
+/// part of the serial share.
+pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, rows: usize) -> Value {
+    let (one, many) = (&median_times(one), &median_times(many));
     let mut phases: Vec<Value> = Phase::ALL
         .iter()
         .enumerate()
@@ -51,8 +59,8 @@ pub fn summary(one: &PhaseTimes, many: &PhaseTimes, runs: usize, threads: usize,
             json!({
                 "phase": name,
                 "threading": threading,
-                "seconds_1_thread": per_run(t1),
-                "seconds_n_threads": per_run(tn),
+                "seconds_1_thread": t1,
+                "seconds_n_threads": tn,
                 "fraction_of_1_thread": t1 / one.total,
                 "speedup": t1 / tn,
                 "serial_share": serial_share(t1, tn, one.total, threads),
@@ -62,8 +70,8 @@ pub fn summary(one: &PhaseTimes, many: &PhaseTimes, runs: usize, threads: usize,
     phases.retain(|p| p["seconds_1_thread"].as_f64() != Some(0.0) || p["seconds_n_threads"].as_f64() != Some(0.0));
     json!({
         "rows_per_pass": rows,
-        "seconds_1_thread": per_run(one.total),
-        "seconds_n_threads": per_run(many.total),
+        "seconds_1_thread": one.total,
+        "seconds_n_threads": many.total,
         "speedup": one.total / many.total,
         "serial_share": serial_share(one.total, many.total, one.total, threads),
         "phases": phases,
@@ -116,7 +124,7 @@ mod tests {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
         let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
         let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
-        let s = summary(&one, &two, 1, 2, 512);
+        let s = summary(&[one.clone()], &[two], 2, 512);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
@@ -125,6 +133,6 @@ mod tests {
         assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         // One thread only: no share can be inferred.
-        assert!(summary(&one, &one, 1, 1, 512)["serial_share"].is_null());
+        assert!(summary(&[one.clone()], &[one], 1, 512)["serial_share"].is_null());
     }
 }
