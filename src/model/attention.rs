@@ -99,7 +99,8 @@ pub fn attention_heads(
 
 /// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
 /// scores the query against every visible key (see [`attend`]), and sums the values weighted by
-/// the softmax. With one query row, a matrix product would spend its time re-packing K and V.
+/// the softmax; over a long cache, the keys are split across tasks ([`attend_split`]). With one
+/// query row, a matrix product would spend its time re-packing K and V.
 /// Same shapes as [`attention_heads`]; `out` is (T, nh·dv).
 #[allow(clippy::too_many_arguments)]
 fn attention_each_query(

@@ -12,6 +12,8 @@
 //! - [`segment`]: segments, the rows of one sequence in a call or a pass.
 //! - [`sequence`]: a sequence's state and scratch.
 //! - [`trace`]: observing the path layer by layer; [`forward_trace`]: the observer golden tests use.
+//! - [`profile`]: timing the path phase by phase (`bench --profile`); [`parallel`]: row-wise
+//!   work over the rows of a pass, in parallel when there are many.
 //!
 //! [`plain`] is the exception: the whole forward pass in one plain, allocating file, the one to
 //! read first, and the truth the rest is tested against.

@@ -124,7 +124,7 @@ mod tests {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
         let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
         let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
-        let s = summary(&[one.clone()], &[two], 2, 512);
+        let s = summary(std::slice::from_ref(&one), &[two], 2, 512);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
@@ -133,6 +133,6 @@ mod tests {
         assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         // One thread only: no share can be inferred.
-        assert!(summary(&[one.clone()], &[one], 1, 512)["serial_share"].is_null());
+        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, 512)["serial_share"].is_null());
     }
 }
