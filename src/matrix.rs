@@ -34,7 +34,8 @@ use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, fi
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
-use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -217,21 +218,21 @@ impl Matrix {
         out.view()
     }
 
-    /// For many rows of `x` (prefill): blocks of weight rows in f32, multiplied by GEMM. A few
-    /// large blocks per thread, since each GEMM call re-packs all of `x`. out: (T, rows)
+    /// For many rows of `x` (prefill): blocks of weight rows widened to f32 once, each
+    /// multiplied by GEMM straight into its columns of `out`; when there are fewer blocks than a
+    /// few per thread (narrow matrices, many threads), the rows of `x` are split too, so the tasks
+    /// balance on any number of threads. out: (T, rows)
     fn matmul_t_gemm(&self, x: ArrayView2<f32>, out: &mut Array2<f32>) {
-        let block = self.rows.div_ceil(4 * rayon::current_num_threads()).max(ROWS_PER_TASK);
-        let blocks: Vec<(usize, Array2<f32>)> = (0..self.rows.div_ceil(block))
-            .into_par_iter()
-            .map(|b| {
-                let first = b * block;
-                let w = self.rows_f32(first, block.min(self.rows - first)); // (block, cols)
-                (first, x.dot(&w.t())) // (T, block)
-            })
-            .collect();
-        for (first, block) in blocks {
-            out.slice_mut(s![.., first..first + block.ncols()]).assign(&block);
-        }
+        let tasks = 4 * rayon::current_num_threads();
+        let block = self.rows.div_ceil(tasks).max(ROWS_PER_TASK); // weight rows per block
+        let x_rows = x.nrows().div_ceil(tasks.div_ceil(self.rows.div_ceil(block))).max(ROWS_PER_TASK); // rows of x per task
+        out.axis_chunks_iter_mut(Axis(1), block).into_par_iter().enumerate().for_each(|(b, mut out)| {
+            let w = self.rows_f32(b * block, out.ncols()); // (block, cols)
+            let x_chunks = x.axis_chunks_iter(Axis(0), x_rows).into_par_iter();
+            out.axis_chunks_iter_mut(Axis(0), x_rows).into_par_iter().zip(x_chunks).for_each(|(mut out, x)| {
+                general_mat_mul(1.0, &x, &w.t(), 0.0, &mut out); // (x_rows, block)
+            });
+        });
     }
 }
 
@@ -355,6 +356,7 @@ pub fn matmul_t_reference(x: ArrayView2<f32>, w: &Matrix) -> Array2<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::s;
 
     fn sample(rows: usize, cols: usize, salt: f32) -> Array2<f32> {
         Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 7) as f32 * 0.37 + salt).sin())
@@ -370,7 +372,7 @@ mod tests {
             Matrix::new(150, 37, Elements::Bf16(as_bf16.into())).unwrap(),
             Matrix::new(150, 37, Elements::F16(as_f16.into())).unwrap(),
         ] {
-            for t in [1, 3, 4, 5, 70] {
+            for t in [1, 3, 4, 5, 70, 200] { // 200: the rows of x split across tasks too
                 let x = sample(t, 37, 0.7);
                 let want = matmul_t_reference(x.view(), &w);
                 let mut got = Array2::zeros((0, 0));

@@ -55,6 +55,33 @@ fn bench_json_has_every_field() {
 }
 
 #[test]
+fn bench_profile_reports_every_phase_at_one_and_two_threads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        .args(["bench", "--configs", "small", "--contexts", "40", "--runs", "1", "--decode-tokens", "2"])
+        .args(["--threads", "2", "--bandwidth-mib", "0", "--profile", "--json"])
+        .output()
+        .expect("run hymba-ref");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let profile = &report["configs"][0]["contexts"][0]["profile"];
+    assert_eq!(profile["threads"], 2);
+    for (kind, rows) in [("prefill", 40), ("decode", 1)] {
+        let p = &profile[kind];
+        assert_eq!(p["rows_per_pass"], rows, "{kind}");
+        let (one, two) = (positive(&p["seconds_1_thread"], kind), positive(&p["seconds_n_threads"], kind));
+        let speedup = positive(&p["speedup"], kind);
+        assert!((speedup - one / two).abs() < 1e-9, "{kind}: speed-up {speedup} is t1 / t2 = {one} / {two}");
+        assert!(p["serial_share"].is_number(), "{kind}: a serial share from 2 threads");
+        let phases: Vec<&str> = p["phases"].as_array().expect("phases").iter().map(|x| x["phase"].as_str().unwrap()).collect();
+        for phase in ["weights", "attention", "conv", "scan", "elementwise", "output"] {
+            assert!(phases.contains(&phase), "{kind}: no {phase} in {phases:?}");
+        }
+        let parts: f64 = p["phases"].as_array().unwrap().iter().map(|x| x["seconds_1_thread"].as_f64().unwrap()).sum();
+        assert!((parts - one).abs() < 1e-6, "{kind}: the phases and `other` add up to the call ({parts} vs {one})");
+    }
+}
+
+#[test]
 fn bench_refuses_unknown_config() {
     let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
         .args(["bench", "--configs", "no-such-config", "--bandwidth-mib", "0"])

@@ -8,6 +8,7 @@ use crate::config::AttentionSpan;
 use crate::simd::{axpy, best_simd};
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Whether a query at absolute position `i` may attend to a key at absolute position `j`:
 /// causal, and for a sliding-window layer only the `W` positions before `i` (plus `i` itself),
@@ -98,7 +99,8 @@ pub fn attention_heads(
 
 /// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
 /// scores the query against every visible key (see [`attend`]), and sums the values weighted by
-/// the softmax. With one query row, a matrix product would spend its time re-packing K and V.
+/// the softmax; over a long cache, the keys are split across tasks ([`attend_split`]). With one
+/// query row, a matrix product would spend its time re-packing K and V.
 /// Same shapes as [`attention_heads`]; `out` is (T, nh·dv).
 #[allow(clippy::too_many_arguments)]
 fn attention_each_query(
@@ -123,8 +125,66 @@ fn attention_each_query(
         let keys_t = contiguous_rows(k.index_axis(Axis(1), g).reversed_axes()); // (dqk, S)
         let values = contiguous_rows(v.index_axis(Axis(1), g)); // (S, dv)
         let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
-        attend(&q[task * dqk..(task + 1) * dqk], keys_t.view(), values.view(), visible, out); // (dv)
+        let q = &q[task * dqk..(task + 1) * dqk]; // (dqk)
+        match key_splits(s_len, dv) {
+            1 => attend(q, keys_t.view(), values.view(), visible, out), // (dv)
+            splits => attend_split(q, keys_t.view(), values.view(), visible, splits, out), // (dv)
+        }
     });
+}
+
+/// Keys per part when [`attend_split`] splits a long cache (a multiple of [`KEY_BLOCK`]).
+const KEYS_PER_SPLIT: usize = 512;
+/// The most parts [`attend_split`] splits the keys of one query head into.
+const MAX_SPLITS: usize = 16;
+/// The widest value head [`attend_split`] handles (its partial sums live on the stack).
+const MAX_DV: usize = 256;
+
+/// Into how many parts to split S keys for one query head: one below 2·[`KEYS_PER_SPLIT`] keys.
+/// It depends on S only, not on the thread count, so a result never depends on the machine.
+fn key_splits(s_len: usize, dv: usize) -> usize {
+    if dv > MAX_DV { 1 } else { (s_len / KEYS_PER_SPLIT).clamp(1, MAX_SPLITS) }
+}
+
+/// The online softmax over one part of the keys: its running maximum, its sum of exp(sⱼ − max),
+/// and Σ exp(sⱼ − max)·vⱼ (not yet divided by the sum).
+#[derive(Clone, Copy)]
+struct Partial {
+    max: f32,
+    sum: f32,
+    out: [f32; MAX_DV],
+}
+
+/// [`attend`] with the keys split into `splits` consecutive parts scored on different tasks
+/// (flash-decoding): a long cache keeps every thread busy even when there are fewer query heads
+/// than threads. Each part is [`attend_part`]; the parts are merged in order, each rescaled to
+/// the common maximum: out = Σ_p e^(m_p − m)·o_p / Σ_p e^(m_p − m)·sum_p. Tested against
+/// [`attend_reference`].
+fn attend_split(
+    q: &[f32],
+    keys_t: ArrayView2<f32>,
+    values: ArrayView2<f32>,
+    visible: impl Fn(usize) -> bool + Sync,
+    splits: usize,
+    out: &mut [f32],
+) {
+    let (s_len, dv) = (keys_t.ncols(), out.len());
+    let per_part = s_len.div_ceil(splits).next_multiple_of(KEY_BLOCK);
+    let mut partials = [Partial { max: f32::NEG_INFINITY, sum: 0.0, out: [0.0; MAX_DV] }; MAX_SPLITS];
+    partials[..splits].par_iter_mut().enumerate().for_each(|(p, partial)| {
+        let keys = (p * per_part).min(s_len)..((p + 1) * per_part).min(s_len);
+        (partial.max, partial.sum) = attend_part(q, keys_t, values, &visible, keys, &mut partial.out[..dv]);
+    });
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    out.fill(0.0);
+    for partial in partials[..splits].iter().filter(|p| p.max > f32::NEG_INFINITY) {
+        let new_max = max.max(partial.max);
+        let (old_scale, scale) = ((max - new_max).exp(), (partial.max - new_max).exp()); // 0 for the first
+        sum = sum * old_scale + partial.sum * scale;
+        out.iter_mut().zip(&partial.out[..dv]).for_each(|(o, p)| *o = *o * old_scale + p * scale);
+        max = new_max;
+    }
+    out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
 }
 
 /// `x` itself if each of its rows is contiguous, else a copy that is. The cache's keys, read as
@@ -143,23 +203,43 @@ best_simd! {
     fn attend(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
 
-/// Keys scored at a time by [`attend_reference`] (a buffer on the stack).
+best_simd! {
+    /// [`attend_partial`] on the best vector unit of this CPU.
+    fn attend_part(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, keys: Range<usize>, out: &mut [f32]) -> (f32, f32) = attend_partial
+}
+
+/// Keys scored at a time by [`attend_partial`] (a buffer on the stack).
 const KEY_BLOCK: usize = 64;
 
-/// Scores a block of keys at a time, Σ_d q[d]·Kᵀ[d, block] (each term a vector operation over
-/// the block), then the online softmax (as in FlashAttention): whenever a block raises the
-/// running maximum m, what was summed so far is rescaled by exp(m_old − m_new). At the end
-/// `out` = Σ exp(sⱼ − m)·vⱼ / Σ exp(sⱼ − m), the softmax-weighted sum, without ever holding all
-/// S scores.
+/// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys: [`attend_partial`] over every
+/// key, divided by the sum.
 #[inline(always)]
 fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
-    let (dqk, s_len) = keys_t.dim();
+    let (_, sum) = attend_partial(q, keys_t, values, visible, 0..keys_t.ncols(), out);
+    out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
+}
+
+/// Over the keys `keys` only: scores a block of keys at a time, Σ_d q[d]·Kᵀ[d, block] (each
+/// term a vector operation over the block), then the online softmax (as in FlashAttention):
+/// whenever a block raises the running maximum m, what was summed so far is rescaled by
+/// exp(m_old − m_new). Leaves `out` = Σ exp(sⱼ − m)·vⱼ and returns (m, Σ exp(sⱼ − m)), without
+/// ever holding all the scores; (−∞, 0) and `out` = 0 when no key in `keys` is visible.
+#[inline(always)]
+fn attend_partial(
+    q: &[f32],
+    keys_t: ArrayView2<f32>,
+    values: ArrayView2<f32>,
+    visible: impl Fn(usize) -> bool,
+    keys: Range<usize>,
+    out: &mut [f32],
+) -> (f32, f32) {
+    let dqk = keys_t.nrows();
     let scale = 1.0 / (dqk as f32).sqrt();
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     let mut scores = [0f32; KEY_BLOCK];
     out.fill(0.0);
-    for first in (0..s_len).step_by(KEY_BLOCK) {
-        let keys = first..(first + KEY_BLOCK).min(s_len);
+    for first in keys.clone().step_by(KEY_BLOCK) {
+        let keys = first..(first + KEY_BLOCK).min(keys.end);
         let scores = &mut scores[..keys.len()]; // (block)
         scores.fill(0.0);
         for (&q_d, k_d) in q.iter().zip(keys_t.slice(s![.., keys.clone()]).rows()) {
@@ -186,7 +266,7 @@ fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>,
             }
         }
     }
-    out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
+    (max, sum)
 }
 
 /// Rows `keys` of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when `keys` is all rows.
@@ -289,6 +369,44 @@ mod tests {
                 let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
+            }
+        }
+    }
+
+    /// The split decode path (long caches) equals [`attend_reference`] and the plain reference, on
+    /// random shapes, windows and shuffled key positions.
+    #[test]
+    fn split_keys_equal_the_reference() {
+        let mut rng = crate::rng::SplitMix64(13);
+        let mut below = |n: usize| (rng.next_u64() % n as u64) as usize;
+        for case in 0..12 {
+            let (nh, nkv, dqk, dv) = ([2, 4][below(2)], 1 + below(2), 4 * (1 + below(3)), 1 + below(40));
+            let (nkv, num_meta) = (nkv.min(nh), below(5));
+            let s_len = KEYS_PER_SPLIT * 2 + below(KEYS_PER_SPLIT * 3); // 2 to 4 parts
+            let f = |shape: (usize, usize, usize), k: f32| {
+                Array3::from_shape_fn(shape, |(i, j, l)| ((i * 7 + j * 3 + l) as f32 * k + case as f32).sin() * 2.0)
+            };
+            let (q, k, v) = (f((1, nh, dqk), 0.31), f((s_len, nkv, dqk), 0.17), f((s_len, nkv, dv), 0.23));
+            let mut k_pos: Vec<usize> = (0..s_len).collect();
+            for i in (1..s_len).rev() {
+                k_pos.swap(i, below(i + 1)); // the cache's rows in any order
+            }
+            let q_pos = [s_len - 1 - below(10)];
+            for span in [AttentionSpan::Global, AttentionSpan::SlidingWindow(1 + below(s_len)), AttentionSpan::SlidingWindow(3)] {
+                let mut fast = Array2::zeros((1, nh * dv));
+                attention_heads(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, num_meta, fast.view_mut());
+                let slow = attention_heads_reference(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, num_meta);
+                let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
+                assert!(err < 1e-5, "case {case}, {span:?}, S = {s_len}: max |Δ| vs the plain reference = {err}");
+                // And against the unsplit online softmax, head 0.
+                let keys_t = k.index_axis(Axis(1), 0).reversed_axes().as_standard_layout().into_owned();
+                let values = v.index_axis(Axis(1), 0).as_standard_layout().into_owned();
+                let visible = |j: usize| is_visible(q_pos[0], k_pos[j], span, num_meta);
+                let (mut whole, mut split) = (vec![0.0; dv], vec![0.0; dv]);
+                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys_t.view(), values.view(), visible, &mut whole);
+                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys_t.view(), values.view(), visible, key_splits(s_len, dv), &mut split);
+                let err = whole.iter().zip(&split).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err < 1e-5, "case {case}, {span:?}: max |Δ| vs attend_reference = {err}");
             }
         }
     }

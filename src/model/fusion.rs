@@ -2,6 +2,7 @@
 //! scale (β1, β2 = `pre_avg_layernorm1/2`), the two are averaged, then projected back to H.
 
 use super::norm::{inv_rms, rms_norm};
+use super::parallel::for_each_row;
 use ndarray::{Array2, ArrayView1, ArrayView2, Zip};
 
 /// `(RMSNorm(attn; β1) + RMSNorm(ssm; β2)) / 2`, over the full width D. (T, D), (T, D) → (T, D)
@@ -15,9 +16,9 @@ pub fn fuse_heads<'o>(
 ) -> ArrayView2<'o, f32> {
     debug_assert_eq!(attn.dim(), ssm.dim());
     rms_norm(attn, beta1, eps, out); // (T, D): RMSNorm(attn; β1)
-    for (out_row, ssm_row) in out.rows_mut().into_iter().zip(ssm.rows()) {
-        let inv_rms = inv_rms(ssm_row, eps);
+    for_each_row(out.view_mut(), |t, out_row| {
+        let (ssm_row, inv_rms) = (ssm.row(t), inv_rms(ssm.row(t), eps));
         Zip::from(out_row).and(ssm_row).and(beta2).for_each(|o, &s, &b| *o = (*o + s * inv_rms * b) * 0.5);
-    }
+    });
     out.view()
 }

@@ -5,6 +5,7 @@
 
 use super::norm::rms_norm;
 use super::pass::{self, Scratch};
+use super::profile::Phase;
 use super::segment::{Keep, Segment};
 use super::sequence::Sequence;
 use super::trace::LayerObserver;
@@ -96,9 +97,11 @@ impl Hymba {
     /// The final norm and `lm_head` of the rows the last [`Hymba::run`] kept, into the scratch,
     /// refusing non-finite logits. → (K, V)
     pub fn kept_logits<'s>(&self, scratch: &'s mut Scratch) -> Result<ArrayView2<'s, f32>> {
-        let (kept, rows, normed, logits) = scratch.kept_and_outputs();
-        let normed = self.final_norm(kept, normed); // (K, H)
-        self.lm_head(normed, rows, logits) // (K, V)
+        let (kept, rows, normed, logits, profile) = scratch.kept_and_outputs();
+        profile.time(Phase::Output, || {
+            let normed = self.final_norm(kept, normed); // (K, H)
+            self.lm_head(normed, rows, logits) // (K, V)
+        })
     }
 
     /// Final RMSNorm, into `out`. (T, H) → (T, H)

@@ -17,6 +17,8 @@ use super::attention::attention_heads;
 use super::fusion::fuse_heads;
 use super::mlp::{mlp, MlpBuffers};
 use super::norm::{rms_norm, rms_norm_in_place};
+use super::parallel::{for_each_row, zip_with};
+use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use super::rope::apply_rope;
 use super::ssm::{ssm_heads, SsmBuffers};
@@ -69,16 +71,14 @@ fn split_heads<'o>(
 ) -> ArrayViewMut3<'o, f32> {
     let (t, dim) = (flat.nrows(), flat.ncols() / heads);
     let out = shaped(out, (t, heads, dim)); // (T, heads, dim)
-    for (mut row, flat_row) in out.outer_iter_mut().zip(flat.rows()) {
-        row.iter_mut().zip(flat_row).for_each(|(o, &v)| *o = v); // (heads, dim), row-major
-    }
-    if let Some(w) = norm {
-        for mut row in out.axis_iter_mut(Axis(0)) {
+    for_each_row(out.view_mut(), |t, mut row| {
+        row.iter_mut().zip(flat.row(t)).for_each(|(o, &v)| *o = v); // (heads, dim), row-major
+        if let Some(w) = norm {
             for (h, head) in row.axis_iter_mut(Axis(0)).enumerate() {
                 rms_norm_in_place(head, w.row(if w.nrows() == 1 { 0 } else { h }), eps);
             }
         }
-    }
+    });
     out.view_mut()
 }
 
@@ -109,7 +109,9 @@ pub struct LayerBuffers {
 }
 
 /// Run layer `plan.index` on the rows `hidden` (T, H) of a pass at absolute `positions`, in place
-/// (`hidden` becomes the layer's output), extending each sequence's cache.
+/// (`hidden` becomes the layer's output), extending each sequence's cache. `profile` times each
+/// phase when it records.
+#[allow(clippy::too_many_arguments)]
 pub fn hymba_layer(
     cfg: &HymbaConfig,
     plan: &LayerPlan,
@@ -118,24 +120,27 @@ pub fn hymba_layer(
     positions: &[usize],
     pass: &mut Pass,
     buf: &mut LayerBuffers,
+    profile: &mut Profile,
 ) {
     let (t, eps) = (hidden.nrows(), cfg.rms_norm_eps);
     debug_assert_eq!((hidden.dim(), positions.len()), ((t, cfg.hidden_size), t));
+    use Phase::{Elementwise, Weights};
 
-    let h = rms_norm(hidden.view(), w.input_layernorm.view(), eps, &mut buf.h); // (T, H)
-    let projected = w.mamba.in_proj.forward(h, pass.rows, &mut buf.projected); // (T, P)
+    let h = profile.time(Elementwise, || rms_norm(hidden.view(), w.input_layernorm.view(), eps, &mut buf.h)); // (T, H)
+    let projected = profile.time(Weights, || w.mamba.in_proj.forward(h, pass.rows, &mut buf.projected)); // (T, P)
     let split = split_in_proj(cfg, plan, projected);
 
-    let attn = attention_branch(cfg, plan, w, &split, positions, pass, (&mut buf.q, &mut buf.k), &mut buf.attn); // (T, D)
-    let ssm = ssm_heads(split.x, split.z, &w.mamba, eps, plan.index, pass, &mut buf.ssm_buffers, &mut buf.ssm); // (T, D)
+    let attn = attention_branch(cfg, plan, w, &split, positions, pass, (&mut buf.q, &mut buf.k), &mut buf.attn, profile); // (T, D)
+    let ssm = ssm_heads(split.x, split.z, &w.mamba, eps, plan.index, pass, &mut buf.ssm_buffers, &mut buf.ssm, profile); // (T, D)
 
     let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
-    let fused_heads = fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads); // (T, D)
-    let mixer_output = w.mamba.out_proj.forward(fused_heads, pass.rows, &mut buf.mixer_output); // (T, H)
-    *hidden += &mixer_output; // residual
+    let fused_heads = profile.time(Elementwise, || fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads)); // (T, D)
+    let mixer_output = profile.time(Weights, || w.mamba.out_proj.forward(fused_heads, pass.rows, &mut buf.mixer_output)); // (T, H)
+    profile.time(Elementwise, || zip_with(hidden.view_mut(), mixer_output, |h, m| *h += m)); // residual
 
-    let h2 = rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h); // (T, H)
-    *hidden += &mlp(h2, pass.rows, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp); // residual
+    let h2 = profile.time(Elementwise, || rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h)); // (T, H)
+    let mlp = mlp(h2, pass.rows, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp, profile); // (T, H)
+    profile.time(Elementwise, || zip_with(hidden.view_mut(), mlp, |h, m| *h += m)); // residual
 }
 
 /// The attention heads over the rows of a pass. q (and, in a producer, k) are split into heads
@@ -153,29 +158,35 @@ fn attention_branch<'o>(
     pass: &mut Pass,
     (q_buf, k_buf): (&mut Array3<f32>, &mut Array3<f32>),
     out: &'o mut Array2<f32>,
+    profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
     let (nh, nkv, eps) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps);
-    let mut q = split_heads(split.q, nh, w.mamba.self_attn.q_norm.as_ref(), eps, q_buf); // (T, nh, dqk)
-    let mut k = split.k.map(|k| split_heads(k, nkv, w.mamba.self_attn.k_norm.as_ref(), eps, k_buf)); // (T, nkv, dqk)
+    let (attn_w, elementwise) = (&w.mamba.self_attn, Phase::Elementwise);
+    let mut q = profile.time(elementwise, || split_heads(split.q, nh, attn_w.q_norm.as_ref(), eps, q_buf)); // (T, nh, dqk)
+    let mut k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, attn_w.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
     let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
     let producer = plan.kv_producer();
     for (part, cache) in pass.parts_mut() {
         let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
-        if let Some(base) = part.rope_base {
-            apply_rope(q.slice_mut(s![rows.clone(), .., ..]), at, base);
-            if let Some(k) = k.as_mut() {
-                apply_rope(k.slice_mut(s![rows.clone(), .., ..]), at, base);
+        profile.time(elementwise, || {
+            if let Some(base) = part.rope_base {
+                apply_rope(q.slice_mut(s![rows.clone(), .., ..]), at, base);
+                if let Some(k) = k.as_mut() {
+                    apply_rope(k.slice_mut(s![rows.clone(), .., ..]), at, base);
+                }
             }
-        }
-        if let (Some(k), Some(v)) = (k.as_ref(), split.v) {
-            let k = k.slice(s![rows.clone(), .., ..]).into_shape_with_order((rows.len(), cfg.k_width())).expect("contiguous");
-            let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
-            kv.append(k, v.slice(s![rows.clone(), ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
-        }
+            if let (Some(k), Some(v)) = (k.as_ref(), split.v) {
+                let k = k.slice(s![rows.clone(), .., ..]).into_shape_with_order((rows.len(), cfg.k_width())).expect("contiguous");
+                let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
+                kv.append(k, v.slice(s![rows.clone(), ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
+            }
+        });
         let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
         let q = q.slice(s![rows.clone(), .., ..]); // (T_s, nh, dqk)
         let out = out.slice_mut(s![rows, ..]); // (T_s, D)
-        attention_heads(q, kv.keys(), kv.values(), at, kv.positions(), plan.attention, cfg.num_memory_tokens, out);
+        profile.time(Phase::Attention, || {
+            attention_heads(q, kv.keys(), kv.values(), at, kv.positions(), plan.attention, cfg.num_memory_tokens, out)
+        });
     }
     out.view()
 }

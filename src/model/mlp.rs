@@ -1,9 +1,11 @@
 //! The per-layer MLP (`moe.experts.0`: the released model builds exactly one expert).
 
+use super::profile::{Phase, Profile};
 use super::ssm::silu;
 use crate::checkpoint::weights::MlpWeights;
 use crate::matrix::Rows;
-use ndarray::{Array2, ArrayView2, Zip};
+use super::parallel::{map_in_place, zip_with};
+use ndarray::{Array2, ArrayView2};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
 #[derive(Debug, Clone, Default)]
@@ -15,19 +17,27 @@ pub struct MlpBuffers {
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-/// `rows` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]).
-pub fn mlp<'o>(h: ArrayView2<f32>, rows: Rows, w: &MlpWeights, buf: &mut MlpBuffers, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-    w.up_proj.matmul_t_of(h, rows, &mut buf.up); // (T, F)
+/// `rows` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]); `profile` times the
+/// products and the activation when it records.
+pub fn mlp<'o>(
+    h: ArrayView2<f32>,
+    rows: Rows,
+    w: &MlpWeights,
+    buf: &mut MlpBuffers,
+    out: &'o mut Array2<f32>,
+    profile: &mut Profile,
+) -> ArrayView2<'o, f32> {
+    profile.time(Phase::Weights, || w.up_proj.matmul_t_of(h, rows, &mut buf.up)); // (T, F)
     let act = match &w.gate_proj {
         Some(gate) => {
-            gate.matmul_t_of(h, rows, &mut buf.gate); // (T, F)
-            Zip::from(&mut buf.gate).and(&buf.up).for_each(|g, &u| *g = silu(*g) * u);
+            profile.time(Phase::Weights, || gate.matmul_t_of(h, rows, &mut buf.gate)); // (T, F)
+            profile.time(Phase::Elementwise, || zip_with(buf.gate.view_mut(), buf.up.view(), |g, u| *g = silu(*g) * u));
             &buf.gate
         }
         None => {
-            buf.up.mapv_inplace(|v| v.max(0.0).powi(2));
+            profile.time(Phase::Elementwise, || map_in_place(buf.up.view_mut(), |v| v.max(0.0).powi(2)));
             &buf.up
         }
     }; // (T, F)
-    w.down_proj.matmul_t_of(act.view(), rows, out) // (T, H)
+    profile.time(Phase::Weights, || w.down_proj.matmul_t_of(act.view(), rows, out)) // (T, H)
 }

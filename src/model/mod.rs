@@ -12,6 +12,8 @@
 //! - [`segment`]: segments, the rows of one sequence in a call or a pass.
 //! - [`sequence`]: a sequence's state and scratch; [`batch`]: sequences decoding together.
 //! - [`trace`]: observing the path layer by layer; [`forward_trace`]: the observer golden tests use.
+//! - [`profile`]: timing the path phase by phase (`bench --profile`); [`parallel`]: row-wise
+//!   work over the rows of a pass, in parallel when there are many.
 //!
 //! [`plain`] is the exception: the whole forward pass in one plain, allocating file, the one to
 //! read first, and the truth the rest is tested against.
@@ -24,8 +26,10 @@ pub mod hymba;
 pub mod layer;
 pub mod mlp;
 pub mod norm;
+pub mod parallel;
 pub mod pass;
 pub mod plain;
+pub mod profile;
 pub mod rope;
 pub mod segment;
 pub mod sequence;
@@ -36,6 +40,7 @@ pub use batch::{Batch, SequenceId};
 pub use forward_trace::ForwardTrace;
 pub use hymba::Hymba;
 pub use pass::Scratch;
+pub use profile::{Phase, Profile};
 pub use segment::{Keep, Segment};
 pub use sequence::Sequence;
 pub use trace::{LayerObserver, LayerTrace};

@@ -2,17 +2,18 @@
 //! on each attention head (`kq_norm`), on each branch before fusion, and at the end.
 
 use crate::buffer::shaped;
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis};
+use super::parallel::for_each_row;
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`, applied to each row of `x`, into `out`.
 /// (T, width) → (T, width)
 pub fn rms_norm<'o>(x: ArrayView2<f32>, weight: ArrayView1<f32>, eps: f32, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
     debug_assert_eq!(x.ncols(), weight.len());
     let out = shaped(out, x.dim()); // (T, width)
-    out.assign(&x);
-    for row in out.axis_iter_mut(Axis(0)) {
+    for_each_row(out.view_mut(), |t, mut row| {
+        row.assign(&x.row(t));
         rms_norm_in_place(row, weight, eps);
-    }
+    });
     out.view()
 }
 

@@ -18,6 +18,7 @@
 //! An optional [`LayerObserver`] sees every layer of every pass ([`super::trace`]).
 
 use super::layer::{hymba_layer, LayerBuffers};
+use super::profile::{Phase, Profile};
 use super::segment::{Keep, Part, Pass, Segment};
 use super::trace::{LayerObserver, LayerTrace};
 use crate::buffer::shaped;
@@ -66,6 +67,8 @@ pub struct Scratch {
     /// (K, H), (K, V): the kept rows after the final norm, and their logits
     normed: Array2<f32>,
     logits: Array2<f32>,
+    /// Time per phase, when recording (off by default; see [`super::profile`])
+    profile: Profile,
 }
 
 impl Scratch {
@@ -75,10 +78,20 @@ impl Scratch {
         self.kept.view()
     }
 
-    /// The kept rows and what they are, with the buffers for them after the final norm (K, H)
-    /// and their logits (K, V).
-    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, Rows, &mut Array2<f32>, &mut Array2<f32>) {
-        (self.kept.view(), self.kept_rows, &mut self.normed, &mut self.logits)
+    /// The kept rows and what they are, with the buffers for them after the final norm (K, H),
+    /// their logits (K, V), and the profile.
+    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, Rows, &mut Array2<f32>, &mut Array2<f32>, &mut Profile) {
+        (self.kept.view(), self.kept_rows, &mut self.normed, &mut self.logits, &mut self.profile)
+    }
+
+    /// The time per phase of the calls since profiling started ([`Scratch::profile_mut`]).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Set [`Profile::recording`] here to time the following calls per phase.
+    pub fn profile_mut(&mut self) -> &mut Profile {
+        &mut self.profile
     }
 }
 
@@ -159,7 +172,7 @@ fn run_pass(
     scratch: &mut Scratch,
     mut observer: Option<&mut (dyn LayerObserver + '_)>,
 ) {
-    let Scratch { hidden, positions, parts, planned, layer, layer_input, kept, .. } = scratch;
+    let Scratch { hidden, positions, parts, planned, layer, layer_input, kept, profile, .. } = scratch;
     let parts: &[Part] = parts;
     let t = parts.last().map_or(0, |p| p.rows.end);
     let hidden = shaped(hidden, (t, cfg.hidden_size)); // (T, H)
@@ -169,7 +182,7 @@ fn run_pass(
         let start = segment.cache.next_position;
         positions.extend(start..start + part.rows.len());
         let rows = hidden.slice_mut(s![part.rows.clone(), ..]);
-        input_rows(weights, &planned[part.segment], segment.ids, part.fed.clone(), rows);
+        profile.time(Phase::Elementwise, || input_rows(weights, &planned[part.segment], segment.ids, part.fed.clone(), rows));
     }
     // The pass runs on a worker of the thread pool, so each parallel loop inside it shares its
     // work with the other workers directly, rather than being queued from outside the pool and
@@ -180,7 +193,7 @@ fn run_pass(
                 shaped(layer_input, hidden.dim()).assign(hidden);
             }
             let mut pass = Pass::new(&mut *segments, parts);
-            hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer);
+            hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer, profile);
             if let Some(observer) = observer.as_deref_mut() {
                 observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));
             }

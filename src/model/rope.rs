@@ -8,15 +8,17 @@
 //! cos/sin of that float32 angle are then taken exactly. At long contexts this rounding is part
 //! of the model's behaviour, so we reproduce it rather than computing angles in f64.
 
+use super::parallel::for_each_row;
 use ndarray::{ArrayViewMut3, Axis};
 
 /// Rotate `x` (T, heads, dqk) in place; row t is at absolute position `positions[t]`.
-pub fn apply_rope(mut x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
+pub fn apply_rope(x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
     let head_dim = x.len_of(Axis(2));
     let half = head_dim / 2;
     debug_assert_eq!(x.len_of(Axis(0)), positions.len());
     let inv_freq = |k: usize| (1.0 / base.powf(2.0 * k as f64 / head_dim as f64)) as f32;
-    for (mut row, &p) in x.axis_iter_mut(Axis(0)).zip(positions) {
+    for_each_row(x, |t, mut row| {
+        let p = positions[t];
         for k in 0..half {
             let angle = (p as f32 * inv_freq(k)) as f64; // float32 angle, as the released code
             let (cos, sin) = (angle.cos() as f32, angle.sin() as f32);
@@ -27,7 +29,7 @@ pub fn apply_rope(mut x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
                 head[k + half] = x2 * cos + x1 * sin;
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]

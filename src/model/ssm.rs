@@ -14,10 +14,12 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
+use super::parallel::{for_each_row, map_in_place, zip_with};
+use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 pub fn silu(v: f32) -> f32 {
@@ -46,12 +48,14 @@ pub fn causal_conv1d(
     let padded = |history: &Array2<f32>, row: usize, c: usize| {
         if row < k - 1 { history[[row, c]] } else { x[[row - (k - 1), c]] }
     };
-    for (ti, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+    // Each output row reads only x and the history as they were: rows can go to any thread.
+    let old_history: &Array2<f32> = history;
+    for_each_row(out.view_mut(), |ti, mut row| {
         for c in 0..d {
-            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(history, ti + j, c)).sum();
+            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(old_history, ti + j, c)).sum();
             row[c] = acc + bias.map_or(0.0, |b| b[c]);
         }
-    }
+    });
     // history ← padded rows T..T+K−1. Row r reads padded row T + r > r: not yet overwritten.
     for r in 0..k - 1 {
         for c in 0..d {
@@ -171,32 +175,38 @@ pub fn ssm_heads<'o>(
     pass: &mut Pass,
     buf: &mut SsmBuffers,
     out: &'o mut Array2<f32>,
+    profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
     for (part, cache) in pass.parts_mut() {
         let (rows, conv) = (part.rows.clone(), &mut cache.ssm[layer].conv);
-        causal_conv1d(x.slice(s![rows.clone(), ..]), w.conv1d_weight.view(), bias, conv, u.slice_mut(s![rows, ..]));
+        let (x, u) = (x.slice(s![rows.clone(), ..]), u.slice_mut(s![rows, ..]));
+        profile.time(Phase::Conv, || causal_conv1d(x, w.conv1d_weight.view(), bias, conv, u));
     }
-    u.mapv_inplace(silu);
+    profile.time(Phase::Elementwise, || map_in_place(u.view_mut(), silu));
     let u = buf.u.view(); // (T, D)
 
-    let dt_b_c = w.x_proj.matmul_t_of(u, pass.rows, &mut buf.dt_b_c); // (T, R + 2N)
-    let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
-    let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
-    let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
+    let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t_of(u, pass.rows, &mut buf.dt_b_c)); // (T, R + 2N)
+    let (dt, b, c) = profile.time(Phase::Elementwise, || {
+        let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
+        let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
+        let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
+        (dt, b, c)
+    });
 
-    w.dt_proj.forward(dt, pass.rows, &mut buf.delta);
-    buf.delta.mapv_inplace(softplus); // (T, D): Δ
+    profile.time(Phase::Weights, || w.dt_proj.forward(dt, pass.rows, &mut buf.delta));
+    profile.time(Phase::Elementwise, || map_in_place(buf.delta.view_mut(), softplus)); // (T, D): Δ
     let y = shaped(out, x.dim()); // (T, D)
     for (part, cache) in pass.parts_mut() {
         let (rows, scan) = (part.rows.clone(), &mut cache.ssm[layer].scan);
         let (u, delta) = (u.slice(s![rows.clone(), ..]), buf.delta.slice(s![rows.clone(), ..]));
         let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..]));
-        selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y.slice_mut(s![rows, ..])); // (T_s, D)
+        let y = y.slice_mut(s![rows, ..]); // (T_s, D)
+        profile.time(Phase::Scan, || selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y));
     }
-    Zip::from(&mut *y).and(z).for_each(|y, &z| *y *= silu(z)); // y ⊙ SiLU(z)
+    profile.time(Phase::Elementwise, || zip_with(y.view_mut(), z, |y, z| *y *= silu(z))); // y ⊙ SiLU(z)
     y.view()
 }
 

@@ -32,6 +32,7 @@ mod bandwidth;
 mod from_disk;
 mod limits;
 mod memory;
+mod profile;
 
 use crate::args::print_stdout;
 use clap::Args;
@@ -41,7 +42,8 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::generate::sampling::argmax;
-use hymba_ref::model::{Batch, Hymba, Sequence};
+use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
+use profile::PhaseTimes;
 use hymba_ref::rng::SplitMix64;
 use hymba_ref::{Error, Result};
 use ndarray::Array2;
@@ -115,6 +117,11 @@ pub struct BenchArgs {
     /// Buffer size for the read-bandwidth measurement (0: skip it).
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     bandwidth_mib: usize,
+    /// Also time each phase of a pass (weights, attention, conv, scan, elementwise, output) at
+    /// one thread and at --threads, run alternately, and report each phase's speed-up and the
+    /// serial share of the pass (Amdahl). Doubles the running time.
+    #[arg(long)]
+    profile: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -259,6 +266,9 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
         .stderr(Stdio::inherit());
     if let Some(budget) = args.time_budget {
         cmd.args(["--time-budget", &budget.to_string()]);
+    }
+    if args.profile {
+        cmd.arg("--profile");
     }
     if let Some(gb) = args.cache_budget_gb {
         cmd.args(["--cache-budget-gb", &gb.to_string()]);
@@ -443,16 +453,64 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
     }))
 }
 
-/// Time `runs` × (prefill `context` tokens, decode `decode_tokens` steps of `batch` such
-/// sequences) on `model` (child side).
+/// One prefill of `ids` into a fresh sequence, then `decode_tokens` greedy steps: their seconds
+/// and, when profiling, their time per phase.
+struct Generation {
+    prefill: PhaseTimes,
+    decode: PhaseTimes,
+}
+
+fn generate(model: &Hymba, ids: &[u32], decode_tokens: usize, profile: bool) -> Result<Generation> {
+    let mut seq = model.new_sequence();
+    if profile {
+        *seq.scratch.profile_mut() = Profile::recording();
+    }
+    let (mut prefill, mut decode) = (PhaseTimes::default(), PhaseTimes::default());
+    let start = Instant::now();
+    let greedy = |logits: ndarray::ArrayView1<f32>| argmax(logits.as_slice().expect("contiguous"));
+    let mut next = greedy(model.next_token_logits(ids, &mut seq)?);
+    prefill.add(start.elapsed().as_secs_f64(), seq.scratch.profile());
+    seq.scratch.profile_mut().clear();
+    let mut seconds = 0.0;
+    for _ in 0..decode_tokens {
+        let start = Instant::now();
+        let logits = model.next_token_logits(&[next], &mut seq)?;
+        seconds += start.elapsed().as_secs_f64();
+        next = greedy(logits);
+    }
+    decode.add(seconds, seq.scratch.profile());
+    Ok(Generation { prefill, decode })
+}
+
+/// Time `runs` × (prefill `context` tokens, decode `decode_tokens` steps of `batch_size` such
+/// sequences) on `model` (child side); with `--profile`, each run also profiles one sequence phase
+/// by phase, first at one thread, then at the pool's count.
 fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: usize, batch_size: usize) -> Result<Value> {
     let ids = random_ids(model.config.vocab_size, context, args.seed ^ (context as u64).wrapping_mul(0x9E37));
     memory::release_free_memory();
     let peak_reset = memory::reset_peak();
     let rss_before = memory::rss_bytes();
     let (mut prefill, mut decode, mut cache_size) = (Vec::new(), Vec::new(), 0);
+    let one_thread = match args.profile {
+        true => Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| Error::input(format!("cannot start a worker thread: {e}")))?),
+        false => None,
+    };
+    // Per run: the profiles at 1 thread and at N, for prefill and decode.
+    let [mut prefill_1, mut decode_1, mut prefill_n, mut decode_n] = [(); 4].map(|_| Vec::new());
     let started = Instant::now();
     for run in 1..=args.runs {
+        if args.profile {
+            // The profile follows one sequence (prefill, then decode steps); the batch below is
+            // timed as a whole.
+            if let Some(pool) = &one_thread {
+                let one = pool.install(|| generate(model, &ids, args.decode_tokens, true))?;
+                prefill_1.push(one.prefill);
+                decode_1.push(one.decode);
+            }
+            let many = generate(model, &ids, args.decode_tokens, true)?;
+            prefill_n.push(many.prefill);
+            decode_n.push(many.decode);
+        }
         let mut seq = model.new_sequence();
         seq.reserve(context + args.decode_tokens);
         let start = Instant::now();
@@ -493,6 +551,15 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
             break;
         }
     }
+    let threads = rayon::current_num_threads();
+    let rows = context.min(hymba_ref::model::pass::MAX_ROWS_PER_PASS);
+    let profile = args.profile.then(|| {
+        json!({
+            "threads": threads,
+            "prefill": profile::summary(&prefill_1, &prefill_n, threads, rows),
+            "decode": profile::summary(&decode_1, &decode_n, threads, 1),
+        })
+    });
     let (p, d) = (median(&prefill), median(&decode));
     let prefill_seconds: Vec<Option<f64>> = prefill.iter().map(|s| s.is_finite().then_some(*s)).collect();
     Ok(json!({
@@ -508,6 +575,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         "cache_bytes": cache_size,
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": if peak_reset { memory::peak_rss_bytes() } else { None },
+        "profile": profile,
     }))
 }
 
@@ -560,6 +628,12 @@ fn table(report: &Value) -> String {
                 },
                 f(num(&c["largest_batch_in_budget"]), 0),
             );
+        }
+    }
+    for cfg in report["configs"].as_array().into_iter().flatten() {
+        for c in cfg["contexts"].as_array().into_iter().flatten().filter(|c| c["profile"].is_object()) {
+            let name = cfg["name"].as_str().unwrap_or("?");
+            out += &profile::table(name, c["context"].as_u64().unwrap_or(0), &c["profile"]);
         }
     }
     out

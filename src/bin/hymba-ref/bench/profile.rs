@@ -1,0 +1,138 @@
+//! `bench --profile`: the time of each phase of a pass ([`Phase`]) at one thread and at the
+//! requested count, and from the two the speed-up of each phase and the serial share of the
+//! whole (Amdahl's law), so what does not scale shows on any machine.
+//!
+//! Amdahl: a pass taking t₁ on one thread and t_N on N, with a fraction s of t₁ that cannot run
+//! in parallel, has t_N = t₁·(s + (1 − s)/N), so s = (N·t_N/t₁ − 1)/(N − 1). The same formula per
+//! phase, over the pass's t₁, gives each phase's part of s (the parts add up to s): its share of
+//! the serial time that is left.
+
+use hymba_ref::model::{Phase, Profile};
+use serde_json::{json, Value};
+
+/// A call's seconds: in total (as the caller measured it) and per phase.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTimes {
+    pub total: f64,
+    pub phases: [f64; Phase::ALL.len()],
+}
+
+impl PhaseTimes {
+    /// Add a call that took `total` seconds, of which `profile` recorded per phase.
+    pub fn add(&mut self, total: f64, profile: &Profile) {
+        self.total += total;
+        for (sum, phase) in self.phases.iter_mut().zip(Phase::ALL) {
+            *sum += profile.seconds(phase);
+        }
+    }
+
+    /// What no phase accounts for: the rest of the pass (splitting rows into passes, the layer
+    /// loop, waiting for the slowest task of a parallel region outside a timed phase).
+    fn other(&self) -> f64 {
+        self.total - self.phases.iter().sum::<f64>()
+    }
+}
+
+/// `(N·t_N − t₁) / ((N − 1)·t₁_pass)`: a part's contribution to the pass's serial share.
+fn serial_share(one: f64, many: f64, pass_one: f64, threads: usize) -> Option<f64> {
+    (threads > 1 && pass_one > 0.0).then(|| (threads as f64 * many - one) / ((threads - 1) as f64 * pass_one))
+}
+
+/// Each figure's median over runs (a shared machine's load comes and goes: a median keeps the
+/// runs it did not disturb).
+fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
+    let field = |f: &dyn Fn(&PhaseTimes) -> f64| super::median(&runs.iter().map(f).collect::<Vec<_>>());
+    PhaseTimes { total: field(&|r| r.total), phases: std::array::from_fn(|i| field(&|r| r.phases[i])) }
+}
+
+/// The profile of one kind of call (prefill or decode) as JSON, from its runs at one thread and
+/// at `threads`: the median seconds of the call and of each phase, each phase's speed-up and its
+/// part of the serial share.
+pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, rows: usize) -> Value {
+    let (one, many) = (&median_times(one), &median_times(many));
+    let mut phases: Vec<Value> = Phase::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, phase)| (phase.name(), phase.threading(rows), one.phases[i], many.phases[i]))
+        .chain([("other", "-", one.other(), many.other())])
+        .map(|(name, threading, t1, tn)| {
+            json!({
+                "phase": name,
+                "threading": threading,
+                "seconds_1_thread": t1,
+                "seconds_n_threads": tn,
+                "fraction_of_1_thread": t1 / one.total,
+                "speedup": t1 / tn,
+                "serial_share": serial_share(t1, tn, one.total, threads),
+            })
+        })
+        .collect();
+    phases.retain(|p| p["seconds_1_thread"].as_f64() != Some(0.0) || p["seconds_n_threads"].as_f64() != Some(0.0));
+    json!({
+        "rows_per_pass": rows,
+        "seconds_1_thread": one.total,
+        "seconds_n_threads": many.total,
+        "speedup": one.total / many.total,
+        "serial_share": serial_share(one.total, many.total, one.total, threads),
+        "phases": phases,
+    })
+}
+
+/// The profile of one config × context as text (`profile` as made by the bench: `threads`, and a
+/// [`summary`] each for `prefill` and `decode`).
+pub fn table(config: &str, context: u64, profile: &Value) -> String {
+    let threads = profile["threads"].as_u64().unwrap_or(0);
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    let mut out = String::new();
+    for kind in ["prefill", "decode"] {
+        let p = &profile[kind];
+        out += &format!(
+            "\nprofile {config} ctx {context} {kind} ({} rows a pass): 1 thread {:.4} s, {threads} threads {:.4} s, speed-up {:.2}, serial share {}\n",
+            p["rows_per_pass"],
+            num(&p["seconds_1_thread"]),
+            num(&p["seconds_n_threads"]),
+            num(&p["speedup"]),
+            pct(&p["serial_share"]),
+        );
+        out += &format!(
+            "  {:<12} {:<31} {:>12} {:>12} {:>9} {:>9} {:>13}\n",
+            "phase", "threading", "1 thread s", format!("{threads} threads s"), "% of 1t", "speed-up", "serial share"
+        );
+        for phase in p["phases"].as_array().into_iter().flatten() {
+            out += &format!(
+                "  {:<12} {:<31} {:>12.4} {:>12.4} {:>9} {:>9.2} {:>13}\n",
+                phase["phase"].as_str().unwrap_or("?"),
+                phase["threading"].as_str().unwrap_or("?"),
+                num(&phase["seconds_1_thread"]),
+                num(&phase["seconds_n_threads"]),
+                pct(&phase["fraction_of_1_thread"]),
+                num(&phase["speedup"]),
+                pct(&phase["serial_share"]),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amdahl_serial_share_of_a_pass_and_its_phases() {
+        // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
+        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
+        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
+        let s = summary(std::slice::from_ref(&one), &[two], 2, 512);
+        assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+        assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
+        let phases = s["phases"].as_array().unwrap();
+        let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+        assert_eq!(names, ["weights", "elementwise"], "phases with no time are left out, `other` is 0 here");
+        assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
+        assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+        // One thread only: no share can be inferred.
+        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, 512)["serial_share"].is_null());
+    }
+}

@@ -1,0 +1,45 @@
+//! Row-wise and element-wise work over the rows of a pass, in parallel when there are enough
+//! rows to pay for it (prefill), on the calling thread otherwise (decoding: a parallel region
+//! costs a few microseconds, more than the work of one row).
+//!
+//! Each element is computed by the same arithmetic either way, so the results are identical;
+//! only which thread computes a row changes.
+
+use ndarray::{ArrayView, ArrayViewMut, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
+use rayon::prelude::*;
+
+/// Passes of at least this many rows run their row-wise work in parallel.
+pub const PARALLEL_ROWS: usize = 32;
+
+/// Rows per parallel task: a task should outweigh handing it out.
+const ROWS_PER_TASK: usize = 8;
+
+/// `f(t, row t of out)` for every row of `out` (T, ...): over tasks of rows when T ≥ [`PARALLEL_ROWS`].
+pub fn for_each_row<D: RemoveAxis>(
+    mut out: ArrayViewMut<f32, D>,
+    f: impl Fn(usize, ArrayViewMut<f32, D::Smaller>) + Sync + Send,
+) {
+    if out.len_of(Axis(0)) >= PARALLEL_ROWS {
+        out.axis_iter_mut(Axis(0)).into_par_iter().with_min_len(ROWS_PER_TASK).enumerate().for_each(|(t, row)| f(t, row));
+    } else {
+        out.axis_iter_mut(Axis(0)).enumerate().for_each(|(t, row)| f(t, row));
+    }
+}
+
+/// `f(a, b)` for every pair of elements of `a` and `b` (T, width): in parallel when T ≥ [`PARALLEL_ROWS`].
+pub fn zip_with<D: Dimension>(a: ArrayViewMut<f32, D>, b: ArrayView<f32, D>, f: impl Fn(&mut f32, f32) + Sync + Send) {
+    let parallel = a.shape().first().is_some_and(|&t| t >= PARALLEL_ROWS);
+    let zip = Zip::from(a).and(b);
+    match parallel {
+        true => zip.par_for_each(|a, &b| f(a, b)),
+        false => zip.for_each(|a, &b| f(a, b)),
+    }
+}
+
+/// `x = f(x)` for every element of `x` (T, width): in parallel when T ≥ [`PARALLEL_ROWS`].
+pub fn map_in_place(x: ArrayViewMut2<f32>, f: impl Fn(f32) -> f32 + Sync + Send) {
+    match x.nrows() >= PARALLEL_ROWS {
+        true => Zip::from(x).par_for_each(|v| *v = f(*v)),
+        false => Zip::from(x).for_each(|v| *v = f(*v)),
+    }
+}

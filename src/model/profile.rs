@@ -1,0 +1,112 @@
+//! Where a pass spends its time: a [`Profile`] adds up the wall time of each [`Phase`] of the
+//! layers (summed over layers and passes), so `hymba-ref bench --profile` can show which phases
+//! scale with threads and which run on one.
+//!
+//! A profile is a value, kept in the call's [`super::Scratch`] and passed down the pass `&mut`.
+//! It is off by default; off, [`Profile::time`] only calls its closure (no clock read, nothing
+//! allocated).
+
+use std::time::Instant;
+
+/// The phases of a pass. Every timed region of the layers belongs to exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The weight products: in_proj, x_proj, dt_proj, out_proj, the MLP (matvec or GEMM, bf16
+    /// widened on the fly inside them, not timed apart).
+    Weights,
+    /// Attention scores, softmax and the weighted sum of values.
+    Attention,
+    /// The SSM's causal depthwise conv.
+    Conv,
+    /// The SSM's selective scan.
+    Scan,
+    /// Everything element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE, K/V
+    /// append, SiLU/softplus/gating, fusion, residual adds.
+    Elementwise,
+    /// The final norm and `lm_head` of the kept rows.
+    Output,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [Phase::Weights, Phase::Attention, Phase::Conv, Phase::Scan, Phase::Elementwise, Phase::Output];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Weights => "weights",
+            Phase::Attention => "attention",
+            Phase::Conv => "conv",
+            Phase::Scan => "scan",
+            Phase::Elementwise => "elementwise",
+            Phase::Output => "output",
+        }
+    }
+
+    /// How the phase's code uses the threads, for a pass of `rows` rows (a statement about the
+    /// code, kept next to it; the measured speed-up says how well it works).
+    pub fn threading(self, rows: usize) -> &'static str {
+        match self {
+            Phase::Weights | Phase::Attention | Phase::Scan => "parallel",
+            Phase::Output => "norm serial, lm_head parallel",
+            Phase::Conv | Phase::Elementwise if rows >= super::parallel::PARALLEL_ROWS => "parallel over rows",
+            Phase::Conv | Phase::Elementwise => "one thread",
+        }
+    }
+}
+
+/// Seconds spent in each [`Phase`], summed over every timed region since the profile was made.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    on: bool,
+    seconds: [f64; Phase::ALL.len()],
+}
+
+impl Profile {
+    /// A profile that records.
+    pub fn recording() -> Profile {
+        Profile { on: true, ..Profile::default() }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Run `f`, adding its wall time to `phase` when recording.
+    #[inline]
+    pub fn time<R>(&mut self, phase: Phase, f: impl FnOnce() -> R) -> R {
+        if !self.on {
+            return f();
+        }
+        let start = Instant::now();
+        let result = f();
+        self.seconds[phase as usize] += start.elapsed().as_secs_f64();
+        result
+    }
+
+    /// Seconds recorded for `phase`.
+    pub fn seconds(&self, phase: Phase) -> f64 {
+        self.seconds[phase as usize]
+    }
+
+    /// Zero every phase, keeping the profile on or off.
+    pub fn clear(&mut self) {
+        self.seconds = Default::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_only_when_on() {
+        let mut off = Profile::default();
+        assert_eq!(off.time(Phase::Scan, || 7), 7);
+        assert_eq!(off.seconds(Phase::Scan), 0.0);
+        let mut on = Profile::recording();
+        on.time(Phase::Scan, || std::thread::sleep(std::time::Duration::from_millis(2)));
+        assert!(on.seconds(Phase::Scan) >= 0.002, "{on:?}");
+        assert_eq!(on.seconds(Phase::Attention), 0.0);
+        on.clear();
+        assert!(on.is_on() && on.seconds(Phase::Scan) == 0.0);
+    }
+}
