@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).args(args).output().expect("the binary runs")
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

@@ -299,7 +299,7 @@ mod cli {
     }
 
     fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
             .arg("generate")
             .args(args)
             .stdin(Stdio::piped())

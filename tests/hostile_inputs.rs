@@ -70,6 +70,7 @@ impl Drop for TempDir {
 
 fn cli() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hymba-ref"));
+    cmd.env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")); // the prefix cache under target/, not ~/.cache
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }

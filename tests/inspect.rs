@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn inspect(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).arg("inspect").args(args).output().expect("run hymba-ref")
+    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).arg("inspect").args(args).output().expect("run hymba-ref")
 }
 
 /// `hymba-ref inspect --model DIR --context N --json`, parsed.

@@ -68,7 +68,7 @@ pub fn assert_close<D: Dimension>(name: &str, got: ArrayView<f32, D>, want: &Arr
 pub fn cli_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
