@@ -1,8 +1,9 @@
 //! Smoke test of `hymba-ref bench`: it runs end to end on a tiny setting and its JSON has every
 //! field the report script reads, with positive numbers. No timing is asserted.
 
+mod common;
+
 use serde_json::Value;
-use std::process::Command;
 
 fn positive(v: &Value, what: &str) -> f64 {
     let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
@@ -12,7 +13,7 @@ fn positive(v: &Value, what: &str) -> f64 {
 
 #[test]
 fn bench_json_has_every_field() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    let out = common::cli_command()
         .args(["bench", "--configs", "small", "--contexts", "16", "--runs", "1", "--decode-tokens", "2"])
         .args(["--threads", "1", "--bandwidth-mib", "64", "--json", "--batch-sizes", "1,3,max", "--cache-budget-gb", "0.1"])
         .output()
@@ -56,7 +57,7 @@ fn bench_json_has_every_field() {
 
 #[test]
 fn bench_profile_reports_every_phase_at_one_and_two_threads() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    let out = common::cli_command()
         .args(["bench", "--configs", "small", "--contexts", "40", "--runs", "1", "--decode-tokens", "2"])
         .args(["--threads", "2", "--bandwidth-mib", "0", "--profile", "--json"])
         .output()
@@ -83,7 +84,7 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads() {
 
 #[test]
 fn bench_refuses_unknown_config() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    let out = common::cli_command()
         .args(["bench", "--configs", "no-such-config", "--bandwidth-mib", "0"])
         .output()
         .expect("run hymba-ref");
@@ -95,7 +96,7 @@ fn bench_refuses_unknown_config() {
 fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
     let tmp = std::env::temp_dir().join(format!("hymba-ref-test-bench-from-disk-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    let out = common::cli_command()
         .args(["bench", "--from-disk", "--configs", "small", "--runs", "2", "--threads", "1", "--json"])
         .env("TMPDIR", &tmp)
         .output()

@@ -4,10 +4,10 @@
 mod common;
 use common::{assert_close, fixtures_dir, Goldens};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).args(args).output().expect("the binary runs")
+    common::cli_command().args(args).output().expect("the binary runs")
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

@@ -1,10 +1,12 @@
 //! The `perplexity` command, on the bundled demo model (its default `--model`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).args(args).output().expect("the binary runs")
+    common::cli_command().args(args).output().expect("the binary runs")
 }
 
 fn heldout() -> PathBuf {

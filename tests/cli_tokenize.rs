@@ -1,15 +1,17 @@
 //! The `tokenize` and `detokenize` commands, on the released tokenizer files in
 //! `tests/fixtures/hymba-tokenizer`.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hymba-tokenizer")
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).args(args).output().expect("the binary runs")
+    common::cli_command().args(args).output().expect("the binary runs")
 }
 
 fn stdout(out: &Output) -> String {

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 mod common;
 use common::cli_with_stdin;
@@ -357,12 +357,12 @@ fn config_values_in_released_files_that_the_parser_refuses() {
 // ---------------------------------------------------------------------------------------------
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).args(args).stdin(Stdio::null()).output().unwrap()
+    common::cli_command().args(args).stdin(Stdio::null()).output().unwrap()
 }
 
 /// Run the command with its stdout closed at once, as `hymba-ref … | head -c 0` does.
 fn cli_with_closed_stdout(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    let mut child = common::cli_command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -524,7 +524,7 @@ fn tokenizer_fixture() -> PathBuf {
 fn non_utf8_text_argument_is_a_usage_error() {
     use std::os::unix::ffi::OsStrExt;
     let text = std::ffi::OsStr::from_bytes(b"caf\xe9");
-    let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    let out = common::cli_command()
         .args(["tokenize", "--model", tokenizer_fixture().to_str().unwrap(), "--text"])
         .arg(text)
         .stdin(Stdio::null())

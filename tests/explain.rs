@@ -3,6 +3,8 @@
 //! `model::plain`'s cache; the shares are fractions; ablating nothing reproduces the log-probability
 //! of `forward`; the page is well-formed XML; the JSON and the command have what they promise.
 
+mod common;
+
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::explain::ablation::{mean_log_prob, without_branches, Branch};
 use hymba_ref::explain::html::{to_html, PageInfo};
@@ -11,7 +13,7 @@ use hymba_ref::explain::{explain, Options, Report};
 use hymba_ref::model::attention::is_visible;
 use hymba_ref::model::{plain, Hymba, LayerTrace};
 use ndarray::{Array2, Array3};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 fn model() -> &'static Hymba {
@@ -348,7 +350,7 @@ fn json_has_every_field() {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).args(args).output().expect("the binary runs")
+    common::cli_command().args(args).output().expect("the binary runs")
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Generation on random models: determinism, batched = alone, every stop condition, and greedy
 //! decoding checked token by token against full-forward logits.
 
+mod common;
+
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
@@ -229,7 +231,7 @@ mod cli {
     use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
     use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Output, Stdio};
+    use std::process::{Output, Stdio};
     use std::sync::OnceLock;
 
     /// The random checkpoints the command runs on: a tiny model with the released vocabulary
@@ -299,7 +301,7 @@ mod cli {
     }
 
     fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        let mut child = common::cli_command()
             .arg("generate")
             .args(args)
             .stdin(Stdio::piped())

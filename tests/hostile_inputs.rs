@@ -11,6 +11,8 @@
 //! 5. `logits --out` never replaces anything but a regular file;
 //! 6. `bench` and `--threads` limits, a closed or full stdout.
 
+mod common;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -69,8 +71,7 @@ impl Drop for TempDir {
 }
 
 fn cli() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hymba-ref"));
-    cmd.env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")); // the prefix cache under target/, not ~/.cache
+    let mut cmd = common::cli_command();
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }

@@ -12,10 +12,10 @@ use hymba_ref::model::Hymba;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn inspect(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR")).arg("inspect").args(args).output().expect("run hymba-ref")
+    common::cli_command().arg("inspect").args(args).output().expect("run hymba-ref")
 }
 
 /// `hymba-ref inspect --model DIR --context N --json`, parsed.

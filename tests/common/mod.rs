@@ -1,4 +1,4 @@
-//! Shared helpers for golden tests: reading golden tensors and comparing with a tolerance.
+//! Shared helpers for the tests: reading golden tensors, comparing with a tolerance, running the CLI.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use hymba_ref::checkpoint::safetensors::SafetensorsFile;
@@ -64,11 +64,19 @@ pub fn assert_close<D: Dimension>(name: &str, got: ArrayView<f32, D>, want: &Arr
     max_err
 }
 
+/// The `hymba-ref` binary as a command, with its prefix cache (`XDG_CACHE_HOME`) under target/,
+/// so that tests never write into the user's ~/.cache.
+pub fn cli_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hymba-ref"));
+    command.env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
+    command
+}
+
 /// Run `hymba-ref` with `args`, `input` on its stdin (then closed), and collect its output.
 pub fn cli_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hymba-ref")).env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+    use std::process::Stdio;
+    let mut child = cli_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
