@@ -19,6 +19,7 @@
 
 use super::hymba::Hymba;
 use super::pass::Scratch;
+use super::profile::Profile;
 use super::segment::{Keep, Segment};
 use super::sequence::Sequence;
 use crate::cache::HybridCache;
@@ -77,6 +78,16 @@ impl Batch {
     /// Bytes of K/V and SSM state the members' caches hold (as f32).
     pub fn cache_bytes(&self) -> usize {
         self.members.iter().map(|(_, cache)| cache.allocated_scalars().bytes(ScalarType::F32)).sum()
+    }
+
+    /// The time per phase of the steps since profiling started ([`Batch::profile_mut`]).
+    pub fn profile(&self) -> &Profile {
+        self.scratch.profile()
+    }
+
+    /// Set [`Profile::recording`] here to time the following steps per phase.
+    pub fn profile_mut(&mut self) -> &mut Profile {
+        self.scratch.profile_mut()
     }
 
     /// One decode step of every member: member i is fed `next_ids[i]`. → logits (B, V), row i for
