@@ -56,30 +56,52 @@ fn bench_json_has_every_field() {
 }
 
 #[test]
-fn bench_profile_reports_every_phase_at_one_and_two_threads() {
+fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill_and_batch() {
     let out = common::cli_command()
         .args(["bench", "--configs", "small", "--contexts", "40", "--runs", "1", "--decode-tokens", "2"])
-        .args(["--threads", "2", "--bandwidth-mib", "0", "--profile", "--json"])
+        .args(["--threads", "2", "--bandwidth-mib", "0", "--batch-sizes", "2", "--profile", "--json"])
         .output()
         .expect("run hymba-ref");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    let profile = &report["configs"][0]["contexts"][0]["profile"];
+    let context = &report["configs"][0]["contexts"][0];
+    let profile = &context["profile"];
     assert_eq!(profile["threads"], 2);
-    for (kind, rows) in [("prefill", 40), ("decode", 1)] {
+    // Prefill: one sequence of 40 rows; decode: the batch of 2, one row per sequence a step.
+    for (kind, rows) in [("prefill", 40), ("decode", 2)] {
         let p = &profile[kind];
         assert_eq!(p["rows_per_pass"], rows, "{kind}");
         let (one, two) = (positive(&p["seconds_1_thread"], kind), positive(&p["seconds_n_threads"], kind));
         let speedup = positive(&p["speedup"], kind);
         assert!((speedup - one / two).abs() < 1e-9, "{kind}: speed-up {speedup} is t1 / t2 = {one} / {two}");
         assert!(p["serial_share"].is_number(), "{kind}: a serial share from 2 threads");
-        let phases: Vec<&str> = p["phases"].as_array().expect("phases").iter().map(|x| x["phase"].as_str().unwrap()).collect();
+        let phases = p["phases"].as_array().expect("phases");
+        let names: Vec<&str> = phases.iter().map(|x| x["phase"].as_str().unwrap()).collect();
         for phase in ["weights", "attention", "conv", "scan", "elementwise", "output"] {
-            assert!(phases.contains(&phase), "{kind}: no {phase} in {phases:?}");
+            let at = names.iter().position(|n| *n == phase).unwrap_or_else(|| panic!("{kind}: no {phase} in {names:?}"));
+            positive(&phases[at]["seconds_1_thread"], &format!("{kind} {phase} at 1 thread"));
+            positive(&phases[at]["seconds_n_threads"], &format!("{kind} {phase} at 2 threads"));
         }
-        let parts: f64 = p["phases"].as_array().unwrap().iter().map(|x| x["seconds_1_thread"].as_f64().unwrap()).sum();
+        let parts: f64 = phases.iter().map(|x| x["seconds_1_thread"].as_f64().unwrap()).sum();
         assert!((parts - one).abs() < 1e-6, "{kind}: the phases and `other` add up to the call ({parts} vs {one})");
     }
+    // The profile at 2 threads is of the timed calls themselves.
+    let prefill_seconds = context["prefill_seconds"][0].as_f64().expect("one timed prefill");
+    assert_eq!(profile["prefill"]["seconds_n_threads"].as_f64(), Some(prefill_seconds));
+    assert_eq!(profile["decode"]["seconds_n_threads"], context["decode_seconds"][0]);
+}
+
+#[test]
+fn bench_profile_with_a_synthetic_cache_has_no_prefill_profile() {
+    let out = common::cli_command()
+        .args(["bench", "--configs", "small", "--contexts", "40", "--runs", "1", "--decode-tokens", "2"])
+        .args(["--threads", "2", "--bandwidth-mib", "0", "--batch-sizes", "3", "--synthetic-cache", "--profile"])
+        .output()
+        .expect("run hymba-ref");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("profile small ctx 40 decode of a batch of 3 (3 rows a pass)"), "{table}");
+    assert!(!table.contains("prefill of one sequence"), "{table}");
 }
 
 #[test]

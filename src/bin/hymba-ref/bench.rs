@@ -117,9 +117,12 @@ pub struct BenchArgs {
     /// Buffer size for the read-bandwidth measurement (0: skip it).
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     bandwidth_mib: usize,
-    /// Also time each phase of a pass (weights, attention, conv, scan, elementwise, output) at
-    /// one thread and at --threads, run alternately, and report each phase's speed-up and the
-    /// serial share of the pass (Amdahl). Doubles the running time.
+    /// Also time each phase of a pass (weights, attention, conv, scan, elementwise, output) in
+    /// the timed prefill and in the timed batch's decode steps, and in the same prefill and
+    /// batch decode run on one thread before each run; report each phase's speed-up and the
+    /// serial share of the pass (Amdahl). The decode profile is of the batch (one row per
+    /// sequence a step); --synthetic-cache has no prefill profile. Adds a one-thread run to
+    /// every run.
     #[arg(long)]
     profile: bool,
     /// Print JSON instead of a table.
@@ -453,38 +456,67 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
     }))
 }
 
-/// One prefill of `ids` into a fresh sequence, then `decode_tokens` greedy steps: their seconds
-/// and, when profiling, their time per phase.
-struct Generation {
-    prefill: PhaseTimes,
-    decode: PhaseTimes,
+/// What one run measured: the prefill's seconds (NaN with `--synthetic-cache`: nothing is
+/// prefilled), the decode steps' seconds, the batch's cache, and, when profiling, the time per
+/// phase of the prefill (none with `--synthetic-cache`) and of the decode steps.
+struct Run {
+    prefill_seconds: f64,
+    decode_seconds: f64,
+    cache_bytes: u64,
+    prefill_profile: Option<PhaseTimes>,
+    decode_profile: Option<PhaseTimes>,
 }
 
-fn generate(model: &Hymba, ids: &[u32], decode_tokens: usize, profile: bool) -> Result<Generation> {
+/// One run: prefill `ids` into a fresh sequence (or fill its cache at random with
+/// `--synthetic-cache`), then `--decode-tokens` greedy steps of a [`Batch`] of `batch_size`
+/// copies of it, timing the prefill and each step; with `profile`, also per phase.
+fn run_once(model: &Hymba, args: &BenchArgs, ids: &[u32], batch_size: usize, profile: bool) -> Result<Run> {
+    let context = ids.len();
     let mut seq = model.new_sequence();
+    seq.reserve(context + args.decode_tokens);
     if profile {
         *seq.scratch.profile_mut() = Profile::recording();
     }
-    let (mut prefill, mut decode) = (PhaseTimes::default(), PhaseTimes::default());
     let start = Instant::now();
-    let greedy = |logits: ndarray::ArrayView1<f32>| argmax(logits.as_slice().expect("contiguous"));
-    let mut next = greedy(model.next_token_logits(ids, &mut seq)?);
-    prefill.add(start.elapsed().as_secs_f64(), seq.scratch.profile());
-    seq.scratch.profile_mut().clear();
-    let mut seconds = 0.0;
-    for _ in 0..decode_tokens {
-        let start = Instant::now();
-        let logits = model.next_token_logits(&[next], &mut seq)?;
-        seconds += start.elapsed().as_secs_f64();
-        next = greedy(logits);
+    let first = match args.synthetic_cache {
+        true => fill_with_random_rows(&mut seq, &model.config, context, args.seed),
+        false => argmax(model.next_token_logits(ids, &mut seq)?.as_slice().expect("contiguous")),
+    };
+    let prefill_seconds = if args.synthetic_cache { f64::NAN } else { start.elapsed().as_secs_f64() };
+    let prefill_profile = (profile && !args.synthetic_cache).then(|| PhaseTimes::of(prefill_seconds, seq.scratch.profile()));
+    let mut batch = Batch::new();
+    for _ in 0..batch_size {
+        let mut copy = Sequence { cache: seq.cache.clone(), scratch: Default::default() };
+        copy.reserve(args.decode_tokens); // a copy holds no spare room
+        batch.add(copy);
     }
-    decode.add(seconds, seq.scratch.profile());
-    Ok(Generation { prefill, decode })
+    drop(seq);
+    if profile {
+        *batch.profile_mut() = Profile::recording();
+    }
+    let mut next = vec![first; batch_size];
+    let mut decode_seconds = 0.0;
+    for _ in 0..args.decode_tokens {
+        let start = Instant::now();
+        let logits = batch.step(model, &next)?; // (B, V)
+        decode_seconds += start.elapsed().as_secs_f64();
+        for (next, row) in next.iter_mut().zip(logits.rows()) {
+            *next = argmax(row.as_slice().expect("contiguous"));
+        }
+    }
+    Ok(Run {
+        prefill_seconds,
+        decode_seconds,
+        cache_bytes: batch.cache_bytes() as u64,
+        prefill_profile,
+        decode_profile: profile.then(|| PhaseTimes::of(decode_seconds, batch.profile())),
+    })
 }
 
 /// Time `runs` × (prefill `context` tokens, decode `decode_tokens` steps of `batch_size` such
-/// sequences) on `model` (child side); with `--profile`, each run also profiles one sequence phase
-/// by phase, first at one thread, then at the pool's count.
+/// sequences) on `model` (child side). With `--profile`, the timed prefill and steps are also
+/// timed per phase, and before each run the same run is made inside a one-thread pool, for the
+/// one-thread side of the profile.
 fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: usize, batch_size: usize) -> Result<Value> {
     let ids = random_ids(model.config.vocab_size, context, args.seed ^ (context as u64).wrapping_mul(0x9E37));
     memory::release_free_memory();
@@ -499,44 +531,16 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     let [mut prefill_1, mut decode_1, mut prefill_n, mut decode_n] = [(); 4].map(|_| Vec::new());
     let started = Instant::now();
     for run in 1..=args.runs {
-        if args.profile {
-            // The profile follows one sequence (prefill, then decode steps); the batch below is
-            // timed as a whole.
-            if let Some(pool) = &one_thread {
-                let one = pool.install(|| generate(model, &ids, args.decode_tokens, true))?;
-                prefill_1.push(one.prefill);
-                decode_1.push(one.decode);
-            }
-            let many = generate(model, &ids, args.decode_tokens, true)?;
-            prefill_n.push(many.prefill);
-            decode_n.push(many.decode);
+        if let Some(pool) = &one_thread {
+            let one = pool.install(|| run_once(model, args, &ids, batch_size, true))?;
+            prefill_1.extend(one.prefill_profile);
+            decode_1.extend(one.decode_profile);
         }
-        let mut seq = model.new_sequence();
-        seq.reserve(context + args.decode_tokens);
-        let start = Instant::now();
-        let first = match args.synthetic_cache {
-            true => fill_with_random_rows(&mut seq, &model.config, context, args.seed),
-            false => argmax(model.next_token_logits(&ids, &mut seq)?.as_slice().expect("contiguous")),
-        };
-        let prefill_seconds = if args.synthetic_cache { f64::NAN } else { start.elapsed().as_secs_f64() };
-        let mut batch = Batch::new();
-        for _ in 0..batch_size {
-            let mut copy = Sequence { cache: seq.cache.clone(), scratch: Default::default() };
-            copy.reserve(args.decode_tokens); // a copy holds no spare room
-            batch.add(copy);
-        }
-        drop(seq);
-        let mut next = vec![first; batch_size];
-        let mut decode_seconds = 0.0;
-        for _ in 0..args.decode_tokens {
-            let start = Instant::now();
-            let logits = batch.step(model, &next)?; // (B, V)
-            decode_seconds += start.elapsed().as_secs_f64();
-            for (next, row) in next.iter_mut().zip(logits.rows()) {
-                *next = argmax(row.as_slice().expect("contiguous"));
-            }
-        }
-        cache_size = batch.cache_bytes() as u64;
+        let timed = run_once(model, args, &ids, batch_size, args.profile)?;
+        prefill_n.extend(timed.prefill_profile);
+        decode_n.extend(timed.decode_profile);
+        let (prefill_seconds, decode_seconds) = (timed.prefill_seconds, timed.decode_seconds);
+        cache_size = timed.cache_bytes;
         eprintln!(
             "[bench] {} context {context} batch {batch_size} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/step ({:.2} tok/s)",
             spec.name,
@@ -553,12 +557,14 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     }
     let threads = rayon::current_num_threads();
     let rows = context.min(hymba_ref::model::pass::MAX_ROWS_PER_PASS);
+    // A decode step is one pass of one row per sequence. With --synthetic-cache nothing was
+    // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
-        json!({
-            "threads": threads,
-            "prefill": profile::summary(&prefill_1, &prefill_n, threads, rows),
-            "decode": profile::summary(&decode_1, &decode_n, threads, 1),
-        })
+        let mut summaries = json!({ "threads": threads, "decode": profile::summary(&decode_1, &decode_n, threads, batch_size) });
+        if !prefill_n.is_empty() {
+            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, rows);
+        }
+        summaries
     });
     let (p, d) = (median(&prefill), median(&decode));
     let prefill_seconds: Vec<Option<f64>> = prefill.iter().map(|s| s.is_finite().then_some(*s)).collect();
@@ -633,7 +639,7 @@ fn table(report: &Value) -> String {
     for cfg in report["configs"].as_array().into_iter().flatten() {
         for c in cfg["contexts"].as_array().into_iter().flatten().filter(|c| c["profile"].is_object()) {
             let name = cfg["name"].as_str().unwrap_or("?");
-            out += &profile::table(name, c["context"].as_u64().unwrap_or(0), &c["profile"]);
+            out += &profile::table(name, c["context"].as_u64().unwrap_or(0), c["batch_size"].as_u64().unwrap_or(0), &c["profile"]);
         }
     }
     out

@@ -18,12 +18,9 @@ pub struct PhaseTimes {
 }
 
 impl PhaseTimes {
-    /// Add a call that took `total` seconds, of which `profile` recorded per phase.
-    pub fn add(&mut self, total: f64, profile: &Profile) {
-        self.total += total;
-        for (sum, phase) in self.phases.iter_mut().zip(Phase::ALL) {
-            *sum += profile.seconds(phase);
-        }
+    /// Calls that took `total` seconds, of which `profile` recorded per phase.
+    pub fn of(total: f64, profile: &Profile) -> PhaseTimes {
+        PhaseTimes { total, phases: Phase::ALL.map(|phase| profile.seconds(phase)) }
     }
 
     /// What no phase accounts for: the rest of the pass (splitting rows into passes, the layer
@@ -78,17 +75,19 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, rows: us
     })
 }
 
-/// The profile of one config × context as text (`profile` as made by the bench: `threads`, and a
-/// [`summary`] each for `prefill` and `decode`).
-pub fn table(config: &str, context: u64, profile: &Value) -> String {
+/// The profile of one config × context × batch size as text (`profile` as made by the bench:
+/// `threads`, and a [`summary`] each for `prefill`, of one sequence, absent with
+/// `--synthetic-cache`, and `decode`, of the batch).
+pub fn table(config: &str, context: u64, batch_size: u64, profile: &Value) -> String {
     let threads = profile["threads"].as_u64().unwrap_or(0);
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     let mut out = String::new();
-    for kind in ["prefill", "decode"] {
+    let kinds = [("prefill", "prefill of one sequence".to_string()), ("decode", format!("decode of a batch of {batch_size}"))];
+    for (kind, what) in kinds.iter().filter(|(kind, _)| profile[kind].is_object()) {
         let p = &profile[kind];
         out += &format!(
-            "\nprofile {config} ctx {context} {kind} ({} rows a pass): 1 thread {:.4} s, {threads} threads {:.4} s, speed-up {:.2}, serial share {}\n",
+            "\nprofile {config} ctx {context} {what} ({} rows a pass): 1 thread {:.4} s, {threads} threads {:.4} s, speed-up {:.2}, serial share {}\n",
             p["rows_per_pass"],
             num(&p["seconds_1_thread"]),
             num(&p["seconds_n_threads"]),
