@@ -12,12 +12,12 @@
 //! 6. `bench` and `--threads` limits, a closed or full stdout.
 
 mod common;
+use common::TempDir;
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hymba_ref::checkpoint::{write_tensors, Checkpoint, SafetensorsFile, TensorData};
@@ -36,38 +36,14 @@ fn demo_dir() -> PathBuf {
     PathBuf::from(hymba_ref::DEFAULT_MODEL_DIR)
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("hymba-hostile-{tag}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+/// A copy of the bundled demo checkpoint (config, weights, tokenizer, generation config).
+fn demo_copy(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    for entry in fs::read_dir(demo_dir()).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), dir.join(&entry.file_name().to_string_lossy())).unwrap();
     }
-    /// A copy of the bundled demo checkpoint (config, weights, tokenizer, generation config).
-    fn demo_copy(tag: &str) -> TempDir {
-        let dir = TempDir::new(tag);
-        for entry in fs::read_dir(demo_dir()).unwrap() {
-            let entry = entry.unwrap();
-            fs::copy(entry.path(), dir.join(&entry.file_name().to_string_lossy())).unwrap();
-        }
-        dir
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+    dir
 }
 
 fn cli() -> Command {
@@ -145,7 +121,7 @@ fn special_files_as_inputs_fail_fast_naming_the_file() {
     let files = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"];
     for name in files {
         for kind in ["fifo", "zero", "dir"] {
-            let dir = TempDir::demo_copy("special");
+            let dir = demo_copy("special");
             let path = dir.join(name);
             fs::remove_file(&path).unwrap();
             let expected = match kind {
@@ -179,7 +155,7 @@ fn special_files_as_inputs_fail_fast_naming_the_file() {
 #[test]
 fn oversized_input_files_are_refused_before_reading() {
     // A config file is at most 1 MiB: pad a valid one beyond that with spaces.
-    let dir = TempDir::demo_copy("big-config");
+    let dir = demo_copy("big-config");
     let mut text = fs::read_to_string(dir.join("config.json")).unwrap();
     text.push_str(&" ".repeat(2 << 20));
     fs::write(dir.join("config.json"), text).unwrap();
@@ -345,7 +321,7 @@ fn generation_config_values_of_the_wrong_type_are_errors() {
         (r#"{"top_p": 0.5, "top_p": 0.9}"#, "`top_p` appears twice"),
     ];
     for (text, needle) in cases {
-        let dir = TempDir::demo_copy("genconfig");
+        let dir = demo_copy("genconfig");
         fs::write(dir.join("generation_config.json"), text).unwrap();
         assert_fails_naming(&generate_in(&dir), &["generation_config.json", needle]);
     }
@@ -354,7 +330,7 @@ fn generation_config_values_of_the_wrong_type_are_errors() {
 #[test]
 fn repeated_keys_are_errors_naming_the_key() {
     // In config.json, a repeated num_hidden_layers is blamed, not the global_attn_idx it breaks.
-    let dir = TempDir::demo_copy("dup-config");
+    let dir = demo_copy("dup-config");
     let text = fs::read_to_string(dir.join("config.json")).unwrap();
     let text = text.replacen('{', "{\n  \"num_hidden_layers\": 1,", 1);
     fs::write(dir.join("config.json"), text).unwrap();
@@ -363,7 +339,7 @@ fn repeated_keys_are_errors_naming_the_key() {
     assert!(!stderr(&out).contains("global_attn_idx"), "{}", stderr(&out));
 
     for name in ["tokenizer.json", "tokenizer_config.json"] {
-        let dir = TempDir::demo_copy("dup-tokenizer");
+        let dir = demo_copy("dup-tokenizer");
         let text = fs::read_to_string(dir.join(name)).unwrap();
         fs::write(dir.join(name), text.replacen('{', "{\"dup\": 1, \"dup\": 2,", 1)).unwrap();
         assert_fails_naming(&generate_in(&dir), &[name, "\"dup\" appears twice"]);
@@ -373,7 +349,7 @@ fn repeated_keys_are_errors_naming_the_key() {
 #[test]
 fn a_tokenizer_that_disagrees_with_the_model_vocabulary_is_refused_at_load() {
     // Drop the highest id from tokenizer.json: the model (vocab_size 4000) could generate it.
-    let dir = TempDir::demo_copy("vocab");
+    let dir = demo_copy("vocab");
     let mut json = demo_tokenizer_json();
     let vocab = json["model"]["vocab"].as_object_mut().unwrap();
     let last = vocab.iter().max_by_key(|(_, id)| id.as_u64().unwrap()).map(|(k, _)| k.clone()).unwrap();

@@ -4,8 +4,8 @@
 
 use std::fs;
 mod common;
+use common::TempDir;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hymba_ref::checkpoint::{
     check_finite, parse_index, write_f32, write_tensors, Checkpoint, Dtype, SafetensorsFile,
@@ -20,36 +20,6 @@ const ORIGIN: &str = "bad.safetensors";
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("hymba-ref-test-{tag}-{}-{n}", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn entries(&self) -> Vec<String> {
-        let names = fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name());
-        let mut names: Vec<String> = names.map(|n| n.to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A file from a header text and a data buffer.
 fn raw(header: &str, data: &[u8]) -> Vec<u8> {
