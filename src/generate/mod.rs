@@ -391,9 +391,10 @@ fn join<C: FnMut(u32) -> Result<Flow>>(
     Ok((seq, decoder, next))
 }
 
-/// A prompt's cache bytes (f32) at its longest, prompt + `max_new_tokens` tokens; `usize::MAX`
-/// if that does not fit in a `usize`.
-fn cache_bound(model: &Hymba, prompt: &[u32], options: &GenerateOptions) -> usize {
+/// A prompt's cache bytes (f32) at its longest, prompt + `max_new_tokens` tokens ([`CachePlan`]):
+/// what it counts against [`BatchOptions::max_cache_bytes`]; `usize::MAX` if that does not fit
+/// in a `usize`.
+pub fn cache_bound(model: &Hymba, prompt: &[u32], options: &GenerateOptions) -> usize {
     let longest = prompt.len().saturating_add(options.max_new_tokens);
     CachePlan::new(&model.config, longest).map_or(usize::MAX, |plan| plan.size.bytes(ScalarType::F32))
 }

@@ -2,19 +2,21 @@
 //!
 //! The prompt comes from `--prompt`, `--ids` (token ids, no tokenizer involved), stdin, or
 //! `--prompts-file` (one prompt per line, decoded together as one batch: continuous batching,
-//! `--batch-size` sequences at once within `--max-cache-gb` of cache; printed in input order).
+//! `--batch-size` sequences at once within `--max-cache-gb` of cache, by default within half the
+//! memory available; printed in input order).
 //! `--chat` / `--system` wrap a text prompt in the Instruct chat format first. Timings and the
 //! cache size go to stderr, so stdout holds only the generated text (or, with `--print-ids`, the
 //! generated ids as JSON arrays, one line per prompt).
 
 use crate::args::{model_dir, TokenIds};
+use crate::available_memory::available_memory;
 use crate::generation_args::{warn_past_trained_length, GenerationArgs};
 use crate::load::load_model;
 use clap::Args;
 use hymba_ref::generate::text::{generate_text_batch, generate_text_in};
 use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
-use hymba_ref::model::{LayerObserver, LayerTrace};
-use hymba_ref::generate::{generate_in, BatchOptions, BatchStats, Flow, Generation, GenerationStats, StopReason};
+use hymba_ref::model::{Hymba, LayerObserver, LayerTrace};
+use hymba_ref::generate::{cache_bound, generate_in, BatchOptions, BatchStats, Flow, GenerateOptions, Generation, GenerationStats, StopReason};
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use hymba_ref::files;
 use hymba_ref::{Error, ErrorKind, Result};
@@ -34,13 +36,16 @@ pub struct GenerateArgs {
     /// A file with one prompt per line, decoded together as one batch; outputs in input order.
     #[arg(long, value_name = "FILE", conflicts_with = "ids")]
     prompts_file: Option<PathBuf>,
-    /// With --prompts-file: the most prompts decoding at once (default: all of them). Each
-    /// prompt joins after its own prefill and leaves when it stops.
+    /// With --prompts-file: the most prompts decoding at once (default: all of them, as many as
+    /// --max-cache-gb allows). Each prompt joins after its own prefill and leaves when it stops.
     #[arg(long, value_name = "N", value_parser = crate::args::at_least::<1>, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     batch_size: Option<usize>,
     /// With --prompts-file: the most cache memory the batch may reach, in GB (10⁹ bytes, f32
     /// cache); a prompt joins only when its cache at prompt + --max-new-tokens tokens fits
-    /// (one prompt always runs). Default: no bound.
+    /// (one prompt always runs). Default: no more prompts at once than whose caches, each at
+    /// the longest prompt + --max-new-tokens, fit in half of the memory available (MemAvailable
+    /// in /proc/meminfo; no bound where it cannot be read), with a note on stderr when that
+    /// limits the batch.
     #[arg(long, value_name = "GB", value_parser = crate::generation_args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     max_cache_gb: Option<f32>,
     /// Wrap each prompt as a user message in the Instruct chat format.
@@ -104,14 +109,48 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 warn_past_trained_length(&model.config, longest, options.max_new_tokens);
             }
             eprintln!("{}", loaded.timing());
-            let batching = BatchOptions {
-                max_batch: args.batch_size.unwrap_or(usize::MAX),
-                max_cache_bytes: args.max_cache_gb.map(|gb| (gb as f64 * 1e9) as usize),
+            let batching = match args.max_cache_gb {
+                Some(gb) => BatchOptions {
+                    max_batch: args.batch_size.unwrap_or(usize::MAX),
+                    max_cache_bytes: Some((gb as f64 * 1e9) as usize),
+                },
+                None => memory_bounded_batch(model, &prompts, &options, args.batch_size),
             };
             let (results, stats) = generate_text_batch(model, &tokenizer, &prompts, &options, &batching, stops);
             print_batch(&results, args.print_ids, &stats)
         }
     }
+}
+
+/// `--prompts-file`'s batch without `--max-cache-gb`: [`default_batch_size`] with this machine's
+/// available memory and the cache of the longest prompt ([`cache_bound`]); a note on stderr
+/// when the memory is what limits it.
+fn memory_bounded_batch(model: &Hymba, prompts: &[Vec<u32>], options: &GenerateOptions, batch_size: Option<usize>) -> BatchOptions {
+    let per_sequence = prompts.iter().map(|p| cache_bound(model, p, options)).max().unwrap_or(0);
+    let available = available_memory();
+    let (max_batch, limited) = default_batch_size(available, per_sequence, prompts.len(), batch_size);
+    if let (true, Some(available)) = (limited, available) {
+        eprintln!(
+            "note: at most {max_batch} of the {} prompts decode at once: each cache may reach {:.3} GB (the longest \
+             prompt + --max-new-tokens), and the batch's caches are kept within half of the {:.1} GB of memory available \
+             (one prompt always runs; --max-cache-gb sets another bound)",
+            prompts.len(),
+            per_sequence as f64 / 1e9,
+            available as f64 / 1e9
+        );
+    }
+    BatchOptions { max_batch, max_cache_bytes: None }
+}
+
+/// The most prompts of a `--prompts-file` decoding at once without `--max-cache-gb`: `batch_size`
+/// (all `prompts` when not given), but no more than whose caches, `per_sequence` bytes each, fit
+/// in half of `available` bytes (at least one; `None`: not bounded). With whether the memory
+/// bound is what set it.
+fn default_batch_size(available: Option<u64>, per_sequence: usize, prompts: usize, batch_size: Option<usize>) -> (usize, bool) {
+    let wanted = batch_size.map_or(prompts, |b| b.min(prompts));
+    let half = available.map_or(usize::MAX, |a| usize::try_from(a / 2).unwrap_or(usize::MAX));
+    let fit = (half / per_sequence.max(1)).max(1);
+    (wanted.min(fit), fit < wanted)
 }
 
 /// The checkpoint's tokenizer; a checkpoint without one is told how to do without.
@@ -283,5 +322,26 @@ impl LayerObserver for PrefillProgress {
         let mut stderr = io::stderr().lock();
         let _ = write!(stderr, "\r{line}{end}");
         let _ = stderr.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_batch_holds_what_fits_in_half_the_available_memory() {
+        const GB: u64 = 1_000_000_000;
+        // 10 GB available, 1 GB a sequence: 5 fit in the half.
+        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 8, None), (5, true));
+        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 8, Some(3)), (3, false), "--batch-size below the bound");
+        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 4, None), (4, false), "every prompt fits");
+        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 5, Some(9)), (5, false), "no more than the prompts");
+        // One sequence always runs, even when its cache alone is over the half.
+        assert_eq!(default_batch_size(Some(GB), GB as usize, 8, None), (1, true));
+        assert_eq!(default_batch_size(Some(GB), usize::MAX, 1, None), (1, false));
+        // Memory unknown: no bound.
+        assert_eq!(default_batch_size(None, GB as usize, 1000, None), (1000, false));
+        assert_eq!(default_batch_size(None, GB as usize, 1000, Some(7)), (7, false));
     }
 }

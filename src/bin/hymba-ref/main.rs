@@ -5,6 +5,7 @@
 //! every other failure; messages go to stderr.
 
 mod args;
+mod available_memory;
 mod bench;
 mod chat;
 mod explain;

@@ -2,22 +2,16 @@
 //! machine is an error naming the flag, not an allocation failure (an abort, "signal 6") in a
 //! child process.
 //!
-//! Memory is compared with `MemAvailable` from `/proc/meminfo` (elsewhere it is not checked).
+//! Memory is compared with `MemAvailable` from `/proc/meminfo` ([`available_memory`]; elsewhere
+//! it is not checked).
 //! The estimate of what a config × context needs errs low, so it only refuses runs that cannot
 //! fit: f32 weights, the cache at the context plus the decoded tokens, and a few activation rows
 //! per prefilled token (projections, MLP, logits and the SSM scan's `D·N` per token).
 
+use crate::available_memory::available_memory;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::{Error, Result};
-
-/// Bytes of memory available to a new allocation (`MemAvailable`), where the system says.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line["MemAvailable:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb.saturating_mul(1024))
-}
 
 /// `3.2 GiB`, or `49.2 MiB` below a GiB.
 fn gib(bytes: u128) -> String {
