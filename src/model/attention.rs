@@ -5,7 +5,7 @@
 //! the SSM heads (see `fusion`).
 
 use crate::config::AttentionSpan;
-use crate::simd::{axpy, best_simd};
+use crate::simd::{axpy, best_simd, exp};
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -179,7 +179,7 @@ fn attend_split(
     out.fill(0.0);
     for partial in partials[..splits].iter().filter(|p| p.max > f32::NEG_INFINITY) {
         let new_max = max.max(partial.max);
-        let (old_scale, scale) = ((max - new_max).exp(), (partial.max - new_max).exp()); // 0 for the first
+        let (old_scale, scale) = (exp(max - new_max), exp(partial.max - new_max)); // 0 for the first
         sum = sum * old_scale + partial.sum * scale;
         out.iter_mut().zip(&partial.out[..dv]).for_each(|(o, p)| *o = *o * old_scale + p * scale);
         max = new_max;
@@ -223,7 +223,8 @@ fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>,
 /// term a vector operation over the block), then the online softmax (as in FlashAttention):
 /// whenever a block raises the running maximum m, what was summed so far is rescaled by
 /// exp(m_old − m_new). Leaves `out` = Σ exp(sⱼ − m)·vⱼ and returns (m, Σ exp(sⱼ − m)), without
-/// ever holding all the scores; (−∞, 0) and `out` = 0 when no key in `keys` is visible.
+/// ever holding all the scores; (−∞, 0) and `out` = 0 when no key in `keys` is visible. The
+/// exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised).
 #[inline(always)]
 fn attend_partial(
     q: &[f32],
@@ -253,14 +254,17 @@ fn attend_partial(
             continue; // nothing visible in this block
         }
         if block_max > max {
-            let rescale = (max - block_max).exp(); // 0 on the first visible block
+            let rescale = exp(max - block_max); // 0 on the first visible block
             sum *= rescale;
             out.iter_mut().for_each(|o| *o *= rescale);
             max = block_max;
         }
-        for (&score, j) in scores.iter().zip(keys) {
+        let mut probs = [0f32; KEY_BLOCK];
+        for (p, &score) in probs.iter_mut().zip(&*scores) {
+            *p = exp(score - max); // the whole block at once
+        }
+        for ((&p, &score), j) in probs.iter().zip(&*scores).zip(keys) {
             if score > f32::NEG_INFINITY {
-                let p = (score - max).exp();
                 sum += p;
                 axpy(p, values.row(j).as_slice().expect("contiguous rows"), out);
             }

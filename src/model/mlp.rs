@@ -1,7 +1,7 @@
 //! The per-layer MLP (`moe.experts.0`: the released model builds exactly one expert).
 
 use super::profile::{Phase, Profile};
-use super::ssm::silu;
+use crate::simd::silu;
 use crate::checkpoint::weights::MlpWeights;
 use crate::matrix::Rows;
 use super::parallel::{map_in_place, zip_with};

@@ -19,17 +19,9 @@ use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
+use crate::simd::{best_simd, exp, silu, softplus};
 use rayon::prelude::*;
-
-pub fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
-
-/// `log(1 + eᵛ)`, and `v` itself for v > 20 (as PyTorch's softplus threshold).
-pub fn softplus(v: f32) -> f32 {
-    if v > 20.0 { v } else { v.exp().ln_1p() }
-}
 
 /// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]`, where rows
 /// before `x` come from `history` (the previous K−1 inputs). Updates `history` to the last K−1
@@ -44,22 +36,32 @@ pub fn causal_conv1d(
     let (t, d) = x.dim();
     let k = w.ncols();
     debug_assert_eq!((history.dim(), out.dim()), ((k - 1, d), (t, d)));
-    // Row `row` of the padded input [history; x] (K−1+T, D), column c.
-    let padded = |history: &Array2<f32>, row: usize, c: usize| {
-        if row < k - 1 { history[[row, c]] } else { x[[row - (k - 1), c]] }
-    };
     // Each output row reads only x and the history as they were: rows can go to any thread.
     let old_history: &Array2<f32> = history;
+    // The padded input is [history; x] (K−1+T, D): output row ti reads its rows ti..ti+K.
     for_each_row(out.view_mut(), |ti, mut row| {
-        for c in 0..d {
-            let acc: f32 = (0..k).map(|j| w[[c, j]] * padded(old_history, ti + j, c)).sum();
-            row[c] = acc + bias.map_or(0.0, |b| b[c]);
+        // Σ_j w[c, j] · padded[ti + j, c], a tap at a time, from −0.0 as `Iterator::sum` (D)
+        row.fill(-0.0);
+        for j in 0..k {
+            let input = match ti + j < k - 1 {
+                true => old_history.row(ti + j),
+                false => x.row(ti + j - (k - 1)),
+            }; // (D)
+            Zip::from(&mut row).and(w.column(j)).and(input).for_each(|acc, &w, &v| *acc += w * v);
+        }
+        match bias {
+            Some(b) => Zip::from(&mut row).and(b).for_each(|acc, &b| *acc += b),
+            None => row.map_inplace(|acc| *acc += 0.0),
         }
     });
     // history ← padded rows T..T+K−1. Row r reads padded row T + r > r: not yet overwritten.
     for r in 0..k - 1 {
-        for c in 0..d {
-            history[[r, c]] = padded(history, t + r, c);
+        match t + r < k - 1 {
+            true => {
+                let (mut to, from) = history.multi_slice_mut((s![r, ..], s![t + r, ..]));
+                to.assign(&from);
+            }
+            false => history.row_mut(r).assign(&x.row(t + r - (k - 1))),
         }
     }
 }
@@ -95,9 +97,11 @@ pub fn selective_scan_reference(
     y
 }
 
-/// The same scan, fused per channel and run in parallel over channels: each channel keeps its
-/// N-dimensional state in a local buffer and walks through time once. The arithmetic per channel
-/// is the same as [`selective_scan_reference`], in the same order, so the results are identical (tested).
+/// The same scan, fused per channel and run in parallel over blocks of channels: each channel
+/// keeps its N-dimensional state in its row of `state` and walks through time once. Per channel
+/// the arithmetic is that of [`selective_scan_reference`], in the same order, except that the
+/// decays `exp(Δ·A)` come from [`crate::simd::exp`] (within 1 ulp, vectorised) rather than
+/// libm's: tested equal to the reference within 1e-6.
 #[allow(clippy::too_many_arguments)]
 pub fn selective_scan(
     u: ArrayView2<f32>,
@@ -112,25 +116,49 @@ pub fn selective_scan(
     let (t, d_inner) = u.dim();
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
-    debug_assert_eq!(y.dim(), (t, d_inner)); // (T, D), filled a column (channel) per task
-    y.axis_iter_mut(Axis(1))
+    debug_assert_eq!(y.dim(), (t, d_inner)); // (T, D), filled a block of columns (channels) per task
+    const CHANNELS_PER_TASK: usize = 64;
+    y.axis_chunks_iter_mut(Axis(1), CHANNELS_PER_TASK)
         .into_par_iter()
-        .zip(state.axis_iter_mut(Axis(0)))
+        .zip(state.axis_chunks_iter_mut(Axis(0), CHANNELS_PER_TASK))
         .enumerate()
-        .for_each(|(ch, (mut y, mut s))| {
-            let a_ch = a.row(ch);
-            for ti in 0..t {
-                let (dt, ut) = (delta[[ti, ch]], u[[ti, ch]]);
-                let (b_t, c_t) = (b.row(ti), c.row(ti));
-                let mut acc = 0.0;
-                for j in 0..n {
-                    let s_new = (dt * a_ch[j]).exp() * s[j] + dt * ut * b_t[j];
-                    s[j] = s_new;
-                    acc += c_t[j] * s_new;
-                }
-                y[ti] = acc + d[ch] * ut;
-            }
+        .for_each(|(task, (y, state))| {
+            let channels = task * CHANNELS_PER_TASK..task * CHANNELS_PER_TASK + y.ncols();
+            let (u, delta) = (u.slice(s![.., channels.clone()]), delta.slice(s![.., channels.clone()]));
+            scan_channels(u, delta, a.slice(s![channels.clone(), ..]), b, c, d.slice(s![channels]), state, y);
         });
+}
+
+best_simd! {
+    /// [`selective_scan`] of a block of channels, on the best vector unit of this CPU.
+    /// u, Δ: (T, D_block); A: (D_block, N); B, C: (T, N); D: (D_block); state: (D_block, N) → y (T, D_block)
+    #[allow(clippy::too_many_arguments)]
+    fn scan_channels(
+        u: ArrayView2<f32>, delta: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayView2<f32>,
+        d: ArrayView1<f32>, state: ArrayViewMut2<f32>, y: ArrayViewMut2<f32>,
+    ) = scan_channels_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn scan_channels_body(
+    u: ArrayView2<f32>, delta: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayView2<f32>,
+    d: ArrayView1<f32>, mut state: ArrayViewMut2<f32>, mut y: ArrayViewMut2<f32>,
+) {
+    for (ch, (mut y, mut s)) in y.axis_iter_mut(Axis(1)).zip(state.rows_mut()).enumerate() {
+        let (a, s) = (a.row(ch), s.as_slice_mut().expect("a row of the state")); // (N), (N)
+        let a = a.as_slice().expect("a row of A");
+        for ti in 0..y.len() {
+            let (dt, ut) = (delta[[ti, ch]], u[[ti, ch]]);
+            let (b, c) = (b.row(ti), c.row(ti)); // (N)
+            let (b, c) = (b.as_slice().expect("a row of B"), c.as_slice().expect("a row of C"));
+            for ((s, &a), &b) in s.iter_mut().zip(a).zip(b) {
+                *s = exp(dt * a) * *s + dt * ut * b; // s ← exp(Δ·A) ⊙ s + Δ·u·B, all N at once
+            }
+            let acc = s.iter().zip(c).fold(0.0, |acc, (s, c)| acc + c * s); // C · s, in order as the reference
+            y[ti] = acc + d[ch] * ut;
+        }
+    }
 }
 
 /// `part` RMS-normalised into `out` if the config has that norm (`mamba_inner_layernorms`),
@@ -248,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn parallel_scan_equals_sequential_scan_exactly() {
+    fn parallel_scan_equals_sequential_scan() {
         let (t, d, n) = (7, 5, 3);
         let f = |r: usize, c: usize, k: f32| Array2::from_shape_fn((r, c), |(i, j)| ((i * 13 + j * 5) as f32 * k).sin());
         let (u, delta) = (f(t, d, 0.3), f(t, d, 0.7).mapv(|v| softplus(v) * 0.5));
@@ -259,8 +287,10 @@ mod tests {
         let y1 = selective_scan_reference(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
         let mut y2 = Array2::zeros((t, d));
         selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut());
-        assert_eq!(y1, y2);
-        assert_eq!(s1, s2);
+        // The same order of operations; only exp differs (≤ 1 ulp per decay).
+        let close = |x: &Array2<f32>, y: &Array2<f32>| x.iter().zip(y).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()));
+        assert!(close(&y1, &y2), "y: {y1} vs {y2}");
+        assert!(close(&s1, &s2), "state: {s1} vs {s2}");
     }
 
     #[test]
