@@ -20,15 +20,17 @@
 //! batches but adds in another order, so a sequence's logits would depend on its batch.
 //! For bf16 weights a register-tiled kernel keeps the one-row summation order (see
 //! [`accumulate_dot_tile`]): 2 weight rows × 4 inputs per tile, weights widened to f32 a block
-//! at a time for a panel of up to 16 inputs. Chosen by measurement (one thread, a 384 × 1600
-//! block in cache, GFLOP per CPU-second, on this project's 2-core AMD EPYC while it was shared,
-//! so only the ratios mean much): 1 row (the one-row product) 9; 4 rows 8–10 (GEMM 5–6);
-//! 16 rows 14–15 (GEMM 14–18); 64 rows 12–15 (GEMM 20–26). Tiles of 3×4, 3×3, 2×6 and 4×2
-//! measured the same as 2×4 within the noise, 1×8 a third slower at 16 rows and more; 2×4
-//! keeps every partial sum in a register in the AVX2 build (3×4 spills two). The kernel does
-//! not use FMA (a fused multiply-add rounds once, the one-row product twice), which costs it
-//! against GEMM at large batches; at the batch sizes that fit a decode cache it matches GEMM
-//! and, unlike GEMM, leaves every sequence's logits exactly as they are alone.
+//! at a time for a panel of up to 32 inputs. Both it and the one-row product accumulate with
+//! fused multiply-adds (one rounding per term, the same in both). Chosen by measurement (one
+//! thread, a 384 × 1600 block in cache, GFLOP/s, on this project's 2-core AMD EPYC, Zen 1 at
+//! 2 GHz: 16 flops a cycle at best): with a separate multiply and add, 16 rows ran at 17 and GEMM
+//! at 11; with FMA, 1 row (the one-row product) 11, 4 rows 16 (GEMM 3), 16 rows 23 (GEMM 11),
+//! 64 rows 23 (GEMM 27). Zen 1 multiplies and adds as fast as it fuses them, but the tile's
+//! loop was bound by instruction dispatch: an FMA is half the micro-ops. Tiles of 3×4, 4×3,
+//! 2×6 and 2×8 measured 10–45 % slower than 2×4, which keeps its 8 partial sums, 2 weight
+//! vectors and an input vector in registers. At the batch sizes that fit a decode cache it
+//! matches or beats GEMM and, unlike GEMM, leaves every sequence's logits exactly as they are
+//! alone.
 
 use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
 use crate::values::Values;
@@ -248,14 +250,14 @@ fn each_pair<W>(x: &[f32], w: &[W], mut out: ArrayViewMut2<f32>, dot: impl Fn(&[
 }
 
 /// The blocking of [`matvecs_bf16_blocks`]: tiles of 2 weight rows × 4 inputs (8 AVX2
-/// registers of partial sums, and room for the operands), panels of up to 16 inputs per widened
+/// registers of partial sums, and room for the operands), panels of up to 32 inputs per widened
 /// weight block, blocks of 32 chunks of 32 columns (a widened block of 2 rows is 8 KiB, and with
 /// a tile's inputs, 16 KiB, it stays in L1 while the tile's 4 lane groups pass over it; a tile
 /// loads and stores its partial sums once per block, so longer blocks do that less: 32 chunks
 /// measured 2–7 % faster than 16 at 16 and 64 inputs, 64 chunks slower).
 const TILE_ROWS: usize = 2;
 const TILE_INPUTS: usize = 4;
-const PANEL_INPUTS: usize = 16;
+const PANEL_INPUTS: usize = 32;
 const BLOCK_CHUNKS: usize = 32;
 
 /// What a block of bf16 weights needs besides its inputs: a block of weight rows widened to f32

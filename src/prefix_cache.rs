@@ -18,8 +18,9 @@
 //! ```
 //!
 //! The key identifies the weights cheaply, without reading them: `<directory>` is a hash of the
-//! checkpoint directory's path, `<weights>` one of the engine version, the file format, and for
-//! `config.json` and each weights file (`model.safetensors`, or the index and the shards it
+//! checkpoint directory's path, `<weights>` one of the engine version, the file format, the
+//! running executable's size and modification time (a rebuilt engine may round differently, and
+//! must not read a prefix an older build computed), and for `config.json` and each weights file (`model.safetensors`, or the index and the shards it
 //! names) its name, size, modification time and (for safetensors) header. Writing a prefix
 //! removes the directory's older ones, so changed weights do not pile up files. Reading checks the key, every name,
 //! shape and dtype against the config, the positions, every value finite, and the checksum of
@@ -128,6 +129,11 @@ impl PrefixCache {
     }
 }
 
+/// A file's modification time in ns since the epoch (0 where the system does not keep one).
+fn modified_nanos(meta: &std::fs::Metadata) -> u128 {
+    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default().as_nanos()
+}
+
 /// The key of the checkpoint in `dir` (see the module docs): `<16 hex digits>-<32 hex digits>`.
 pub fn weights_key(dir: &Path) -> Result<String> {
     let mut directory = Fnv128::new();
@@ -136,13 +142,16 @@ pub fn weights_key(dir: &Path) -> Result<String> {
     let mut weights = Fnv128::new();
     weights.write(FORMAT.as_bytes());
     weights.write(env!("CARGO_PKG_VERSION").as_bytes());
+    if let Some(exe) = std::env::current_exe().ok().and_then(|exe| std::fs::metadata(exe).ok()) {
+        weights.write(&exe.len().to_le_bytes());
+        weights.write(&modified_nanos(&exe).to_le_bytes());
+    }
     for name in checkpoint_files(dir)? {
         let path = dir.join(&name);
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, "read the metadata of", e))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
         weights.write(name.as_bytes());
         weights.write(&meta.len().to_le_bytes());
-        weights.write(&mtime.as_nanos().to_le_bytes());
+        weights.write(&modified_nanos(&meta).to_le_bytes());
         if name.ends_with(".safetensors") {
             weights.write(&header_bytes(&path)?);
         }

@@ -4,27 +4,32 @@
 //! A portable build targets baseline x86-64 (SSE2: 4 f32 lanes). `best_simd!` compiles one
 //! plain Rust function twice more, for AVX-512 (16 lanes) and AVX2 (8 lanes), and picks at run
 //! time. The source, and so the order of every addition, is the same in all three: the results
-//! are bit-identical (tested), only the speed differs. Nothing here uses FMA or reassociates sums.
+//! are bit-identical (tested), only the speed differs. Nothing here reassociates sums. The bf16
+//! dot products accumulate with `f32::mul_add` (a fused multiply-add, one rounding), the one-row
+//! product and the batched tiles alike; the AVX-512 and AVX2 builds are chosen only where the
+//! CPU has FMA (every x86-64 CPU with AVX2 in practice), and the baseline build computes the same
+//! fused result in software (slowly).
 
 use half::bf16;
 
 /// Define `$vis fn $name(args) -> ret` that runs `$body` (an `#[inline(always)]` function with
-/// the same arguments) compiled for AVX-512 or AVX2 when the CPU has them, else as built.
+/// the same arguments) compiled for AVX-512 or AVX2 (each with FMA) when the CPU has them, else
+/// as built.
 macro_rules! best_simd {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path) => {
         $(#[$doc])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f")]
+                #[target_feature(enable = "avx512f,fma")]
                 fn avx512($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX-512F, checked just above.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX2, checked just above.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -58,8 +63,8 @@ pub fn bf16_to_f32(w: bf16) -> f32 {
 }
 
 /// [`dot_reference`] with the second operand in bf16, widened on the fly (no copy of the row); 32
-/// partial sums, and the weights a page ahead requested early, since this loop streams the
-/// weights and must keep up with memory.
+/// partial sums, each term added by a fused multiply-add, and the weights a page ahead requested
+/// early, since this loop streams the weights and must keep up with memory.
 #[inline(always)]
 pub fn dot_bf16_reference(a: &[f32], b: &[bf16]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
@@ -69,7 +74,7 @@ pub fn dot_bf16_reference(a: &[f32], b: &[bf16]) -> f32 {
     for (ca, cb) in a32.zip(b32) {
         prefetch(cb.as_ptr().wrapping_add(PREFETCH_AHEAD));
         for k in 0..32 {
-            acc[k] += ca[k] * bf16_to_f32(cb[k]);
+            acc[k] = ca[k].mul_add(bf16_to_f32(cb[k]), acc[k]);
         }
     }
     finish_dot_bf16(sum_lanes([&acc])[0], a_tail, b_tail)
@@ -101,7 +106,7 @@ pub fn sum_lanes<const N: usize>(acc: [&Lanes; N]) -> [f32; N] {
 }
 
 /// [`dot_bf16`]'s loop for every pair of `R` weight rows and `B` input rows at once, over chunks
-/// of 32 columns: `acc[b][r][k] += x[b][c][k] · w[r][c][k]` chunk after chunk, the same additions
+/// of 32 columns: `acc[b][r][k] = fma(x[b][c][k], w[r][c][k], acc[b][r][k])` chunk after chunk, the same additions
 /// in the same order as `dot_bf16(x_b, w_r)` makes (the weights come widened to f32, exactly).
 /// Only the schedule differs: the 32 lanes of a pair are independent sums, so they go 8 at a
 /// time (one AVX2 register), which keeps the R·B partial sums of a tile in registers while each
@@ -135,11 +140,11 @@ pub fn accumulate_dot_tile<const R: usize, const B: usize>(x: [&[Lanes]; B], w: 
     }
 }
 
-/// `acc + x·w`, lane by lane (one AVX2 multiply and one add).
+/// `acc + x·w`, lane by lane, rounded once (one AVX2 fused multiply-add).
 #[inline(always)]
 fn add_products8(mut acc: [f32; 8], x: &[f32; 8], w: &[f32; 8]) -> [f32; 8] {
     for k in 0..8 {
-        acc[k] += x[k] * w[k];
+        acc[k] = x[k].mul_add(w[k], acc[k]);
     }
     acc
 }
