@@ -5,7 +5,7 @@
 //! the SSM heads (see `fusion`).
 
 use crate::config::AttentionSpan;
-use crate::simd::{axpy, best_simd, exp};
+use crate::simd::{axpy, axpy4, best_simd, exp};
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -243,8 +243,14 @@ fn attend_partial(
         let keys = first..(first + KEY_BLOCK).min(keys.end);
         let scores = &mut scores[..keys.len()]; // (block)
         scores.fill(0.0);
-        for (&q_d, k_d) in q.iter().zip(keys_t.slice(s![.., keys.clone()]).rows()) {
-            axpy(q_d, k_d.as_slice().expect("contiguous rows"), scores);
+        let k_block = keys_t.slice_move(s![.., keys.clone()]); // (dqk, block)
+        let k_row = |d: usize| k_block.index_axis_move(Axis(0), d).to_slice().expect("contiguous rows"); // (block)
+        let quads = dqk / 4 * 4;
+        for d in (0..quads).step_by(4) {
+            axpy4(std::array::from_fn(|i| q[d + i]), std::array::from_fn(|i| k_row(d + i)), scores);
+        }
+        for d in quads..dqk {
+            axpy(q[d], k_row(d), scores);
         }
         for (score, j) in scores.iter_mut().zip(keys.clone()) {
             *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
@@ -263,11 +269,22 @@ fn attend_partial(
         for (p, &score) in probs.iter_mut().zip(&*scores) {
             *p = exp(score - max); // the whole block at once
         }
+        // out += p_j · v_j over the visible keys in order, four keys a pass over out.
+        let value = |j: usize| values.index_axis_move(Axis(0), j).to_slice().expect("contiguous rows"); // (dv)
+        let (mut pending, mut n) = ([(0f32, 0usize); 4], 0);
         for ((&p, &score), j) in probs.iter().zip(&*scores).zip(keys) {
             if score > f32::NEG_INFINITY {
                 sum += p;
-                axpy(p, values.row(j).as_slice().expect("contiguous rows"), out);
+                pending[n] = (p, j);
+                n += 1;
+                if n == 4 {
+                    axpy4(pending.map(|(p, _)| p), pending.map(|(_, j)| value(j)), out);
+                    n = 0;
+                }
             }
+        }
+        for &(p, j) in &pending[..n] {
+            axpy(p, value(j), out);
         }
     }
     (max, sum)
