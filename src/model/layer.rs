@@ -166,6 +166,7 @@ fn attention_branch<'o>(
     let mut k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, attn_w.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
     let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
     let producer = plan.kv_producer();
+    // Per sequence: rotate its rows with its RoPE base, and a producer appends its new K/V.
     for (part, cache) in pass.parts_mut() {
         let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
         profile.time(elementwise, || {
@@ -181,12 +182,15 @@ fn attention_branch<'o>(
                 kv.append(k, v.slice(s![rows.clone(), ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
             }
         });
-        let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
-        let q = q.slice(s![rows.clone(), .., ..]); // (T_s, nh, dqk)
-        let out = out.slice_mut(s![rows, ..]); // (T_s, D)
-        profile.time(Phase::Attention, || {
-            attention_heads(q, kv.keys(), kv.values(), at, kv.positions(), plan.attention, cfg.num_memory_tokens, out)
-        });
     }
+    // Then its queries attend to its cache.
+    let q = q.view();
+    profile.time(Phase::Attention, || {
+        pass.for_each_part(out.view_mut(), |part, cache, out| {
+            let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
+            let (q, at) = (q.slice(s![part.rows.clone(), .., ..]), &positions[part.rows.clone()]); // (T_s, nh, dqk)
+            attention_heads(q, kv.keys(), kv.values(), at, kv.positions(), plan.attention, cfg.num_memory_tokens, out) // (T_s, D)
+        })
+    });
     out.view()
 }

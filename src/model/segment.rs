@@ -3,6 +3,8 @@
 
 use crate::cache::HybridCache;
 use crate::matrix::Rows;
+use ndarray::{ArrayViewMut, Axis, RemoveAxis, Slice};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Which of a segment's final hidden rows (after the last layer, before the final norm) a call
@@ -70,5 +72,33 @@ impl<'p, 'a> Pass<'p, 'a> {
             let (_, segment) = segments.find(|(i, _)| *i == part.segment).expect("parts in segment order");
             (part, &mut *segment.cache)
         })
+    }
+
+    /// `f(part, its sequence's cache, its rows of out)` for each part of the pass, `out` being
+    /// (T, ...) with the pass's rows. In parallel across sequences when every part is one row of
+    /// its own sequence (a batched decode step: one parallel region for the batch, not one per
+    /// sequence); one part after another otherwise. Either way each part's work is the same.
+    pub fn for_each_part<D: RemoveAxis>(
+        &mut self,
+        mut out: ArrayViewMut<f32, D>,
+        f: impl Fn(&Part, &mut HybridCache, ArrayViewMut<f32, D>) + Sync + Send,
+    ) {
+        match self.rows {
+            Rows::OnePerSequence => {
+                // Part i is row i and the only part of segment first + i (a pass takes whole
+                // segments in order).
+                let first = self.parts.first().map_or(0, |p| p.segment);
+                debug_assert!(self.parts.iter().enumerate().all(|(i, p)| p.segment == first + i && p.rows == (i..i + 1)));
+                let segments = &mut self.segments[first..first + self.parts.len()];
+                (segments.par_iter_mut().zip(self.parts.par_iter()))
+                    .zip(out.axis_chunks_iter_mut(Axis(0), 1).into_par_iter())
+                    .for_each(|((segment, part), out)| f(part, segment.cache, out));
+            }
+            Rows::Chunk => {
+                for (part, cache) in self.parts_mut() {
+                    f(part, cache, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
+                }
+            }
+        }
     }
 }

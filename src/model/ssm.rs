@@ -208,11 +208,12 @@ pub fn ssm_heads<'o>(
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
-    for (part, cache) in pass.parts_mut() {
-        let (rows, conv) = (part.rows.clone(), &mut cache.ssm[layer].conv);
-        let (x, u) = (x.slice(s![rows.clone(), ..]), u.slice_mut(s![rows, ..]));
-        profile.time(Phase::Conv, || causal_conv1d(x, w.conv1d_weight.view(), bias, conv, u));
-    }
+    profile.time(Phase::Conv, || {
+        pass.for_each_part(u.view_mut(), |part, cache, u| {
+            let x = x.slice(s![part.rows.clone(), ..]); // (T_s, D)
+            causal_conv1d(x, w.conv1d_weight.view(), bias, &mut cache.ssm[layer].conv, u) // (T_s, D)
+        })
+    });
     profile.time(Phase::Elementwise, || map_in_place(u.view_mut(), silu));
     let u = buf.u.view(); // (T, D)
 
@@ -227,13 +228,15 @@ pub fn ssm_heads<'o>(
     profile.time(Phase::Weights, || w.dt_proj.forward(dt, pass.rows, &mut buf.delta));
     profile.time(Phase::Elementwise, || map_in_place(buf.delta.view_mut(), softplus)); // (T, D): Δ
     let y = shaped(out, x.dim()); // (T, D)
-    for (part, cache) in pass.parts_mut() {
-        let (rows, scan) = (part.rows.clone(), &mut cache.ssm[layer].scan);
-        let (u, delta) = (u.slice(s![rows.clone(), ..]), buf.delta.slice(s![rows.clone(), ..]));
-        let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..]));
-        let y = y.slice_mut(s![rows, ..]); // (T_s, D)
-        profile.time(Phase::Scan, || selective_scan(u, delta, w.a.view(), b, c, w.d.view(), scan, y));
-    }
+    let delta = buf.delta.view(); // (T, D)
+    profile.time(Phase::Scan, || {
+        pass.for_each_part(y.view_mut(), |part, cache, y| {
+            let rows = part.rows.clone();
+            let (u, delta) = (u.slice(s![rows.clone(), ..]), delta.slice(s![rows.clone(), ..])); // (T_s, D)
+            let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows, ..])); // (T_s, N)
+            selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut cache.ssm[layer].scan, y) // (T_s, D)
+        })
+    });
     profile.time(Phase::Elementwise, || zip_with(y.view_mut(), z, |y, z| *y *= silu(z))); // y ⊙ SiLU(z)
     y.view()
 }
