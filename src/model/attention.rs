@@ -249,8 +249,8 @@ fn attend_partial(
         for d in (0..quads).step_by(4) {
             axpy4(std::array::from_fn(|i| q[d + i]), std::array::from_fn(|i| k_row(d + i)), scores);
         }
-        for d in quads..dqk {
-            axpy(q[d], k_row(d), scores);
+        for (d, &q_d) in q.iter().enumerate().skip(quads) {
+            axpy(q_d, k_row(d), scores);
         }
         for (score, j) in scores.iter_mut().zip(keys.clone()) {
             *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
