@@ -139,24 +139,70 @@ best_simd! {
     ) = scan_channels_body
 }
 
+/// Channels go in groups of [`SCAN_GROUP`] ([`scan_group`]), so that the work of one (its N
+/// decays, its C · s: a chain of N dependent additions) overlaps with the others'.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn scan_channels_body(
     u: ArrayView2<f32>, delta: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayView2<f32>,
     d: ArrayView1<f32>, mut state: ArrayViewMut2<f32>, mut y: ArrayViewMut2<f32>,
 ) {
-    for (ch, (mut y, mut s)) in y.axis_iter_mut(Axis(1)).zip(state.rows_mut()).enumerate() {
-        let (a, s) = (a.row(ch), s.as_slice_mut().expect("a row of the state")); // (N), (N)
-        let a = a.as_slice().expect("a row of A");
-        for ti in 0..y.len() {
-            let (dt, ut) = (delta[[ti, ch]], u[[ti, ch]]);
-            let (b, c) = (b.row(ti), c.row(ti)); // (N)
-            let (b, c) = (b.as_slice().expect("a row of B"), c.as_slice().expect("a row of C"));
-            for ((s, &a), &b) in s.iter_mut().zip(a).zip(b) {
-                *s = exp(dt * a) * *s + dt * ut * b; // s ← exp(Δ·A) ⊙ s + Δ·u·B, all N at once
+    let channels = u.ncols();
+    let a = a.as_slice().expect("rows of A, contiguous"); // (D_block·N)
+    let s = state.as_slice_mut().expect("rows of the state, contiguous"); // (D_block·N)
+    let inputs = ScanInputs { u: u.view(), delta: delta.view(), a, b: b.view(), c: c.view(), d: d.view() };
+    let mut first = 0;
+    while first < channels {
+        if first + SCAN_GROUP <= channels {
+            scan_group::<SCAN_GROUP>(first, &inputs, s, y.view_mut());
+            first += SCAN_GROUP;
+        } else {
+            scan_group::<1>(first, &inputs, s, y.view_mut());
+            first += 1;
+        }
+    }
+}
+
+/// Channels scanned together by [`scan_group`].
+const SCAN_GROUP: usize = 4;
+
+/// What [`scan_group`] reads: u, Δ (T, D_block); A (D_block·N); B, C (T, N); D (D_block).
+struct ScanInputs<'a> {
+    u: ArrayView2<'a, f32>,
+    delta: ArrayView2<'a, f32>,
+    a: &'a [f32],
+    b: ArrayView2<'a, f32>,
+    c: ArrayView2<'a, f32>,
+    d: ArrayView1<'a, f32>,
+}
+
+/// The scan of the `G` channels `first..first + G` through every row, their state in `s`
+/// (D_block·N), into their columns of y (T, D_block).
+#[inline(always)]
+fn scan_group<const G: usize>(first: usize, x: &ScanInputs, s: &mut [f32], mut y: ArrayViewMut2<f32>) {
+    let n = x.b.ncols();
+    for ti in 0..x.u.nrows() {
+        let (b_t, c_t) = (x.b.row(ti), x.c.row(ti)); // (N)
+        let (b_t, c_t) = (b_t.as_slice().expect("a row of B"), c_t.as_slice().expect("a row of C"));
+        // s ← exp(Δ·A) ⊙ s + Δ·u·B, channel by channel, all N at once
+        for ch in first..first + G {
+            let (dt, ut) = (x.delta[[ti, ch]], x.u[[ti, ch]]);
+            let (a, s) = (&x.a[ch * n..(ch + 1) * n], &mut s[ch * n..(ch + 1) * n]);
+            for ((s, &a), &b) in s.iter_mut().zip(a).zip(b_t) {
+                *s = exp(dt * a) * *s + dt * ut * b;
             }
-            let acc = s.iter().zip(c).fold(0.0, |acc, (s, c)| acc + c * s); // C · s, in order as the reference
-            y[ti] = acc + d[ch] * ut;
+        }
+        // y = C · s + D·u: each channel's sum in order (as the reference adds), the G interleaved
+        let s: [&[f32]; G] = std::array::from_fn(|k| &s[(first + k) * n..(first + k + 1) * n]);
+        let mut acc = [0f32; G];
+        for (j, &c_j) in c_t.iter().enumerate() {
+            for k in 0..G {
+                acc[k] += c_j * s[k][j];
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            let ch = first + k;
+            y[[ti, ch]] = acc + x.d[ch] * x.u[[ti, ch]];
         }
     }
 }
