@@ -89,6 +89,17 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill
     let prefill_seconds = context["prefill_seconds"][0].as_f64().expect("one timed prefill");
     assert_eq!(profile["prefill"]["seconds_n_threads"].as_f64(), Some(prefill_seconds));
     assert_eq!(profile["decode"]["seconds_n_threads"], context["decode_seconds"][0]);
+    // The CPU the timed runs used (counted by the kernel in 10 ms ticks: a short run may read 0).
+    if cfg!(target_os = "linux") {
+        for kind in ["prefill_cpu", "decode_cpu"] {
+            let cpu = &context[kind];
+            for key in ["user_seconds", "system_seconds", "threads_busy"] {
+                let v = cpu[key].as_f64().unwrap_or_else(|| panic!("{kind}.{key}: {cpu}"));
+                assert!(v >= 0.0 && v.is_finite(), "{kind}.{key} = {v}");
+            }
+            assert!(cpu["minor_page_faults"].is_u64(), "{kind}: {cpu}");
+        }
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! It is off by default; off, [`Profile::time`] only calls its closure (no clock read, nothing
 //! allocated).
 
+use crate::matrix::Rows;
 use std::time::Instant;
 
 /// The phases of a pass. Every timed region of the layers belongs to exactly one.
@@ -41,14 +42,16 @@ impl Phase {
         }
     }
 
-    /// How the phase's code uses the threads, for a pass of `rows` rows (a statement about the
-    /// code, kept next to it; the measured speed-up says how well it works).
-    pub fn threading(self, rows: usize) -> &'static str {
-        match self {
-            Phase::Weights | Phase::Attention | Phase::Scan => "parallel",
-            Phase::Output => "norm serial, lm_head parallel",
-            Phase::Conv | Phase::Elementwise if rows >= super::parallel::PARALLEL_ROWS => "parallel over rows",
-            Phase::Conv | Phase::Elementwise => "one thread",
+    /// How the phase's code uses the threads, for a pass of `rows` rows of the kind `kind` (a
+    /// statement about the code, kept next to it; the measured speed-up says how well it works).
+    pub fn threading(self, kind: Rows, rows: usize) -> &'static str {
+        let parallel_rows = rows >= super::parallel::PARALLEL_ROWS;
+        match (self, kind) {
+            (Phase::Weights | Phase::Attention | Phase::Scan, _) => "parallel",
+            (Phase::Output, _) => "norm serial, lm_head parallel",
+            (Phase::Conv, Rows::OnePerSequence) if rows > 1 => "parallel over sequences",
+            (Phase::Conv | Phase::Elementwise, _) if parallel_rows => "parallel over rows",
+            (Phase::Conv | Phase::Elementwise, _) => "one thread",
         }
     }
 }

@@ -29,6 +29,7 @@
 //! bytes: no decode can be faster. K/V cache reads are not counted.
 
 mod bandwidth;
+mod cpu_time;
 mod from_disk;
 mod limits;
 mod memory;
@@ -42,7 +43,9 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::generate::sampling::argmax;
+use hymba_ref::matrix::Rows;
 use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
+use cpu_time::CpuTime;
 use profile::PhaseTimes;
 use hymba_ref::rng::SplitMix64;
 use hymba_ref::{Error, Result};
@@ -122,7 +125,9 @@ pub struct BenchArgs {
     /// batch decode run on one thread before each run; report each phase's speed-up and the
     /// serial share of the pass (Amdahl). The decode profile is of the batch (one row per
     /// sequence a step); --synthetic-cache has no prefill profile. Adds a one-thread run to
-    /// every run.
+    /// every run. The table also shows how busy the threads were in the timed runs (CPU time
+    /// over wall time × threads, system time, minor page faults; in the JSON without --profile
+    /// too: `prefill_cpu`, `decode_cpu`).
     #[arg(long)]
     profile: bool,
     /// Print JSON instead of a table.
@@ -462,6 +467,9 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
 struct Run {
     prefill_seconds: f64,
     decode_seconds: f64,
+    /// The CPU the process used during the prefill and during the decode steps (none without `/proc`).
+    prefill_cpu: Option<CpuTime>,
+    decode_cpu: Option<CpuTime>,
     cache_bytes: u64,
     prefill_profile: Option<PhaseTimes>,
     decode_profile: Option<PhaseTimes>,
@@ -477,12 +485,13 @@ fn run_once(model: &Hymba, args: &BenchArgs, ids: &[u32], batch_size: usize, pro
     if profile {
         *seq.scratch.profile_mut() = Profile::recording();
     }
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), CpuTime::now());
     let first = match args.synthetic_cache {
         true => fill_with_random_rows(&mut seq, &model.config, context, args.seed),
         false => argmax(model.next_token_logits(ids, &mut seq)?.as_slice().expect("contiguous")),
     };
     let prefill_seconds = if args.synthetic_cache { f64::NAN } else { start.elapsed().as_secs_f64() };
+    let prefill_cpu = CpuTime::now().zip(cpu_start).filter(|_| !args.synthetic_cache).map(|(end, start)| end - start);
     let prefill_profile = (profile && !args.synthetic_cache).then(|| PhaseTimes::of(prefill_seconds, seq.scratch.profile()));
     let mut batch = Batch::new();
     for _ in 0..batch_size {
@@ -495,7 +504,7 @@ fn run_once(model: &Hymba, args: &BenchArgs, ids: &[u32], batch_size: usize, pro
         *batch.profile_mut() = Profile::recording();
     }
     let mut next = vec![first; batch_size];
-    let mut decode_seconds = 0.0;
+    let (mut decode_seconds, cpu_start) = (0.0, CpuTime::now()); // CPU counted in ticks of 10 ms: over all steps
     for _ in 0..args.decode_tokens {
         let start = Instant::now();
         let logits = batch.step(model, &next)?; // (B, V)
@@ -504,9 +513,12 @@ fn run_once(model: &Hymba, args: &BenchArgs, ids: &[u32], batch_size: usize, pro
             *next = argmax(row.as_slice().expect("contiguous"));
         }
     }
+    let decode_cpu = CpuTime::now().zip(cpu_start).map(|(end, start)| end - start);
     Ok(Run {
         prefill_seconds,
         decode_seconds,
+        prefill_cpu,
+        decode_cpu,
         cache_bytes: batch.cache_bytes() as u64,
         prefill_profile,
         decode_profile: profile.then(|| PhaseTimes::of(decode_seconds, batch.profile())),
@@ -523,6 +535,8 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     let peak_reset = memory::reset_peak();
     let rss_before = memory::rss_bytes();
     let (mut prefill, mut decode, mut cache_size) = (Vec::new(), Vec::new(), 0);
+    // The CPU used by the timed runs, summed: (prefill, decode), none once a reading fails.
+    let (mut prefill_cpu, mut decode_cpu) = (Some(CpuTime::default()), Some(CpuTime::default()));
     let one_thread = match args.profile {
         true => Some(rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| Error::input(format!("cannot start a worker thread: {e}")))?),
         false => None,
@@ -541,6 +555,8 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         decode_n.extend(timed.decode_profile);
         let (prefill_seconds, decode_seconds) = (timed.prefill_seconds, timed.decode_seconds);
         cache_size = timed.cache_bytes;
+        prefill_cpu = prefill_cpu.zip(timed.prefill_cpu).map(|(sum, run)| sum + run);
+        decode_cpu = decode_cpu.zip(timed.decode_cpu).map(|(sum, run)| sum + run);
         eprintln!(
             "[bench] {} context {context} batch {batch_size} run {run}/{}: prefill {prefill_seconds:.3} s ({:.1} tok/s), decode {:.2} ms/step ({:.2} tok/s)",
             spec.name,
@@ -560,9 +576,9 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     // A decode step is one pass of one row per sequence. With --synthetic-cache nothing was
     // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
-        let mut summaries = json!({ "threads": threads, "decode": profile::summary(&decode_1, &decode_n, threads, batch_size) });
+        let mut summaries = json!({ "threads": threads, "decode": profile::summary(&decode_1, &decode_n, threads, Rows::OnePerSequence, batch_size) });
         if !prefill_n.is_empty() {
-            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, rows);
+            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, Rows::Chunk, rows);
         }
         summaries
     });
@@ -579,6 +595,8 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         "decode_tok_per_s": (batch_size * args.decode_tokens) as f64 / d,
         "decode_ms_per_step": d * 1e3 / args.decode_tokens as f64,
         "cache_bytes": cache_size,
+        "prefill_cpu": prefill_cpu.map(|cpu| cpu.json(prefill.iter().sum(), threads)),
+        "decode_cpu": decode_cpu.map(|cpu| cpu.json(decode.iter().sum(), threads)),
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": if peak_reset { memory::peak_rss_bytes() } else { None },
         "profile": profile,
@@ -639,7 +657,7 @@ fn table(report: &Value) -> String {
     for cfg in report["configs"].as_array().into_iter().flatten() {
         for c in cfg["contexts"].as_array().into_iter().flatten().filter(|c| c["profile"].is_object()) {
             let name = cfg["name"].as_str().unwrap_or("?");
-            out += &profile::table(name, c["context"].as_u64().unwrap_or(0), c["batch_size"].as_u64().unwrap_or(0), &c["profile"]);
+            out += &profile::table(name, c);
         }
     }
     out

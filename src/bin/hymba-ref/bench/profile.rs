@@ -7,6 +7,7 @@
 //! phase, over the pass's t₁, gives each phase's part of s (the parts add up to s): its share of
 //! the serial time that is left.
 
+use hymba_ref::matrix::Rows;
 use hymba_ref::model::{Phase, Profile};
 use serde_json::{json, Value};
 
@@ -43,14 +44,14 @@ fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
 }
 
 /// The profile of one kind of call (prefill or decode) as JSON, from its runs at one thread and
-/// at `threads`: the median seconds of the call and of each phase, each phase's speed-up and its
-/// part of the serial share.
-pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, rows: usize) -> Value {
+/// at `threads`, passes of `rows` rows of the kind `kind`: the median seconds of the call and of
+/// each phase, each phase's speed-up and its part of the serial share.
+pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Rows, rows: usize) -> Value {
     let (one, many) = (&median_times(one), &median_times(many));
     let mut phases: Vec<Value> = Phase::ALL
         .iter()
         .enumerate()
-        .map(|(i, phase)| (phase.name(), phase.threading(rows), one.phases[i], many.phases[i]))
+        .map(|(i, phase)| (phase.name(), phase.threading(kind, rows), one.phases[i], many.phases[i]))
         .chain([("other", "-", one.other(), many.other())])
         .map(|(name, threading, t1, tn)| {
             json!({
@@ -75,10 +76,12 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, rows: us
     })
 }
 
-/// The profile of one config × context × batch size as text (`profile` as made by the bench:
-/// `threads`, and a [`summary`] each for `prefill`, of one sequence, absent with
-/// `--synthetic-cache`, and `decode`, of the batch).
-pub fn table(config: &str, context: u64, batch_size: u64, profile: &Value) -> String {
+/// The profile of one config × context × batch size as text, from the bench's JSON of that
+/// context (`c`): its `profile` (`threads`, and a [`summary`] each for `prefill`, of one
+/// sequence, absent with `--synthetic-cache`, and `decode`, of the batch) and the CPU the timed
+/// runs used (`prefill_cpu`, `decode_cpu`, see [`super::cpu_time`]).
+pub fn table(config: &str, c: &Value) -> String {
+    let (context, batch_size, profile) = (c["context"].as_u64().unwrap_or(0), c["batch_size"].as_u64().unwrap_or(0), &c["profile"]);
     let threads = profile["threads"].as_u64().unwrap_or(0);
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
@@ -94,6 +97,16 @@ pub fn table(config: &str, context: u64, batch_size: u64, profile: &Value) -> St
             num(&p["speedup"]),
             pct(&p["serial_share"]),
         );
+        let cpu = &c[format!("{kind}_cpu")];
+        if cpu.is_object() {
+            out += &format!(
+                "  timed runs at {threads} threads: threads busy {} of the time ({:.2} user, {:.2} system CPU seconds), {} minor page faults\n",
+                pct(&cpu["threads_busy"]),
+                num(&cpu["user_seconds"]),
+                num(&cpu["system_seconds"]),
+                cpu["minor_page_faults"],
+            );
+        }
         out += &format!(
             "  {:<12} {:<31} {:>12} {:>12} {:>9} {:>9} {:>13}\n",
             "phase", "threading", "1 thread s", format!("{threads} threads s"), "% of 1t", "speed-up", "serial share"
@@ -123,7 +136,7 @@ mod tests {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
         let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
         let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
-        let s = summary(std::slice::from_ref(&one), &[two], 2, 512);
+        let s = summary(std::slice::from_ref(&one), &[two], 2, Rows::Chunk, 512);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
@@ -132,6 +145,6 @@ mod tests {
         assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         // One thread only: no share can be inferred.
-        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, 512)["serial_share"].is_null());
+        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, Rows::Chunk, 512)["serial_share"].is_null());
     }
 }
