@@ -20,11 +20,12 @@
 //! batches but adds in another order, so a sequence's logits would depend on its batch.
 //! For bf16 weights a register-tiled kernel keeps the one-row summation order (see
 //! [`accumulate_dot_tile`]): 2 weight rows × 4 inputs per tile, weights widened to f32 a block
-//! at a time for a panel of up to 32 inputs. Both it and the one-row product accumulate with
+//! at a time for a panel of up to 32 inputs (in registers, as each tile loads them, for a panel
+//! of 8 inputs or fewer). Both it and the one-row product accumulate with
 //! fused multiply-adds (one rounding per term, the same in both). Chosen by measurement (one
 //! thread, a 384 × 1600 block in cache, GFLOP/s, on this project's 2-core AMD EPYC, Zen 1 at
 //! 2 GHz: 16 flops a cycle at best): with a separate multiply and add, 16 rows ran at 17 and GEMM
-//! at 11; with FMA, 1 row (the one-row product) 11, 4 rows 16 (GEMM 3), 16 rows 23 (GEMM 11),
+//! at 11; with FMA, 1 row (the one-row product) 11, 4 rows 22 (GEMM 3), 16 rows 23 (GEMM 11),
 //! 64 rows 23 (GEMM 27). Zen 1 multiplies and adds as fast as it fuses them, but the tile's
 //! loop was bound by instruction dispatch: an FMA is half the micro-ops. Tiles of 3×4, 4×3,
 //! 2×6 and 2×8 measured 10–45 % slower than 2×4, which keeps its 8 partial sums, 2 weight
@@ -288,8 +289,8 @@ fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
 }
 
 /// `R` weight rows (`w`, R·cols) against every input row, into columns `first..first + R` of
-/// `out`: per panel of inputs, the weights widened to f32 a block at a time, then
-/// [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs (single inputs at the end), then
+/// `out`: per panel of inputs, the weights widened to f32 a block at a time (or in registers,
+/// for a small panel), then [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs (single inputs at the end), then
 /// each pair's sum finished as [`dot_bf16`](crate::simd::dot_bf16) finishes it.
 #[inline(always)]
 fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut TileScratch, out: &mut ArrayViewMut2<f32>) {
@@ -301,26 +302,28 @@ fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut 
         let panel = panel..(panel + PANEL_INPUTS).min(out.nrows());
         let pairs = &mut scratch.pairs[..panel.len() * R];
         pairs.fill([0.0; 32]);
+        // With a tile or two per panel, widening a block into memory for them costs more than
+        // widening in registers as each tile loads the weights (one thread, 384 × 1600: 4 inputs
+        // 16 → 22 GFLOP/s, 8 inputs 20 → 22); from 3 tiles on, the widened block pays (16 inputs
+        // 23 against 22, 64 inputs 23 against 21).
+        let in_registers = panel.len() <= 2 * TILE_INPUTS;
         for block in (0..chunks).step_by(BLOCK_CHUNKS) {
             let block = block..(block + BLOCK_CHUNKS).min(chunks);
-            for (wide, w) in scratch.widened.iter_mut().zip(w_rows) {
-                for (wide, w) in wide.iter_mut().zip(&w.as_chunks::<32>().0[block.clone()]) {
-                    for k in 0..32 {
-                        wide[k] = bf16_to_f32(w[k]);
-                    }
-                }
-            }
-            let w_block: [&[Lanes]; R] = std::array::from_fn(|r| &scratch.widened[r][..block.len()]);
             let x_block = |b: usize| &x_row(b).as_chunks::<32>().0[block.clone()];
             let (tiles, rest) = pairs.as_chunks_mut::<R>().0.as_chunks_mut::<TILE_INPUTS>();
-            let mut b = panel.start;
-            for tile in tiles {
-                accumulate_dot_tile(std::array::from_fn(|i| x_block(b + i)), w_block, tile);
-                b += TILE_INPUTS;
-            }
-            for one in rest {
-                accumulate_dot_tile([x_block(b)], w_block, std::array::from_mut(one));
-                b += 1;
+            if in_registers {
+                let w_block: [&[[bf16; 32]]; R] = std::array::from_fn(|r| &w_rows[r].as_chunks::<32>().0[block.clone()]);
+                tile_and_rest(panel.start, x_block, w_block, bf16_to_f32, tiles, rest);
+            } else {
+                for (wide, w) in scratch.widened.iter_mut().zip(w_rows) {
+                    for (wide, w) in wide.iter_mut().zip(&w.as_chunks::<32>().0[block.clone()]) {
+                        for k in 0..32 {
+                            wide[k] = bf16_to_f32(w[k]);
+                        }
+                    }
+                }
+                let w_block: [&[Lanes]; R] = std::array::from_fn(|r| &scratch.widened[r][..block.len()]);
+                tile_and_rest(panel.start, x_block, w_block, |w| w, tiles, rest);
             }
         }
         // Each pair's partial sums added up, 8 pairs at a time, then its tail columns.
@@ -338,6 +341,28 @@ fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut 
                 out[[b, first + r]] = finish_dot_bf16(sums[r], &x_row(b)[tail.clone()], &w_rows[r][tail.clone()]);
             }
         }
+    }
+}
+
+/// [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs from `first` on, then the inputs
+/// left over one at a time: inputs `x_block(b)`, weights `w` widened by `widen`.
+#[inline(always)]
+fn tile_and_rest<'x, const R: usize, W: Copy>(
+    first: usize,
+    x_block: impl Fn(usize) -> &'x [Lanes],
+    w: [&[[W; 32]]; R],
+    widen: impl Fn(W) -> f32 + Copy,
+    tiles: &mut [[[Lanes; R]; TILE_INPUTS]],
+    rest: &mut [[Lanes; R]],
+) {
+    let mut b = first;
+    for tile in tiles {
+        accumulate_dot_tile(std::array::from_fn(|i| x_block(b + i)), w, widen, tile);
+        b += TILE_INPUTS;
+    }
+    for one in rest {
+        accumulate_dot_tile([x_block(b)], w, widen, std::array::from_mut(one));
+        b += 1;
     }
 }
 

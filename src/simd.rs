@@ -106,13 +106,19 @@ pub fn sum_lanes<const N: usize>(acc: [&Lanes; N]) -> [f32; N] {
 }
 
 /// [`dot_bf16`]'s loop for every pair of `R` weight rows and `B` input rows at once, over chunks
-/// of 32 columns: `acc[b][r][k] = fma(x[b][c][k], w[r][c][k], acc[b][r][k])` chunk after chunk, the same additions
-/// in the same order as `dot_bf16(x_b, w_r)` makes (the weights come widened to f32, exactly).
+/// of 32 columns: `acc[b][r][k] = fma(x[b][c][k], w[r][c][k], acc[b][r][k])` chunk after chunk,
+/// the same additions in the same order as `dot_bf16(x_b, w_r)` makes (the weights come as f32,
+/// `widen` the identity, or as bf16 with `widen` = [`bf16_to_f32`]: exact either way).
 /// Only the schedule differs: the 32 lanes of a pair are independent sums, so they go 8 at a
 /// time (one AVX2 register), which keeps the R·B partial sums of a tile in registers while each
 /// weight vector is loaded once for B inputs and each input vector once for R weight rows.
 #[inline(always)]
-pub fn accumulate_dot_tile<const R: usize, const B: usize>(x: [&[Lanes]; B], w: [&[Lanes]; R], acc: &mut [[Lanes; R]; B]) {
+pub fn accumulate_dot_tile<const R: usize, const B: usize, W: Copy>(
+    x: [&[Lanes]; B],
+    w: [&[[W; 32]]; R],
+    widen: impl Fn(W) -> f32,
+    acc: &mut [[Lanes; R]; B],
+) {
     let chunks = w[0].len();
     debug_assert!(x.iter().all(|x| x.len() == chunks) && w.iter().all(|w| w.len() == chunks));
     for group in 0..4 {
@@ -124,11 +130,11 @@ pub fn accumulate_dot_tile<const R: usize, const B: usize>(x: [&[Lanes]; B], w: 
             }
         }
         for c in 0..chunks {
-            let w8: [&[f32; 8]; R] = std::array::from_fn(|r| w[r][c][lanes.clone()].try_into().expect("8 lanes"));
+            let w8: [[f32; 8]; R] = std::array::from_fn(|r| std::array::from_fn(|k| widen(w[r][c][group * 8 + k])));
             for b in 0..B {
                 let x8: &[f32; 8] = x[b][c][lanes.clone()].try_into().expect("8 lanes");
                 for r in 0..R {
-                    a[b][r] = add_products8(a[b][r], x8, w8[r]);
+                    a[b][r] = add_products8(a[b][r], x8, &w8[r]);
                 }
             }
         }
