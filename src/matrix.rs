@@ -345,7 +345,7 @@ fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut 
 }
 
 /// [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs from `first` on, then the inputs
-/// left over one at a time: inputs `x_block(b)`, weights `w` widened by `widen`.
+/// left over two at a time, then one: inputs `x_block(b)`, weights `w` widened by `widen`.
 #[inline(always)]
 fn tile_and_rest<'x, const R: usize, W: Copy>(
     first: usize,
@@ -360,7 +360,12 @@ fn tile_and_rest<'x, const R: usize, W: Copy>(
         accumulate_dot_tile(std::array::from_fn(|i| x_block(b + i)), w, widen, tile);
         b += TILE_INPUTS;
     }
-    for one in rest {
+    let (twos, one) = rest.as_chunks_mut::<2>();
+    for two in twos {
+        accumulate_dot_tile([x_block(b), x_block(b + 1)], w, widen, two);
+        b += 2;
+    }
+    for one in one {
         accumulate_dot_tile([x_block(b)], w, widen, std::array::from_mut(one));
         b += 1;
     }
