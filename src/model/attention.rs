@@ -97,10 +97,12 @@ pub fn attention_heads(
     }
 }
 
-/// [`attention_heads`] for a few queries, as in decoding: one task per (query row, head) that
-/// scores the query against every visible key (see [`attend`]), and sums the values weighted by
-/// the softmax; over a long cache, the keys are split across tasks ([`attend_split`]). With one
-/// query row, a matrix product would spend its time re-packing K and V.
+/// [`attention_heads`] for a few queries, as in decoding: one task per (query row, K/V head),
+/// whose query heads (the `nh / nkv` of GQA that read this K/V head) score the query against every
+/// visible key (see [`attend`]) and sum the values weighted by the softmax, together: each block
+/// of keys and values is read once for all of them, where a task per query head read a K/V head's
+/// cache once per query head. Over a long cache, the keys are split across tasks
+/// ([`attend_split`]). With one query row, a matrix product would spend its time re-packing K and V.
 /// Same shapes as [`attention_heads`]; `out` is (T, nh·dv).
 #[allow(clippy::too_many_arguments)]
 fn attention_each_query(
@@ -119,47 +121,56 @@ fn attention_each_query(
     let q = q.as_standard_layout();
     let q = q.as_slice().expect("standard layout"); // (T·nh·dqk)
     let out = out.as_slice_mut().expect("consecutive rows of a standard-layout array"); // (T, nh, dv)
-    out.par_chunks_mut(dv).enumerate().for_each(|(task, out)| {
-        let (row, h) = (task / nh, task % nh);
-        let g = h / (nh / nkv); // GQA: the K/V head this query head reads
+    let heads = heads_per_task(nh / nkv, dv); // query heads of one K/V head, consecutive in q and out
+    out.par_chunks_mut(heads * dv).enumerate().for_each(|(task, out)| {
+        let (first, row) = (task * heads % nh, task * heads / nh); // the task's first query head
+        let g = first / (nh / nkv); // GQA: the K/V head its query heads read
         let keys_t = contiguous_rows(k.index_axis(Axis(1), g).reversed_axes()); // (dqk, S)
         let values = contiguous_rows(v.index_axis(Axis(1), g)); // (S, dv)
         let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
-        let q = &q[task * dqk..(task + 1) * dqk]; // (dqk)
+        let q = &q[task * heads * dqk..(task + 1) * heads * dqk]; // (heads, dqk)
         match key_splits(s_len, dv) {
-            1 => attend(q, keys_t.view(), values.view(), visible, out), // (dv)
-            splits => attend_split(q, keys_t.view(), values.view(), visible, splits, out), // (dv)
+            1 => attend(q, keys_t.view(), values.view(), visible, out), // (heads, dv)
+            splits => attend_split(q, keys_t.view(), values.view(), visible, splits, out), // (heads, dv)
         }
     });
 }
 
-/// Keys per part when [`attend_split`] splits a long cache (a multiple of [`KEY_BLOCK`]).
-const KEYS_PER_SPLIT: usize = 512;
-/// The most parts [`attend_split`] splits the keys of one query head into.
-const MAX_SPLITS: usize = 16;
-/// The widest value head [`attend_split`] handles (its partial sums live on the stack).
-const MAX_DV: usize = 256;
-
-/// Into how many parts to split S keys for one query head: one below 2·[`KEYS_PER_SPLIT`] keys.
-/// It depends on S only, not on the thread count, so a result never depends on the machine.
-fn key_splits(s_len: usize, dv: usize) -> usize {
-    if dv > MAX_DV { 1 } else { (s_len / KEYS_PER_SPLIT).clamp(1, MAX_SPLITS) }
+/// How many of a K/V head's `group` query heads one task serves: all of them, unless they are
+/// more than [`MAX_HEADS`] or their outputs do not fit [`MAX_HEADS_DV`]; then the largest divisor
+/// of `group` that fits (so that a task's heads share one K/V head).
+fn heads_per_task(group: usize, dv: usize) -> usize {
+    (1..=group).rev().find(|h| group.is_multiple_of(*h) && *h <= MAX_HEADS && h * dv <= MAX_HEADS_DV).unwrap_or(1)
 }
 
-/// The online softmax over one part of the keys: its running maximum, its sum of exp(sⱼ − max),
-/// and Σ exp(sⱼ − max)·vⱼ (not yet divided by the sum).
+/// Keys per part when [`attend_split`] splits a long cache (a multiple of [`KEY_BLOCK`]).
+const KEYS_PER_SPLIT: usize = 256;
+/// The most parts [`attend_split`] splits the keys into.
+const MAX_SPLITS: usize = 16;
+/// The most values (heads · dv) of the heads [`attend_split`] serves at once (their partial sums
+/// live on the stack), and the most heads.
+const MAX_HEADS_DV: usize = 1024;
+const MAX_HEADS: usize = 16;
+
+/// Into how many parts to split S keys: one below 2·[`KEYS_PER_SPLIT`] keys. It depends on S
+/// only, not on the thread count, so a result never depends on the machine.
+fn key_splits(s_len: usize, dv: usize) -> usize {
+    if dv > MAX_HEADS_DV { 1 } else { (s_len / KEYS_PER_SPLIT).clamp(1, MAX_SPLITS) }
+}
+
+/// The online softmax of each query head over one part of the keys: its running maximum and its
+/// sum of exp(sⱼ − max) (`stats`), and Σ exp(sⱼ − max)·vⱼ (`out`, not yet divided by the sum).
 #[derive(Clone, Copy)]
 struct Partial {
-    max: f32,
-    sum: f32,
-    out: [f32; MAX_DV],
+    stats: [(f32, f32); MAX_HEADS],
+    out: [f32; MAX_HEADS_DV],
 }
 
 /// [`attend`] with the keys split into `splits` consecutive parts scored on different tasks
 /// (flash-decoding): a long cache keeps every thread busy even when there are fewer query heads
-/// than threads. Each part is [`attend_part`]; the parts are merged in order, each rescaled to
-/// the common maximum: out = Σ_p e^(m_p − m)·o_p / Σ_p e^(m_p − m)·sum_p. Tested against
-/// [`attend_reference`].
+/// than threads. Each part is [`attend_part`]; each head's parts are merged in order, each
+/// rescaled to the common maximum: out = Σ_p e^(m_p − m)·o_p / Σ_p e^(m_p − m)·sum_p. Tested
+/// against [`attend_reference`]. q: (heads, dqk), out: (heads, dv)
 fn attend_split(
     q: &[f32],
     keys_t: ArrayView2<f32>,
@@ -168,23 +179,28 @@ fn attend_split(
     splits: usize,
     out: &mut [f32],
 ) {
-    let (s_len, dv) = (keys_t.ncols(), out.len());
+    let (s_len, heads) = (keys_t.ncols(), q.len() / keys_t.nrows());
+    let dv = out.len() / heads;
+    debug_assert!(heads <= MAX_HEADS && out.len() <= MAX_HEADS_DV);
     let per_part = s_len.div_ceil(splits).next_multiple_of(KEY_BLOCK);
-    let mut partials = [Partial { max: f32::NEG_INFINITY, sum: 0.0, out: [0.0; MAX_DV] }; MAX_SPLITS];
+    let mut partials = [Partial { stats: [(f32::NEG_INFINITY, 0.0); MAX_HEADS], out: [0.0; MAX_HEADS_DV] }; MAX_SPLITS];
     partials[..splits].par_iter_mut().enumerate().for_each(|(p, partial)| {
         let keys = (p * per_part).min(s_len)..((p + 1) * per_part).min(s_len);
-        (partial.max, partial.sum) = attend_part(q, keys_t, values, &visible, keys, &mut partial.out[..dv]);
+        attend_part(q, keys_t, values, &visible, keys, &mut partial.out[..out.len()], &mut partial.stats[..heads]);
     });
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-    out.fill(0.0);
-    for partial in partials[..splits].iter().filter(|p| p.max > f32::NEG_INFINITY) {
-        let new_max = max.max(partial.max);
-        let (old_scale, scale) = (exp(max - new_max), exp(partial.max - new_max)); // 0 for the first
-        sum = sum * old_scale + partial.sum * scale;
-        out.iter_mut().zip(&partial.out[..dv]).for_each(|(o, p)| *o = *o * old_scale + p * scale);
-        max = new_max;
+    for (h, out) in out.chunks_mut(dv).enumerate() {
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        out.fill(0.0);
+        for partial in partials[..splits].iter().filter(|p| p.stats[h].0 > f32::NEG_INFINITY) {
+            let ((part_max, part_sum), part_out) = (partial.stats[h], &partial.out[h * dv..(h + 1) * dv]);
+            let new_max = max.max(part_max);
+            let (old_scale, scale) = (exp(max - new_max), exp(part_max - new_max)); // 0 for the first
+            sum = sum * old_scale + part_sum * scale;
+            out.iter_mut().zip(part_out).for_each(|(o, p)| *o = *o * old_scale + p * scale);
+            max = new_max;
+        }
+        out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
     }
-    out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
 }
 
 /// `x` itself if each of its rows is contiguous, else a copy that is. The cache's keys, read as
@@ -198,33 +214,45 @@ fn contiguous_rows(x: ArrayView2<f32>) -> CowArray<f32, Ix2> {
 }
 
 best_simd! {
-    /// One query head against its K/V head: `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over the visible
-    /// keys j. q: (dqk), keys_t: (dqk, S), values: (S, dv), out: (dv); rows contiguous.
+    /// Query heads that share a K/V head against it: for each head h, `out[h]` = Σⱼ
+    /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), keys_t: (dqk, S),
+    /// values: (S, dv), out: (heads, dv); rows contiguous.
     fn attend(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
 
 best_simd! {
     /// [`attend_partial`] on the best vector unit of this CPU.
-    fn attend_part(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, keys: Range<usize>, out: &mut [f32]) -> (f32, f32) = attend_partial
+    fn attend_part(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, keys: Range<usize>, out: &mut [f32], stats: &mut [(f32, f32)]) = attend_partial
 }
 
 /// Keys scored at a time by [`attend_partial`] (a buffer on the stack).
 const KEY_BLOCK: usize = 64;
 
-/// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys: [`attend_partial`] over every
-/// key, divided by the sum.
+/// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys, per head: [`attend_partial`] over
+/// every key, divided by the sum.
 #[inline(always)]
 fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
-    let (_, sum) = attend_partial(q, keys_t, values, visible, 0..keys_t.ncols(), out);
-    out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
+    let heads = q.len() / keys_t.nrows();
+    let dv = out.len() / heads;
+    for h in (0..heads).step_by(MAX_HEADS) {
+        let heads = h..(h + MAX_HEADS).min(heads);
+        let (q, out) = (&q[heads.start * keys_t.nrows()..heads.end * keys_t.nrows()], &mut out[heads.start * dv..heads.end * dv]);
+        let mut stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
+        attend_partial(q, keys_t, values, &visible, 0..keys_t.ncols(), out, &mut stats[..heads.len()]);
+        for (out, &(_, sum)) in out.chunks_mut(dv).zip(&stats) {
+            out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
+        }
+    }
 }
 
-/// Over the keys `keys` only: scores a block of keys at a time, Σ_d q[d]·Kᵀ[d, block] (each
-/// term a vector operation over the block), then the online softmax (as in FlashAttention):
-/// whenever a block raises the running maximum m, what was summed so far is rescaled by
-/// exp(m_old − m_new). Leaves `out` = Σ exp(sⱼ − m)·vⱼ and returns (m, Σ exp(sⱼ − m)), without
-/// ever holding all the scores; (−∞, 0) and `out` = 0 when no key in `keys` is visible. The
-/// exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised).
+/// Over the keys `keys` only, for each query head h of `q` (heads, dqk) that share `keys_t` and
+/// `values`: scores a block of keys at a time, Σ_d q[h, d]·Kᵀ[d, block] (each term a vector
+/// operation over the block), then the online softmax (as in FlashAttention): whenever a block
+/// raises a head's running maximum m, what it summed so far is rescaled by exp(m_old − m_new).
+/// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and `stats[h]` = (m, Σ exp(sⱼ − m)), without ever holding
+/// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `keys` is visible. Heads go one after
+/// another within a block, so each block of keys and values is read from memory once for all of
+/// them. The exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised).
 #[inline(always)]
 fn attend_partial(
     q: &[f32],
@@ -233,61 +261,63 @@ fn attend_partial(
     visible: impl Fn(usize) -> bool,
     keys: Range<usize>,
     out: &mut [f32],
-) -> (f32, f32) {
+    stats: &mut [(f32, f32)],
+) {
     let dqk = keys_t.nrows();
-    let scale = 1.0 / (dqk as f32).sqrt();
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-    let mut scores = [0f32; KEY_BLOCK];
+    let (heads, scale) = (stats.len(), 1.0 / (dqk as f32).sqrt());
+    let dv = out.len() / heads;
+    stats.fill((f32::NEG_INFINITY, 0.0));
     out.fill(0.0);
     for first in keys.clone().step_by(KEY_BLOCK) {
         let keys = first..(first + KEY_BLOCK).min(keys.end);
-        let scores = &mut scores[..keys.len()]; // (block)
-        scores.fill(0.0);
         let k_block = keys_t.slice_move(s![.., keys.clone()]); // (dqk, block)
         let k_row = |d: usize| k_block.index_axis_move(Axis(0), d).to_slice().expect("contiguous rows"); // (block)
-        let quads = dqk / 4 * 4;
-        for d in (0..quads).step_by(4) {
-            axpy4(std::array::from_fn(|i| q[d + i]), std::array::from_fn(|i| k_row(d + i)), scores);
-        }
-        for (d, &q_d) in q.iter().enumerate().skip(quads) {
-            axpy(q_d, k_row(d), scores);
-        }
-        for (score, j) in scores.iter_mut().zip(keys.clone()) {
-            *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
-        }
-        let block_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if block_max == f32::NEG_INFINITY {
-            continue; // nothing visible in this block
-        }
-        if block_max > max {
-            let rescale = exp(max - block_max); // 0 on the first visible block
-            sum *= rescale;
-            out.iter_mut().for_each(|o| *o *= rescale);
-            max = block_max;
-        }
-        let mut probs = [0f32; KEY_BLOCK];
-        for (p, &score) in probs.iter_mut().zip(&*scores) {
-            *p = exp(score - max); // the whole block at once
-        }
-        // out += p_j · v_j over the visible keys in order, four keys a pass over out.
         let value = |j: usize| values.index_axis_move(Axis(0), j).to_slice().expect("contiguous rows"); // (dv)
-        let (mut pending, mut n) = ([(0f32, 0usize); 4], 0);
-        for ((&p, &score), j) in probs.iter().zip(&*scores).zip(keys) {
-            if score > f32::NEG_INFINITY {
-                sum += p;
-                pending[n] = (p, j);
-                n += 1;
-                if n == 4 {
-                    axpy4(pending.map(|(p, _)| p), pending.map(|(_, j)| value(j)), out);
-                    n = 0;
+        for ((q, out), (max, sum)) in q.chunks(dqk).zip(out.chunks_mut(dv)).zip(stats.iter_mut()) {
+            let mut scores = [0f32; KEY_BLOCK];
+            let scores = &mut scores[..keys.len()]; // (block)
+            let quads = dqk / 4 * 4;
+            for d in (0..quads).step_by(4) {
+                axpy4(std::array::from_fn(|i| q[d + i]), std::array::from_fn(|i| k_row(d + i)), scores);
+            }
+            for (d, &q_d) in q.iter().enumerate().skip(quads) {
+                axpy(q_d, k_row(d), scores);
+            }
+            for (score, j) in scores.iter_mut().zip(keys.clone()) {
+                *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
+            }
+            let block_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if block_max == f32::NEG_INFINITY {
+                continue; // nothing visible in this block
+            }
+            if block_max > *max {
+                let rescale = exp(*max - block_max); // 0 on the first visible block
+                *sum *= rescale;
+                out.iter_mut().for_each(|o| *o *= rescale);
+                *max = block_max;
+            }
+            let mut probs = [0f32; KEY_BLOCK];
+            for (p, &score) in probs.iter_mut().zip(&*scores) {
+                *p = exp(score - *max); // the whole block at once
+            }
+            // out += p_j · v_j over the visible keys in order, four keys a pass over out.
+            let (mut pending, mut n) = ([(0f32, 0usize); 4], 0);
+            for ((&p, &score), j) in probs.iter().zip(&*scores).zip(keys.clone()) {
+                if score > f32::NEG_INFINITY {
+                    *sum += p;
+                    pending[n] = (p, j);
+                    n += 1;
+                    if n == 4 {
+                        axpy4(pending.map(|(p, _)| p), pending.map(|(_, j)| value(j)), out);
+                        n = 0;
+                    }
                 }
             }
-        }
-        for &(p, j) in &pending[..n] {
-            axpy(p, value(j), out);
+            for &(p, j) in &pending[..n] {
+                axpy(p, value(j), out);
+            }
         }
     }
-    (max, sum)
 }
 
 /// Rows `keys` of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when `keys` is all rows.
@@ -430,6 +460,33 @@ mod tests {
                 assert!(err < 1e-5, "case {case}, {span:?}: max |Δ| vs attend_reference = {err}");
             }
         }
+    }
+
+    /// Query heads served together (sharing their K/V head's reads) get, bit for bit, what each
+    /// gets alone; and a task never takes more heads than the split path holds.
+    #[test]
+    fn heads_attended_together_equal_each_head_alone() {
+        let (heads, dqk, dv, s_len) = (5, 8, 12, KEYS_PER_SPLIT * 3 + 17);
+        let f = |rows: usize, cols: usize, k: f32| Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3) as f32 * k).sin() * 2.0);
+        let (q, keys_t, values) = (f(heads, dqk, 0.31), f(dqk, s_len, 0.17), f(s_len, dv, 0.23));
+        let visible = |j: usize| j % 7 != 3;
+        let q_rows = |h: std::ops::Range<usize>| q.view().slice_move(s![h, ..]).to_slice().unwrap();
+        for splits in [1, key_splits(s_len, dv)] {
+            let mut together = vec![0.0; heads * dv];
+            match splits {
+                1 => attend(q_rows(0..heads), keys_t.view(), values.view(), visible, &mut together),
+                _ => attend_split(q_rows(0..heads), keys_t.view(), values.view(), visible, splits, &mut together),
+            }
+            for h in 0..heads {
+                let mut alone = vec![0.0; dv];
+                match splits {
+                    1 => attend(q_rows(h..h + 1), keys_t.view(), values.view(), visible, &mut alone),
+                    _ => attend_split(q_rows(h..h + 1), keys_t.view(), values.view(), visible, splits, &mut alone),
+                }
+                assert_eq!(&together[h * dv..(h + 1) * dv], &alone[..], "head {h}, {splits} parts");
+            }
+        }
+        assert_eq!((heads_per_task(5, 128), heads_per_task(6, 256), heads_per_task(32, 8), heads_per_task(3, 2000)), (5, 3, 16, 1));
     }
 
     #[test]
