@@ -27,14 +27,19 @@ pub fn mlp<'o>(
     out: &'o mut Array2<f32>,
     profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
-    profile.time(Phase::Weights, || w.up_proj.matmul_t_of(h, rows, &mut buf.up)); // (T, F)
     let act = match &w.gate_proj {
         Some(gate) => {
-            profile.time(Phase::Weights, || gate.matmul_t_of(h, rows, &mut buf.gate)); // (T, F)
+            // up and gate read the same input: both products in one parallel region, so the
+            // threads go from one to the other without waiting for the slowest task in between.
+            profile.time(Phase::Weights, || {
+                let (up, gate_out) = (&mut buf.up, &mut buf.gate);
+                rayon::join(|| w.up_proj.matmul_t_of(h, rows, up), || gate.matmul_t_of(h, rows, gate_out))
+            }); // (T, F) each
             profile.time(Phase::Elementwise, || zip_with(buf.gate.view_mut(), buf.up.view(), |g, u| *g = silu(*g) * u));
             &buf.gate
         }
         None => {
+            profile.time(Phase::Weights, || w.up_proj.matmul_t_of(h, rows, &mut buf.up)); // (T, F)
             profile.time(Phase::Elementwise, || map_in_place(buf.up.view_mut(), |v| v.max(0.0).powi(2)));
             &buf.up
         }
