@@ -49,6 +49,7 @@ pub fn causal_conv1d(
             }; // (D)
             Zip::from(&mut row).and(w.column(j)).and(input).for_each(|acc, &w, &v| *acc += w * v);
         }
+        // + bias[c], or + 0.0 without one (so an all-zero sum is +0.0 either way)
         match bias {
             Some(b) => Zip::from(&mut row).and(b).for_each(|acc, &b| *acc += b),
             None => row.map_inplace(|acc| *acc += 0.0),
