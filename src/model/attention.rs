@@ -229,19 +229,15 @@ best_simd! {
 const KEY_BLOCK: usize = 64;
 
 /// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys, per head: [`attend_partial`] over
-/// every key, divided by the sum.
+/// every key, divided by the sum. At most [`MAX_HEADS`] heads ([`heads_per_task`]).
 #[inline(always)]
 fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
     let heads = q.len() / keys_t.nrows();
-    let dv = out.len() / heads;
-    for h in (0..heads).step_by(MAX_HEADS) {
-        let heads = h..(h + MAX_HEADS).min(heads);
-        let (q, out) = (&q[heads.start * keys_t.nrows()..heads.end * keys_t.nrows()], &mut out[heads.start * dv..heads.end * dv]);
-        let mut stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
-        attend_partial(q, keys_t, values, &visible, 0..keys_t.ncols(), out, &mut stats[..heads.len()]);
-        for (out, &(_, sum)) in out.chunks_mut(dv).zip(&stats) {
-            out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
-        }
+    debug_assert!(heads <= MAX_HEADS);
+    let mut stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
+    attend_partial(q, keys_t, values, visible, 0..keys_t.ncols(), out, &mut stats[..heads]);
+    for (out, &(_, sum)) in out.chunks_mut(out.len() / heads).zip(&stats) {
+        out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
     }
 }
 
@@ -273,6 +269,10 @@ fn attend_partial(
         let k_block = keys_t.slice_move(s![.., keys.clone()]); // (dqk, block)
         let k_row = |d: usize| k_block.index_axis_move(Axis(0), d).to_slice().expect("contiguous rows"); // (block)
         let value = |j: usize| values.index_axis_move(Axis(0), j).to_slice().expect("contiguous rows"); // (dv)
+        let mut seen = [false; KEY_BLOCK]; // the same keys are visible to every head
+        for (seen, j) in seen.iter_mut().zip(keys.clone()) {
+            *seen = visible(j);
+        }
         for ((q, out), (max, sum)) in q.chunks(dqk).zip(out.chunks_mut(dv)).zip(stats.iter_mut()) {
             let mut scores = [0f32; KEY_BLOCK];
             let scores = &mut scores[..keys.len()]; // (block)
@@ -283,8 +283,8 @@ fn attend_partial(
             for (d, &q_d) in q.iter().enumerate().skip(quads) {
                 axpy(q_d, k_row(d), scores);
             }
-            for (score, j) in scores.iter_mut().zip(keys.clone()) {
-                *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
+            for (score, &seen) in scores.iter_mut().zip(&seen) {
+                *score = if seen { *score * scale } else { f32::NEG_INFINITY };
             }
             let block_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             if block_max == f32::NEG_INFINITY {
