@@ -127,11 +127,10 @@ fn bench_refuses_unknown_config() {
 
 #[test]
 fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
-    let tmp = std::env::temp_dir().join(format!("hymba-ref-test-bench-from-disk-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = common::TempDir::new("bench-from-disk");
     let out = common::cli_command()
         .args(["bench", "--from-disk", "--configs", "small", "--runs", "2", "--threads", "1", "--json"])
-        .env("TMPDIR", &tmp)
+        .env("TMPDIR", &tmp.0)
         .output()
         .expect("run hymba-ref");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -159,7 +158,5 @@ fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
     assert_eq!(runs.len(), 2);
     assert_eq!((&runs[0]["child"]["prefix_from_cache"], &runs[1]["child"]["prefix_from_cache"]), (&Value::Bool(false), &Value::Bool(true)));
     assert_eq!(runs[0]["child"]["first_token"], runs[1]["child"]["first_token"], "the cached prefix gives the same token");
-    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    std::fs::remove_dir(&tmp).unwrap();
+    assert_eq!(tmp.entries(), Vec::<String>::new(), "left behind");
 }
