@@ -2,18 +2,12 @@
 //! far past M + W, and bad input is refused without leaving an output file.
 
 mod common;
-use common::{assert_close, fixtures_dir, Goldens};
-use std::path::{Path, PathBuf};
+use common::{assert_close, fixtures_dir, Goldens, TempDir};
+use std::path::Path;
 use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
     common::cli_command().args(args).output().expect("the binary runs")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hymba-cli-logits-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn logits_file(model: &Path, ids: &str, out: &Path, prefill: Option<usize>) {
@@ -33,22 +27,21 @@ fn prefill_path_matches_full_forward_and_goldens() {
     let goldens = Goldens::open(&fixture.join("goldens.safetensors"));
     let ids = goldens.ids("case2.input_ids");
     let ids_text = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let dir = temp_dir("prefill");
+    let dir = TempDir::new("cli-logits-prefill");
     let want = goldens.f32("case2.logits");
     for prefill in [None, Some(1), Some(4), Some(ids.len())] {
-        let out = dir.join(format!("logits-{prefill:?}.safetensors"));
+        let out = dir.join(&format!("logits-{prefill:?}.safetensors"));
         logits_file(&fixture.join("model"), &ids_text, &out, prefill);
         let got = Goldens::open(&out).f32("logits");
         assert_close(&format!("logits --prefill {prefill:?}"), got.view(), &want, 1e-4, 1e-4);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_input_is_refused_and_leaves_no_file() {
     let model = fixtures_dir().join("silu-groups-default/model");
     let model = model.to_str().unwrap();
-    let dir = temp_dir("bad");
+    let dir = TempDir::new("cli-logits-bad");
     let out = dir.join("out.safetensors");
     let out_s = out.to_str().unwrap();
     // A bad flag value is a usage error (exit 2) naming the flag; an id past the vocabulary,
@@ -75,5 +68,4 @@ fn bad_input_is_refused_and_leaves_no_file() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/dir"));
     assert_eq!(run(&["logits", "--model", model, "--ids", "1", "--out", out_s, "--bogus"]).status.code(), Some(2));
     assert!(!out.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,7 @@
 //! The `perplexity` command, on the bundled demo model (its default `--model`).
 
 mod common;
+use common::TempDir;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -13,9 +14,9 @@ fn heldout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo/heldout.txt")
 }
 
-/// A scratch file with these bytes, unique to this test process.
-fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("hymba-ref-cli-perplexity-{}-{name}", std::process::id()));
+/// A file `name` in `dir` with these bytes.
+fn scratch_file(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -46,8 +47,9 @@ fn perplexity_of_the_heldout_text_matches_the_reference() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    let not_utf8 = scratch_file("latin1.txt", b"caf\xe9 au lait");
-    let empty = scratch_file("empty.txt", b"");
+    let dir = TempDir::new("cli-perplexity");
+    let not_utf8 = scratch_file(&dir, "latin1.txt", b"caf\xe9 au lait");
+    let empty = scratch_file(&dir, "empty.txt", b"");
     let heldout = heldout();
     let cases: [(Vec<&str>, &str, i32); 5] = [
         (vec!["--file", not_utf8.to_str().unwrap()], "is not valid UTF-8 (invalid byte at offset 3)", 1),
@@ -63,6 +65,4 @@ fn bad_input_is_a_clear_error() {
         assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
-    let _ = std::fs::remove_file(not_utf8);
-    let _ = std::fs::remove_file(empty);
 }

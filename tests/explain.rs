@@ -355,7 +355,8 @@ fn run(args: &[&str]) -> Output {
 
 #[test]
 fn the_command_writes_the_page_and_prints_json() {
-    let page = std::env::temp_dir().join(format!("hymba-ref-explain-{}.html", std::process::id()));
+    let dir = common::TempDir::new("explain");
+    let page = dir.join("page.html");
     let out = run(&["explain", "--prompt", "A journey of a thousand miles", "--layers", "0,1", "--heads", "1", "--json", "--html", page.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -364,7 +365,6 @@ fn the_command_writes_the_page_and_prints_json() {
     assert_eq!(json["tokens"][0], "<s>");
     let html = std::fs::read_to_string(&page).unwrap();
     check_well_formed(&html).unwrap();
-    std::fs::remove_file(&page).unwrap();
 
     let out = run(&["explain", "--prompt", "Hello there"]);
     let text = String::from_utf8(out.stdout).unwrap();

@@ -7,6 +7,8 @@
 //! seeds of the checkpoint, config and index targets, `python3 fuzz/make_tokenizer_seeds.py` those
 //! of the tokenizer targets (both deterministic).
 
+mod common;
+
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::safetensors::write_f32;
 use hymba_ref::checkpoint::TensorSource;
@@ -194,8 +196,7 @@ fn regenerate_seed_corpus() {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
     };
-    let tmp = std::env::temp_dir().join(format!("hymba-seeds-{}", std::process::id()));
-    fs::create_dir_all(&tmp).unwrap();
+    let tmp = common::TempDir::new("seeds");
 
     // safetensors_bytes: every dtype family, metadata, a scalar, an empty tensor, unordered header.
     let header = r#"{"__metadata__":{"format":"pt"},"b":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},"h":{"dtype":"F16","shape":[1,2],"data_offsets":[4,8]},"f":{"dtype":"F32","shape":[],"data_offsets":[8,12]},"i":{"dtype":"I64","shape":[1],"data_offsets":[12,20]},"j":{"dtype":"I32","shape":[1],"data_offsets":[20,24]},"u":{"dtype":"U8","shape":[2],"data_offsets":[24,26]},"e":{"dtype":"F32","shape":[0,3],"data_offsets":[26,26]}}"#;
@@ -204,7 +205,7 @@ fn regenerate_seed_corpus() {
     write("safetensors_bytes", "empty-header", &raw("{}", &[]));
     let unordered = r#"{"z":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}       "#;
     write("safetensors_bytes", "unordered-padded", &raw(unordered, &[0, 0, 128, 63, 0, 0, 0, 64]));
-    write("safetensors_bytes", "loader-model", &loader_model_file(1, &tmp));
+    write("safetensors_bytes", "loader-model", &loader_model_file(1, &tmp.0));
 
     // config_json: the fixtures' released-style configs and the loader's small configs.
     for fixture in ["silu-groups-default", "relu2-every-ntk-f16", "perhead-dynamic-sharded", "norope-nometa-nowindow"] {
@@ -223,8 +224,7 @@ fn regenerate_seed_corpus() {
     // loader: selector byte (bit 0 picks the config, bit 7 also decodes step by step) + weights.
     for (selector, config) in [(0x00u8, 0usize), (0x81, 1)] {
         let mut bytes = vec![selector];
-        bytes.extend(loader_model_file(config, &tmp));
+        bytes.extend(loader_model_file(config, &tmp.0));
         write("loader", &format!("config{config}"), &bytes);
     }
-    fs::remove_dir_all(&tmp).unwrap();
 }

@@ -3,20 +3,13 @@
 //! detected, ignored with a warning and rewritten.
 
 mod common;
-use common::fixtures_dir;
+use common::{fixtures_dir, TempDir};
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::model::Hymba;
 use hymba_ref::prefix_cache::{weights_key, CachedModel, PrefixCache};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hymba-ref-test-prefix-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A fixture with meta tokens, sliding windows and K/V sharing (M = 3).
 fn checkpoint() -> PathBuf {
@@ -41,8 +34,8 @@ fn logits(model: &Hymba) -> Vec<f32> {
 
 #[test]
 fn a_cached_prefix_gives_bit_identical_logits() {
-    let dir = temp_dir("identical");
-    let cache = PrefixCache::at(&dir);
+    let dir = TempDir::new("prefix-identical");
+    let cache = PrefixCache::at(&dir.0);
     let fresh = Hymba::from_dir(&checkpoint()).unwrap();
     let first = build(&cache, &checkpoint());
     assert!(!first.read_from_cache && first.warnings.is_empty(), "{:?}", first.warnings);
@@ -56,13 +49,12 @@ fn a_cached_prefix_gives_bit_identical_logits() {
     assert_eq!(got.len(), want.len());
     let differing = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
     assert_eq!(differing, 0, "bit-identical logits");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_corrupt_truncated_or_foreign_cache_file_is_detected_and_rewritten() {
-    let dir = temp_dir("corrupt");
-    let cache = PrefixCache::at(&dir);
+    let dir = TempDir::new("prefix-corrupt");
+    let cache = PrefixCache::at(&dir.0);
     let key = weights_key(&checkpoint()).unwrap();
     let path = cache.path(&key);
     build(&cache, &checkpoint());
@@ -91,44 +83,42 @@ fn a_corrupt_truncated_or_foreign_cache_file_is_detected_and_rewritten() {
         assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: rewritten");
     }
     // Only the cache file itself: the atomic writer left no temporary files.
-    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries = dir.entries();
     assert_eq!(entries.len(), 1, "{entries:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn the_key_changes_with_the_weights_files() {
-    let dir = temp_dir("key");
+    let dir = TempDir::new("prefix-key");
     for name in ["config.json", "model.safetensors"] {
         std::fs::copy(checkpoint().join(name), dir.join(name)).unwrap();
     }
-    let key = weights_key(&dir).unwrap();
+    let key = weights_key(&dir.0).unwrap();
     assert_eq!(key.len(), 16 + 1 + 32, "{key}");
-    assert_eq!(weights_key(&dir).unwrap(), key, "stable");
+    assert_eq!(weights_key(&dir.0).unwrap(), key, "stable");
     std::fs::write(dir.join("logits.safetensors"), b"not part of the checkpoint").unwrap();
-    assert_eq!(weights_key(&dir).unwrap(), key, "only the checkpoint's files count");
+    assert_eq!(weights_key(&dir.0).unwrap(), key, "only the checkpoint's files count");
     let cache = PrefixCache::at(dir.join("cache"));
-    build(&cache, &dir);
+    build(&cache, &dir.0);
     let file = std::fs::OpenOptions::new().append(true).open(dir.join("config.json")).unwrap();
     file.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
-    let new_key = weights_key(&dir).unwrap();
+    let new_key = weights_key(&dir.0).unwrap();
     assert_ne!(new_key, key, "a new modification time");
     assert_eq!(new_key[..17], key[..17], "the same directory");
     // The prefix of the changed weights replaces the old one.
-    assert!(!build(&cache, &dir).read_from_cache);
+    assert!(!build(&cache, &dir.0).read_from_cache);
     let files: Vec<_> = std::fs::read_dir(dir.join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files, [cache.path(&new_key)]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn generate_reads_the_prefix_it_cached_and_no_prefix_cache_bypasses_it() {
-    let home = temp_dir("cli");
+    let home = TempDir::new("prefix-cli");
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_hymba-ref"))
             .args(["generate", "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "12"])
             .args(extra)
-            .env("XDG_CACHE_HOME", &home)
+            .env("XDG_CACHE_HOME", &home.0)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -151,5 +141,4 @@ fn generate_reads_the_prefix_it_cached_and_no_prefix_cache_bypasses_it() {
     assert!(err.contains("warning: ignoring the cached meta prefix"), "{err}");
     assert_eq!(third, text);
     assert_eq!(std::fs::read(&files[0]).unwrap(), good);
-    std::fs::remove_dir_all(&home).unwrap();
 }

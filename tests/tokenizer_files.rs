@@ -2,6 +2,8 @@
 //! normaliser flags, small synthetic tokenizers, and clear errors (never panics) on malformed or
 //! unsupported files.
 
+mod common;
+use common::TempDir;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, ErrorKind};
 use proptest::prelude::*;
@@ -23,14 +25,6 @@ fn released_json() -> &'static Value {
 fn released_model() -> &'static [u8] {
     static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
     MODEL.get_or_init(|| std::fs::read(released_dir().join("tokenizer.model")).unwrap())
-}
-
-/// A fresh empty directory under the system temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hymba-ref-tokenizer-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn copy(file: &str, to: &Path) {
@@ -57,46 +51,43 @@ fn from_dir_prefers_tokenizer_json() {
 
 #[test]
 fn from_dir_falls_back_to_the_sentencepiece_model() {
-    let dir = temp_dir("sp-only");
-    copy("tokenizer.model", &dir);
-    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let dir = TempDir::new("tokenizer-sp-only");
+    copy("tokenizer.model", &dir.0);
+    let tok = Tokenizer::from_dir(&dir.0).unwrap();
     assert_eq!(tok.vocab_size(), 32000);
     // sentencepiece spells added-token strings out (ids from the shared goldens).
     assert_eq!(tok.encode("[PAD] inside text", false), vec![518, 29925, 3035, 29962, 2768, 1426]);
     assert_eq!(tok.encode("Hello world", true), vec![1, 15043, 3186]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn from_dir_without_tokenizer_files_names_the_directory() {
-    let dir = temp_dir("empty");
+    let dir = TempDir::new("tokenizer-empty");
     assert_error(
-        Tokenizer::from_dir(&dir),
+        Tokenizer::from_dir(&dir.0),
         ErrorKind::Io,
-        &[dir.to_str().unwrap(), "tokenizer.json", "tokenizer.model"],
+        &[dir.path(), "tokenizer.json", "tokenizer.model"],
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn tokenizer_config_sets_bos_handling() {
-    let dir = temp_dir("config");
-    copy("tokenizer.json", &dir);
+    let dir = TempDir::new("tokenizer-config");
+    copy("tokenizer.json", &dir.0);
     let config = dir.join("tokenizer_config.json");
 
     std::fs::write(&config, r#"{"add_bos_token": false, "bos_token": {"content": "</s>"}, "eos_token": "[PAD]"}"#)
         .unwrap();
-    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let tok = Tokenizer::from_dir(&dir.0).unwrap();
     assert!(!tok.add_bos_token());
     assert_eq!((tok.bos_id(), tok.eos_id()), (2, 32000));
 
     std::fs::write(&config, r#"{"add_eos_token": true}"#).unwrap();
-    assert_error(Tokenizer::from_dir(&dir), ErrorKind::Tokenizer, &["tokenizer_config.json", "add_eos_token"]);
+    assert_error(Tokenizer::from_dir(&dir.0), ErrorKind::Tokenizer, &["tokenizer_config.json", "add_eos_token"]);
     std::fs::write(&config, r#"{"bos_token": "<nope>"}"#).unwrap();
-    assert_error(Tokenizer::from_dir(&dir), ErrorKind::Tokenizer, &["bos_token", "<nope>"]);
+    assert_error(Tokenizer::from_dir(&dir.0), ErrorKind::Tokenizer, &["bos_token", "<nope>"]);
     std::fs::write(&config, "{").unwrap();
-    assert_error(Tokenizer::from_dir(&dir), ErrorKind::Tokenizer, &["tokenizer_config.json", "not valid JSON"]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_error(Tokenizer::from_dir(&dir.0), ErrorKind::Tokenizer, &["tokenizer_config.json", "not valid JSON"]);
 }
 
 // ---------------------------------------------------------------------------------------------

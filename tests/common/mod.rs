@@ -89,7 +89,8 @@ pub fn cli_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-/// A fresh directory under the system temp dir (`hymba-ref-test-{tag}-{pid}-{n}`), removed on drop.
+/// A fresh, empty directory under the system temp dir (`hymba-ref-test-{tag}-{pid}-{n}`), removed
+/// on drop.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -97,6 +98,7 @@ impl TempDir {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("hymba-ref-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path); // left by an earlier run that had the same pid and died
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
     }
