@@ -37,6 +37,7 @@ use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, fi
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
+use crate::model::parallel::items_per_task;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -104,8 +105,11 @@ pub enum Rows {
     OnePerSequence,
 }
 
-/// Weight rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+/// A one-row product's task reads at least this many bytes of weights (a few µs of memory
+/// traffic, more than handing out a task costs): 80 rows of the 1.5B's 1,600 columns in bf16.
+const MIN_TASK_BYTES: usize = 256 << 10;
+/// A prefill product's weight blocks and chunks of `x` have at least this many rows.
+const MIN_GEMM_ROWS: usize = 64;
 
 impl Matrix {
     /// `None` if `data` does not hold `rows · cols` elements.
@@ -154,6 +158,13 @@ impl Matrix {
         self.rows_f32(0, self.rows)
     }
 
+    /// Weight rows per task of a one-row or row-wise product: at least [`MIN_TASK_BYTES`] of
+    /// weights, in whole rounds of the threads ([`items_per_task`]).
+    fn rows_per_task(&self) -> usize {
+        let row_bytes = (self.cols * self.data.bytes_per_element()).max(1);
+        items_per_task(self.rows, MIN_TASK_BYTES.div_ceil(row_bytes), rayon::current_num_threads())
+    }
+
     /// `x · Wᵀ` into `out`: (T, cols) → (T, rows).
     pub fn matmul_t<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.cols);
@@ -172,9 +183,10 @@ impl Matrix {
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("contiguous"); // (cols)
         let out = out.as_slice_mut().expect("a row of a standard-layout array"); // (rows)
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, out)| {
+        let per_task = self.rows_per_task();
+        out.par_chunks_mut(per_task).enumerate().for_each(|(task, out)| {
             for (i, o) in out.iter_mut().enumerate() {
-                let r = task * ROWS_PER_TASK + i;
+                let r = task * per_task + i;
                 let w_row = r * self.cols..(r + 1) * self.cols;
                 *o = match &*self.data {
                     Elements::F32(v) => dot(x, &v[w_row]),
@@ -209,9 +221,9 @@ impl Matrix {
         }
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout"); // (B·cols)
-        let cols = self.cols;
-        out.axis_chunks_iter_mut(Axis(1), ROWS_PER_TASK).into_par_iter().enumerate().for_each(|(task, mut out)| {
-            let rows = task * ROWS_PER_TASK * cols..(task * ROWS_PER_TASK + out.ncols()) * cols;
+        let (cols, per_task) = (self.cols, self.rows_per_task());
+        out.axis_chunks_iter_mut(Axis(1), per_task).into_par_iter().enumerate().for_each(|(task, mut out)| {
+            let rows = task * per_task * cols..(task * per_task + out.ncols()) * cols;
             match &*self.data {
                 Elements::Bf16(v) => matvecs_bf16(xs, &v[rows], out),
                 Elements::F32(v) => each_pair(xs, &v[rows], out.view_mut(), dot),
@@ -226,9 +238,12 @@ impl Matrix {
     /// few per thread (narrow matrices, many threads), the rows of `x` are split too, so the tasks
     /// balance on any number of threads. out: (T, rows)
     fn matmul_t_gemm(&self, x: ArrayView2<f32>, out: &mut Array2<f32>) {
-        let tasks = 4 * rayon::current_num_threads();
-        let block = self.rows.div_ceil(tasks).max(ROWS_PER_TASK); // weight rows per block
-        let x_rows = x.nrows().div_ceil(tasks.div_ceil(self.rows.div_ceil(block))).max(ROWS_PER_TASK); // rows of x per task
+        let threads = rayon::current_num_threads();
+        let tasks = 4 * threads;
+        // At most 4 blocks a thread (GEMM packs all of x for each block: fewer, larger blocks
+        // pack it less often), in whole rounds of the threads.
+        let block = items_per_task(self.rows, self.rows.div_ceil(tasks).max(MIN_GEMM_ROWS), threads); // weight rows per block
+        let x_rows = x.nrows().div_ceil(tasks.div_ceil(self.rows.div_ceil(block))).max(MIN_GEMM_ROWS); // rows of x per task
         out.axis_chunks_iter_mut(Axis(1), block).into_par_iter().enumerate().for_each(|(b, mut out)| {
             let w = self.rows_f32(b * block, out.ncols()); // (block, cols)
             let x_chunks = x.axis_chunks_iter(Axis(0), x_rows).into_par_iter();

@@ -14,7 +14,7 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
-use super::parallel::{for_each_row, map_in_place, zip_with};
+use super::parallel::{for_each_row, items_per_task, map_in_place, zip_with};
 use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
@@ -118,13 +118,14 @@ pub fn selective_scan(
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
     debug_assert_eq!(y.dim(), (t, d_inner)); // (T, D), filled a block of columns (channels) per task
-    const CHANNELS_PER_TASK: usize = 64;
-    y.axis_chunks_iter_mut(Axis(1), CHANNELS_PER_TASK)
+    // At least 64 channels a task, whole groups of SCAN_GROUP, in whole rounds of the threads.
+    let per_task = items_per_task(d_inner, 64, rayon::current_num_threads()).next_multiple_of(SCAN_GROUP);
+    y.axis_chunks_iter_mut(Axis(1), per_task)
         .into_par_iter()
-        .zip(state.axis_chunks_iter_mut(Axis(0), CHANNELS_PER_TASK))
+        .zip(state.axis_chunks_iter_mut(Axis(0), per_task))
         .enumerate()
         .for_each(|(task, (y, state))| {
-            let channels = task * CHANNELS_PER_TASK..task * CHANNELS_PER_TASK + y.ncols();
+            let channels = task * per_task..task * per_task + y.ncols();
             let (u, delta) = (u.slice(s![.., channels.clone()]), delta.slice(s![.., channels.clone()]));
             scan_channels(u, delta, a.slice(s![channels.clone(), ..]), b, c, d.slice(s![channels]), state, y);
         });
