@@ -84,6 +84,17 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill
         }
         let parts: f64 = phases.iter().map(|x| x["seconds_1_thread"].as_f64().unwrap()).sum();
         assert!((parts - one).abs() < 1e-6, "{kind}: the phases and `other` add up to the call ({parts} vs {one})");
+        // Per pass, per layer (small has 4): 6 weight products (in_proj, x_proj, dt_proj, out_proj, up ∥
+        // gate, down), one attention and one scan region; then the output's norm and lm_head.
+        let sections = |phase: &str| phases[names.iter().position(|n| *n == phase).unwrap()]["sections_per_call"].as_f64();
+        for (phase, per_pass) in [("weights", 24.0), ("attention", 4.0), ("scan", 4.0), ("output", 1.0)] {
+            assert_eq!(sections(phase), Some(per_pass), "{kind}: {phase} sections a call (one pass)");
+        }
+        let regions = positive(&p["parallel_regions_per_call"], kind);
+        assert!(regions >= 33.0, "{kind}: at least the parallel phases' {regions} regions");
+        let region_seconds = positive(&p["parallel_region_seconds"], kind);
+        let share = p["synchronisation_share"].as_f64().expect("a synchronisation share");
+        assert!((share - regions * region_seconds * p["calls"].as_f64().unwrap() / two).abs() < 1e-9, "{kind}: {share}");
     }
     // The profile at 2 threads is of the timed calls themselves.
     let prefill_seconds = context["prefill_seconds"][0].as_f64().expect("one timed prefill");

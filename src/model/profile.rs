@@ -61,6 +61,9 @@ impl Phase {
 pub struct Profile {
     on: bool,
     seconds: [f64; Phase::ALL.len()],
+    /// Timed sections per phase: in a parallel phase, each is a parallel region (a fork and a
+    /// join of the threads), which is what synchronisation costs are counted in.
+    sections: [u64; Phase::ALL.len()],
 }
 
 impl Profile {
@@ -82,6 +85,7 @@ impl Profile {
         let start = Instant::now();
         let result = f();
         self.seconds[phase as usize] += start.elapsed().as_secs_f64();
+        self.sections[phase as usize] += 1;
         result
     }
 
@@ -90,9 +94,14 @@ impl Profile {
         self.seconds[phase as usize]
     }
 
+    /// Sections timed as `phase` (calls of [`Profile::time`]).
+    pub fn sections(&self, phase: Phase) -> u64 {
+        self.sections[phase as usize]
+    }
+
     /// Zero every phase, keeping the profile on or off.
     pub fn clear(&mut self) {
-        self.seconds = Default::default();
+        (self.seconds, self.sections) = Default::default();
     }
 }
 
@@ -104,12 +113,14 @@ mod tests {
     fn records_only_when_on() {
         let mut off = Profile::default();
         assert_eq!(off.time(Phase::Scan, || 7), 7);
-        assert_eq!(off.seconds(Phase::Scan), 0.0);
+        assert_eq!((off.seconds(Phase::Scan), off.sections(Phase::Scan)), (0.0, 0));
         let mut on = Profile::recording();
         on.time(Phase::Scan, || std::thread::sleep(std::time::Duration::from_millis(2)));
+        on.time(Phase::Scan, || ());
         assert!(on.seconds(Phase::Scan) >= 0.002, "{on:?}");
+        assert_eq!((on.sections(Phase::Scan), on.sections(Phase::Weights)), (2, 0));
         assert_eq!(on.seconds(Phase::Attention), 0.0);
         on.clear();
-        assert!(on.is_on() && on.seconds(Phase::Scan) == 0.0);
+        assert!(on.is_on() && on.seconds(Phase::Scan) == 0.0 && on.sections(Phase::Scan) == 0);
     }
 }

@@ -34,6 +34,7 @@ mod from_disk;
 mod limits;
 mod memory;
 mod profile;
+mod regions;
 
 use crate::args::print_stdout;
 use clap::Args;
@@ -127,7 +128,8 @@ pub struct BenchArgs {
     /// sequence a step); --synthetic-cache has no prefill profile. Adds a one-thread run to
     /// every run. The table also shows how busy the threads were in the timed runs (CPU time
     /// over wall time × threads, system time, minor page faults; in the JSON without --profile
-    /// too: `prefill_cpu`, `decode_cpu`).
+    /// too: `prefill_cpu`, `decode_cpu`), and the synchronisation: the parallel regions a
+    /// prefill or step opens, times what one region costs on these threads (measured apart).
     #[arg(long)]
     profile: bool,
     /// Print JSON instead of a table.
@@ -492,7 +494,7 @@ fn run_once(model: &Hymba, args: &BenchArgs, ids: &[u32], batch_size: usize, pro
     };
     let prefill_seconds = if args.synthetic_cache { f64::NAN } else { start.elapsed().as_secs_f64() };
     let prefill_cpu = CpuTime::now().zip(cpu_start).filter(|_| !args.synthetic_cache).map(|(end, start)| end - start);
-    let prefill_profile = (profile && !args.synthetic_cache).then(|| PhaseTimes::of(prefill_seconds, seq.scratch.profile()));
+    let prefill_profile = (profile && !args.synthetic_cache).then(|| PhaseTimes::of(prefill_seconds, seq.scratch.profile(), 1));
     let mut batch = Batch::new();
     for _ in 0..batch_size {
         let mut copy = Sequence { cache: seq.cache.clone(), scratch: Default::default() };
@@ -521,7 +523,7 @@ fn run_once(model: &Hymba, args: &BenchArgs, ids: &[u32], batch_size: usize, pro
         decode_cpu,
         cache_bytes: batch.cache_bytes() as u64,
         prefill_profile,
-        decode_profile: profile.then(|| PhaseTimes::of(decode_seconds, batch.profile())),
+        decode_profile: profile.then(|| PhaseTimes::of(decode_seconds, batch.profile(), args.decode_tokens)),
     })
 }
 
@@ -576,9 +578,11 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     // A decode step is one pass of one row per sequence. With --synthetic-cache nothing was
     // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
-        let mut summaries = json!({ "threads": threads, "decode": profile::summary(&decode_1, &decode_n, threads, Rows::OnePerSequence, batch_size) });
+        let region = regions::region_seconds();
+        let decode = profile::summary(&decode_1, &decode_n, threads, Rows::OnePerSequence, batch_size, region);
+        let mut summaries = json!({ "threads": threads, "decode": decode });
         if !prefill_n.is_empty() {
-            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, Rows::Chunk, rows);
+            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, Rows::Chunk, rows, region);
         }
         summaries
     });

@@ -11,17 +11,25 @@ use hymba_ref::matrix::Rows;
 use hymba_ref::model::{Phase, Profile};
 use serde_json::{json, Value};
 
-/// A call's seconds: in total (as the caller measured it) and per phase.
+/// The seconds of `calls` calls (one prefill, or the steps of a decode): in total (as the caller
+/// measured it) and per phase, and the sections timed per phase.
 #[derive(Debug, Clone, Default)]
 pub struct PhaseTimes {
     pub total: f64,
     pub phases: [f64; Phase::ALL.len()],
+    pub sections: [u64; Phase::ALL.len()],
+    pub calls: usize,
 }
 
 impl PhaseTimes {
-    /// Calls that took `total` seconds, of which `profile` recorded per phase.
-    pub fn of(total: f64, profile: &Profile) -> PhaseTimes {
-        PhaseTimes { total, phases: Phase::ALL.map(|phase| profile.seconds(phase)) }
+    /// `calls` calls that took `total` seconds, of which `profile` recorded per phase.
+    pub fn of(total: f64, profile: &Profile, calls: usize) -> PhaseTimes {
+        PhaseTimes {
+            total,
+            phases: Phase::ALL.map(|phase| profile.seconds(phase)),
+            sections: Phase::ALL.map(|phase| profile.sections(phase)),
+            calls,
+        }
     }
 
     /// What no phase accounts for: the rest of the pass (splitting rows into passes, the layer
@@ -38,15 +46,29 @@ fn serial_share(one: f64, many: f64, pass_one: f64, threads: usize) -> Option<f6
 
 /// Each figure's median over runs (a shared machine's load comes and goes: a median keeps the
 /// runs it did not disturb).
+/// The sections and calls are the same in every run: the first's.
 fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
     let field = |f: &dyn Fn(&PhaseTimes) -> f64| super::median(&runs.iter().map(f).collect::<Vec<_>>());
-    PhaseTimes { total: field(&|r| r.total), phases: std::array::from_fn(|i| field(&|r| r.phases[i])) }
+    let first = runs.first().cloned().unwrap_or_default();
+    PhaseTimes { total: field(&|r| r.total), phases: std::array::from_fn(|i| field(&|r| r.phases[i])), ..first }
+}
+
+/// The parallel regions a call opens: the timed sections of the phases that run in parallel
+/// (each such section is one region; the MLP's up and gate, joined, count as one).
+fn parallel_regions_per_call(times: &PhaseTimes, kind: Rows, rows: usize) -> f64 {
+    let regions: u64 = (Phase::ALL.iter().zip(times.sections))
+        .filter(|(phase, _)| phase.threading(kind, rows) != "one thread")
+        .map(|(_, sections)| sections)
+        .sum();
+    regions as f64 / times.calls.max(1) as f64
 }
 
 /// The profile of one kind of call (prefill or decode) as JSON, from its runs at one thread and
 /// at `threads`, passes of `rows` rows of the kind `kind`: the median seconds of the call and of
-/// each phase, each phase's speed-up and its part of the serial share.
-pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Rows, rows: usize) -> Value {
+/// each phase, each phase's speed-up and its part of the serial share; and, given what one
+/// parallel region costs on the pool (`region_seconds`, [`super::regions`]), the
+/// synchronisation of a call: its parallel regions times that, as a fraction of its time.
+pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Rows, rows: usize, region_seconds: Option<f64>) -> Value {
     let (one, many) = (&median_times(one), &median_times(many));
     let mut phases: Vec<Value> = Phase::ALL
         .iter()
@@ -65,9 +87,18 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
             })
         })
         .collect();
+    for (phase, sections) in phases.iter_mut().zip(many.sections) {
+        phase["sections_per_call"] = json!(sections as f64 / many.calls.max(1) as f64);
+    }
     phases.retain(|p| p["seconds_1_thread"].as_f64() != Some(0.0) || p["seconds_n_threads"].as_f64() != Some(0.0));
+    let regions = parallel_regions_per_call(many, kind, rows);
+    let synchronisation = region_seconds.map(|r| regions * r / (many.total / many.calls.max(1) as f64));
     json!({
         "rows_per_pass": rows,
+        "calls": many.calls,
+        "parallel_regions_per_call": regions,
+        "parallel_region_seconds": region_seconds,
+        "synchronisation_share": synchronisation,
         "seconds_1_thread": one.total,
         "seconds_n_threads": many.total,
         "speedup": one.total / many.total,
@@ -107,6 +138,15 @@ pub fn table(config: &str, c: &Value) -> String {
                 cpu["minor_page_faults"],
             );
         }
+        if let Some(share) = p["synchronisation_share"].as_f64() {
+            out += &format!(
+                "  synchronisation: {:.1} parallel regions a {}, {:.1} µs each at {threads} threads (one task a thread, measured apart): {} of the {threads}-thread time\n",
+                num(&p["parallel_regions_per_call"]),
+                if *kind == "prefill" { "prefill" } else { "step" },
+                num(&p["parallel_region_seconds"]) * 1e6,
+                pct(&json!(share)),
+            );
+        }
         out += &format!(
             "  {:<12} {:<31} {:>12} {:>12} {:>9} {:>9} {:>13}\n",
             "phase", "threading", "1 thread s", format!("{threads} threads s"), "% of 1t", "speed-up", "serial share"
@@ -134,9 +174,10 @@ mod tests {
     #[test]
     fn amdahl_serial_share_of_a_pass_and_its_phases() {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
-        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
-        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0] };
-        let s = summary(std::slice::from_ref(&one), &[two], 2, Rows::Chunk, 512);
+        let sections = [3, 0, 0, 0, 5, 0];
+        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, calls: 1 };
+        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, calls: 1 };
+        let s = summary(std::slice::from_ref(&one), &[two], 2, Rows::Chunk, 512, None);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
@@ -144,7 +185,23 @@ mod tests {
         assert_eq!(names, ["weights", "elementwise"], "phases with no time are left out, `other` is 0 here");
         assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!((phases[0]["sections_per_call"].as_f64(), phases[1]["sections_per_call"].as_f64()), (Some(3.0), Some(5.0)));
+        assert!(s["synchronisation_share"].is_null(), "no region cost measured");
         // One thread only: no share can be inferred.
-        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, Rows::Chunk, 512)["serial_share"].is_null());
+        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, Rows::Chunk, 512, None)["serial_share"].is_null());
+    }
+
+    #[test]
+    fn synchronisation_is_the_parallel_regions_times_what_one_costs() {
+        // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
+        // regions (parallel), 30 element-wise sections (one thread: not regions).
+        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], calls: 4 };
+        let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, Some(20e-6));
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(12.0));
+        // 12 regions × 20 µs over 0.2 s a step
+        assert!((s["synchronisation_share"].as_f64().unwrap() - 12.0 * 20e-6 / 0.2).abs() < 1e-12, "{s}");
+        // A prefill of 512 rows runs its element-wise work in parallel: those sections count.
+        let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::Chunk, 512, Some(20e-6));
+        assert_eq!(prefill["parallel_regions_per_call"].as_f64(), Some(42.0));
     }
 }
