@@ -1,10 +1,10 @@
 //! The per-layer MLP (`moe.experts.0`: the released model builds exactly one expert).
 
 use super::profile::{Phase, Profile};
-use crate::simd::silu;
+use crate::simd::times_silu;
 use crate::checkpoint::weights::MlpWeights;
 use crate::matrix::Rows;
-use super::parallel::{map_in_place, zip_with};
+use super::parallel::{contiguous, for_each_row, map_in_place};
 use ndarray::{Array2, ArrayView2};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
@@ -35,8 +35,11 @@ pub fn mlp<'o>(
                 let (up, gate_out) = (&mut buf.up, &mut buf.gate);
                 rayon::join(|| w.up_proj.matmul_t_of(h, rows, up), || gate.matmul_t_of(h, rows, gate_out))
             }); // (T, F) each
-            profile.time(Phase::Elementwise, || zip_with(buf.gate.view_mut(), buf.up.view(), |g, u| *g = silu(*g) * u));
-            &buf.gate
+            let gate = buf.gate.view();
+            profile.time(Phase::Elementwise, || {
+                for_each_row(buf.up.view_mut(), |t, mut up| times_silu(contiguous(&mut up), gate.row(t).to_slice().expect("a standard-layout row")))
+            }); // up ⊙ SiLU(gate)
+            &buf.up
         }
         None => {
             profile.time(Phase::Weights, || w.up_proj.matmul_t_of(h, rows, &mut buf.up)); // (T, F)

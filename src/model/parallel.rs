@@ -6,7 +6,7 @@
 //! Each element is computed by the same arithmetic either way, so the results are identical;
 //! only which thread computes a row changes.
 
-use ndarray::{ArrayView, ArrayViewMut, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
+use ndarray::{ArrayView, ArrayViewMut, ArrayViewMut1, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
 use rayon::prelude::*;
 
 /// Passes of at least this many rows run their row-wise work in parallel. A row of the 1.5B
@@ -42,6 +42,11 @@ pub fn for_each_row<D: RemoveAxis>(
     } else {
         out.axis_iter_mut(Axis(0)).enumerate().for_each(|(t, row)| f(t, row));
     }
+}
+
+/// A row of a standard-layout array as a slice (for the vectorised functions of [`crate::simd`]).
+pub fn contiguous<'a>(row: &'a mut ArrayViewMut1<f32>) -> &'a mut [f32] {
+    row.as_slice_mut().expect("a row of a standard-layout array")
 }
 
 /// `f(a, b)` for every pair of elements of `a` and `b` (T, width): in parallel when T ≥ [`PARALLEL_ROWS`].
