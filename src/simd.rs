@@ -242,20 +242,27 @@ pub fn softplus(v: f32) -> f32 {
     if v > 20.0 { v } else { ln_1p(exp(v)) }
 }
 
+// Plain `for` loops: an iterator's `for_each` may stay a call, compiled without the vector unit.
 #[inline(always)]
 fn each_silu(x: &mut [f32]) {
-    x.iter_mut().for_each(|v| *v = silu(*v));
+    for v in x {
+        *v = silu(*v);
+    }
 }
 
 #[inline(always)]
 fn each_softplus(x: &mut [f32]) {
-    x.iter_mut().for_each(|v| *v = softplus(*v));
+    for v in x {
+        *v = softplus(*v);
+    }
 }
 
 #[inline(always)]
 fn each_times_silu(y: &mut [f32], z: &[f32]) {
     debug_assert_eq!(y.len(), z.len());
-    y.iter_mut().zip(z).for_each(|(y, &z)| *y *= silu(z));
+    for (y, &z) in y.iter_mut().zip(z) {
+        *y *= silu(z);
+    }
 }
 
 best_simd! {
