@@ -42,10 +42,9 @@ pub struct GenerateArgs {
     batch_size: Option<usize>,
     /// With --prompts-file: the most cache memory the batch may reach, in GB (10⁹ bytes, f32
     /// cache); a prompt joins only when its cache at prompt + --max-new-tokens tokens fits
-    /// (one prompt always runs). Default: no more prompts at once than whose caches, each at
-    /// the longest prompt + --max-new-tokens, fit in half of the memory available (MemAvailable
-    /// in /proc/meminfo; no bound where it cannot be read), with a note on stderr when that
-    /// limits the batch.
+    /// (one prompt always runs). Default: half of the memory available (MemAvailable in
+    /// /proc/meminfo; no bound where it cannot be read), with a note on stderr when that keeps
+    /// the first prompts from all decoding at once.
     #[arg(long, value_name = "GB", value_parser = crate::generation_args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     max_cache_gb: Option<f32>,
     /// Wrap each prompt as a user message in the Instruct chat format.
@@ -122,35 +121,36 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
 }
 
-/// `--prompts-file`'s batch without `--max-cache-gb`: [`default_batch_size`] with this machine's
-/// available memory and the cache of the longest prompt ([`cache_bound`]); a note on stderr
-/// when the memory is what limits it.
+/// `--prompts-file`'s batch without `--max-cache-gb`: [`default_batching`] with this machine's
+/// available memory and each prompt's cache at its longest ([`cache_bound`]); a note on stderr
+/// when that memory keeps prompts waiting.
 fn memory_bounded_batch(model: &Hymba, prompts: &[Vec<u32>], options: &GenerateOptions, batch_size: Option<usize>) -> BatchOptions {
-    let per_sequence = prompts.iter().map(|p| cache_bound(model, p, options)).max().unwrap_or(0);
+    let bounds: Vec<usize> = prompts.iter().map(|p| cache_bound(model, p, options)).collect();
     let available = available_memory();
-    let (max_batch, limited) = default_batch_size(available, per_sequence, prompts.len(), batch_size);
+    let (batching, limited) = default_batching(available, &bounds, batch_size);
     if let (true, Some(available)) = (limited, available) {
+        let first = bounds.len().min(batching.max_batch);
         eprintln!(
-            "note: at most {max_batch} of the {} prompts decode at once: each cache may reach {:.3} GB (the longest \
-             prompt + --max-new-tokens), and the batch's caches are kept within half of the {:.1} GB of memory available \
-             (one prompt always runs; --max-cache-gb sets another bound)",
-            prompts.len(),
-            per_sequence as f64 / 1e9,
+            "note: the first {first} prompts do not all decode at once: their caches may reach {:.3} GB together (each at \
+             its prompt + --max-new-tokens), and the batch's caches are kept within half of the {:.1} GB of memory \
+             available; the others join as prompts finish (one prompt always runs; --max-cache-gb sets another bound)",
+            bounds[..first].iter().fold(0usize, |sum, b| sum.saturating_add(*b)) as f64 / 1e9,
             available as f64 / 1e9
         );
     }
-    BatchOptions { max_batch, max_cache_bytes: None }
+    batching
 }
 
-/// The most prompts of a `--prompts-file` decoding at once without `--max-cache-gb`: `batch_size`
-/// (all `prompts` when not given), but no more than whose caches, `per_sequence` bytes each, fit
-/// in half of `available` bytes (at least one; `None`: not bounded). With whether the memory
-/// bound is what set it.
-fn default_batch_size(available: Option<u64>, per_sequence: usize, prompts: usize, batch_size: Option<usize>) -> (usize, bool) {
-    let wanted = batch_size.map_or(prompts, |b| b.min(prompts));
-    let half = available.map_or(usize::MAX, |a| usize::try_from(a / 2).unwrap_or(usize::MAX));
-    let fit = (half / per_sequence.max(1)).max(1);
-    (wanted.min(fit), fit < wanted)
+/// The batching of a `--prompts-file` without `--max-cache-gb`: `batch_size` prompts at most
+/// (all of them when not given), whose caches (`bounds`, bytes each at its longest) stay within
+/// half of `available` bytes (no byte bound where that is not known). With whether the byte
+/// bound keeps the first prompts from all decoding at once.
+fn default_batching(available: Option<u64>, bounds: &[usize], batch_size: Option<usize>) -> (BatchOptions, bool) {
+    let max_batch = batch_size.unwrap_or(usize::MAX);
+    let max_cache_bytes = available.map(|a| usize::try_from(a / 2).unwrap_or(usize::MAX));
+    let first: usize = bounds.iter().take(max_batch).fold(0, |sum, b| sum.saturating_add(*b));
+    let limited = bounds.len().min(max_batch) > 1 && max_cache_bytes.is_some_and(|max| first > max);
+    (BatchOptions { max_batch, max_cache_bytes }, limited)
 }
 
 /// The checkpoint's tokenizer; a checkpoint without one is told how to do without.
@@ -330,18 +330,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_batch_holds_what_fits_in_half_the_available_memory() {
-        const GB: u64 = 1_000_000_000;
-        // 10 GB available, 1 GB a sequence: 5 fit in the half.
-        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 8, None), (5, true));
-        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 8, Some(3)), (3, false), "--batch-size below the bound");
-        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 4, None), (4, false), "every prompt fits");
-        assert_eq!(default_batch_size(Some(10 * GB), GB as usize, 5, Some(9)), (5, false), "no more than the prompts");
-        // One sequence always runs, even when its cache alone is over the half.
-        assert_eq!(default_batch_size(Some(GB), GB as usize, 8, None), (1, true));
-        assert_eq!(default_batch_size(Some(GB), usize::MAX, 1, None), (1, false));
-        // Memory unknown: no bound.
-        assert_eq!(default_batch_size(None, GB as usize, 1000, None), (1000, false));
-        assert_eq!(default_batch_size(None, GB as usize, 1000, Some(7)), (7, false));
+    fn the_default_batch_keeps_its_caches_within_half_the_available_memory() {
+        const GB: usize = 1_000_000_000;
+        let batching = |available: Option<usize>, bounds: &[usize], batch_size| {
+            let (b, limited) = default_batching(available.map(|a| a as u64), bounds, batch_size);
+            (b.max_batch, b.max_cache_bytes, limited)
+        };
+        // 10 GB available: a 5 GB budget. Eight prompts of 1 GB do not all fit at once.
+        assert_eq!(batching(Some(10 * GB), &[GB; 8], None), (usize::MAX, Some(5 * GB), true));
+        assert_eq!(batching(Some(10 * GB), &[GB; 8], Some(3)), (3, Some(5 * GB), false), "--batch-size 3: 3 GB fit");
+        assert_eq!(batching(Some(10 * GB), &[GB; 5], None), (usize::MAX, Some(5 * GB), false), "every prompt fits");
+        // The budget is in bytes: one long prompt and many short ones share it.
+        assert!(!batching(Some(10 * GB), &[4 * GB, GB / 4, GB / 4, GB / 4, GB / 4], None).2, "5 GB: all fit");
+        assert!(batching(Some(10 * GB), &[4 * GB, GB, GB / 4], None).2, "5.25 GB: not all at once");
+        // One prompt always runs, even when its cache alone is over the half: no note.
+        assert_eq!(batching(Some(GB), &[GB], None), (usize::MAX, Some(GB / 2), false));
+        // Memory unknown: no byte bound.
+        assert_eq!(batching(None, &[GB; 1000], None), (usize::MAX, None, false));
+        assert_eq!(batching(None, &[GB; 1000], Some(7)), (7, None, false));
     }
 }
