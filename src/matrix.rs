@@ -106,7 +106,7 @@ pub enum Rows {
 }
 
 /// A one-row product's task reads at least this many bytes of weights (a few µs of memory
-/// traffic, more than handing out a task costs): 80 rows of the 1.5B's 1,600 columns in bf16.
+/// traffic, more than handing out a task costs): 82 rows of the 1.5B's 1,600 columns in bf16.
 const MIN_TASK_BYTES: usize = 256 << 10;
 /// A prefill product's weight blocks and chunks of `x` have at least this many rows.
 const MIN_GEMM_ROWS: usize = 64;
