@@ -360,7 +360,8 @@ fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut 
 }
 
 /// [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs from `first` on, then the inputs
-/// left over two at a time, then one: inputs `x_block(b)`, weights `w` widened by `widen`.
+/// left over: three in one tile, else two at a time, then one: inputs `x_block(b)`, weights `w`
+/// widened by `widen`.
 #[inline(always)]
 fn tile_and_rest<'x, const R: usize, W: Copy>(
     first: usize,
@@ -374,6 +375,11 @@ fn tile_and_rest<'x, const R: usize, W: Copy>(
     for tile in tiles {
         accumulate_dot_tile(std::array::from_fn(|i| x_block(b + i)), w, widen, tile);
         b += TILE_INPUTS;
+    }
+    // Three left over: one tile of 3, one pass over the weights where a pair and a single took two.
+    if let Ok(three) = <&mut [[Lanes; R]; 3]>::try_from(&mut *rest) {
+        accumulate_dot_tile([x_block(b), x_block(b + 1), x_block(b + 2)], w, widen, three);
+        return;
     }
     let (twos, one) = rest.as_chunks_mut::<2>();
     for two in twos {
@@ -446,7 +452,7 @@ mod tests {
                 Matrix::new(rows, cols, Elements::Bf16(as_bf16.into())).unwrap(),
                 Matrix::new(rows, cols, Elements::F16(as_f16.into())).unwrap(),
             ] {
-                for batch in [1, 2, 4, 7, 16, 21] {
+                for batch in [1, 2, 3, 4, 6, 7, 16, 21, 35] {
                     let x = sample(batch, cols, 1.1);
                     let mut got = Array2::zeros((0, 0));
                     w.matmul_t_rowwise(x.view(), &mut got);
