@@ -461,7 +461,7 @@ mod tests {
                 Matrix::new(rows, cols, Elements::Bf16(as_bf16.into())).unwrap(),
                 Matrix::new(rows, cols, Elements::F16(as_f16.into())).unwrap(),
             ] {
-                for batch in [1, 2, 3, 4, 6, 7, 16, 21, 35] {
+                for batch in [1, 2, 3, 4, 5, 6, 7, 16, 21, 35] {
                     let x = sample(batch, cols, 1.1);
                     let mut got = Array2::zeros((0, 0));
                     w.matmul_t_rowwise(x.view(), &mut got);
