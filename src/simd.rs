@@ -173,6 +173,10 @@ fn prefetch(p: *const bf16) {
     let _ = p;
 }
 
+/// ln 2 = LN2_HI + LN2_LO, in two parts ([`exp`], [`ln_1p`]): n · LN2_HI is exact for |n| ≤ 256.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
 /// eˣ in f32 without branches, so that a loop of it vectorises (libm's `expf` is a call per
 /// element). Cephes' `expf`: x = n·ln 2 + r with n an integer and |r| ≤ ln 2 / 2, so
 /// eˣ = 2ⁿ · eʳ, and eʳ ≈ 1 + r + r²·p(r) with p of degree 5. Within 1 ulp of the true value
@@ -181,21 +185,21 @@ fn prefetch(p: *const bf16) {
 /// at every vector width.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4; // ln 2 = LN2_HI + LN2_LO; n · LN2_HI is exact for |n| ≤ 256
-    const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³: t + ROUND rounds t to an integer, held in the low bits
     const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
     let xc = x.clamp(-87.3, 89.0); // beyond: 0 (selected below) or ∞ (the scaling overflows)
     let rounded = xc * std::f32::consts::LOG2_E + ROUND;
-    let n = rounded.to_bits() as i32 - ROUND.to_bits() as i32; // round(x / ln 2), in −126..=129
+    // Integer steps wrap (they never overflow here): a checked step's panic branch would keep a
+    // build with overflow checks, as the tests', from vectorising the loops that call this.
+    let n = (rounded.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32); // round(x / ln 2), in −126..=129
     let nf = rounded - ROUND;
     let r = xc - nf * LN2_HI - nf * LN2_LO;
     let p = P[1..].iter().fold(P[0], |p, &c| p * r + c);
     let e_r = p * (r * r) + r + 1.0;
     // 2ⁿ in two normal factors 2^(n/2) · 2^(n − n/2), since 2ⁿ itself may not be a normal f32.
-    let pow2 = |k: i32| f32::from_bits(((k + 127) << 23) as u32);
+    let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) << 23) as u32);
     let half = n >> 1;
-    let e_x = e_r * pow2(half) * pow2(n - half);
+    let e_x = e_r * pow2(half) * pow2(n.wrapping_sub(half));
     if x < -87.3 { 0.0 } else { e_x }
 }
 
@@ -218,14 +222,12 @@ pub fn ln_1p(y: f32) -> f32 {
         7.037_683_6e-2, -1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1,
         -2.499_999_4e-1, 3.333_333e-1,
     ];
-    const LN2_HI: f32 = 0.693_359_4; // as in [`exp`]
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let u = 1.0 + y; // ≥ 1: a normal f32 (or ∞)
     let bits = u.to_bits();
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // u = 2^(e+1) · m, m in [½, 1)
-    let e = ((bits >> 23) & 0xff) as i32 - 126;
+    let e = (((bits >> 23) & 0xff) as i32).wrapping_sub(126); // wrapping: as in [`exp`]
     let small = m < std::f32::consts::FRAC_1_SQRT_2; // then use 2m in [1, √2) and e − 1
-    let (f, e) = if small { (m + m - 1.0, e - 1) } else { (m - 1.0, e) };
+    let (f, e) = if small { (m + m - 1.0, e.wrapping_sub(1)) } else { (m - 1.0, e) };
     let ef = e as f32;
     let z = f * f;
     let p = P[1..].iter().fold(P[0], |p, &c| p * f + c);
@@ -322,11 +324,22 @@ mod tests {
     }
     best_simd! { fn dot_and_axpy_fast(a: &[f32], b: &[bf16], y: &mut [f32]) -> (f32, f32) = dot_and_axpy }
 
+    // Plain `for` loops, as in the library's element-wise functions, so the vector builds vectorise.
     #[inline(always)]
     fn exps(x: &[f32], out: &mut [f32]) {
-        out.iter_mut().zip(x).for_each(|(o, &x)| *o = exp(x));
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = exp(x);
+        }
     }
     best_simd! { fn exps_fast(x: &[f32], out: &mut [f32]) = exps }
+
+    #[inline(always)]
+    fn ln_1ps(y: &[f32], out: &mut [f32]) {
+        for (o, &y) in out.iter_mut().zip(y) {
+            *o = ln_1p(y);
+        }
+    }
+    best_simd! { fn ln_1ps_fast(y: &[f32], out: &mut [f32]) = ln_1ps }
 
     /// Every f32 in [lo, hi) whose bits are a multiple of `step`.
     fn sweep(lo: f32, hi: f32, step: u32) -> Vec<f32> {
@@ -340,22 +353,32 @@ mod tests {
         xs
     }
 
-    #[test]
-    fn exp_is_within_one_ulp_and_the_same_at_every_width() {
-        let xs = sweep(-87.3, 88.72, 97); // ~85 million f32 in range, every 97th
-        let mut fast = vec![0.0; xs.len()];
-        exps_fast(&xs, &mut fast);
+    /// |got − want| in units of the last place of the f32 nearest `want`.
+    fn ulps(got: f32, want: f64) -> f64 {
+        let near = (want as f32).to_bits();
+        (got as f64 - want).abs() / (f32::from_bits(near + 1) - f32::from_bits(near)) as f64
+    }
+
+    /// The largest error of `fast` (the vector build of `plain`) against `truth` over `xs`, in
+    /// ulps, and where; checking on the way that `fast` and `plain` agree bit for bit.
+    fn worst_ulps(xs: &[f32], fast: fn(&[f32], &mut [f32]), plain: fn(f32) -> f32, truth: fn(f64) -> f64) -> (f64, f32) {
+        let mut got = vec![0.0; xs.len()];
+        fast(xs, &mut got);
         let mut worst = (0.0f64, 0.0f32);
-        for (&x, &got) in xs.iter().zip(&fast) {
-            assert_eq!(got.to_bits(), exp(x).to_bits(), "exp({x}): vector and plain builds differ");
-            let want = (x as f64).exp();
-            let ulp = (want as f32).to_bits(); // the ulp of the nearest f32 to the true value
-            let ulp = (f32::from_bits(ulp + 1) - f32::from_bits(ulp)) as f64;
-            let err = (got as f64 - want).abs() / ulp;
+        for (&x, &got) in xs.iter().zip(&got) {
+            assert_eq!(got.to_bits(), plain(x).to_bits(), "at {x}: vector and plain builds differ");
+            let err = ulps(got, truth(x as f64));
             if err > worst.0 {
                 worst = (err, x);
             }
         }
+        worst
+    }
+
+    #[test]
+    fn exp_is_within_one_ulp_and_the_same_at_every_width() {
+        // ~85 million f32 in range, every 97th
+        let worst = worst_ulps(&sweep(-87.3, 88.72, 97), exps_fast, exp, f64::exp);
         assert!(worst.0 <= 1.0, "exp({}) is {} ulp off", worst.1, worst.0);
         // Outside the range: 0 below (true value < 1.2e-38), ∞ above, NaN stays NaN.
         for (x, want) in [(-87.31f32, 0.0f32), (-1e4, 0.0), (f32::NEG_INFINITY, 0.0), (88.73, f32::INFINITY), (f32::INFINITY, f32::INFINITY)] {
@@ -365,36 +388,17 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
     }
 
-    #[inline(always)]
-    fn ln_1ps(y: &[f32], out: &mut [f32]) {
-        out.iter_mut().zip(y).for_each(|(o, &y)| *o = ln_1p(y));
-    }
-    best_simd! { fn ln_1ps_fast(y: &[f32], out: &mut [f32]) = ln_1ps }
-
     #[test]
     fn ln_1p_is_within_one_and_a_half_ulp_and_the_same_at_every_width() {
-        let ys = sweep(0.0, f32::MAX, 61); // every 61st f32 ≥ 0 (subnormals included)
-        let mut fast = vec![0.0; ys.len()];
-        ln_1ps_fast(&ys, &mut fast);
-        let mut worst = (0.0f64, 0.0f32);
-        for (&y, &got) in ys.iter().zip(&fast) {
-            assert_eq!(got.to_bits(), ln_1p(y).to_bits(), "ln_1p({y}): vector and plain builds differ");
-            let want = (y as f64).ln_1p();
-            let near = (want as f32).to_bits();
-            let ulp = (f32::from_bits(near + 1) - f32::from_bits(near)) as f64;
-            let err = (got as f64 - want).abs() / ulp;
-            if err > worst.0 {
-                worst = (err, y);
-            }
-        }
+        // every 61st f32 ≥ 0 (subnormals included)
+        let worst = worst_ulps(&sweep(0.0, f32::MAX, 61), ln_1ps_fast, ln_1p, f64::ln_1p);
         assert!(worst.0 <= 1.5, "ln_1p({}) is {} ulp off", worst.1, worst.0);
         assert_eq!((ln_1p(0.0), ln_1p(1e-30), ln_1p(f32::INFINITY)), (0.0, 1e-30, f32::INFINITY));
         assert!(ln_1p(f32::NAN).is_nan());
         // softplus, as it is used: within 2 ulp of log(1 + eᵛ) in f64 over v in [−87.3, 20]
         for v in sweep(-87.3, 20.0, 4099) {
-            let (got, want) = (softplus(v) as f64, (v as f64).exp().ln_1p());
-            let ulp = f32::from_bits((want as f32).to_bits() + 1) as f64 - (want as f32) as f64;
-            assert!((got - want).abs() <= 2.0 * ulp, "softplus({v}) = {got}, want {want}");
+            let (got, want) = (softplus(v), (v as f64).exp().ln_1p());
+            assert!(ulps(got, want) <= 2.0, "softplus({v}) = {got}, want {want}");
         }
     }
 
