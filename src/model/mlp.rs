@@ -4,7 +4,7 @@ use super::profile::{Phase, Profile};
 use crate::simd::times_silu;
 use crate::checkpoint::weights::MlpWeights;
 use crate::matrix::Rows;
-use super::parallel::{contiguous, for_each_row, map_in_place};
+use super::parallel::{map_in_place, zip_rows};
 use ndarray::{Array2, ArrayView2};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
@@ -35,10 +35,7 @@ pub fn mlp<'o>(
                 let (up, gate_out) = (&mut buf.up, &mut buf.gate);
                 rayon::join(|| w.up_proj.matmul_t_of(h, rows, up), || gate.matmul_t_of(h, rows, gate_out))
             }); // (T, F) each
-            let gate = buf.gate.view();
-            profile.time(Phase::Elementwise, || {
-                for_each_row(buf.up.view_mut(), |t, mut up| times_silu(contiguous(&mut up), gate.row(t).to_slice().expect("a standard-layout row")))
-            }); // up ⊙ SiLU(gate)
+            profile.time(Phase::Elementwise, || zip_rows(buf.up.view_mut(), buf.gate.view(), times_silu)); // up ⊙ SiLU(gate)
             &buf.up
         }
         None => {

@@ -6,7 +6,7 @@
 //! Each element is computed by the same arithmetic either way, so the results are identical;
 //! only which thread computes a row changes.
 
-use ndarray::{ArrayView, ArrayViewMut, ArrayViewMut1, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
+use ndarray::{ArrayView, ArrayView2, ArrayViewMut, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
 use rayon::prelude::*;
 
 /// Passes of at least this many rows run their row-wise work in parallel. A row of the 1.5B
@@ -44,9 +44,17 @@ pub fn for_each_row<D: RemoveAxis>(
     }
 }
 
-/// A row of a standard-layout array as a slice (for the vectorised functions of [`crate::simd`]).
-pub fn contiguous<'a>(row: &'a mut ArrayViewMut1<f32>) -> &'a mut [f32] {
-    row.as_slice_mut().expect("a row of a standard-layout array")
+/// `f(row)` for every row of `x` (T, width), each as a slice (for the vectorised functions of
+/// [`crate::simd`]): over tasks of rows when T ≥ [`PARALLEL_ROWS`].
+pub fn map_rows(x: ArrayViewMut2<f32>, f: impl Fn(&mut [f32]) + Sync + Send) {
+    for_each_row(x, |_, mut row| f(row.as_slice_mut().expect("a row of a standard-layout array")));
+}
+
+/// `f(row t of a, row t of b)` for every row of `a` and `b` (T, width), as slices: over tasks of
+/// rows when T ≥ [`PARALLEL_ROWS`].
+pub fn zip_rows(a: ArrayViewMut2<f32>, b: ArrayView2<f32>, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
+    debug_assert_eq!(a.dim(), b.dim());
+    for_each_row(a, |t, mut row| f(row.as_slice_mut().expect("a row of a standard-layout array"), b.row(t).to_slice().expect("a contiguous row")));
 }
 
 /// `f(a, b)` for every pair of elements of `a` and `b` (T, width): in parallel when T ≥ [`PARALLEL_ROWS`].

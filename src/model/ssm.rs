@@ -14,7 +14,7 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
-use super::parallel::{contiguous, for_each_row, items_per_task};
+use super::parallel::{for_each_row, items_per_task, map_rows, zip_rows};
 use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
@@ -262,7 +262,7 @@ pub fn ssm_heads<'o>(
             causal_conv1d(x, w.conv1d_weight.view(), bias, &mut cache.ssm[layer].conv, u) // (T_s, D)
         })
     });
-    profile.time(Phase::Elementwise, || for_each_row(u.view_mut(), |_, mut u| silu_in_place(contiguous(&mut u))));
+    profile.time(Phase::Elementwise, || map_rows(u.view_mut(), silu_in_place));
     let u = buf.u.view(); // (T, D)
 
     let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t_of(u, pass.rows, &mut buf.dt_b_c)); // (T, R + 2N)
@@ -274,7 +274,7 @@ pub fn ssm_heads<'o>(
     });
 
     profile.time(Phase::Weights, || w.dt_proj.forward(dt, pass.rows, &mut buf.delta));
-    profile.time(Phase::Elementwise, || for_each_row(buf.delta.view_mut(), |_, mut d| softplus_in_place(contiguous(&mut d)))); // (T, D): Δ
+    profile.time(Phase::Elementwise, || map_rows(buf.delta.view_mut(), softplus_in_place)); // (T, D): Δ
     let y = shaped(out, x.dim()); // (T, D)
     let delta = buf.delta.view(); // (T, D)
     profile.time(Phase::Scan, || {
@@ -285,9 +285,7 @@ pub fn ssm_heads<'o>(
             selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut cache.ssm[layer].scan, y) // (T_s, D)
         })
     });
-    profile.time(Phase::Elementwise, || {
-        for_each_row(y.view_mut(), |t, mut y| times_silu(contiguous(&mut y), z.row(t).to_slice().expect("a row of in_proj's output")))
-    }); // y ⊙ SiLU(z)
+    profile.time(Phase::Elementwise, || zip_rows(y.view_mut(), z, times_silu)); // y ⊙ SiLU(z)
     y.view()
 }
 
