@@ -127,14 +127,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 fn memory_bounded_batch(model: &Hymba, prompts: &[Vec<u32>], options: &GenerateOptions, batch_size: Option<usize>) -> BatchOptions {
     let bounds: Vec<usize> = prompts.iter().map(|p| cache_bound(model, p, options)).collect();
     let available = available_memory();
-    let (batching, limited) = default_batching(available, &bounds, batch_size);
-    if let (true, Some(available)) = (limited, available) {
-        let first = bounds.len().min(batching.max_batch);
+    let (batching, over) = default_batching(available, &bounds, batch_size);
+    if let (Some(together), Some(available)) = (over, available) {
         eprintln!(
-            "note: the first {first} prompts do not all decode at once: their caches may reach {:.3} GB together (each at \
+            "note: the first {} prompts do not all decode at once: their caches may reach {:.3} GB together (each at \
              its prompt + --max-new-tokens), and the batch's caches are kept within half of the {:.1} GB of memory \
              available; the others join as prompts finish (one prompt always runs; --max-cache-gb sets another bound)",
-            bounds[..first].iter().fold(0usize, |sum, b| sum.saturating_add(*b)) as f64 / 1e9,
+            bounds.len().min(batching.max_batch),
+            together as f64 / 1e9,
             available as f64 / 1e9
         );
     }
@@ -143,14 +143,14 @@ fn memory_bounded_batch(model: &Hymba, prompts: &[Vec<u32>], options: &GenerateO
 
 /// The batching of a `--prompts-file` without `--max-cache-gb`: `batch_size` prompts at most
 /// (all of them when not given), whose caches (`bounds`, bytes each at its longest) stay within
-/// half of `available` bytes (no byte bound where that is not known). With whether the byte
-/// bound keeps the first prompts from all decoding at once.
-fn default_batching(available: Option<u64>, bounds: &[usize], batch_size: Option<usize>) -> (BatchOptions, bool) {
+/// half of `available` bytes (no byte bound where that is not known). With the bytes the first
+/// prompts' caches reach together when that keeps them from all decoding at once.
+fn default_batching(available: Option<u64>, bounds: &[usize], batch_size: Option<usize>) -> (BatchOptions, Option<usize>) {
     let max_batch = batch_size.unwrap_or(usize::MAX);
     let max_cache_bytes = available.map(|a| usize::try_from(a / 2).unwrap_or(usize::MAX));
     let first: usize = bounds.iter().take(max_batch).fold(0, |sum, b| sum.saturating_add(*b));
     let limited = bounds.len().min(max_batch) > 1 && max_cache_bytes.is_some_and(|max| first > max);
-    (BatchOptions { max_batch, max_cache_bytes }, limited)
+    (BatchOptions { max_batch, max_cache_bytes }, limited.then_some(first))
 }
 
 /// The checkpoint's tokenizer; a checkpoint without one is told how to do without.
@@ -333,11 +333,12 @@ mod tests {
     fn the_default_batch_keeps_its_caches_within_half_the_available_memory() {
         const GB: usize = 1_000_000_000;
         let batching = |available: Option<usize>, bounds: &[usize], batch_size| {
-            let (b, limited) = default_batching(available.map(|a| a as u64), bounds, batch_size);
-            (b.max_batch, b.max_cache_bytes, limited)
+            let (b, over) = default_batching(available.map(|a| a as u64), bounds, batch_size);
+            (b.max_batch, b.max_cache_bytes, over.is_some())
         };
         // 10 GB available: a 5 GB budget. Eight prompts of 1 GB do not all fit at once.
         assert_eq!(batching(Some(10 * GB), &[GB; 8], None), (usize::MAX, Some(5 * GB), true));
+        assert_eq!(default_batching(Some(10 * GB as u64), &[GB; 8], None).1, Some(8 * GB), "what the note reports");
         assert_eq!(batching(Some(10 * GB), &[GB; 8], Some(3)), (3, Some(5 * GB), false), "--batch-size 3: 3 GB fit");
         assert_eq!(batching(Some(10 * GB), &[GB; 5], None), (usize::MAX, Some(5 * GB), false), "every prompt fits");
         // The budget is in bytes: one long prompt and many short ones share it.
