@@ -314,7 +314,7 @@ fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
 
 /// `R` weight rows (`w`, R·cols) against every input row, into columns `first..first + R` of
 /// `out`: per panel of inputs, the weights widened to f32 a block at a time (or in registers,
-/// for a small panel), then [`accumulate_dot_tile`] over tiles of [`TILE_INPUTS`] inputs (single inputs at the end), then
+/// for a small panel), then [`accumulate_dot_tile`] over tiles of inputs ([`tile_and_rest`]), then
 /// each pair's sum finished as [`dot_bf16`](crate::simd::dot_bf16) finishes it.
 #[inline(always)]
 fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut TileScratch, out: &mut ArrayViewMut2<f32>) {
