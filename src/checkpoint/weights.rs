@@ -41,7 +41,8 @@ impl Linear {
 pub struct MambaWeights {
     /// `in_proj` `[P, H]`: columns q | k | v (K/V producers only) | x | z.
     pub in_proj: Linear,
-    /// `conv1d.weight` `[D, 1, K]`, stored here as `[D, K]`.
+    /// `conv1d.weight` `[D, 1, K]`, stored here transposed, tap-major, as `[K, D]`: the conv
+    /// takes one tap at a time over all D channels, so each tap's weights are consecutive.
     pub conv1d_weight: Array2<f32>,
     /// `conv1d.bias` `[D]` (if `mamba_conv_bias`).
     pub conv1d_bias: Option<Array1<f32>>,
@@ -185,7 +186,7 @@ impl HymbaWeights {
             };
             let mamba = MambaWeights {
                 in_proj: linear(&IN_PROJ, &IN_PROJ_BIAS)?,
-                conv1d_weight: tensors.rows(&CONV1D, at)?,
+                conv1d_weight: tensors.rows(&CONV1D, at)?.reversed_axes().as_standard_layout().into_owned(),
                 conv1d_bias: tensors.optional_vector(&CONV1D_BIAS, at)?,
                 x_proj: tensors.matrix(&X_PROJ, at)?,
                 dt_proj: linear(&DT_PROJ, &DT_PROJ_BIAS)?,

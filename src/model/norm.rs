@@ -3,6 +3,7 @@
 
 use crate::buffer::shaped;
 use super::parallel::for_each_row;
+use crate::simd::dot;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`, applied to each row of `x`, into `out`.
@@ -24,9 +25,13 @@ pub fn rms_norm_in_place(mut x: ArrayViewMut1<f32>, weight: ArrayView1<f32>, eps
     x.zip_mut_with(&weight, |v, w| *v = *v * inv_rms * w);
 }
 
-/// `1 / sqrt(mean(x²) + eps)`
+/// `1 / sqrt(mean(x²) + eps)`, the sum of squares in 16 partial sums ([`dot`]): added one after
+/// another, it was a chain of dependent additions (2.4 µs for the 1.5B's 1,600 values, 10 µs for
+/// the fusion's two norms of 3,200, on one thread in decoding).
 pub fn inv_rms(x: ArrayView1<f32>, eps: f32) -> f32 {
-    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let x = x.as_standard_layout(); // no copy: every vector normalised here is contiguous
+    let x = x.as_slice().expect("standard layout"); // (width)
+    let mean_sq = dot(x, x) / x.len() as f32;
     1.0 / (mean_sq + eps).sqrt()
 }
 #[cfg(test)]

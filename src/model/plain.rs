@@ -113,7 +113,7 @@ impl Weights {
                         in_proj: linear(&m.in_proj),
                         q_norm: m.self_attn.q_norm.as_ref().map(array_rows),
                         k_norm: m.self_attn.k_norm.as_ref().map(array_rows),
-                        conv1d_weight: array_rows(&m.conv1d_weight),
+                        conv1d_weight: array_rows(&m.conv1d_weight.t().to_owned()), // loaded as [K, D]
                         conv1d_bias: m.conv1d_bias.as_ref().map(|b| b.to_vec()),
                         x_proj: Linear { weight: matrix_rows(&m.x_proj), bias: None },
                         dt_layernorm: m.dt_layernorm.as_ref().map(|v| v.to_vec()),

@@ -23,9 +23,10 @@ use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zi
 use crate::simd::{best_simd, exp, silu_in_place, softplus_in_place, times_silu};
 use rayon::prelude::*;
 
-/// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[c, k] · x[t − K + 1 + k, c]`, where rows
+/// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[k, c] · x[t − K + 1 + k, c]`, where rows
 /// before `x` come from `history` (the previous K−1 inputs). Updates `history` to the last K−1
-/// rows. x: (T, D), w: (D, K), history: (K−1, D) → out (T, D)
+/// rows. x: (T, D), w: (K, D) (tap-major: a tap's weights for all channels are one row),
+/// history: (K−1, D) → out (T, D)
 pub fn causal_conv1d(
     x: ArrayView2<f32>,
     w: ArrayView2<f32>,
@@ -34,8 +35,8 @@ pub fn causal_conv1d(
     mut out: ArrayViewMut2<f32>,
 ) {
     let (t, d) = x.dim();
-    let k = w.ncols();
-    debug_assert_eq!((history.dim(), out.dim()), ((k - 1, d), (t, d)));
+    let k = w.nrows();
+    debug_assert_eq!((w.ncols(), history.dim(), out.dim()), (d, (k - 1, d), (t, d)));
     // Each output row reads only x and the history as they were: rows can go to any thread.
     let old_history: &Array2<f32> = history;
     // The padded input is [history; x] (K−1+T, D): output row ti reads its rows ti..ti+K.
@@ -47,7 +48,7 @@ pub fn causal_conv1d(
                 true => old_history.row(ti + j),
                 false => x.row(ti + j - (k - 1)),
             }; // (D)
-            Zip::from(&mut row).and(w.column(j)).and(input).for_each(|acc, &w, &v| *acc += w * v);
+            Zip::from(&mut row).and(w.row(j)).and(input).for_each(|acc, &w, &v| *acc += w * v);
         }
         // + bias[c], or + 0.0 without one (so an all-zero sum is +0.0 either way)
         match bias {
@@ -297,8 +298,8 @@ mod tests {
 
     #[test]
     fn conv_is_causal_and_carries_history() {
-        // D = 1, K = 3, w = [1, 10, 100]: out_t = x_{t−2} + 10 x_{t−1} + 100 x_t.
-        let w = array![[1.0f32, 10.0, 100.0]];
+        // D = 1, K = 3, w = [1, 10, 100] (as (K, D)): out_t = x_{t−2} + 10 x_{t−1} + 100 x_t.
+        let w = array![[1.0f32], [10.0], [100.0]];
         let mut hist = Array2::zeros((2, 1));
         let (mut out, mut next) = (Array2::zeros((3, 1)), Array2::zeros((1, 1)));
         causal_conv1d(array![[1.0f32], [2.0], [3.0]].view(), w.view(), None, &mut hist, out.view_mut());
