@@ -32,6 +32,13 @@
 //! vectors and an input vector in registers. At the batch sizes that fit a decode cache it
 //! matches or beats GEMM and, unlike GEMM, leaves every sequence's logits exactly as they are
 //! alone.
+//!
+//! A product's tasks can also finish their own part of it ([`Matrix::matmul_t_then`]): each
+//! task, having computed a block of columns of `out`, hands that block to a function (a bias, an
+//! activation), so element-wise work on a product runs spread over the threads inside the
+//! product's parallel region instead of on one thread after it. [`Matrix::pair_matmul_t_then`]
+//! computes two products of one shape in one region, the same columns of both in each task
+//! (a gated MLP's up and gate, gated there).
 
 use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
 use crate::values::Values;
@@ -39,7 +46,7 @@ use half::{bf16, f16};
 use crate::buffer::shaped;
 use crate::model::parallel::items_per_task;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -158,100 +165,154 @@ impl Matrix {
         self.rows_f32(0, self.rows)
     }
 
-    /// Weight rows per task of a one-row or row-wise product: at least [`MIN_TASK_BYTES`] of
-    /// weights, in whole rounds of the threads ([`items_per_task`]).
-    fn rows_per_task(&self) -> usize {
-        let row_bytes = (self.cols * self.data.bytes_per_element()).max(1);
-        items_per_task(self.rows, MIN_TASK_BYTES.div_ceil(row_bytes), rayon::current_num_threads())
-    }
-
-    /// `x · Wᵀ` into `out`: (T, cols) → (T, rows).
-    pub fn matmul_t<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        debug_assert_eq!(x.ncols(), self.cols);
-        let out = shaped(out, (x.nrows(), self.rows)); // (T, rows)
-        if x.nrows() == 1 {
-            self.matvec(x.row(0), out.row_mut(0));
-        } else {
-            self.matmul_t_gemm(x, out);
-        }
-        out.view()
-    }
-
-    /// For one row of `x` (decoding): a dot product per weight row, weight rows split across
-    /// threads, so the weights stream from memory once. (cols) → (rows)
-    fn matvec(&self, x: ArrayView1<f32>, mut out: ArrayViewMut1<f32>) {
-        let x = x.as_standard_layout();
-        let x = x.as_slice().expect("contiguous"); // (cols)
-        let out = out.as_slice_mut().expect("a row of a standard-layout array"); // (rows)
-        let per_task = self.rows_per_task();
-        out.par_chunks_mut(per_task).enumerate().for_each(|(task, out)| {
-            for (i, o) in out.iter_mut().enumerate() {
-                let r = task * per_task + i;
-                let w_row = r * self.cols..(r + 1) * self.cols;
-                *o = match &*self.data {
-                    Elements::F32(v) => dot(x, &v[w_row]),
-                    Elements::Bf16(v) => dot_bf16(x, &v[w_row]),
-                    Elements::F16(v) => dot_f16(x, &v[w_row]),
-                };
+    /// How a product of x with `t` rows (as `rows` says) splits into tasks, for `matrices`
+    /// products of this shape computed together ([`Matrix::pair_matmul_t_then`]).
+    fn split(&self, t: usize, rows: Rows, matrices: usize) -> Split {
+        let threads = rayon::current_num_threads();
+        // One-row and row-wise tasks: at least MIN_TASK_BYTES of weights, in whole rounds.
+        let row_bytes = (matrices * self.cols * self.data.bytes_per_element()).max(1);
+        let streamed = || items_per_task(self.rows, MIN_TASK_BYTES.div_ceil(row_bytes), threads);
+        match (t, rows) {
+            (1, _) => Split::OneRow { block: streamed() },
+            (_, Rows::OnePerSequence) => Split::RowWise { block: streamed() },
+            (_, Rows::Chunk) => {
+                // At most 4 blocks a thread (GEMM packs all of x for each block: fewer, larger
+                // blocks pack it less often), in whole rounds of the threads; when there are
+                // fewer blocks than that (narrow matrices, many threads), the rows of x are
+                // split too, so the tasks balance on any number of threads.
+                let tasks = 4 * threads;
+                let block = items_per_task(self.rows, self.rows.div_ceil(tasks).max(MIN_GEMM_ROWS), threads);
+                let x_rows = t.div_ceil(tasks.div_ceil(self.rows.div_ceil(block))).max(MIN_GEMM_ROWS);
+                Split::Gemm { block, x_rows }
             }
-        });
+        }
     }
 
-    /// `x · Wᵀ` computed as `rows` asks. (T, cols) → (T, rows)
-    pub fn matmul_t_of<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        match rows {
-            Rows::Chunk => self.matmul_t(x, out),
-            Rows::OnePerSequence => self.matmul_t_rowwise(x, out),
-        }
+    /// `x · Wᵀ` into `out`: (T, cols) → (T, rows). One row: a dot product per weight row, weight
+    /// rows split across threads, so the weights stream from memory once; more rows: GEMM.
+    pub fn matmul_t<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        self.matmul_t_of(x, Rows::Chunk, out)
     }
 
     /// `x · Wᵀ` with every row of `x` computed exactly as [`Matrix::matmul_t`] computes a single
     /// row: bit-identical to calling it row by row, but each block of weight rows is read from
     /// memory once for all B rows (a batch of sequences decoding together). (B, cols) → (B, rows)
     pub fn matmul_t_rowwise<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        debug_assert_eq!(x.ncols(), self.cols);
-        let out = shaped(out, (x.nrows(), self.rows)); // (B, rows)
-        match x.nrows() {
-            0 => return out.view(),
-            1 => {
-                self.matvec(x.row(0), out.row_mut(0));
-                return out.view();
-            }
-            _ => {}
-        }
-        let x = x.as_standard_layout();
-        let xs = x.as_slice().expect("standard layout"); // (B·cols)
-        let (cols, per_task) = (self.cols, self.rows_per_task());
-        out.axis_chunks_iter_mut(Axis(1), per_task).into_par_iter().enumerate().for_each(|(task, mut out)| {
-            let rows = task * per_task * cols..(task * per_task + out.ncols()) * cols;
-            match &*self.data {
-                Elements::Bf16(v) => matvecs_bf16(xs, &v[rows], out),
-                Elements::F32(v) => each_pair(xs, &v[rows], out.view_mut(), dot),
-                Elements::F16(v) => each_pair(xs, &v[rows], out.view_mut(), dot_f16),
-            }
-        });
+        self.matmul_t_of(x, Rows::OnePerSequence, out)
+    }
+
+    /// `x · Wᵀ` computed as `rows` asks. (T, cols) → (T, rows)
+    pub fn matmul_t_of<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        self.matmul_t_then(x, rows, out, |_, _| {})
+    }
+
+    /// [`Matrix::matmul_t_of`], each task then calling `then(c, block)` on the block of `out` it
+    /// computed, columns `c..c + block.ncols()` (all or some rows): element-wise work on the
+    /// product (a bias, an activation) runs in the product's tasks, in parallel, instead of on
+    /// one thread after it. Every column of every row is in exactly one block. (T, cols) → (T, rows)
+    pub fn matmul_t_then<'o>(
+        &self,
+        x: ArrayView2<f32>,
+        rows: Rows,
+        out: &'o mut Array2<f32>,
+        then: impl Fn(usize, ArrayViewMut2<f32>) + Sync + Send,
+    ) -> ArrayView2<'o, f32> {
+        let out = shaped(out, (x.nrows(), self.rows)); // (T, rows)
+        let one = out.view_mut().insert_axis(Axis(0)); // (1, T, rows)
+        products_then([self], x, rows, one, |first, block| then(first, block.index_axis_move(Axis(0), 0)));
         out.view()
     }
 
-    /// For many rows of `x` (prefill): blocks of weight rows widened to f32 once, each
-    /// multiplied by GEMM straight into its columns of `out`; when there are fewer blocks than a
-    /// few per thread (narrow matrices, many threads), the rows of `x` are split too, so the tasks
-    /// balance on any number of threads. out: (T, rows)
-    fn matmul_t_gemm(&self, x: ArrayView2<f32>, out: &mut Array2<f32>) {
-        let threads = rayon::current_num_threads();
-        let tasks = 4 * threads;
-        // At most 4 blocks a thread (GEMM packs all of x for each block: fewer, larger blocks
-        // pack it less often), in whole rounds of the threads.
-        let block = items_per_task(self.rows, self.rows.div_ceil(tasks).max(MIN_GEMM_ROWS), threads); // weight rows per block
-        let x_rows = x.nrows().div_ceil(tasks.div_ceil(self.rows.div_ceil(block))).max(MIN_GEMM_ROWS); // rows of x per task
-        out.axis_chunks_iter_mut(Axis(1), block).into_par_iter().enumerate().for_each(|(b, mut out)| {
-            let w = self.rows_f32(b * block, out.ncols()); // (block, cols)
-            let x_chunks = x.axis_chunks_iter(Axis(0), x_rows).into_par_iter();
-            out.axis_chunks_iter_mut(Axis(0), x_rows).into_par_iter().zip(x_chunks).for_each(|(mut out, x)| {
-                general_mat_mul(1.0, &x, &w.t(), 0.0, &mut out); // (x_rows, block)
-            });
+    /// `x · Aᵀ` into `out[0]` and `x · Bᵀ` into `out[1]` (A and B of one shape) in one parallel
+    /// region, each task computing the same columns of both and then calling `then(a, b)` on
+    /// those blocks: the two halves of a gated MLP, gated in the products' tasks.
+    /// (T, cols) → (2, T, rows)
+    pub fn pair_matmul_t_then(
+        a: &Matrix,
+        b: &Matrix,
+        x: ArrayView2<f32>,
+        rows: Rows,
+        out: &mut Array3<f32>,
+        then: impl Fn(ArrayViewMut2<f32>, ArrayViewMut2<f32>) + Sync + Send,
+    ) {
+        let out = shaped(out, (2, x.nrows(), a.rows)); // (2, T, rows)
+        products_then([a, b], x, rows, out.view_mut(), |_, block| {
+            let (a, b) = block.split_at(Axis(0), 1); // (1, T, block) each
+            then(a.index_axis_move(Axis(0), 0), b.index_axis_move(Axis(0), 0));
         });
     }
+
+    /// A one-row or row-wise task's part of the product, on this thread: weight rows
+    /// `first..first + out.ncols()` against every row of `x` (T, cols), into `out` (T, those rows).
+    fn streamed_block(&self, x: ArrayView2<f32>, split: Split, first: usize, out: ArrayViewMut2<f32>) {
+        let weights = first * self.cols..(first + out.ncols()) * self.cols;
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout"); // (T·cols)
+        match (split, &*self.data) {
+            (Split::RowWise { .. }, Elements::Bf16(v)) => matvecs_bf16(xs, &v[weights], out),
+            (_, Elements::Bf16(v)) => each_pair(xs, &v[weights], out, dot_bf16),
+            (_, Elements::F32(v)) => each_pair(xs, &v[weights], out, dot),
+            (_, Elements::F16(v)) => each_pair(xs, &v[weights], out, dot_f16),
+        }
+    }
+}
+
+/// How the tasks of a product split it (see [`Matrix::split`]): blocks of `block` weight rows,
+/// that is columns of the output, each task computing one block for all rows of x, or for a
+/// chunk of `x_rows` rows (GEMM).
+#[derive(Debug, Clone, Copy)]
+enum Split {
+    /// One row of x (decoding one sequence): a dot product per weight row.
+    OneRow { block: usize },
+    /// One row per sequence (a batch decoding together): [`matvecs_bf16`] for bf16 weights,
+    /// which gives each row exactly its one-row product; a dot per pair otherwise.
+    RowWise { block: usize },
+    /// Many rows of one sequence (prefill): each block of weight rows widened to f32 once, then
+    /// multiplied by GEMM with each chunk of x.
+    Gemm { block: usize, x_rows: usize },
+}
+
+/// `out[i] = x · Wᵢᵀ` for `N` matrices of one shape (`out` already shaped (N, T, rows)): each
+/// task computes the same block of columns of every `out[i]`, then calls `then(first column,
+/// block)` with the (N, T or a chunk of T, block) it computed.
+fn products_then<const N: usize>(
+    ws: [&Matrix; N],
+    x: ArrayView2<f32>,
+    rows: Rows,
+    mut out: ArrayViewMut3<f32>,
+    then: impl Fn(usize, ArrayViewMut3<f32>) + Sync + Send,
+) {
+    let (t, w) = (x.nrows(), ws[0]);
+    debug_assert!(ws.iter().all(|m| (m.rows, m.cols) == (w.rows, w.cols)) && x.ncols() == w.cols);
+    debug_assert_eq!(out.dim(), (N, t, w.rows));
+    if t == 0 {
+        return;
+    }
+    let split = w.split(t, rows, N);
+    let block = match split {
+        Split::OneRow { block } | Split::RowWise { block } | Split::Gemm { block, .. } => block,
+    };
+    out.axis_chunks_iter_mut(Axis(2), block).into_par_iter().enumerate().for_each(|(task, mut blocks)| {
+        let first = task * block; // (N, T, block)
+        match split {
+            Split::Gemm { x_rows, .. } => {
+                let widened = ws.map(|w| w.rows_f32(first, blocks.len_of(Axis(2)))); // (block, cols) each
+                let x_chunks = x.axis_chunks_iter(Axis(0), x_rows).into_par_iter();
+                blocks.axis_chunks_iter_mut(Axis(1), x_rows).into_par_iter().zip(x_chunks).for_each(|(mut outs, x)| {
+                    for (wide, mut out) in widened.iter().zip(outs.outer_iter_mut()) {
+                        general_mat_mul(1.0, &x, &wide.t(), 0.0, &mut out); // (x rows, block)
+                    }
+                    then(first, outs);
+                });
+            }
+            _ => {
+                for (w, out) in ws.iter().zip(blocks.outer_iter_mut()) {
+                    w.streamed_block(x, split, first, out); // (T, block)
+                }
+                then(first, blocks);
+            }
+        }
+    });
 }
 
 /// `out[b][r] = dot(x_b, w_r)` for the rows of a block of weights `w` (r outer, so a weight row
@@ -382,7 +443,9 @@ fn tile_and_rest<'x, const R: usize, W: Copy>(
 ) {
     let mut b = first;
     for tile in tiles {
-        accumulate_dot_tile(std::array::from_fn(|i| x_block(b + i)), w, widen, tile);
+        let mut x: [&[Lanes]; TILE_INPUTS] = [&[]; TILE_INPUTS];
+        x.iter_mut().enumerate().for_each(|(i, x)| *x = x_block(b + i)); // (not from_fn: see accumulate_dot_tile)
+        accumulate_dot_tile(x, w, widen, tile);
         b += TILE_INPUTS;
     }
     // Three left over: one tile of 3, one pass over the weights where a pair and a single took two.
@@ -472,6 +535,53 @@ mod tests {
                         assert!(same, "{rows}×{cols}, batch {batch}, row {b}: differs from the row alone");
                     }
                 }
+            }
+        }
+    }
+
+    /// A function that is not idempotent and depends on the column: applying it twice, to the
+    /// wrong column or not at all shows in the result.
+    fn finish(first: usize, mut block: ArrayViewMut2<f32>) {
+        for mut row in block.rows_mut() {
+            row.iter_mut().enumerate().for_each(|(j, v)| *v = *v * 3.0 + (first + j) as f32);
+        }
+    }
+
+    #[test]
+    fn each_task_finishes_its_block_once() {
+        let w32 = sample(150, 37, 0.2);
+        let as_bf16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        for w in [Matrix::from_f32(w32.clone()), Matrix::new(150, 37, Elements::Bf16(as_bf16.into())).unwrap()] {
+            // One row, a batch row-wise, GEMM, and GEMM with the rows of x split too.
+            for (t, rows) in [(1, Rows::Chunk), (1, Rows::OnePerSequence), (5, Rows::OnePerSequence), (70, Rows::Chunk), (200, Rows::Chunk)] {
+                let x = sample(t, 37, 0.9);
+                let (mut want, mut got) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+                w.matmul_t_of(x.view(), rows, &mut want);
+                finish(0, want.view_mut());
+                w.matmul_t_then(x.view(), rows, &mut got, finish);
+                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "T = {t}, {rows:?}: the product then the function differs from the tasks finishing their blocks");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pair_of_products_is_each_product_then_the_function() {
+        let (a32, b32) = (sample(150, 37, 0.4), sample(150, 37, 1.3));
+        let bf = |m: &Array2<f32>| Matrix::new(150, 37, Elements::Bf16(m.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>().into())).unwrap();
+        for (a, b) in [(Matrix::from_f32(a32.clone()), Matrix::from_f32(b32.clone())), (bf(&a32), bf(&b32))] {
+            for (t, rows) in [(1, Rows::Chunk), (3, Rows::OnePerSequence), (70, Rows::Chunk), (200, Rows::Chunk)] {
+                let x = sample(t, 37, 0.5);
+                let (mut want_a, mut want_b) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
+                a.matmul_t_of(x.view(), rows, &mut want_a);
+                b.matmul_t_of(x.view(), rows, &mut want_b);
+                want_a.zip_mut_with(&want_b, |a, &b| *a = *a * 2.0 - b * b);
+                let mut got = Array3::zeros((0, 0, 0));
+                Matrix::pair_matmul_t_then(&a, &b, x.view(), rows, &mut got, |mut a, b| {
+                    a.zip_mut_with(&b, |a, &b| *a = *a * 2.0 - b * b);
+                });
+                let same = got.index_axis(Axis(0), 0).iter().zip(&want_a).all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same && got.index_axis(Axis(0), 1) == want_b, "T = {t}, {rows:?}: the pair differs from the products apart");
             }
         }
     }

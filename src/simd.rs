@@ -130,7 +130,15 @@ pub fn accumulate_dot_tile<const R: usize, const B: usize, W: Copy>(
             }
         }
         for c in 0..chunks {
-            let w8: [[f32; 8]; R] = std::array::from_fn(|r| std::array::from_fn(|k| widen(w[r][c][group * 8 + k])));
+            // Plain loops, not `std::array::from_fn`: that one was once left out of line, and
+            // the weights were then widened by a call per chunk (the row-wise product at 4
+            // inputs 5–40 % slower). A kernel's inner loop must not depend on such a choice.
+            let mut w8 = [[0f32; 8]; R];
+            for (w8, w) in w8.iter_mut().zip(&w) {
+                for (k, w8) in w8.iter_mut().enumerate() {
+                    *w8 = widen(w[c][group * 8 + k]);
+                }
+            }
             for b in 0..B {
                 let x8: &[f32; 8] = x[b][c][lanes.clone()].try_into().expect("8 lanes");
                 for r in 0..R {

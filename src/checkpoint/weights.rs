@@ -27,12 +27,30 @@ pub struct Linear {
 impl Linear {
     /// (T, in) → (T, out); `rows` says what the rows are ([`Matrix::matmul_t_of`]).
     pub fn forward<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        self.forward_then(x, rows, out, |_| {})
+    }
+
+    /// [`Linear::forward`], then `f` on each output row's values, in the product's tasks
+    /// ([`Matrix::matmul_t_then`]): each task adds the bias to the block it computed and applies
+    /// `f` to it, a row at a time (as slices of consecutive outputs). (T, in) → (T, out)
+    pub fn forward_then<'o>(
+        &self,
+        x: ArrayView2<f32>,
+        rows: Rows,
+        out: &'o mut Array2<f32>,
+        f: impl Fn(&mut [f32]) + Sync + Send,
+    ) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.weight.cols());
-        self.weight.matmul_t_of(x, rows, out);
-        if let Some(b) = &self.bias {
-            *out += b;
-        }
-        out.view()
+        let bias = self.bias.as_ref().map(|b| b.as_slice().expect("a contiguous vector"));
+        self.weight.matmul_t_then(x, rows, out, |first, mut block| {
+            for mut row in block.rows_mut() {
+                let row = row.as_slice_mut().expect("a block of a row is contiguous"); // (block)
+                if let Some(bias) = bias {
+                    row.iter_mut().zip(&bias[first..]).for_each(|(o, b)| *o += b);
+                }
+                f(row);
+            }
+        })
     }
 }
 
@@ -303,4 +321,24 @@ fn into_shape2(a: ndarray::ArrayD<f32>, name: &str, rows: usize, cols: usize) ->
     a.into_shape_with_order((rows, cols)).map_err(|e| {
         Error::new(ErrorKind::ShapeMismatch, format!("{name}: cannot view as [{rows}, {cols}]: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn forward_then_adds_the_bias_then_applies_f_to_every_output() {
+        let w = Matrix::from_f32(Array2::from_shape_fn((300, 5), |(i, j)| ((i * 5 + j) as f32 * 0.37).sin()));
+        let linear = Linear { weight: w.clone(), bias: Some(Array1::from_shape_fn(300, |i| i as f32 * 0.25)) };
+        for x in [array![[1.0f32, -2.0, 0.5, 3.0, 0.0]], Array2::from_shape_fn((70, 5), |(t, j)| (t + j) as f32 * 0.1)] {
+            let mut want = Array2::zeros((0, 0));
+            w.matmul_t(x.view(), &mut want);
+            let want = (want + linear.bias.as_ref().unwrap()).mapv(|v| v * v - 1.0); // (T, 300)
+            let mut got = Array2::zeros((0, 0));
+            linear.forward_then(x.view(), Rows::Chunk, &mut got, |row| row.iter_mut().for_each(|v| *v = *v * *v - 1.0));
+            assert_eq!(got, want, "T = {}", x.nrows());
+        }
+    }
 }

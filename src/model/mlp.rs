@@ -3,22 +3,22 @@
 use super::profile::{Phase, Profile};
 use crate::simd::times_silu;
 use crate::checkpoint::weights::MlpWeights;
-use crate::matrix::Rows;
-use super::parallel::{map_in_place, zip_rows};
-use ndarray::{Array2, ArrayView2};
+use crate::matrix::{Matrix, Rows};
+use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut2, Axis};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct MlpBuffers {
-    /// (T, F)
+    /// (2, T, F): up(h) and gate(h) (silu); up becomes up ⊙ SiLU(gate)
+    up_gate: Array3<f32>,
+    /// (T, F): relu(up(h))² (relu2)
     up: Array2<f32>,
-    /// (T, F)
-    gate: Array2<f32>,
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
 /// `rows` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]); `profile` times the
-/// products and the activation when it records.
+/// products, each with its activation: the tasks of a product apply it to the block they
+/// computed ([`Matrix::matmul_t_then`]).
 pub fn mlp<'o>(
     h: ArrayView2<f32>,
     rows: Rows,
@@ -29,20 +29,21 @@ pub fn mlp<'o>(
 ) -> ArrayView2<'o, f32> {
     let act = match &w.gate_proj {
         Some(gate) => {
-            // up and gate read the same input: both products in one parallel region, so the
-            // threads go from one to the other without waiting for the slowest task in between.
+            // up and gate read the same input: both products in one parallel region, each task
+            // computing the same columns of both, then gating them: up ⊙ SiLU(gate)
             profile.time(Phase::Weights, || {
-                let (up, gate_out) = (&mut buf.up, &mut buf.gate);
-                rayon::join(|| w.up_proj.matmul_t_of(h, rows, up), || gate.matmul_t_of(h, rows, gate_out))
-            }); // (T, F) each
-            profile.time(Phase::Elementwise, || zip_rows(buf.up.view_mut(), buf.gate.view(), times_silu)); // up ⊙ SiLU(gate)
-            &buf.up
+                Matrix::pair_matmul_t_then(&w.up_proj, gate, h, rows, &mut buf.up_gate, |mut up, gate| {
+                    for (mut up, gate) in up.rows_mut().into_iter().zip(gate.rows()) {
+                        times_silu(up.as_slice_mut().expect("contiguous"), gate.as_slice().expect("contiguous"));
+                    }
+                })
+            });
+            buf.up_gate.index_axis(Axis(0), 0) // (T, F)
         }
         None => {
-            profile.time(Phase::Weights, || w.up_proj.matmul_t_of(h, rows, &mut buf.up)); // (T, F)
-            profile.time(Phase::Elementwise, || map_in_place(buf.up.view_mut(), |v| v.max(0.0).powi(2)));
-            &buf.up
+            let relu2 = |_, mut up: ArrayViewMut2<f32>| up.mapv_inplace(|v| v.max(0.0).powi(2));
+            profile.time(Phase::Weights, || w.up_proj.matmul_t_then(h, rows, &mut buf.up, relu2)) // (T, F)
         }
     }; // (T, F)
-    profile.time(Phase::Weights, || w.down_proj.matmul_t_of(act.view(), rows, out)) // (T, H)
+    profile.time(Phase::Weights, || w.down_proj.matmul_t_of(act, rows, out)) // (T, H)
 }

@@ -6,7 +6,7 @@
 //! Each element is computed by the same arithmetic either way, so the results are identical;
 //! only which thread computes a row changes.
 
-use ndarray::{ArrayView, ArrayView2, ArrayViewMut, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
+use ndarray::{ArrayView, ArrayViewMut, ArrayViewMut2, Axis, Dimension, RemoveAxis, Zip};
 use rayon::prelude::*;
 
 /// Passes of at least this many rows run their row-wise work in parallel. A row of the 1.5B
@@ -50,13 +50,6 @@ pub fn map_rows(x: ArrayViewMut2<f32>, f: impl Fn(&mut [f32]) + Sync + Send) {
     for_each_row(x, |_, mut row| f(row.as_slice_mut().expect("a row of a standard-layout array")));
 }
 
-/// `f(row t of a, row t of b)` for every row of `a` and `b` (T, width), as slices: over tasks of
-/// rows when T ≥ [`PARALLEL_ROWS`].
-pub fn zip_rows(a: ArrayViewMut2<f32>, b: ArrayView2<f32>, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
-    debug_assert_eq!(a.dim(), b.dim());
-    for_each_row(a, |t, mut row| f(row.as_slice_mut().expect("a row of a standard-layout array"), b.row(t).to_slice().expect("a contiguous row")));
-}
-
 /// `f(a, b)` for every pair of elements of `a` and `b` (T, width): in parallel when T ≥ [`PARALLEL_ROWS`].
 pub fn zip_with<D: Dimension>(a: ArrayViewMut<f32, D>, b: ArrayView<f32, D>, f: impl Fn(&mut f32, f32) + Sync + Send) {
     let parallel = a.shape().first().is_some_and(|&t| t >= PARALLEL_ROWS);
@@ -64,14 +57,6 @@ pub fn zip_with<D: Dimension>(a: ArrayViewMut<f32, D>, b: ArrayView<f32, D>, f: 
     match parallel {
         true => zip.par_for_each(|a, &b| f(a, b)),
         false => zip.for_each(|a, &b| f(a, b)),
-    }
-}
-
-/// `x = f(x)` for every element of `x` (T, width): in parallel when T ≥ [`PARALLEL_ROWS`].
-pub fn map_in_place(x: ArrayViewMut2<f32>, f: impl Fn(f32) -> f32 + Sync + Send) {
-    match x.nrows() >= PARALLEL_ROWS {
-        true => Zip::from(x).par_for_each(|v| *v = f(*v)),
-        false => Zip::from(x).for_each(|v| *v = f(*v)),
     }
 }
 

@@ -14,7 +14,7 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
-use super::parallel::{for_each_row, items_per_task, map_rows, zip_rows};
+use super::parallel::{for_each_row, items_per_task, map_rows};
 use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use crate::buffer::shaped;
@@ -22,6 +22,7 @@ use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use crate::simd::{best_simd, exp, silu_in_place, softplus_in_place, times_silu};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Causal depthwise conv: `out[t, c] = bias[c] + Σ_k w[k, c] · x[t − K + 1 + k, c]`, where rows
 /// before `x` come from `history` (the previous K−1 inputs). Updates `history` to the last K−1
@@ -103,7 +104,8 @@ pub fn selective_scan_reference(
 /// keeps its N-dimensional state in its row of `state` and walks through time once. Per channel
 /// the arithmetic is that of [`selective_scan_reference`], in the same order, except that the
 /// decays `exp(Δ·A)` come from [`crate::simd::exp`] (within 1 ulp, vectorised) rather than
-/// libm's: tested equal to the reference within 1e-6.
+/// libm's: tested equal to the reference within 1e-6. Each task then calls `then(channels, y)`
+/// on the columns of y it scanned (the SSM heads gate them there, in parallel).
 #[allow(clippy::too_many_arguments)]
 pub fn selective_scan(
     u: ArrayView2<f32>,
@@ -114,6 +116,7 @@ pub fn selective_scan(
     d: ArrayView1<f32>,
     state: &mut Array2<f32>,
     mut y: ArrayViewMut2<f32>,
+    then: impl Fn(Range<usize>, ArrayViewMut2<f32>) + Sync + Send,
 ) {
     let (t, d_inner) = u.dim();
     let n = a.ncols();
@@ -125,10 +128,11 @@ pub fn selective_scan(
         .into_par_iter()
         .zip(state.axis_chunks_iter_mut(Axis(0), per_task))
         .enumerate()
-        .for_each(|(task, (y, state))| {
+        .for_each(|(task, (mut y, state))| {
             let channels = task * per_task..task * per_task + y.ncols();
             let (u, delta) = (u.slice(s![.., channels.clone()]), delta.slice(s![.., channels.clone()]));
-            scan_channels(u, delta, a.slice(s![channels.clone(), ..]), b, c, d.slice(s![channels]), state, y);
+            scan_channels(u, delta, a.slice(s![channels.clone(), ..]), b, c, d.slice(s![channels.clone()]), state, y.view_mut());
+            then(channels, y);
         });
 }
 
@@ -274,19 +278,25 @@ pub fn ssm_heads<'o>(
         (dt, b, c)
     });
 
-    profile.time(Phase::Weights, || w.dt_proj.forward(dt, pass.rows, &mut buf.delta));
-    profile.time(Phase::Elementwise, || map_rows(buf.delta.view_mut(), softplus_in_place)); // (T, D): Δ
+    // Δ = softplus(dt · dt_projᵀ + dt_bias), each task of the product finishing its channels
+    profile.time(Phase::Weights, || w.dt_proj.forward_then(dt, pass.rows, &mut buf.delta, softplus_in_place)); // (T, D)
     let y = shaped(out, x.dim()); // (T, D)
     let delta = buf.delta.view(); // (T, D)
     profile.time(Phase::Scan, || {
         pass.for_each_part(y.view_mut(), |part, cache, y| {
             let rows = part.rows.clone();
             let (u, delta) = (u.slice(s![rows.clone(), ..]), delta.slice(s![rows.clone(), ..])); // (T_s, D)
-            let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows, ..])); // (T_s, N)
-            selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut cache.ssm[layer].scan, y) // (T_s, D)
+            let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..])); // (T_s, N)
+            let z = z.slice(s![rows, ..]); // (T_s, D)
+            // y = (C·s + D·u) ⊙ SiLU(z), each task gating the channels it scanned
+            let gate = |channels: Range<usize>, mut y: ArrayViewMut2<f32>| {
+                for (mut y, z) in y.rows_mut().into_iter().zip(z.slice(s![.., channels]).rows()) {
+                    times_silu(y.as_slice_mut().expect("contiguous"), z.as_slice().expect("contiguous"));
+                }
+            };
+            selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut cache.ssm[layer].scan, y, gate) // (T_s, D)
         })
     });
-    profile.time(Phase::Elementwise, || zip_rows(y.view_mut(), z, times_silu)); // y ⊙ SiLU(z)
     y.view()
 }
 
@@ -339,11 +349,18 @@ mod tests {
         let mut s2 = s1.clone();
         let y1 = selective_scan_reference(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
         let mut y2 = Array2::zeros((t, d));
-        selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut());
+        selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut(), |_, _| {});
         // The same order of operations; only exp differs (≤ 1 ulp per decay).
         let close = |x: &Array2<f32>, y: &Array2<f32>| x.iter().zip(y).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()));
         assert!(close(&y1, &y2), "y: {y1} vs {y2}");
         assert!(close(&s1, &s2), "state: {s1} vs {s2}");
+        // Each task hands the channels it scanned to `then`, once: here y·(c + 1) for channel c.
+        let (mut s3, mut y3) = (f(d, n, 0.4), Array2::zeros((t, d)));
+        selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s3, y3.view_mut(), |channels, mut y| {
+            y.columns_mut().into_iter().zip(channels).for_each(|(mut y, ch)| y *= (ch + 1) as f32);
+        });
+        let scaled = Array2::from_shape_fn((t, d), |(i, ch)| y2[[i, ch]] * (ch + 1) as f32);
+        assert_eq!(y3, scaled);
     }
 
     #[test]
