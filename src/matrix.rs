@@ -40,7 +40,7 @@
 //! computes two products of one shape in one region, the same columns of both in each task
 //! (a gated MLP's up and gate, gated there).
 
-use crate::simd::{accumulate_dot_tile, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
+use crate::simd::{accumulate_dot_tile, array_of, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
@@ -381,7 +381,7 @@ fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
 fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut TileScratch, out: &mut ArrayViewMut2<f32>) {
     let cols = w.len() / R;
     let chunks = cols / 32;
-    let w_rows: [&[bf16]; R] = std::array::from_fn(|r| &w[r * cols..(r + 1) * cols]);
+    let w_rows: [&[bf16]; R] = array_of(|r| &w[r * cols..(r + 1) * cols]);
     let x_row = |b: usize| &x[b * cols..(b + 1) * cols];
     for panel in (0..out.nrows()).step_by(PANEL_INPUTS) {
         let panel = panel..(panel + PANEL_INPUTS).min(out.nrows());
@@ -397,7 +397,7 @@ fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut 
             let x_block = |b: usize| &x_row(b).as_chunks::<32>().0[block.clone()];
             let (tiles, rest) = pairs.as_chunks_mut::<R>().0.as_chunks_mut::<TILE_INPUTS>();
             if in_registers {
-                let w_block: [&[[bf16; 32]]; R] = std::array::from_fn(|r| &w_rows[r].as_chunks::<32>().0[block.clone()]);
+                let w_block: [&[[bf16; 32]]; R] = array_of(|r| &w_rows[r].as_chunks::<32>().0[block.clone()]);
                 tile_and_rest(panel.start, x_block, w_block, bf16_to_f32, tiles, rest);
             } else {
                 for (wide, w) in scratch.widened.iter_mut().zip(w_rows) {
@@ -407,7 +407,7 @@ fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut 
                         }
                     }
                 }
-                let w_block: [&[Lanes]; R] = std::array::from_fn(|r| &scratch.widened[r][..block.len()]);
+                let w_block: [&[Lanes]; R] = array_of(|r| &scratch.widened[r][..block.len()]);
                 tile_and_rest(panel.start, x_block, w_block, |w| w, tiles, rest);
             }
         }
@@ -443,9 +443,7 @@ fn tile_and_rest<'x, const R: usize, W: Copy>(
 ) {
     let mut b = first;
     for tile in tiles {
-        let mut x: [&[Lanes]; TILE_INPUTS] = [&[]; TILE_INPUTS];
-        x.iter_mut().enumerate().for_each(|(i, x)| *x = x_block(b + i)); // (not from_fn: see accumulate_dot_tile)
-        accumulate_dot_tile(x, w, widen, tile);
+        accumulate_dot_tile(array_of(|i| x_block(b + i)), w, widen, tile);
         b += TILE_INPUTS;
     }
     // Three left over: one tile of 3, one pass over the weights where a pair and a single took two.

@@ -40,6 +40,19 @@ macro_rules! best_simd {
 }
 pub(crate) use best_simd;
 
+/// `[f(0), f(1), …, f(N − 1)]`, for a kernel's small arrays (of slices, of lanes), by a loop
+/// inlined wherever it is used. `std::array::from_fn` is not always inlined: once the compiler
+/// left it out of line in the row-wise product's tile kernel, which then widened the weights by
+/// a function call per chunk and ran 5–40 % slower.
+#[inline(always)]
+pub fn array_of<T: Copy + Default, const N: usize>(f: impl Fn(usize) -> T) -> [T; N] {
+    let mut array = [T::default(); N];
+    for (i, a) in array.iter_mut().enumerate() {
+        *a = f(i);
+    }
+    array
+}
+
 /// Σ a·b with 16 independent partial sums (one AVX-512 vector, two AVX2, four SSE), so the
 /// additions need not wait for each other.
 #[inline(always)]
@@ -130,15 +143,7 @@ pub fn accumulate_dot_tile<const R: usize, const B: usize, W: Copy>(
             }
         }
         for c in 0..chunks {
-            // Plain loops, not `std::array::from_fn`: that one was once left out of line, and
-            // the weights were then widened by a call per chunk (the row-wise product at 4
-            // inputs 5–40 % slower). A kernel's inner loop must not depend on such a choice.
-            let mut w8 = [[0f32; 8]; R];
-            for (w8, w) in w8.iter_mut().zip(&w) {
-                for (k, w8) in w8.iter_mut().enumerate() {
-                    *w8 = widen(w[c][group * 8 + k]);
-                }
-            }
+            let w8: [[f32; 8]; R] = array_of(|r| array_of(|k| widen(w[r][c][group * 8 + k])));
             for b in 0..B {
                 let x8: &[f32; 8] = x[b][c][lanes.clone()].try_into().expect("8 lanes");
                 for r in 0..R {

@@ -5,7 +5,7 @@
 //! the SSM heads (see `fusion`).
 
 use crate::config::AttentionSpan;
-use crate::simd::{axpy, axpy4, best_simd, exp};
+use crate::simd::{array_of, axpy, axpy4, best_simd, exp};
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -278,7 +278,7 @@ fn attend_partial(
             let scores = &mut scores[..keys.len()]; // (block)
             let quads = dqk / 4 * 4;
             for d in (0..quads).step_by(4) {
-                axpy4(std::array::from_fn(|i| q[d + i]), std::array::from_fn(|i| k_row(d + i)), scores);
+                axpy4(array_of(|i| q[d + i]), array_of(|i| k_row(d + i)), scores);
             }
             for (d, &q_d) in q.iter().enumerate().skip(quads) {
                 axpy(q_d, k_row(d), scores);

@@ -20,7 +20,7 @@ use super::segment::Pass;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
-use crate::simd::{best_simd, exp, silu_in_place, softplus_in_place, times_silu};
+use crate::simd::{array_of, best_simd, exp, silu_in_place, softplus_in_place, times_silu};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -200,7 +200,7 @@ fn scan_group<const G: usize>(first: usize, x: &ScanInputs, s: &mut [f32], mut y
             }
         }
         // y = C · s + D·u: each channel's sum in order (as the reference adds), the G interleaved
-        let s: [&[f32]; G] = std::array::from_fn(|k| &s[(first + k) * n..(first + k + 1) * n]);
+        let s: [&[f32]; G] = array_of(|k| &s[(first + k) * n..(first + k + 1) * n]);
         let mut acc = [0f32; G];
         for (j, &c_j) in c_t.iter().enumerate() {
             for k in 0..G {
