@@ -13,16 +13,17 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// The weight products: in_proj, x_proj, dt_proj, out_proj, the MLP (matvec or GEMM, bf16
-    /// widened on the fly inside them, not timed apart).
+    /// widened on the fly inside them, not timed apart), with the element-wise work their tasks
+    /// finish (biases, Δ's softplus, the MLP's SiLU gate or relu²).
     Weights,
     /// Attention scores, softmax and the weighted sum of values.
     Attention,
     /// The SSM's causal depthwise conv.
     Conv,
-    /// The SSM's selective scan.
+    /// The SSM's selective scan, with the y ⊙ SiLU(z) gate its tasks finish.
     Scan,
-    /// Everything element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE, K/V
-    /// append, SiLU/softplus/gating, fusion, residual adds.
+    /// Everything else element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE,
+    /// K/V append, the SiLU after the conv, fusion, residual adds.
     Elementwise,
     /// The final norm and `lm_head` of the kept rows.
     Output,
