@@ -243,11 +243,10 @@ impl Matrix {
     }
 
     /// A one-row or row-wise task's part of the product, on this thread: weight rows
-    /// `first..first + out.ncols()` against every row of `x` (T, cols), into `out` (T, those rows).
-    fn streamed_block(&self, x: ArrayView2<f32>, split: Split, first: usize, out: ArrayViewMut2<f32>) {
+    /// `first..first + out.ncols()` against every row of `xs` (T·cols, row after row), into
+    /// `out` (T, those rows).
+    fn streamed_block(&self, xs: &[f32], split: Split, first: usize, out: ArrayViewMut2<f32>) {
         let weights = first * self.cols..(first + out.ncols()) * self.cols;
-        let x = x.as_standard_layout();
-        let xs = x.as_slice().expect("standard layout"); // (T·cols)
         match (split, &*self.data) {
             (Split::RowWise { .. }, Elements::Bf16(v)) => matvecs_bf16(xs, &v[weights], out),
             (_, Elements::Bf16(v)) => each_pair(xs, &v[weights], out, dot_bf16),
@@ -289,6 +288,10 @@ fn products_then<const N: usize>(
         return;
     }
     let split = w.split(t, rows, N);
+    // Once for every task: a view unless x is strided (a column block of a wider array), as the
+    // streamed kernels read x as one slice.
+    let x = x.as_standard_layout(); // (T, cols)
+    let xs = x.as_slice().expect("standard layout"); // (T·cols)
     let block = match split {
         Split::OneRow { block } | Split::RowWise { block } | Split::Gemm { block, .. } => block,
     };
@@ -307,7 +310,7 @@ fn products_then<const N: usize>(
             }
             _ => {
                 for (w, out) in ws.iter().zip(blocks.outer_iter_mut()) {
-                    w.streamed_block(x, split, first, out); // (T, block)
+                    w.streamed_block(xs, split, first, out); // (T, block)
                 }
                 then(first, blocks);
             }
