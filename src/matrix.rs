@@ -112,9 +112,14 @@ pub enum Rows {
     OnePerSequence,
 }
 
-/// A one-row product's task reads at least this many bytes of weights (a few µs of memory
-/// traffic, more than handing out a task costs): 82 rows of the 1.5B's 1,600 columns in bf16.
+/// A one-row product's task reads at least this many bytes of weights when the matrix has that
+/// much for every thread (tens of µs of memory traffic, far more than handing out a task costs):
+/// 82 rows of the 1.5B's 1,600 columns in bf16.
 const MIN_TASK_BYTES: usize = 256 << 10;
+/// A smaller matrix is spread over every thread while each task still reads at least this many
+/// bytes (a few µs): on 16 threads the 1.5B's x_proj (845 KiB) makes 15 tasks and its dt_proj
+/// (625 KiB) 16, where [`MIN_TASK_BYTES`] alone made 4 and 3, leaving most threads idle.
+const MIN_SHARED_TASK_BYTES: usize = 32 << 10;
 /// A prefill product's weight blocks and chunks of `x` have at least this many rows.
 const MIN_GEMM_ROWS: usize = 64;
 
@@ -165,13 +170,15 @@ impl Matrix {
         self.rows_f32(0, self.rows)
     }
 
-    /// How a product of x with `t` rows (as `rows` says) splits into tasks, for `matrices`
-    /// products of this shape computed together ([`Matrix::pair_matmul_t_then`]).
-    fn split(&self, t: usize, rows: Rows, matrices: usize) -> Split {
-        let threads = rayon::current_num_threads();
-        // One-row and row-wise tasks: at least MIN_TASK_BYTES of weights, in whole rounds.
+    /// How a product of x with `t` rows (as `rows` says) splits into tasks on `threads` threads,
+    /// for `matrices` products of this shape computed together ([`Matrix::pair_matmul_t_then`]).
+    fn split(&self, t: usize, rows: Rows, matrices: usize, threads: usize) -> Split {
+        // One-row and row-wise tasks: at least MIN_TASK_BYTES of weights, in whole rounds, or,
+        // where the weights are fewer than that a thread, a share for every thread (at least
+        // MIN_SHARED_TASK_BYTES).
         let row_bytes = (matrices * self.cols * self.data.bytes_per_element()).max(1);
-        let streamed = || items_per_task(self.rows, MIN_TASK_BYTES.div_ceil(row_bytes), threads);
+        let min_bytes = (self.rows * row_bytes / threads.max(1)).clamp(MIN_SHARED_TASK_BYTES, MIN_TASK_BYTES);
+        let streamed = || items_per_task(self.rows, min_bytes.div_ceil(row_bytes), threads);
         match (t, rows) {
             (1, _) => Split::OneRow { block: streamed() },
             (_, Rows::OnePerSequence) => Split::RowWise { block: streamed() },
@@ -287,7 +294,7 @@ fn products_then<const N: usize>(
     if t == 0 {
         return;
     }
-    let split = w.split(t, rows, N);
+    let split = w.split(t, rows, N, rayon::current_num_threads());
     // Once for every task: a view unless x is strided (a column block of a wider array), as the
     // streamed kernels read x as one slice.
     let x = x.as_standard_layout(); // (T, cols)
@@ -583,6 +590,33 @@ mod tests {
                 });
                 let same = got.index_axis(Axis(0), 0).iter().zip(&want_a).all(|(g, w)| g.to_bits() == w.to_bits());
                 assert!(same && got.index_axis(Axis(0), 1) == want_b, "T = {t}, {rows:?}: the pair differs from the products apart");
+            }
+        }
+    }
+
+    /// A decode step's products of the 1.5B, on 2 to 32 threads: every task reads about
+    /// MIN_SHARED_TASK_BYTES or more, and up to 16 threads the slowest thread reads at most one
+    /// weight row a round more than an even share (x_proj and dt_proj once made 4 and 3 tasks on
+    /// 16 threads); beyond, a matrix too small for every thread makes one round of tasks.
+    #[test]
+    fn decode_products_balance_on_many_threads() {
+        let shapes = [("in_proj", 8000, 1600, 1), ("x_proj", 132, 3200, 1), ("dt_proj", 3200, 100, 1), ("out_proj", 1600, 3200, 1)];
+        let shapes = shapes.into_iter().chain([("up ∥ gate", 5504, 1600, 2), ("down_proj", 1600, 5504, 1), ("lm_head", 32001, 1600, 1)]);
+        for (name, rows, cols, matrices) in shapes {
+            let w = Matrix::new(rows, cols, Elements::Bf16(vec![bf16::ZERO; rows * cols].into())).unwrap();
+            for threads in [2, 3, 4, 8, 16, 32] {
+                for (t, kind) in [(1, Rows::Chunk), (4, Rows::OnePerSequence)] {
+                    let (Split::OneRow { block } | Split::RowWise { block }) = w.split(t, kind, matrices, threads) else {
+                        panic!("{name}: a decode step's product is one-row or row-wise")
+                    };
+                    let (tasks, task_bytes) = (rows.div_ceil(block), block * cols * 2 * matrices);
+                    let rounds = tasks.div_ceil(threads);
+                    let case = format!("{name} on {threads} threads, {t} rows: {tasks} tasks of {block} rows");
+                    assert!(task_bytes > MIN_SHARED_TASK_BYTES / 2, "{case}"); // evened out, so a little less
+                    // Up to 16 threads even dt_proj (625 KiB) has 39 KiB a thread: all balance.
+                    let even = rounds * block <= rows.div_ceil(threads) + rounds;
+                    assert!(even || (threads > 16 && rounds == 1), "{case}");
+                }
             }
         }
     }
