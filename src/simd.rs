@@ -310,7 +310,11 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 pub fn axpy4(a: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
     let n = y.len();
     debug_assert!(x.iter().all(|x| x.len() == n));
-    let [x0, x1, x2, x3] = x.map(|x| &x[..n]);
+    // Each x cut to n by hand: `[T; N]::map`, like `std::array::from_fn`, may be left out of
+    // line, and then the compiler no longer knows x's lengths and leaves the last 16 elements
+    // to a scalar loop (it did in decode attention).
+    let [x0, x1, x2, x3] = x;
+    let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
     for i in 0..n {
         y[i] = (((y[i] + a[0] * x0[i]) + a[1] * x1[i]) + a[2] * x2[i]) + a[3] * x3[i];
     }

@@ -308,7 +308,7 @@ fn attend_partial(
                     pending[n] = (p, j);
                     n += 1;
                     if n == 4 {
-                        axpy4(pending.map(|(p, _)| p), pending.map(|(_, j)| value(j)), out);
+                        axpy4(array_of(|i| pending[i].0), array_of(|i| value(pending[i].1)), out);
                         n = 0;
                     }
                 }
