@@ -182,16 +182,19 @@ fn attend_split(
     let (s_len, heads) = (keys_t.ncols(), q.len() / keys_t.nrows());
     let dv = out.len() / heads;
     debug_assert!(heads <= MAX_HEADS && out.len() <= MAX_HEADS_DV);
-    let per_part = s_len.div_ceil(splits).next_multiple_of(KEY_BLOCK);
+    let per_part = s_len.div_ceil(splits).next_multiple_of(KEY_BLOCK); // the last part may be shorter
+    let parts = s_len.div_ceil(per_part); // ≤ splits: no part is empty
+    // On the stack: a decode step allocates nothing (tests/decode_allocations.rs).
     let mut partials = [Partial { stats: [(f32::NEG_INFINITY, 0.0); MAX_HEADS], out: [0.0; MAX_HEADS_DV] }; MAX_SPLITS];
-    partials[..splits].par_iter_mut().enumerate().for_each(|(p, partial)| {
-        let keys = (p * per_part).min(s_len)..((p + 1) * per_part).min(s_len);
+    let partials = &mut partials[..parts];
+    partials.par_iter_mut().enumerate().for_each(|(p, partial)| {
+        let keys = p * per_part..((p + 1) * per_part).min(s_len);
         attend_part(q, keys_t, values, &visible, keys, &mut partial.out[..out.len()], &mut partial.stats[..heads]);
     });
     for (h, out) in out.chunks_mut(dv).enumerate() {
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
         out.fill(0.0);
-        for partial in partials[..splits].iter().filter(|p| p.stats[h].0 > f32::NEG_INFINITY) {
+        for partial in partials.iter().filter(|p| p.stats[h].0 > f32::NEG_INFINITY) {
             let ((part_max, part_sum), part_out) = (partial.stats[h], &partial.out[h * dv..(h + 1) * dv]);
             let new_max = max.max(part_max);
             let (old_scale, scale) = (exp(max - new_max), exp(part_max - new_max)); // 0 for the first
