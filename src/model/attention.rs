@@ -143,8 +143,11 @@ fn heads_per_task(group: usize, dv: usize) -> usize {
     (1..=group).rev().find(|h| group.is_multiple_of(*h) && *h <= MAX_HEADS && h * dv <= MAX_HEADS_DV).unwrap_or(1)
 }
 
-/// Keys per part when [`attend_split`] splits a long cache (a multiple of [`KEY_BLOCK`]).
-const KEYS_PER_SPLIT: usize = 256;
+/// Keys per part, about, when [`attend_split`] splits a long cache (a multiple of
+/// [`KEY_BLOCK`]). The 1.5B's 5 K/V heads then make 10 tasks a layer at context 128, 45 at 1,024
+/// (the window) and 80 from about 2,000, where parts of 256 keys made 5, 20 and 70: too few for
+/// 16 threads. A part costs no more than its keys inside a bigger part, and 2 threads are as fast.
+const KEYS_PER_SPLIT: usize = 128;
 /// The most parts [`attend_split`] splits the keys into.
 const MAX_SPLITS: usize = 16;
 /// The most values (heads · dv) of the heads [`attend_split`] serves at once (their partial sums
@@ -166,7 +169,18 @@ struct Partial {
     out: [f32; MAX_HEADS_DV],
 }
 
-/// [`attend`] with the keys split into `splits` consecutive parts scored on different tasks
+/// Part p of the keys 0..S cut into `parts` consecutive parts of whole [`KEY_BLOCK`]s (the last
+/// may be short), as even as whole blocks go: blocks p·B/parts..(p + 1)·B/parts of the B blocks.
+/// `parts` is at most B.
+fn key_part(s_len: usize, parts: usize, p: usize) -> Range<usize> {
+    let blocks = s_len.div_ceil(KEY_BLOCK);
+    debug_assert!(parts <= blocks && p < parts);
+    let key = |p: usize| (p * blocks / parts * KEY_BLOCK).min(s_len);
+    key(p)..key(p + 1)
+}
+
+/// [`attend`] with the keys split into `splits` consecutive parts ([`key_part`]; fewer if there
+/// are fewer blocks of keys) scored on different tasks
 /// (flash-decoding): a long cache keeps every thread busy even when there are fewer query heads
 /// than threads. Each part is [`attend_part`]; each head's parts are merged in order, each
 /// rescaled to the common maximum: out = Σ_p e^(m_p − m)·o_p / Σ_p e^(m_p − m)·sum_p. Tested
@@ -182,13 +196,12 @@ fn attend_split(
     let (s_len, heads) = (keys_t.ncols(), q.len() / keys_t.nrows());
     let dv = out.len() / heads;
     debug_assert!(heads <= MAX_HEADS && out.len() <= MAX_HEADS_DV);
-    let per_part = s_len.div_ceil(splits).next_multiple_of(KEY_BLOCK); // the last part may be shorter
-    let parts = s_len.div_ceil(per_part); // ≤ splits: no part is empty
+    let parts = splits.min(s_len.div_ceil(KEY_BLOCK)).max(1); // no part is empty
     // On the stack: a decode step allocates nothing (tests/decode_allocations.rs).
     let mut partials = [Partial { stats: [(f32::NEG_INFINITY, 0.0); MAX_HEADS], out: [0.0; MAX_HEADS_DV] }; MAX_SPLITS];
     let partials = &mut partials[..parts];
     partials.par_iter_mut().enumerate().for_each(|(p, partial)| {
-        let keys = p * per_part..((p + 1) * per_part).min(s_len);
+        let keys = key_part(s_len, parts, p);
         attend_part(q, keys_t, values, &visible, keys, &mut partial.out[..out.len()], &mut partial.stats[..heads]);
     });
     for (h, out) in out.chunks_mut(dv).enumerate() {
@@ -490,6 +503,23 @@ mod tests {
             }
         }
         assert_eq!((heads_per_task(5, 128), heads_per_task(6, 256), heads_per_task(32, 8), heads_per_task(3, 2000)), (5, 3, 16, 1));
+    }
+
+    #[test]
+    fn key_parts_cover_the_keys_in_even_whole_blocks() {
+        for s_len in 1..3000usize {
+            for parts in 1..=MAX_SPLITS.min(s_len.div_ceil(KEY_BLOCK)) {
+                let parts: Vec<Range<usize>> = (0..parts).map(|p| key_part(s_len, parts, p)).collect();
+                let case = format!("{s_len} keys: {parts:?}");
+                assert!(parts[0].start == 0 && parts.last().unwrap().end == s_len, "{case}");
+                assert!(parts.windows(2).all(|p| p[0].end == p[1].start && p[0].end % KEY_BLOCK == 0), "{case}");
+                let blocks = |r: &Range<usize>| r.len().div_ceil(KEY_BLOCK);
+                let (least, most) = (parts.iter().map(blocks).min().unwrap(), parts.iter().map(blocks).max().unwrap());
+                assert!(least >= 1 && most - least <= 1, "{case}");
+            }
+        }
+        // The 1.5B decoding at context 1,024 (1,168 keys): 9 parts of 2 or 3 blocks each.
+        assert_eq!(key_splits(1168, 128), 9);
     }
 
     #[test]
