@@ -8,7 +8,7 @@ use hymba_ref::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax};
 use hymba_ref::model::norm::rms_norm;
-use hymba_ref::model::rope::apply_rope;
+use hymba_ref::model::rope::{apply_rope, RopeAngles};
 use ndarray::{Array1, Array2, Array3, ArrayView3, Axis};
 use proptest::prelude::*;
 
@@ -21,6 +21,15 @@ fn matrix(rows: impl Strategy<Value = usize>, cols: impl Strategy<Value = usize>
 
 fn vector(len: usize, range: std::ops::Range<f32>) -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(range, len)
+}
+
+/// RoPE as a pass applies it: the rows' angles, then the rotation. x: (T, heads, dqk)
+fn rotate(x: ndarray::ArrayViewMut3<f32>, positions: &[usize], base: f64) {
+    let mut angles = RopeAngles::default();
+    angles.shape(positions.len(), x.dim().2);
+    angles.compute(0..positions.len(), positions, base);
+    let (cos, sin) = angles.rows(0..positions.len());
+    apply_rope(x, cos, sin);
 }
 
 fn span() -> impl Strategy<Value = AttentionSpan> {
@@ -146,7 +155,7 @@ proptest! {
         let (t, dim) = (positions.len(), 2 * half);
         let x = Array3::from_shape_fn((t, heads, dim), |(i, h, k)| values[(i * 7 + h * 5 + k) % values.len()]);
         let mut y = x.clone();
-        apply_rope(y.view_mut(), &positions, base);
+        rotate(y.view_mut(), &positions, base);
         for i in 0..t {
             for h in 0..heads {
                 let n0: f32 = x.slice(ndarray::s![i, h, ..]).iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -170,8 +179,8 @@ proptest! {
         let score = |a: usize, b: usize| {
             let mut qa = Array3::from_shape_vec((1, 1, dim), q[..dim].to_vec()).unwrap();
             let mut kb = Array3::from_shape_vec((1, 1, dim), k[..dim].to_vec()).unwrap();
-            apply_rope(qa.view_mut(), &[a], base);
-            apply_rope(kb.view_mut(), &[b], base);
+            rotate(qa.view_mut(), &[a], base);
+            rotate(kb.view_mut(), &[b], base);
             qa.iter().zip(kb.iter()).map(|(x, y)| x * y).sum::<f32>()
         };
         let (s0, s1) = (score(p, p2), score(p + shift, p2 + shift));

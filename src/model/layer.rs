@@ -166,14 +166,16 @@ fn attention_branch<'o>(
     let mut k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, attn_w.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
     let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
     let producer = plan.kv_producer();
-    // Per sequence: rotate its rows with its RoPE base, and a producer appends its new K/V.
+    // Per sequence: rotate its rows by their angles, and a producer appends its new K/V.
+    let rope = pass.rope; // (T, dqk/2): the angles of the pass's rows
     for (part, cache) in pass.parts_mut() {
         let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
         profile.time(elementwise, || {
-            if let Some(base) = part.rope_base {
-                apply_rope(q.slice_mut(s![rows.clone(), .., ..]), at, base);
+            if part.rope_base.is_some() {
+                let (cos, sin) = rope.rows(rows.clone()); // (T_s, dqk/2) each
+                apply_rope(q.slice_mut(s![rows.clone(), .., ..]), cos, sin);
                 if let Some(k) = k.as_mut() {
-                    apply_rope(k.slice_mut(s![rows.clone(), .., ..]), at, base);
+                    apply_rope(k.slice_mut(s![rows.clone(), .., ..]), cos, sin);
                 }
             }
             if let (Some(k), Some(v)) = (k.as_ref(), split.v) {

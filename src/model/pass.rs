@@ -19,6 +19,7 @@
 
 use super::layer::{hymba_layer, LayerBuffers};
 use super::profile::{Phase, Profile};
+use super::rope::RopeAngles;
 use super::segment::{Keep, Part, Pass, Segment};
 use super::trace::{LayerObserver, LayerTrace};
 use crate::buffer::shaped;
@@ -53,6 +54,8 @@ pub struct Scratch {
     hidden: Array2<f32>,
     /// (T): the absolute position of each row
     positions: Vec<usize>,
+    /// (T, dqk/2): the RoPE angles of each row, for every layer of the pass
+    rope: RopeAngles,
     /// The segments' rows in the pass, in row order
     parts: Vec<Part>,
     /// One per segment of the call
@@ -172,7 +175,7 @@ fn run_pass(
     scratch: &mut Scratch,
     mut observer: Option<&mut (dyn LayerObserver + '_)>,
 ) {
-    let Scratch { hidden, positions, parts, planned, layer, layer_input, kept, profile, .. } = scratch;
+    let Scratch { hidden, positions, rope, parts, planned, layer, layer_input, kept, profile, .. } = scratch;
     let parts: &[Part] = parts;
     let t = parts.last().map_or(0, |p| p.rows.end);
     let hidden = shaped(hidden, (t, cfg.hidden_size)); // (T, H)
@@ -184,6 +187,14 @@ fn run_pass(
         let rows = hidden.slice_mut(s![part.rows.clone(), ..]);
         profile.time(Phase::Elementwise, || input_rows(weights, &planned[part.segment], segment.ids, part.fed.clone(), rows));
     }
+    profile.time(Phase::Elementwise, || {
+        rope.shape(t, cfg.head_dim_qk());
+        for part in parts {
+            if let Some(base) = part.rope_base {
+                rope.compute(part.rows.clone(), &positions[part.rows.clone()], base);
+            }
+        }
+    });
     // The pass runs on a worker of the thread pool, so each parallel loop inside it shares its
     // work with the other workers directly, rather than being queued from outside the pool and
     // waited for (a few microseconds each, ~10 loops a layer: it shows in decoding).
@@ -192,7 +203,7 @@ fn run_pass(
             if observer.is_some() {
                 shaped(layer_input, hidden.dim()).assign(hidden);
             }
-            let mut pass = Pass::new(&mut *segments, parts);
+            let mut pass = Pass::new(&mut *segments, parts, rope);
             hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer, profile);
             if let Some(observer) = observer.as_deref_mut() {
                 observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));

@@ -1,6 +1,7 @@
 //! A batch of segments, the unit the layers work on (see [`super::pass`]): each segment is new
 //! rows of one sequence; a pass stacks the rows of its segments into one (T, H) array.
 
+use super::rope::RopeAngles;
 use crate::cache::HybridCache;
 use crate::matrix::Rows;
 use ndarray::{ArrayViewMut, Axis, RemoveAxis, Slice};
@@ -46,22 +47,25 @@ pub struct Part {
     pub rope_base: Option<f64>,
 }
 
-/// The segments of a pass as a layer sees them: each part's rows with its sequence's cache.
+/// The segments of a pass as a layer sees them: each part's rows with its sequence's cache, and
+/// the RoPE angles of every row.
 pub struct Pass<'p, 'a> {
     pub(crate) segments: &'p mut [Segment<'a>],
     pub(crate) parts: &'p [Part],
+    /// (T, dqk/2): the rows' RoPE angles (rows of parts without RoPE unset)
+    pub(crate) rope: &'p RopeAngles,
     /// What the pass's rows are for the projections: [`Rows::OnePerSequence`] when every part is
     /// one row (a batched decode step: each row's products then equal its sequence's alone).
     pub(crate) rows: Rows,
 }
 
 impl<'p, 'a> Pass<'p, 'a> {
-    pub(crate) fn new(segments: &'p mut [Segment<'a>], parts: &'p [Part]) -> Pass<'p, 'a> {
+    pub(crate) fn new(segments: &'p mut [Segment<'a>], parts: &'p [Part], rope: &'p RopeAngles) -> Pass<'p, 'a> {
         let rows = match parts.iter().all(|p| p.rows.len() == 1) {
             true => Rows::OnePerSequence,
             false => Rows::Chunk,
         };
-        Pass { segments, parts, rows }
+        Pass { segments, parts, rope, rows }
     }
 
     /// Each part of the pass, in row order, with the cache of its sequence.
