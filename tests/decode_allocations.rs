@@ -80,8 +80,8 @@ fn a_decode_step_allocates_nothing() {
 #[test]
 fn a_decode_step_over_a_long_global_cache_allocates_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // Past 1024 keys the global layers' attention splits each head's keys across tasks
-    // (flash-decoding): its partial sums live on the stack.
+    // Over 1,100 keys and more the global layers' attention splits each head's keys into 8 or
+    // more parts across tasks (flash-decoding): its partial sums live on the stack.
     let model = model("src/bin/hymba-ref/bench/configs/small.json");
     let counts = allocations_per_step(&model, 1100, 10, true);
     assert!(counts.iter().all(|&n| n == 0), "allocations per decode step: {counts:?}");
