@@ -22,8 +22,9 @@ pub enum Phase {
     Conv,
     /// The SSM's selective scan, with the y ⊙ SiLU(z) gate its tasks finish.
     Scan,
-    /// Everything else element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE,
-    /// K/V append, the SiLU after the conv, fusion, residual adds.
+    /// Everything else element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE
+    /// (its angles once a pass, the rotation), K/V append, the SiLU after the conv, fusion,
+    /// residual adds.
     Elementwise,
     /// The final norm and `lm_head` of the kept rows.
     Output,

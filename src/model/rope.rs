@@ -15,7 +15,7 @@ use std::ops::Range;
 
 /// cos and sin of every row's angles, (T, dqk/2) each. They depend only on a row's position and
 /// its call's base, so a pass computes them once ([`RopeAngles::compute`]) for all its layers,
-/// where each layer's queries and keys computed them again (a quarter of decode's one-thread
+/// where each layer's queries and keys computed them again (about a fifth of decode's one-thread
 /// element-wise work).
 #[derive(Debug, Clone, Default)]
 pub struct RopeAngles {
