@@ -40,7 +40,7 @@
 //! computes two products of one shape in one region, the same columns of both in each task
 //! (a gated MLP's up and gate, gated there).
 
-use crate::simd::{accumulate_dot_tile, array_of, best_simd, bf16_to_f32, dot, dot_bf16, finish_dot_bf16, sum_lanes, Lanes};
+use crate::simd::{accumulate_dot_tile, array_of, best_simd, bf16_to_f32, dot, dots_bf16, finish_dot_bf16, sum_lanes, Lanes};
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
@@ -256,7 +256,10 @@ impl Matrix {
         let weights = first * self.cols..(first + out.ncols()) * self.cols;
         match (split, &*self.data) {
             (Split::RowWise { .. }, Elements::Bf16(v)) => matvecs_bf16(xs, &v[weights], out),
-            (_, Elements::Bf16(v)) => each_pair(xs, &v[weights], out, dot_bf16),
+            (_, Elements::Bf16(v)) => {
+                debug_assert_eq!(out.nrows(), 1, "one row: the row-wise and GEMM splits go elsewhere");
+                dots_bf16(xs, &v[weights], out.index_axis_move(Axis(0), 0).into_slice().expect("one contiguous row"))
+            }
             (_, Elements::F32(v)) => each_pair(xs, &v[weights], out, dot),
             (_, Elements::F16(v)) => each_pair(xs, &v[weights], out, dot_f16),
         }
