@@ -364,7 +364,7 @@ struct TileScratch {
 const PAIR_TILE_ROWS: usize = 4;
 const _: () = assert!(2 * PAIR_TILE_ROWS <= PANEL_INPUTS * TILE_ROWS, "a pair tile's sums fit TileScratch::pairs");
 
-/// [`each_pair`] with [`dot_bf16`](crate::simd::dot_bf16) for bf16 weights, bit-identical, in
+/// [`each_pair`] with [`dot_bf16_reference`](crate::simd::dot_bf16_reference) for bf16 weights, bit-identical, in
 /// groups of [`TILE_ROWS`] weight rows ([`PAIR_TILE_ROWS`] for two inputs; single rows at the end).
 #[inline(always)]
 fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
@@ -389,7 +389,7 @@ fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
 /// `R` weight rows (`w`, R·cols) against every input row, into columns `first..first + R` of
 /// `out`: per panel of inputs, the weights widened to f32 a block at a time (or in registers,
 /// for a small panel), then [`accumulate_dot_tile`] over tiles of inputs ([`tile_and_rest`]), then
-/// each pair's sum finished as [`dot_bf16`](crate::simd::dot_bf16) finishes it.
+/// each pair's sum finished as [`dot_bf16_reference`](crate::simd::dot_bf16_reference) finishes it.
 #[inline(always)]
 fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut TileScratch, out: &mut ArrayViewMut2<f32>) {
     let cols = w.len() / R;
