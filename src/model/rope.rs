@@ -34,10 +34,10 @@ impl RopeAngles {
     pub fn compute(&mut self, rows: Range<usize>, positions: &[usize], base: f64) {
         debug_assert_eq!(rows.len(), positions.len());
         let half = self.cos.ncols();
-        let inv_freq = |k: usize| (1.0 / base.powf(2.0 * k as f64 / (2 * half) as f64)) as f32;
-        for (t, &p) in rows.zip(positions) {
-            for k in 0..half {
-                let angle = (p as f32 * inv_freq(k)) as f64; // float32 angle, as the released code
+        for k in 0..half {
+            let inv_freq = (1.0 / base.powf(2.0 * k as f64 / (2 * half) as f64)) as f32; // once a frequency
+            for (t, &p) in rows.clone().zip(positions) {
+                let angle = (p as f32 * inv_freq) as f64; // float32 angle, as the released code
                 (self.cos[[t, k]], self.sin[[t, k]]) = (angle.cos() as f32, angle.sin() as f32);
             }
         }
