@@ -9,8 +9,10 @@
 //! [`Matrix::matmul_t`] computes `x · Wᵀ` two ways, chosen by the number of rows of `x`:
 //! - one row (decoding): a dot product per weight row, weight rows split across threads, so
 //!   the weights are streamed from memory once;
-//! - many rows (prefill): blocks of weight rows converted to f32 and multiplied with
-//!   `matrixmultiply`'s GEMM (through ndarray), blocks split across threads.
+//! - many rows (prefill): `matrixmultiply`'s GEMM (through ndarray) on tiles of the product,
+//!   chunks of x's rows by blocks of weight rows, about two a thread, as square as the thread
+//!   count allows (each tile packs its rows of x and of the weights); the weights are converted
+//!   to f32 a slab of columns at a time, just before GEMM packs them.
 //!
 //! Both are tested against [`matmul_t_reference`], the plain triple loop.
 //!
@@ -46,7 +48,7 @@ use half::{bf16, f16};
 use crate::buffer::shaped;
 use crate::model::parallel::items_per_task;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -120,7 +122,8 @@ const MIN_TASK_BYTES: usize = 256 << 10;
 /// bytes (a few µs): on 16 threads the 1.5B's x_proj (845 KiB) makes 15 tasks and its dt_proj
 /// (625 KiB) 16, where [`MIN_TASK_BYTES`] alone made 4 and 3, leaving most threads idle.
 const MIN_SHARED_TASK_BYTES: usize = 32 << 10;
-/// A prefill product's weight blocks and chunks of `x` have at least this many rows.
+/// A prefill product cuts `x` and the weights in parts of about this many rows at least
+/// ([`gemm_tiles`]: `matrixmultiply` packs x in blocks of 64 rows).
 const MIN_GEMM_ROWS: usize = 64;
 
 impl Matrix {
@@ -182,16 +185,7 @@ impl Matrix {
         match (t, rows) {
             (1, _) => Split::OneRow { block: streamed() },
             (_, Rows::OnePerSequence) => Split::RowWise { block: streamed() },
-            (_, Rows::Chunk) => {
-                // At most 4 blocks a thread (GEMM packs all of x for each block: fewer, larger
-                // blocks pack it less often), in whole rounds of the threads; when there are
-                // fewer blocks than that (narrow matrices, many threads), the rows of x are
-                // split too, so the tasks balance on any number of threads.
-                let tasks = 4 * threads;
-                let block = items_per_task(self.rows, self.rows.div_ceil(tasks).max(MIN_GEMM_ROWS), threads);
-                let x_rows = t.div_ceil(tasks.div_ceil(self.rows.div_ceil(block))).max(MIN_GEMM_ROWS);
-                Split::Gemm { block, x_rows }
-            }
+            (_, Rows::Chunk) => gemm_tiles(t, self.rows, threads),
         }
     }
 
@@ -249,6 +243,26 @@ impl Matrix {
         });
     }
 
+    /// One tile of a prefill product, on this thread: `out` (m, n) = x (m, cols) · (weight rows
+    /// `first..first + n`)ᵀ. The weights are widened to f32 a slab of [`GEMM_SLAB`] columns at a
+    /// time, just before the GEMM that packs them, so the slab is still in cache when packed (a
+    /// whole block widened first, megabytes, went out to memory and was read back). Each slab's
+    /// GEMM adds into `out` as one GEMM over all the columns would, slab after slab: same bits.
+    fn gemm_tile(&self, x: ArrayView2<f32>, first: usize, mut out: ArrayViewMut2<f32>) {
+        let (n, cols) = (out.ncols(), self.cols);
+        debug_assert_eq!((x.ncols(), out.nrows()), (cols, x.nrows()));
+        let mut slab = Array2::zeros((n, GEMM_SLAB.min(cols))); // (n, slab)
+        for k in (0..cols).step_by(GEMM_SLAB) {
+            let width = GEMM_SLAB.min(cols - k);
+            let mut slab = slab.slice_mut(s![.., ..width]); // (n, width)
+            for (r, mut row) in slab.rows_mut().into_iter().enumerate() {
+                self.data.copy_to_f32((first + r) * cols + k, row.as_slice_mut().expect("a row of a slab"));
+            }
+            let beta = if k == 0 { 0.0 } else { 1.0 }; // the first slab sets out, the others add
+            general_mat_mul(1.0, &x.slice(s![.., k..k + width]), &slab.t(), beta, &mut out); // (m, n)
+        }
+    }
+
     /// A one-row or row-wise task's part of the product, on this thread: weight rows
     /// `first..first + out.ncols()` against every row of `xs` (T·cols, row after row), into
     /// `out` (T, those rows).
@@ -266,6 +280,47 @@ impl Matrix {
     }
 }
 
+/// Columns of the weights a prefill tile widens at a time ([`Matrix::gemm_tile`]):
+/// `matrixmultiply`'s depth of a packed panel for f32 (its `KC`), so that a slab's GEMM does
+/// what one GEMM over all the columns does for those columns, in the same order.
+const GEMM_SLAB: usize = 256;
+/// Tasks a prefill product makes a thread, about: two, so that work stealing evens out a thread
+/// that falls behind (the others take its second tile) while tiles stay large.
+const GEMM_TASKS_PER_THREAD: usize = 2;
+/// What packing one row of x or of the widened weights into GEMM's panels costs, in
+/// multiply-adds of the tile, per column (x rows and weight rows are both packed whole, for each
+/// tile: a tile of m rows of x by n weight rows packs (m + n)·cols values for m·n·cols
+/// multiply-adds). About 10–17 measured on this project's 2-core machine (perf samples in
+/// `matrixmultiply`'s packing against its kernel).
+const PACK_COST: usize = 12;
+/// `matrixmultiply`'s register tile for f32 (8 × 8): a tile whose sides are not multiples of it
+/// computes the remainder as a whole, mostly wasted, register tile.
+const KERNEL_TILE: usize = 8;
+
+/// The tiles of a prefill product `x · Wᵀ`, x (T, cols) by W (rows, cols): chunks of `x_rows`
+/// rows of x by blocks of `block` weight rows, each a GEMM call on one task. About
+/// [`GEMM_TASKS_PER_THREAD`] tiles a thread; among the ways to cut x into chunks, the one whose
+/// slowest thread does least: whole rounds of tiles, each tile's multiply-adds and its packing
+/// ([`PACK_COST`]), which favours square tiles (a tile packs all of its x rows and all of its
+/// weight rows). x and the weights are each cut in even parts, a part per [`MIN_GEMM_ROWS`]
+/// rows at most, rounded up to whole [`KERNEL_TILE`]s. Which tile computes an element never
+/// changes the element.
+fn gemm_tiles(t: usize, rows: usize, threads: usize) -> Split {
+    let tasks = GEMM_TASKS_PER_THREAD * threads.max(1);
+    // `parts` even parts of `n` (at most one per MIN_GEMM_ROWS), rounded up to whole kernel tiles
+    let side = |n: usize, parts: usize| n.div_ceil(parts.clamp(1, n.div_ceil(MIN_GEMM_ROWS))).next_multiple_of(KERNEL_TILE);
+    (1..=tasks)
+        .map(|chunks| {
+            let (x_rows, block) = (side(t, chunks), side(rows, tasks.div_ceil(chunks)));
+            let tiles = t.div_ceil(x_rows) * rows.div_ceil(block);
+            let slowest = tiles.div_ceil(threads.max(1)) * (x_rows * block + PACK_COST * (x_rows + block));
+            (slowest, Split::Gemm { block, x_rows })
+        })
+        .min_by_key(|(slowest, _)| *slowest)
+        .map(|(_, split)| split)
+        .expect("at least one way to cut x")
+}
+
 /// How the tasks of a product split it (see [`Matrix::split`]): blocks of `block` weight rows,
 /// that is columns of the output, each task computing one block for all rows of x, or for a
 /// chunk of `x_rows` rows (GEMM).
@@ -276,8 +331,8 @@ enum Split {
     /// One row per sequence (a batch decoding together): [`matvecs_bf16`] for bf16 weights,
     /// which gives each row exactly its one-row product; a dot per pair otherwise.
     RowWise { block: usize },
-    /// Many rows of one sequence (prefill): each block of weight rows widened to f32 once, then
-    /// multiplied by GEMM with each chunk of x.
+    /// Many rows of one sequence (prefill): tiles of `x_rows` rows of x by `block` weight rows
+    /// ([`gemm_tiles`]), each a GEMM ([`Matrix::gemm_tile`]).
     Gemm { block: usize, x_rows: usize },
 }
 
@@ -309,11 +364,10 @@ fn products_then<const N: usize>(
         let first = task * block; // (N, T, block)
         match split {
             Split::Gemm { x_rows, .. } => {
-                let widened = ws.map(|w| w.rows_f32(first, blocks.len_of(Axis(2)))); // (block, cols) each
                 let x_chunks = x.axis_chunks_iter(Axis(0), x_rows).into_par_iter();
                 blocks.axis_chunks_iter_mut(Axis(1), x_rows).into_par_iter().zip(x_chunks).for_each(|(mut outs, x)| {
-                    for (wide, mut out) in widened.iter().zip(outs.outer_iter_mut()) {
-                        general_mat_mul(1.0, &x, &wide.t(), 0.0, &mut out); // (x rows, block)
+                    for (w, out) in ws.iter().zip(outs.outer_iter_mut()) {
+                        w.gemm_tile(x, first, out); // (x rows, block)
                     }
                     then(first, outs);
                 });
@@ -494,10 +548,52 @@ pub fn matmul_t_reference(x: ArrayView2<f32>, w: &Matrix) -> Array2<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::s;
 
     fn sample(rows: usize, cols: usize, salt: f32) -> Array2<f32> {
         Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 7) as f32 * 0.37 + salt).sin())
+    }
+
+    /// A prefill tile widens its weights a slab of GEMM_SLAB columns at a time: its product is
+    /// one GEMM over all the columns of the widened weights, bit for bit.
+    #[test]
+    fn a_tile_widened_slab_by_slab_equals_one_gemm() {
+        let cols = 2 * GEMM_SLAB + 88; // two whole slabs and a short one
+        let w = sample(40, cols, 0.3);
+        let w = Matrix::new(40, cols, Elements::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect())).unwrap();
+        let x = sample(24, cols, 0.9);
+        let mut want = Array2::zeros((24, 30));
+        general_mat_mul(1.0, &x, &w.rows_f32(5, 30).t(), 0.0, &mut want); // weight rows 5..35
+        let mut got = Array2::from_elem((24, 30), f32::NAN); // the first slab sets every element
+        w.gemm_tile(x.view(), 5, got.view_mut());
+        assert_eq!(got, want);
+    }
+
+    /// Prefill tiles are whole kernel tiles; on 1 to 16 threads they split the 1.5B's big
+    /// products at 512 rows evenly in at most two rounds, and pack little: the rows of x and of
+    /// the weights the tiles pack (per column) are at most 1.3 % of the product's multiply-adds.
+    /// The rule before (4 blocks a thread, each with all the rows of x) packed 1.8–1.9 % for
+    /// dt_proj, out_proj and down_proj on 16 threads; these tiles pack 0.6–1.3 %.
+    #[test]
+    fn prefill_tiles_are_whole_kernel_tiles_even_and_square() {
+        let shapes = [("in_proj", 8960), ("x_proj", 132), ("dt_proj", 3200), ("out_proj", 1600), ("up ∥ gate", 5504), ("down_proj", 1600)];
+        for (name, rows) in shapes {
+            for t in [2, 8, 64, 100, 512] {
+                for threads in [1, 2, 3, 4, 8, 16, 32] {
+                    let Split::Gemm { block, x_rows } = gemm_tiles(t, rows, threads) else { panic!("a prefill split") };
+                    let case = format!("{name} ({rows} rows), {t} rows of x, {threads} threads: tiles of {x_rows} × {block}");
+                    assert!(block % KERNEL_TILE == 0 && x_rows % KERNEL_TILE == 0, "{case}");
+                    assert!(block < rows + KERNEL_TILE && x_rows < t + KERNEL_TILE, "{case}");
+                    if rows >= 1600 && t == 512 && threads <= 16 {
+                        let tiles = t.div_ceil(x_rows) * rows.div_ceil(block);
+                        let rounds = tiles.div_ceil(threads);
+                        let even_share = (t * rows) as f64 / threads as f64; // multiply-adds a column
+                        assert!(rounds <= GEMM_TASKS_PER_THREAD, "{case}: {tiles} tiles");
+                        assert!((rounds * x_rows * block) as f64 <= 1.05 * even_share, "{case}: {tiles} tiles");
+                        assert!((tiles * (x_rows + block)) as f64 <= 0.013 * (t * rows) as f64, "{case}: {tiles} tiles");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
