@@ -92,9 +92,11 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill
         }
         let regions = positive(&p["parallel_regions_per_call"], kind);
         assert!(regions >= 33.0, "{kind}: at least the parallel phases' {regions} regions");
-        let region_seconds = positive(&p["parallel_region_seconds"], kind);
-        let share = p["synchronisation_share"].as_f64().expect("a synchronisation share");
-        assert!((share - regions * region_seconds * p["calls"].as_f64().unwrap() / two).abs() < 1e-9, "{kind}: {share}");
+        for (cost, share) in [("parallel_region_seconds", "synchronisation_share"), ("parallel_region_seconds_after_idle", "synchronisation_share_after_idle")] {
+            let region_seconds = positive(&p[cost], kind);
+            let share = p[share].as_f64().expect("a synchronisation share");
+            assert!((share - regions * region_seconds * p["calls"].as_f64().unwrap() / two).abs() < 1e-9, "{kind}: {share}");
+        }
     }
     // The profile at 2 threads is of the timed calls themselves.
     let prefill_seconds = context["prefill_seconds"][0].as_f64().expect("one timed prefill");

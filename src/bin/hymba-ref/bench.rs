@@ -129,7 +129,8 @@ pub struct BenchArgs {
     /// every run. The table also shows how busy the threads were in the timed runs (CPU time
     /// over wall time × threads, system time, minor page faults; in the JSON without --profile
     /// too: `prefill_cpu`, `decode_cpu`), and the synchronisation: the parallel regions a
-    /// prefill or step opens, times what one region costs on these threads (measured apart).
+    /// prefill or step opens, times what one region costs on these threads (measured apart),
+    /// with the idle threads still awake and after they have gone to sleep.
     #[arg(long)]
     profile: bool,
     /// Print JSON instead of a table.
@@ -578,7 +579,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     // A decode step is one pass of one row per sequence. With --synthetic-cache nothing was
     // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
-        let region = regions::region_seconds();
+        let region = regions::region_cost();
         let decode = profile::summary(&decode_1, &decode_n, threads, Rows::OnePerSequence, batch_size, region);
         let mut summaries = json!({ "threads": threads, "decode": decode });
         if !prefill_n.is_empty() {

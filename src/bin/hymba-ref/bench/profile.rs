@@ -10,6 +10,7 @@
 use hymba_ref::matrix::Rows;
 use hymba_ref::model::{Phase, Profile};
 use serde_json::{json, Value};
+use super::regions::RegionCost;
 
 /// The seconds of `calls` calls (one prefill, or the steps of a decode): in total (as the caller
 /// measured it) and per phase, and the sections timed per phase.
@@ -66,9 +67,11 @@ fn parallel_regions_per_call(times: &PhaseTimes, kind: Rows, rows: usize) -> f64
 /// The profile of one kind of call (prefill or decode) as JSON, from its runs at one thread and
 /// at `threads`, passes of `rows` rows of the kind `kind`: the median seconds of the call and of
 /// each phase, each phase's speed-up and its part of the serial share; and, given what one
-/// parallel region costs on the pool (`region_seconds`, [`super::regions`]), the
-/// synchronisation of a call: its parallel regions times that, as a fraction of its time.
-pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Rows, rows: usize, region_seconds: Option<f64>) -> Value {
+/// parallel region costs on the pool ([`RegionCost`]), the synchronisation of a call: its
+/// parallel regions times that, as a fraction of its time, with the pool's idle threads awake at
+/// each region and with them asleep (the truth is between: a region after a long stretch of
+/// one-thread work wakes them).
+pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Rows, rows: usize, region: Option<RegionCost>) -> Value {
     let (one, many) = (&median_times(one), &median_times(many));
     let mut phases: Vec<Value> = Phase::ALL
         .iter()
@@ -92,13 +95,15 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
     }
     phases.retain(|p| p["seconds_1_thread"].as_f64() != Some(0.0) || p["seconds_n_threads"].as_f64() != Some(0.0));
     let regions = parallel_regions_per_call(many, kind, rows);
-    let synchronisation = region_seconds.map(|r| regions * r / (many.total / many.calls.max(1) as f64));
+    let share = |seconds: f64| regions * seconds / (many.total / many.calls.max(1) as f64);
     json!({
         "rows_per_pass": rows,
         "calls": many.calls,
         "parallel_regions_per_call": regions,
-        "parallel_region_seconds": region_seconds,
-        "synchronisation_share": synchronisation,
+        "parallel_region_seconds": region.map(|r| r.awake),
+        "parallel_region_seconds_after_idle": region.map(|r| r.after_idle),
+        "synchronisation_share": region.map(|r| share(r.awake)),
+        "synchronisation_share_after_idle": region.map(|r| share(r.after_idle)),
         "seconds_1_thread": one.total,
         "seconds_n_threads": many.total,
         "speedup": one.total / many.total,
@@ -138,13 +143,15 @@ pub fn table(config: &str, c: &Value) -> String {
                 cpu["minor_page_faults"],
             );
         }
-        if let Some(share) = p["synchronisation_share"].as_f64() {
+        if p["synchronisation_share"].is_number() {
             out += &format!(
-                "  synchronisation: {:.1} parallel regions a {}, {:.1} µs each at {threads} threads (one task a thread, measured apart): {} of the {threads}-thread time\n",
+                "  synchronisation: {:.1} parallel regions a {}, each at {threads} threads (one task a thread, measured apart) {:.1} µs with the idle threads awake, {:.1} µs after 50 µs of one-thread work (asleep): {} to {} of the {threads}-thread time\n",
                 num(&p["parallel_regions_per_call"]),
                 if *kind == "prefill" { "prefill" } else { "step" },
                 num(&p["parallel_region_seconds"]) * 1e6,
-                pct(&json!(share)),
+                num(&p["parallel_region_seconds_after_idle"]) * 1e6,
+                pct(&p["synchronisation_share"]),
+                pct(&p["synchronisation_share_after_idle"]),
             );
         }
         out += &format!(
@@ -196,12 +203,15 @@ mod tests {
         // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
         // regions (parallel), 30 element-wise sections (one thread: not regions).
         let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], calls: 4 };
-        let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, Some(20e-6));
+        let region = Some(RegionCost { awake: 20e-6, after_idle: 50e-6 });
+        let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, region);
         assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(12.0));
-        // 12 regions × 20 µs over 0.2 s a step
+        // 12 regions × 20 µs (or 50 µs, the threads asleep) over 0.2 s a step
         assert!((s["synchronisation_share"].as_f64().unwrap() - 12.0 * 20e-6 / 0.2).abs() < 1e-12, "{s}");
+        assert!((s["synchronisation_share_after_idle"].as_f64().unwrap() - 12.0 * 50e-6 / 0.2).abs() < 1e-12, "{s}");
+        assert!(table("1.5b", &json!({ "profile": { "threads": 16, "decode": s } })).contains("20.0 µs with the idle threads awake, 50.0 µs after"));
         // A prefill of 512 rows runs its element-wise work in parallel: those sections count.
-        let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::Chunk, 512, Some(20e-6));
+        let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::Chunk, 512, region);
         assert_eq!(prefill["parallel_regions_per_call"].as_f64(), Some(42.0));
     }
 }

@@ -9,9 +9,24 @@ use std::time::{Duration, Instant};
 /// Work in each task: long enough that every thread takes one (a shorter task is done by the
 /// first threads before the others wake).
 const TASK: Duration = Duration::from_micros(20);
-/// Work on one thread between regions, as a pass's element-wise work between its products.
-const GAP: Duration = Duration::from_micros(10);
+/// Work on one thread between regions: a short stretch, as between a pass's back-to-back
+/// products, after which the pool's idle threads are still looking for work; and a long one, as
+/// the one-thread work between some of decode's regions (a conv, a K/V append), after which they
+/// have gone to sleep (rayon puts an idle thread to sleep once it has found no work for a while:
+/// about 14 µs on this project's 2-core VM) and the region must wake them.
+const SHORT_GAP: Duration = Duration::from_micros(2);
+const LONG_GAP: Duration = Duration::from_micros(50);
 const REGIONS: usize = 2000;
+
+/// What a parallel region of one task a thread costs on the current pool beyond the task's work
+/// (fork, the slowest thread's start, join), in seconds: the median over many regions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegionCost {
+    /// After [`SHORT_GAP`] of one-thread work: the idle threads still awake.
+    pub awake: f64,
+    /// After [`LONG_GAP`]: the idle threads asleep.
+    pub after_idle: f64,
+}
 
 fn spin(d: Duration) {
     let start = Instant::now();
@@ -20,20 +35,26 @@ fn spin(d: Duration) {
     }
 }
 
-/// The median cost in seconds of a parallel region of one task per thread of the current pool
-/// (fork, the slowest thread's start, join), beyond the task's work; `None` on one thread.
-pub fn region_seconds() -> Option<f64> {
+/// The median cost in seconds of a region of one task per thread after `gap` on one thread. On
+/// a worker of the pool, as a pass runs (`model::pass`), so that a region's work goes to the
+/// other workers directly rather than being queued from outside the pool.
+fn median_cost(threads: usize, gap: Duration) -> f64 {
+    let costs: Vec<f64> = rayon::scope(|_| {
+        (0..REGIONS)
+            .map(|_| {
+                spin(gap);
+                let start = Instant::now();
+                (0..threads).into_par_iter().for_each(|_| spin(TASK));
+                (start.elapsed().saturating_sub(TASK)).as_secs_f64()
+            })
+            .collect()
+    });
+    super::median(&costs)
+}
+
+/// What a parallel region costs on the current pool, its threads awake and asleep; `None` on one
+/// thread.
+pub fn region_cost() -> Option<RegionCost> {
     let threads = rayon::current_num_threads();
-    if threads == 1 {
-        return None;
-    }
-    let costs: Vec<f64> = (0..REGIONS)
-        .map(|_| {
-            spin(GAP);
-            let start = Instant::now();
-            (0..threads).into_par_iter().for_each(|_| spin(TASK));
-            (start.elapsed().saturating_sub(TASK)).as_secs_f64()
-        })
-        .collect();
-    Some(super::median(&costs))
+    (threads > 1).then(|| RegionCost { awake: median_cost(threads, SHORT_GAP), after_idle: median_cost(threads, LONG_GAP) })
 }
