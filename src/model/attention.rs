@@ -6,6 +6,7 @@
 
 use crate::config::AttentionSpan;
 use crate::simd::{array_of, axpy, axpy4, best_simd, exp};
+use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -71,30 +72,26 @@ pub fn attention_heads(
         })
         .collect();
 
-    // One task per (query block, K/V head): gather that head's visible keys and values once
-    // (no copy when every key is visible, as in decoding), then serve its nh/nkv query heads.
-    let tiles: Vec<(usize, usize, Array2<f32>)> = blocks
-        .par_iter()
-        .flat_map(|(first, keys)| (0..nkv).into_par_iter().map(move |g| (*first, keys, g)))
-        .flat_map_iter(|(first, keys, g)| {
-            let rows: Vec<usize> = (first..(first + QUERY_BLOCK).min(t)).collect();
+    // One task per (query block, K/V head) gathers that head's visible keys and values once (a
+    // view when they are consecutive in the cache: always in a global layer, within the first
+    // W positions in a window layer), then one task per query head of its group scores and sums
+    // them, writing its block of out in place: 25 tasks a block for the 1.5B, where 5 of
+    // unequal size (later blocks see more keys) left threads idle on a many-core machine.
+    let out_blocks = out.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK).into_par_iter(); // (B, nh·dv) each
+    out_blocks.zip(blocks.par_iter()).for_each(|(mut out, (first, keys))| {
+        let rows = *first..*first + out.nrows();
+        out.axis_chunks_iter_mut(Axis(1), group * dv).into_par_iter().enumerate().for_each(|(g, mut out)| {
             let (kg, vg) = (gather_head(k, g, keys), gather_head(v, g, keys)); // (S_b, dqk), (S_b, dv)
-            (g * group..(g + 1) * group)
-                .map(|h| {
-                    let qh = q.slice(s![first..first + rows.len(), h, ..]); // (B, dqk)
-                    let mut probs = qh.dot(&kg.t()) * scale; // (B, S_b)
-                    for (row, &r) in probs.axis_iter_mut(Axis(0)).zip(&rows) {
-                        masked_softmax(row, |col| is_visible(q_positions[r], k_positions[keys[col]], span, num_meta));
-                    }
-                    (first, h, probs.dot(&vg)) // (B, dv)
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-
-    for (first, h, tile) in tiles {
-        out.slice_mut(s![first..first + tile.nrows(), h * dv..(h + 1) * dv]).assign(&tile);
-    }
+            out.axis_chunks_iter_mut(Axis(1), dv).into_par_iter().enumerate().for_each(|(i, mut out)| {
+                let qh = q.slice(s![rows.clone(), g * group + i, ..]); // (B, dqk)
+                let mut probs = qh.dot(&kg.t()) * scale; // (B, S_b)
+                for (row, r) in probs.axis_iter_mut(Axis(0)).zip(rows.clone()) {
+                    masked_softmax(row, |col| is_visible(q_positions[r], k_positions[keys[col]], span, num_meta));
+                }
+                general_mat_mul(1.0, &probs, &vg, 0.0, &mut out); // (B, dv)
+            });
+        });
+    });
 }
 
 /// [`attention_heads`] for a few queries, as in decoding: one task per (query row, K/V head),
@@ -336,11 +333,14 @@ fn attend_partial(
     }
 }
 
-/// Rows `keys` of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when `keys` is all rows.
+/// Rows `keys` (ascending) of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when they
+/// are consecutive rows, a copy otherwise.
 fn gather_head<'a>(x: ArrayView3<'a, f32>, g: usize, keys: &[usize]) -> CowArray<'a, f32, Ix2> {
-    let all = keys.len() == x.len_of(Axis(0));
     let head = x.index_axis_move(Axis(1), g); // (S, dim)
-    if all { head.into() } else { head.select(Axis(0), keys).into() }
+    match (keys.first(), keys.last()) {
+        (Some(&a), Some(&b)) if b - a + 1 == keys.len() => head.slice_move(s![a..=b, ..]).into(),
+        _ => head.select(Axis(0), keys).into(),
+    }
 }
 
 /// The plain version of [`attention_heads`]: every query against every key, then the mask.
