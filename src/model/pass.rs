@@ -4,7 +4,7 @@
 //! extending that sequence's [`crate::cache::HybridCache`]. Prefill is one segment of n rows, a
 //! decode step one segment of 1 row, a batched decode step B segments of 1 row. The rows of all segments are
 //! stacked into one (T, H) residual stream and go through the layers together, in passes of at
-//! most [`MAX_ROWS_PER_PASS`] rows (a long segment is split across passes: its cache carries
+//! most [`MAX_ROWS_PER_PASS`] rows, evened out ([`rows_per_pass`]; a long segment is split across passes: its cache carries
 //! everything from one pass to the next, so the result is the same). Inside a layer, row-wise
 //! work (norms, projections, fusion, MLP) runs over all T rows at once; attention and the SSM's
 //! conv and scan run per segment, on that sequence's own cache, positions and RoPE base.
@@ -31,6 +31,14 @@ use std::ops::Range;
 
 /// The most rows one pass sends through the layers: bounds the activation memory of long inputs.
 pub const MAX_ROWS_PER_PASS: usize = 512;
+
+/// The rows of each pass of a call that feeds `total` rows, passes of at most `max_rows`: as few
+/// passes as that allows, of one size (the last one may be shorter by the rounding). 1,100 rows
+/// go as 367, 367 and 366, where passes of 512 left a last one of 76 rows: too few GEMM tiles
+/// and attention blocks to keep many threads busy.
+pub fn rows_per_pass(total: usize, max_rows: usize) -> usize {
+    total.div_ceil(total.div_ceil(max_rows.max(1)).max(1)).max(1)
+}
 
 /// What a call works out for each segment before its first pass.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +106,8 @@ impl Scratch {
     }
 }
 
-/// Run the segments through every layer, in passes of at most [`MAX_ROWS_PER_PASS`] rows,
+/// Run the segments through every layer, in passes of at most [`MAX_ROWS_PER_PASS`] rows
+/// (evened out: [`rows_per_pass`]),
 /// extending each segment's cache, and keep the final hidden rows each segment asks for
 /// ([`Scratch::kept`]). `observer`, if any, sees every layer of every pass. The ids must be in the
 /// vocabulary ([`super::Hymba::run`] checks them, then calls this).
@@ -122,6 +131,7 @@ fn run_in_passes(
     max_rows: usize,
 ) {
     plan_segments(cfg, segments, scratch);
+    let max_rows = rows_per_pass(scratch.planned.iter().map(|p| p.rows).sum(), max_rows);
     scratch.parts.clear();
     let mut pass_rows = 0;
     for index in 0..scratch.planned.len() {
@@ -268,9 +278,9 @@ mod tests {
         scratch.kept().to_owned()
     }
 
-    /// Long inputs go through the layers in passes of `MAX_ROWS_PER_PASS` rows; the result equals
-    /// one pass, also for dynamic NTK past orig_max, since every pass of a call uses the call's
-    /// RoPE base.
+    /// Long inputs go through the layers in passes of at most `MAX_ROWS_PER_PASS` rows; the result
+    /// equals one pass, also for dynamic NTK past orig_max, since every pass of a call uses the
+    /// call's RoPE base.
     #[test]
     fn passes_of_bounded_rows_equal_one_pass() {
         for rope in ["default", "dynamic_ntk"] {
@@ -281,6 +291,21 @@ mod tests {
             assert_eq!(split.nrows(), 3 + ids.len(), "meta rows, then one row per id");
             let err = max_abs_diff(split.view(), whole.view());
             assert!(err <= 1e-4, "{rope}: max |Δ| = {err}");
+        }
+    }
+
+    /// Passes are as few as the bound allows and even: none is left with a handful of rows.
+    #[test]
+    fn passes_are_as_few_as_the_bound_allows_and_even() {
+        assert_eq!(rows_per_pass(1100, 512), 367); // 367 + 367 + 366, not 512 + 512 + 76
+        assert_eq!(rows_per_pass(1024, 512), 512);
+        assert_eq!(rows_per_pass(513, 512), 257); // 257 + 256
+        assert_eq!(rows_per_pass(1, 512), 1);
+        assert_eq!(rows_per_pass(0, 512), 1);
+        for total in 1..3000 {
+            let (rows, passes) = (rows_per_pass(total, 512), total.div_ceil(512));
+            assert!(rows <= 512 && total.div_ceil(rows) == passes, "{total} rows: passes of {rows}");
+            assert!(rows * passes - total < passes, "{total} rows: the last pass short by the rounding only");
         }
     }
 

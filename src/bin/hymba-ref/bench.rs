@@ -575,7 +575,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         }
     }
     let threads = rayon::current_num_threads();
-    let rows = context.min(hymba_ref::model::pass::MAX_ROWS_PER_PASS);
+    let rows = hymba_ref::model::pass::rows_per_pass(context, hymba_ref::model::pass::MAX_ROWS_PER_PASS);
     // A decode step is one pass of one row per sequence. With --synthetic-cache nothing was
     // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
