@@ -92,6 +92,11 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill
         }
         let regions = positive(&p["parallel_regions_per_call"], kind);
         assert!(regions >= 33.0, "{kind}: at least the parallel phases' {regions} regions");
+        let after_long = p["parallel_regions_after_long_stretch_per_call"].as_f64().expect("regions after a long stretch");
+        assert!((0.0..=regions).contains(&after_long), "{kind}: {after_long} of {regions} regions");
+        let (low, high) = (p["synchronisation_share"].as_f64().unwrap(), p["synchronisation_share_after_idle"].as_f64().unwrap());
+        let estimate = p["synchronisation_share_estimate"].as_f64().expect("an estimate");
+        assert!(low.min(high) - 1e-12 <= estimate && estimate <= low.max(high) + 1e-12, "{kind}: {estimate} outside {low}..{high}");
         for (cost, share) in [("parallel_region_seconds", "synchronisation_share"), ("parallel_region_seconds_after_idle", "synchronisation_share_after_idle")] {
             let region_seconds = positive(&p[cost], kind);
             let share = p[share].as_f64().expect("a synchronisation share");

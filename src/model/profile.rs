@@ -7,7 +7,7 @@
 //! allocated).
 
 use crate::matrix::Rows;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The phases of a pass. Every timed region of the layers belongs to exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,13 @@ impl Phase {
         }
     }
 
+    /// Whether every section of the phase is a parallel region, whatever the pass: the weight
+    /// products, attention and the scan. (The conv and the element-wise work run on one thread
+    /// in decoding; the output's norm comes before its parallel product.)
+    pub fn always_parallel(self) -> bool {
+        matches!(self, Phase::Weights | Phase::Attention | Phase::Scan)
+    }
+
     /// How the phase's code uses the threads, for a pass of `rows` rows of the kind `kind` (a
     /// statement about the code, kept next to it; the measured speed-up says how well it works).
     pub fn threading(self, kind: Rows, rows: usize) -> &'static str {
@@ -58,6 +65,12 @@ impl Phase {
     }
 }
 
+/// A stretch without a parallel region long enough that the pool's idle threads have likely gone
+/// to sleep by its end, so that the next region must wake them: rayon puts a thread to sleep
+/// once it has found no work for a while, about 14 µs on this project's 2-core VM (measured by
+/// `hymba-ref bench --profile`'s region costs; other machines differ).
+pub const LONG_STRETCH: Duration = Duration::from_micros(15);
+
 /// Seconds spent in each [`Phase`], summed over every timed region since the profile was made.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
@@ -66,6 +79,11 @@ pub struct Profile {
     /// Timed sections per phase: in a parallel phase, each is a parallel region (a fork and a
     /// join of the threads), which is what synchronisation costs are counted in.
     sections: [u64; Phase::ALL.len()],
+    /// Sections of the [`Phase::always_parallel`] phases that began more than [`LONG_STRETCH`]
+    /// after the previous one ended: regions that likely had to wake the threads.
+    after_long_stretch: u64,
+    /// When the last such section ended.
+    last_region_end: Option<Instant>,
 }
 
 impl Profile {
@@ -86,9 +104,20 @@ impl Profile {
         }
         let start = Instant::now();
         let result = f();
-        self.seconds[phase as usize] += start.elapsed().as_secs_f64();
+        let end = Instant::now();
+        self.seconds[phase as usize] += (end - start).as_secs_f64();
         self.sections[phase as usize] += 1;
+        if phase.always_parallel() {
+            self.after_long_stretch += u64::from(self.last_region_end.is_some_and(|last| start - last > LONG_STRETCH));
+            self.last_region_end = Some(end);
+        }
         result
+    }
+
+    /// Sections of the [`Phase::always_parallel`] phases (parallel regions) that began more than
+    /// [`LONG_STRETCH`] after the previous one ended.
+    pub fn regions_after_long_stretch(&self) -> u64 {
+        self.after_long_stretch
     }
 
     /// Seconds recorded for `phase`.
@@ -103,7 +132,7 @@ impl Profile {
 
     /// Zero every phase, keeping the profile on or off.
     pub fn clear(&mut self) {
-        (self.seconds, self.sections) = Default::default();
+        *self = Profile { on: self.on, ..Profile::default() };
     }
 }
 
@@ -124,5 +153,25 @@ mod tests {
         assert_eq!(on.seconds(Phase::Attention), 0.0);
         on.clear();
         assert!(on.is_on() && on.seconds(Phase::Scan) == 0.0 && on.sections(Phase::Scan) == 0);
+    }
+
+    /// A parallel region that starts more than LONG_STRETCH after the last one ended counts; one
+    /// started right after, or after one-thread phases only as long, does not.
+    #[test]
+    fn counts_regions_after_a_long_stretch_without_one() {
+        let mut p = Profile::recording();
+        let pause = |d: Duration| std::thread::sleep(d);
+        p.time(Phase::Weights, || ()); // the first region: nothing before it to measure
+        p.time(Phase::Attention, || ()); // right after
+        p.time(Phase::Elementwise, || pause(LONG_STRETCH * 2)); // one-thread work in between
+        p.time(Phase::Scan, || ()); // after a long stretch
+        pause(LONG_STRETCH * 2); // untimed work counts as much
+        p.time(Phase::Weights, || ());
+        p.time(Phase::Conv, || ());
+        assert_eq!(p.regions_after_long_stretch(), 2);
+        p.clear();
+        assert_eq!(p.regions_after_long_stretch(), 0);
+        p.time(Phase::Scan, || ()); // the first region after a clear: nothing before it
+        assert_eq!(p.regions_after_long_stretch(), 0);
     }
 }

@@ -8,6 +8,7 @@
 //! the serial time that is left.
 
 use hymba_ref::matrix::Rows;
+use hymba_ref::model::profile::LONG_STRETCH;
 use hymba_ref::model::{Phase, Profile};
 use serde_json::{json, Value};
 use super::regions::RegionCost;
@@ -19,6 +20,9 @@ pub struct PhaseTimes {
     pub total: f64,
     pub phases: [f64; Phase::ALL.len()],
     pub sections: [u64; Phase::ALL.len()],
+    /// Parallel regions that began a long stretch after the previous one
+    /// ([`Profile::regions_after_long_stretch`]).
+    pub after_long_stretch: u64,
     pub calls: usize,
 }
 
@@ -29,6 +33,7 @@ impl PhaseTimes {
             total,
             phases: Phase::ALL.map(|phase| profile.seconds(phase)),
             sections: Phase::ALL.map(|phase| profile.sections(phase)),
+            after_long_stretch: profile.regions_after_long_stretch(),
             calls,
         }
     }
@@ -96,10 +101,15 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
     phases.retain(|p| p["seconds_1_thread"].as_f64() != Some(0.0) || p["seconds_n_threads"].as_f64() != Some(0.0));
     let regions = parallel_regions_per_call(many, kind, rows);
     let share = |seconds: f64| regions * seconds / (many.total / many.calls.max(1) as f64);
+    // Those that came a long stretch after the previous region pay the cost of waking the threads.
+    let after_long = (many.after_long_stretch as f64 / many.calls.max(1) as f64).min(regions);
+    let estimate = |r: RegionCost| ((regions - after_long) * r.awake + after_long * r.after_idle) / regions.max(1.0);
     json!({
         "rows_per_pass": rows,
         "calls": many.calls,
         "parallel_regions_per_call": regions,
+        "parallel_regions_after_long_stretch_per_call": after_long,
+        "synchronisation_share_estimate": region.map(|r| share(estimate(r))),
         "parallel_region_seconds": region.map(|r| r.awake),
         "parallel_region_seconds_after_idle": region.map(|r| r.after_idle),
         "synchronisation_share": region.map(|r| share(r.awake)),
@@ -145,11 +155,15 @@ pub fn table(config: &str, c: &Value) -> String {
         }
         if p["synchronisation_share"].is_number() {
             out += &format!(
-                "  synchronisation: {:.1} parallel regions a {}, each at {threads} threads (one task a thread, measured apart) {:.1} µs with the idle threads awake, {:.1} µs after 50 µs of one-thread work (asleep): {} to {} of the {threads}-thread time\n",
+                "  synchronisation: {:.1} parallel regions a {}, {:.1} of them more than {} µs after the one before; each at {threads} threads (one task a thread, measured apart) {:.1} µs with the idle threads awake, {:.1} µs after 50 µs of one-thread work (asleep): {} of the {threads}-thread time if those {:.1} woke the threads ({} to {})\n",
                 num(&p["parallel_regions_per_call"]),
                 if *kind == "prefill" { "prefill" } else { "step" },
+                num(&p["parallel_regions_after_long_stretch_per_call"]),
+                LONG_STRETCH.as_micros(),
                 num(&p["parallel_region_seconds"]) * 1e6,
                 num(&p["parallel_region_seconds_after_idle"]) * 1e6,
+                pct(&p["synchronisation_share_estimate"]),
+                num(&p["parallel_regions_after_long_stretch_per_call"]),
                 pct(&p["synchronisation_share"]),
                 pct(&p["synchronisation_share_after_idle"]),
             );
@@ -182,8 +196,8 @@ mod tests {
     fn amdahl_serial_share_of_a_pass_and_its_phases() {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
         let sections = [3, 0, 0, 0, 5, 0];
-        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, calls: 1 };
-        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, calls: 1 };
+        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, calls: 1 };
+        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, calls: 1 };
         let s = summary(std::slice::from_ref(&one), &[two], 2, Rows::Chunk, 512, None);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
@@ -202,13 +216,17 @@ mod tests {
     fn synchronisation_is_the_parallel_regions_times_what_one_costs() {
         // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
         // regions (parallel), 30 element-wise sections (one thread: not regions).
-        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], calls: 4 };
+        // 3 regions a step start a long stretch after the one before.
+        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], after_long_stretch: 12, calls: 4 };
         let region = Some(RegionCost { awake: 20e-6, after_idle: 50e-6 });
         let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, region);
         assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(12.0));
         // 12 regions × 20 µs (or 50 µs, the threads asleep) over 0.2 s a step
         assert!((s["synchronisation_share"].as_f64().unwrap() - 12.0 * 20e-6 / 0.2).abs() < 1e-12, "{s}");
         assert!((s["synchronisation_share_after_idle"].as_f64().unwrap() - 12.0 * 50e-6 / 0.2).abs() < 1e-12, "{s}");
+        // 9 regions awake, 3 waking the threads
+        assert_eq!(s["parallel_regions_after_long_stretch_per_call"].as_f64(), Some(3.0));
+        assert!((s["synchronisation_share_estimate"].as_f64().unwrap() - (9.0 * 20e-6 + 3.0 * 50e-6) / 0.2).abs() < 1e-12, "{s}");
         assert!(table("1.5b", &json!({ "profile": { "threads": 16, "decode": s } })).contains("20.0 µs with the idle threads awake, 50.0 µs after"));
         // A prefill of 512 rows runs its element-wise work in parallel: those sections count.
         let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::Chunk, 512, region);
