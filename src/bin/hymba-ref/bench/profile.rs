@@ -100,16 +100,17 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
     }
     phases.retain(|p| p["seconds_1_thread"].as_f64() != Some(0.0) || p["seconds_n_threads"].as_f64() != Some(0.0));
     let regions = parallel_regions_per_call(many, kind, rows);
-    let share = |seconds: f64| regions * seconds / (many.total / many.calls.max(1) as f64);
+    let call_seconds = many.total / many.calls.max(1) as f64;
+    let share = |region_seconds: f64| regions * region_seconds / call_seconds;
     // Those that came a long stretch after the previous region pay the cost of waking the threads.
     let after_long = (many.after_long_stretch as f64 / many.calls.max(1) as f64).min(regions);
-    let estimate = |r: RegionCost| ((regions - after_long) * r.awake + after_long * r.after_idle) / regions.max(1.0);
+    let estimate = |r: RegionCost| ((regions - after_long) * r.awake + after_long * r.after_idle) / call_seconds;
     json!({
         "rows_per_pass": rows,
         "calls": many.calls,
         "parallel_regions_per_call": regions,
         "parallel_regions_after_long_stretch_per_call": after_long,
-        "synchronisation_share_estimate": region.map(|r| share(estimate(r))),
+        "synchronisation_share_estimate": region.map(estimate),
         "parallel_region_seconds": region.map(|r| r.awake),
         "parallel_region_seconds_after_idle": region.map(|r| r.after_idle),
         "synchronisation_share": region.map(|r| share(r.awake)),
