@@ -163,8 +163,10 @@ fn swap_remove_row(buf: &mut Vec<f32>, row: usize, last: usize, width: usize) {
     buf.truncate(last * width);
 }
 
-/// The recurrent state of one layer's SSM heads (`model::ssm`).
-#[derive(Debug, Clone, PartialEq)]
+/// The recurrent state of one layer's SSM heads (`model::ssm`). The default is empty (no
+/// allocation): what a cache holds while a layer's SSM heads hold its state
+/// (`model::segment::Pass::take_ssm_states`).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SsmState {
     /// The last K−1 rows of the SSM input `x` before the conv (zeros before the first token). (K−1, D)
     pub conv: Array2<f32>,

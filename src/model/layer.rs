@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! h = RMSNorm(hidden)  →  in_proj  →  split: q | k | v | x | z
-//!        attention heads (q, k, v)  ─┐
+//!        attention heads (q, k, v)  ─┐  side by side
 //!        SSM heads (x, z)           ─┴→ fuse_heads → out_proj → + hidden
 //! hidden → RMSNorm → MLP → + hidden
 //! ```
@@ -23,6 +23,7 @@ use super::segment::Pass;
 use super::rope::apply_rope;
 use super::ssm::{ssm_heads, SsmBuffers};
 use crate::buffer::shaped;
+use crate::cache::SsmState;
 use crate::checkpoint::weights::LayerWeights;
 use crate::config::{HymbaConfig, LayerPlan};
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut3, Axis};
@@ -96,6 +97,8 @@ pub struct LayerBuffers {
     k: Array3<f32>,
     /// (T, D): the attention heads, concatenated
     pub(crate) attn: Array2<f32>,
+    /// This layer's SSM state of each part's sequence, while the SSM heads hold them (else empty)
+    ssm_states: Vec<SsmState>,
     pub(crate) ssm_buffers: SsmBuffers,
     /// (T, D): the SSM heads after the SiLU(z) gate
     pub(crate) ssm: Array2<f32>,
@@ -130,8 +133,20 @@ pub fn hymba_layer(
     let projected = profile.time(Weights, || w.mamba.in_proj.forward(h, pass.rows, &mut buf.projected)); // (T, P)
     let split = split_in_proj(cfg, plan, projected);
 
-    let attn = attention_branch(cfg, plan, w, &split, positions, pass, (&mut buf.q, &mut buf.k), &mut buf.attn, profile); // (T, D)
-    let ssm = ssm_heads(split.x, split.z, &w.mamba, eps, plan.index, pass, &mut buf.ssm_buffers, &mut buf.ssm, profile); // (T, D)
+    // The attention heads and the SSM heads run side by side, as the figure draws them: the
+    // attention branch extends and reads the sequences' K/V caches while the SSM branch advances
+    // this layer's SSM states, which it holds meanwhile (moved out of the caches, and back after).
+    // Each branch's one-thread work (RoPE and the K/V append; the conv) then overlaps the other's
+    // work, and fewer parallel regions come after a stretch long enough for idle threads to sleep.
+    let (parts, kind) = (pass.parts, pass.rows);
+    pass.take_ssm_states(plan.index, &mut buf.ssm_states);
+    let mut ssm_profile = profile.fork();
+    let (attn, ssm) = rayon::join(
+        || attention_branch(cfg, plan, w, &split, positions, pass, (&mut buf.q, &mut buf.k), &mut buf.attn, profile), // (T, D)
+        || ssm_heads(split.x, split.z, &w.mamba, eps, (parts, kind), &mut buf.ssm_states, &mut buf.ssm_buffers, &mut buf.ssm, &mut ssm_profile), // (T, D)
+    );
+    profile.join(ssm_profile);
+    pass.put_back_ssm_states(plan.index, &mut buf.ssm_states);
 
     let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
     let fused_heads = profile.time(Elementwise, || fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads)); // (T, D)

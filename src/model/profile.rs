@@ -4,7 +4,9 @@
 //!
 //! A profile is a value, kept in the call's [`super::Scratch`] and passed down the pass `&mut`.
 //! It is off by default; off, [`Profile::time`] only calls its closure (no clock read, nothing
-//! allocated).
+//! allocated). A layer's attention and SSM branches run side by side, the SSM branch timed by a
+//! profile of its own ([`Profile::fork`], [`Profile::join`]): their phases' times then overlap,
+//! by [`Profile::overlap_seconds`] in all.
 
 use crate::matrix::Rows;
 use std::time::{Duration, Instant};
@@ -84,6 +86,15 @@ pub struct Profile {
     after_long_stretch: u64,
     /// When the last such section ended.
     last_region_end: Option<Instant>,
+    /// Seconds of the phases' time that ran at once with other phases' (two branches side by
+    /// side, [`Profile::fork`]): the phases add up to the call's time plus this.
+    overlap: f64,
+    /// Between [`Profile::fork`] and [`Profile::join`]: when the branches began, and the seconds
+    /// this profile had recorded by then.
+    forked: Option<(Instant, f64)>,
+    /// While forked: the parallel sections timed, (start, end), counted at the join against both
+    /// branches' sections (a region that starts while the other branch's runs wakes no thread).
+    forked_regions: Vec<(Instant, Instant)>,
 }
 
 impl Profile {
@@ -104,14 +115,68 @@ impl Profile {
         }
         let start = Instant::now();
         let result = f();
-        let end = Instant::now();
+        self.record(phase, start, Instant::now());
+        result
+    }
+
+    /// Add a section of `phase` that ran from `start` to `end`.
+    fn record(&mut self, phase: Phase, start: Instant, end: Instant) {
         self.seconds[phase as usize] += (end - start).as_secs_f64();
         self.sections[phase as usize] += 1;
         if phase.always_parallel() {
-            self.after_long_stretch += u64::from(self.last_region_end.is_some_and(|last| start - last > LONG_STRETCH));
-            self.last_region_end = Some(end);
+            match self.forked {
+                Some(_) => self.forked_regions.push((start, end)),
+                None => self.count_region(start, end),
+            }
         }
-        result
+    }
+
+    /// Count a parallel section from `start` to `end` that began after every one counted before.
+    fn count_region(&mut self, start: Instant, end: Instant) {
+        let idle = |last: Instant| start.saturating_duration_since(last) > LONG_STRETCH;
+        self.after_long_stretch += u64::from(self.last_region_end.is_some_and(idle));
+        self.last_region_end = self.last_region_end.max(Some(end));
+    }
+
+    /// Before two branches run side by side (`rayon::join`), this profile timing one: the
+    /// profile for the other, recording if this one is. [`Profile::join`] adds it back.
+    pub fn fork(&mut self) -> Profile {
+        if !self.on {
+            return Profile::default();
+        }
+        debug_assert!(self.forked.is_none(), "one fork at a time");
+        let now = Instant::now();
+        self.forked = Some((now, self.seconds.iter().sum()));
+        Profile { on: true, last_region_end: self.last_region_end, forked: Some((now, 0.0)), ..Profile::default() }
+    }
+
+    /// After the branches: add the other branch's `branch` (from [`Profile::fork`]) to this one.
+    /// The time the two branches' phases overlapped is their seconds beyond the branches' wall
+    /// time; their parallel sections are counted in order of their start, each against every
+    /// section of either branch that started before it.
+    pub fn join(&mut self, branch: Profile) {
+        let Some((start, seconds_before)) = self.forked.take() else { return };
+        let wall = start.elapsed().as_secs_f64();
+        let inside = self.seconds.iter().sum::<f64>() - seconds_before + branch.seconds.iter().sum::<f64>();
+        self.overlap += (inside - wall).max(0.0);
+        for phase in 0..Phase::ALL.len() {
+            self.seconds[phase] += branch.seconds[phase];
+            self.sections[phase] += branch.sections[phase];
+        }
+        let mut regions = std::mem::take(&mut self.forked_regions);
+        regions.extend(branch.forked_regions);
+        regions.sort_by_key(|&(start, _)| start);
+        for &(start, end) in &regions {
+            self.count_region(start, end);
+        }
+        regions.clear();
+        self.forked_regions = regions; // its capacity, for the next fork
+    }
+
+    /// Seconds the phases ran at once with others (branches side by side): the phases' seconds
+    /// add up to the calls' time plus this.
+    pub fn overlap_seconds(&self) -> f64 {
+        self.overlap
     }
 
     /// Sections of the [`Phase::always_parallel`] phases (parallel regions) that began more than
@@ -173,5 +238,53 @@ mod tests {
         assert_eq!(p.regions_after_long_stretch(), 0);
         p.time(Phase::Scan, || ()); // the first region after a clear: nothing before it
         assert_eq!(p.regions_after_long_stretch(), 0);
+    }
+
+    /// Two branches timed side by side (on two threads of their own here): their phases add up,
+    /// and the time they ran at once is the overlap.
+    #[test]
+    fn branches_side_by_side_add_up_and_count_their_overlap() {
+        let mut p = Profile::recording();
+        let (pause, ms) = (std::thread::sleep, Duration::from_millis);
+        let mut branch = p.fork();
+        std::thread::scope(|s| {
+            s.spawn(|| p.time(Phase::Attention, || pause(ms(60))));
+            s.spawn(|| {
+                pause(ms(20)); // one-thread work in this branch, while the other's region runs
+                branch.time(Phase::Scan, || pause(ms(5)));
+            });
+        });
+        p.join(branch);
+        assert!(p.seconds(Phase::Attention) >= 0.060 && p.seconds(Phase::Scan) >= 0.005, "{p:?}");
+        assert_eq!((p.sections(Phase::Attention), p.sections(Phase::Scan)), (1, 1));
+        // The scan's 5 ms ran inside the attention's 60: about 5 ms overlapped.
+        assert!(p.overlap_seconds() > 0.003 && p.overlap_seconds() < 0.040, "{p:?}");
+        // Not recording: a fork is an empty profile and the join adds nothing.
+        let mut off = Profile::default();
+        let branch = off.fork();
+        assert!(!branch.is_on());
+        off.join(branch);
+        assert_eq!(off, Profile::default());
+    }
+
+    /// A region of one branch that starts while the other branch's runs wakes no thread: it does
+    /// not count as after a long stretch, however long its own branch went without one.
+    /// (Sections at given instants, so that the test does not depend on the machine's timing.)
+    #[test]
+    fn a_region_while_the_other_branch_runs_is_not_after_a_long_stretch() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        for (attention_ends, counted) in [(60_000, 0), (10_000, 1)] {
+            let mut p = Profile::recording();
+            p.record(Phase::Weights, at(0), at(1)); // the last region before the branches
+            let mut branch = p.fork();
+            p.record(Phase::Attention, at(5), at(attention_ends));
+            branch.record(Phase::Scan, at(20_000), at(25_000)); // 20 ms after its branch's last region
+            p.join(branch);
+            assert_eq!(p.regions_after_long_stretch(), counted, "attention until {attention_ends} µs");
+            let after = attention_ends.max(25_000) + 2;
+            p.record(Phase::Weights, at(after), at(after + 1)); // right after the branches
+            assert_eq!(p.regions_after_long_stretch(), counted);
+        }
     }
 }

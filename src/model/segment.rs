@@ -2,7 +2,7 @@
 //! rows of one sequence; a pass stacks the rows of its segments into one (T, H) array.
 
 use super::rope::RopeAngles;
-use crate::cache::HybridCache;
+use crate::cache::{HybridCache, SsmState};
 use crate::matrix::Rows;
 use ndarray::{ArrayViewMut, Axis, RemoveAxis, Slice};
 use rayon::prelude::*;
@@ -79,9 +79,7 @@ impl<'p, 'a> Pass<'p, 'a> {
     }
 
     /// `f(part, its sequence's cache, its rows of out)` for each part of the pass, `out` being
-    /// (T, ...) with the pass's rows. In parallel across sequences when every part is one row of
-    /// its own sequence (a batched decode step: one parallel region for the batch, not one per
-    /// sequence); one part after another otherwise. Either way each part's work is the same.
+    /// (T, ...) with the pass's rows: as [`for_each_part`] does it.
     pub fn for_each_part<D: RemoveAxis>(
         &mut self,
         mut out: ArrayViewMut<f32, D>,
@@ -94,14 +92,58 @@ impl<'p, 'a> Pass<'p, 'a> {
                 let first = self.parts.first().map_or(0, |p| p.segment);
                 debug_assert!(self.parts.iter().enumerate().all(|(i, p)| p.segment == first + i && p.rows == (i..i + 1)));
                 let segments = &mut self.segments[first..first + self.parts.len()];
-                (segments.par_iter_mut().zip(self.parts.par_iter()))
-                    .zip(out.axis_chunks_iter_mut(Axis(0), 1).into_par_iter())
-                    .for_each(|((segment, part), out)| f(part, segment.cache, out));
+                for_each_part(self.parts, self.rows, segments, out, |part, segment, out| f(part, segment.cache, out));
             }
             Rows::Chunk => {
                 for (part, cache) in self.parts_mut() {
                     f(part, cache, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
                 }
+            }
+        }
+    }
+
+    /// Move layer `layer`'s SSM state out of each part's sequence into `states`, in part order
+    /// (the caches keep empty ones), so that the layer's SSM heads can hold them while its
+    /// attention heads use the caches' K/V: the two branches then run side by side. A move, no
+    /// copy; [`Pass::put_back_ssm_states`] undoes it.
+    pub fn take_ssm_states(&mut self, layer: usize, states: &mut Vec<SsmState>) {
+        debug_assert!(states.is_empty());
+        for (_, cache) in self.parts_mut() {
+            states.push(std::mem::take(&mut cache.ssm[layer]));
+        }
+    }
+
+    /// Return the states [`Pass::take_ssm_states`] took, leaving `states` empty.
+    pub fn put_back_ssm_states(&mut self, layer: usize, states: &mut Vec<SsmState>) {
+        debug_assert_eq!(states.len(), self.parts.len());
+        for ((_, cache), state) in self.parts_mut().zip(states.drain(..)) {
+            cache.ssm[layer] = state;
+        }
+    }
+}
+
+/// `f(part, item, its rows of out)` for each part of a pass and its item (`items[i]` is part i's:
+/// its sequence's cache, or a state taken from it), `out` being (T, ...) with the pass's rows. In
+/// parallel across sequences when every part is one row of its own sequence (a batched decode
+/// step: one parallel region for the batch, not one per sequence); one part after another
+/// otherwise. Either way each part's work is the same.
+pub fn for_each_part<T: Send, D: RemoveAxis>(
+    parts: &[Part],
+    rows: Rows,
+    items: &mut [T],
+    mut out: ArrayViewMut<f32, D>,
+    f: impl Fn(&Part, &mut T, ArrayViewMut<f32, D>) + Sync + Send,
+) {
+    debug_assert_eq!(parts.len(), items.len());
+    match rows {
+        Rows::OnePerSequence => {
+            (items.par_iter_mut().zip(parts.par_iter()))
+                .zip(out.axis_chunks_iter_mut(Axis(0), 1).into_par_iter())
+                .for_each(|((item, part), out)| f(part, item, out));
+        }
+        Rows::Chunk => {
+            for (part, item) in parts.iter().zip(items) {
+                f(part, item, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
             }
         }
     }

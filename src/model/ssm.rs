@@ -16,7 +16,9 @@
 use super::norm::rms_norm;
 use super::parallel::{for_each_row, items_per_task, map_rows};
 use super::profile::{Phase, Profile};
-use super::segment::Pass;
+use super::segment::{for_each_part, Part};
+use crate::cache::SsmState;
+use crate::matrix::Rows;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
@@ -243,17 +245,18 @@ pub struct SsmBuffers {
     pub(crate) delta: Array2<f32>,
 }
 
-/// The SSM heads of layer `layer` over the rows of a pass: x, z (T, D) → y (T, D), advancing each
-/// sequence's [`crate::cache::SsmState`]. The conv and the scan run per sequence, on its rows and its state;
-/// the projections between them run over all rows at once.
+/// The SSM heads of a layer over the rows of a pass: x, z (T, D) → y (T, D), advancing the layer's
+/// [`SsmState`] of each part's sequence (`states[i]` is part i's). The conv and the scan run per
+/// sequence, on its rows and its state; the projections between them run over all rows at once,
+/// as the products of a pass of `kind`.
 #[allow(clippy::too_many_arguments)]
 pub fn ssm_heads<'o>(
     x: ArrayView2<f32>,
     z: ArrayView2<f32>,
     w: &MambaWeights,
     eps: f32,
-    layer: usize,
-    pass: &mut Pass,
+    (parts, kind): (&[Part], Rows),
+    states: &mut [SsmState],
     buf: &mut SsmBuffers,
     out: &'o mut Array2<f32>,
     profile: &mut Profile,
@@ -262,15 +265,15 @@ pub fn ssm_heads<'o>(
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
     profile.time(Phase::Conv, || {
-        pass.for_each_part(u.view_mut(), |part, cache, u| {
+        for_each_part(parts, kind, states, u.view_mut(), |part, state, u| {
             let x = x.slice(s![part.rows.clone(), ..]); // (T_s, D)
-            causal_conv1d(x, w.conv1d_weight.view(), bias, &mut cache.ssm[layer].conv, u) // (T_s, D)
+            causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv, u) // (T_s, D)
         })
     });
     profile.time(Phase::Elementwise, || map_rows(u.view_mut(), silu_in_place));
     let u = buf.u.view(); // (T, D)
 
-    let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t_of(u, pass.rows, &mut buf.dt_b_c)); // (T, R + 2N)
+    let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t_of(u, kind, &mut buf.dt_b_c)); // (T, R + 2N)
     let (dt, b, c) = profile.time(Phase::Elementwise, || {
         let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
         let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
@@ -279,11 +282,11 @@ pub fn ssm_heads<'o>(
     });
 
     // Δ = softplus(dt · dt_projᵀ + dt_bias), each task of the product finishing its channels
-    profile.time(Phase::Weights, || w.dt_proj.forward_then(dt, pass.rows, &mut buf.delta, softplus_in_place)); // (T, D)
+    profile.time(Phase::Weights, || w.dt_proj.forward_then(dt, kind, &mut buf.delta, softplus_in_place)); // (T, D)
     let y = shaped(out, x.dim()); // (T, D)
     let delta = buf.delta.view(); // (T, D)
     profile.time(Phase::Scan, || {
-        pass.for_each_part(y.view_mut(), |part, cache, y| {
+        for_each_part(parts, kind, states, y.view_mut(), |part, state, y| {
             let rows = part.rows.clone();
             let (u, delta) = (u.slice(s![rows.clone(), ..]), delta.slice(s![rows.clone(), ..])); // (T_s, D)
             let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..])); // (T_s, N)
@@ -294,7 +297,7 @@ pub fn ssm_heads<'o>(
                     times_silu(y.as_slice_mut().expect("contiguous"), z.as_slice().expect("contiguous"));
                 }
             };
-            selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut cache.ssm[layer].scan, y, gate) // (T_s, D)
+            selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut state.scan, y, gate) // (T_s, D)
         })
     });
     y.view()

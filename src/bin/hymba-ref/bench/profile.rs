@@ -23,6 +23,9 @@ pub struct PhaseTimes {
     /// Parallel regions that began a long stretch after the previous one
     /// ([`Profile::regions_after_long_stretch`]).
     pub after_long_stretch: u64,
+    /// Seconds the phases overlapped (the attention and SSM branches side by side,
+    /// [`Profile::overlap_seconds`]): the phases add up to `total` plus this, less `other`.
+    pub overlap: f64,
     pub calls: usize,
 }
 
@@ -34,14 +37,16 @@ impl PhaseTimes {
             phases: Phase::ALL.map(|phase| profile.seconds(phase)),
             sections: Phase::ALL.map(|phase| profile.sections(phase)),
             after_long_stretch: profile.regions_after_long_stretch(),
+            overlap: profile.overlap_seconds(),
             calls,
         }
     }
 
     /// What no phase accounts for: the rest of the pass (splitting rows into passes, the layer
-    /// loop, waiting for the slowest task of a parallel region outside a timed phase).
+    /// loop, waiting for the slowest task of a parallel region outside a timed phase). Phases that
+    /// overlapped count their overlap once.
     fn other(&self) -> f64 {
-        self.total - self.phases.iter().sum::<f64>()
+        self.total - (self.phases.iter().sum::<f64>() - self.overlap)
     }
 }
 
@@ -56,7 +61,8 @@ fn serial_share(one: f64, many: f64, pass_one: f64, threads: usize) -> Option<f6
 fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
     let field = |f: &dyn Fn(&PhaseTimes) -> f64| super::median(&runs.iter().map(f).collect::<Vec<_>>());
     let first = runs.first().cloned().unwrap_or_default();
-    PhaseTimes { total: field(&|r| r.total), phases: std::array::from_fn(|i| field(&|r| r.phases[i])), ..first }
+    let phases = std::array::from_fn(|i| field(&|r| r.phases[i]));
+    PhaseTimes { total: field(&|r| r.total), phases, overlap: field(&|r| r.overlap), ..first }
 }
 
 /// The parallel regions a call opens: the timed sections of the phases that run in parallel
@@ -117,6 +123,8 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
         "synchronisation_share_after_idle": region.map(|r| share(r.after_idle)),
         "seconds_1_thread": one.total,
         "seconds_n_threads": many.total,
+        "phase_overlap_seconds_1_thread": one.overlap,
+        "phase_overlap_seconds_n_threads": many.overlap,
         "speedup": one.total / many.total,
         "serial_share": serial_share(one.total, many.total, one.total, threads),
         "phases": phases,
@@ -169,6 +177,13 @@ pub fn table(config: &str, c: &Value) -> String {
                 pct(&p["synchronisation_share_after_idle"]),
             );
         }
+        if num(&p["phase_overlap_seconds_n_threads"]) > 0.0 {
+            out += &format!(
+                "  side by side: the attention and SSM branches' phases overlapped {:.4} s at 1 thread, {:.4} s at {threads} threads (counted once in `other`)\n",
+                num(&p["phase_overlap_seconds_1_thread"]),
+                num(&p["phase_overlap_seconds_n_threads"]),
+            );
+        }
         out += &format!(
             "  {:<12} {:<31} {:>12} {:>12} {:>9} {:>9} {:>13}\n",
             "phase", "threading", "1 thread s", format!("{threads} threads s"), "% of 1t", "speed-up", "serial share"
@@ -197,9 +212,9 @@ mod tests {
     fn amdahl_serial_share_of_a_pass_and_its_phases() {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
         let sections = [3, 0, 0, 0, 5, 0];
-        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, calls: 1 };
-        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, calls: 1 };
-        let s = summary(std::slice::from_ref(&one), &[two], 2, Rows::Chunk, 512, None);
+        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
+        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
+        let s = summary(std::slice::from_ref(&one), std::slice::from_ref(&two), 2, Rows::Chunk, 512, None);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
@@ -209,6 +224,14 @@ mod tests {
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert_eq!((phases[0]["sections_per_call"].as_f64(), phases[1]["sections_per_call"].as_f64()), (Some(3.0), Some(5.0)));
         assert!(s["synchronisation_share"].is_null(), "no region cost measured");
+        // Branches side by side: 1 s of the phases ran at once; `other` counts it once.
+        let overlapped = PhaseTimes { phases: [4.5, 1.0, 0.0, 0.0, 1.5, 0.0], overlap: 1.0, ..two.clone() };
+        let s = summary(std::slice::from_ref(&one), &[overlapped], 2, Rows::Chunk, 512, None);
+        let phases = s["phases"].as_array().unwrap();
+        let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+        assert_eq!(names, ["weights", "attention", "elementwise"], "`other` is 0 again: 7 s of phases, 1 s of them at once, in 6 s");
+        assert_eq!(s["phase_overlap_seconds_n_threads"].as_f64(), Some(1.0));
+        assert!(table("1.5b", &json!({ "profile": { "threads": 2, "prefill": s } })).contains("overlapped 0.0000 s at 1 thread, 1.0000 s at 2 threads"));
         // One thread only: no share can be inferred.
         assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, Rows::Chunk, 512, None)["serial_share"].is_null());
     }
@@ -218,7 +241,7 @@ mod tests {
         // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
         // regions (parallel), 30 element-wise sections (one thread: not regions).
         // 3 regions a step start a long stretch after the one before.
-        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], after_long_stretch: 12, calls: 4 };
+        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], after_long_stretch: 12, overlap: 0.0, calls: 4 };
         let region = Some(RegionCost { awake: 20e-6, after_idle: 50e-6 });
         let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, region);
         assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(12.0));
