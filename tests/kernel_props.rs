@@ -8,7 +8,7 @@ use hymba_ref::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax};
 use hymba_ref::model::norm::rms_norm;
-use hymba_ref::model::rope::{apply_rope, RopeAngles};
+use hymba_ref::model::rope::rotate;
 use ndarray::{Array1, Array2, Array3, ArrayView3, Axis};
 use proptest::prelude::*;
 
@@ -21,15 +21,6 @@ fn matrix(rows: impl Strategy<Value = usize>, cols: impl Strategy<Value = usize>
 
 fn vector(len: usize, range: std::ops::Range<f32>) -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(range, len)
-}
-
-/// RoPE as a pass applies it: the rows' angles, then the rotation. x: (T, heads, dqk)
-fn rotate(x: ndarray::ArrayViewMut3<f32>, positions: &[usize], base: f64) {
-    let mut angles = RopeAngles::default();
-    angles.shape(positions.len(), x.dim().2);
-    angles.compute(0..positions.len(), positions, base);
-    let (cos, sin) = angles.rows(0..positions.len());
-    apply_rope(x, cos, sin);
 }
 
 fn span() -> impl Strategy<Value = AttentionSpan> {

@@ -68,24 +68,25 @@ pub fn apply_rope(x: ArrayViewMut3<f32>, cos: ArrayView2<f32>, sin: ArrayView2<f
     });
 }
 
+/// RoPE of the rows of x (T, heads, dqk) at `positions`, all with one `base`: their angles, then
+/// the rotation, as a pass does for the rows of one part (with angles of its own, allocated here).
+pub fn rotate(x: ArrayViewMut3<f32>, positions: &[usize], base: f64) {
+    let mut angles = RopeAngles::default();
+    angles.shape(positions.len(), x.dim().2);
+    angles.compute(0..positions.len(), positions, base);
+    let (cos, sin) = angles.rows(0..positions.len());
+    apply_rope(x, cos, sin);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::Array3;
 
-    /// Rotate x (T, heads, dqk) at `positions` with `base`: the angles, then the rotation.
-    fn rotate(x: &mut Array3<f32>, positions: &[usize], base: f64) {
-        let mut angles = RopeAngles::default();
-        angles.shape(positions.len(), x.dim().2);
-        angles.compute(0..positions.len(), positions, base);
-        let (cos, sin) = angles.rows(0..positions.len());
-        apply_rope(x.view_mut(), cos, sin);
-    }
-
     #[test]
     fn position_zero_is_identity_and_rotation_is_by_angle() {
         let mut x = Array3::from_shape_vec((2, 1, 4), vec![1.0, 2.0, 3.0, 4.0, 1.0, 0.0, 0.0, 0.0]).unwrap();
-        rotate(&mut x, &[0, 1], 10000.0);
+        rotate(x.view_mut(), &[0, 1], 10000.0);
         assert_eq!(x.slice(ndarray::s![0, 0, ..]).to_vec(), vec![1.0, 2.0, 3.0, 4.0]);
         // Position 1, pair k=0 rotates (x0, x2) = (1, 0) by angle 1 rad.
         assert!((x[[1, 0, 0]] - 1f32.cos()).abs() < 1e-6 && (x[[1, 0, 2]] - 1f32.sin()).abs() < 1e-6);

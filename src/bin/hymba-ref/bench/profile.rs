@@ -24,7 +24,7 @@ pub struct PhaseTimes {
     /// ([`Profile::regions_after_long_stretch`]).
     pub after_long_stretch: u64,
     /// Seconds the phases overlapped (the attention and SSM branches side by side,
-    /// [`Profile::overlap_seconds`]): the phases add up to `total` plus this, less `other`.
+    /// [`Profile::overlap_seconds`]): the phases, less this, plus `other`, are `total`.
     pub overlap: f64,
     pub calls: usize,
 }
@@ -43,8 +43,8 @@ impl PhaseTimes {
     }
 
     /// What no phase accounts for: the rest of the pass (splitting rows into passes, the layer
-    /// loop, waiting for the slowest task of a parallel region outside a timed phase). Phases that
-    /// overlapped count their overlap once.
+    /// loop, waiting for the slowest task of a parallel region outside a timed phase); the
+    /// phases' overlap is taken off them first.
     fn other(&self) -> f64 {
         self.total - (self.phases.iter().sum::<f64>() - self.overlap)
     }
@@ -88,7 +88,11 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
         .iter()
         .enumerate()
         .map(|(i, phase)| (phase.name(), phase.threading(kind, rows), one.phases[i], many.phases[i]))
-        .chain([("other", "-", one.other(), many.other())])
+        .chain([
+            // Negative: the phases' time that ran at once, which the phases above count twice.
+            ("overlap", "attention and SSM side by side", 0.0 - one.overlap, 0.0 - many.overlap),
+            ("other", "-", one.other(), many.other()),
+        ])
         .map(|(name, threading, t1, tn)| {
             json!({
                 "phase": name,
@@ -96,7 +100,7 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
                 "seconds_1_thread": t1,
                 "seconds_n_threads": tn,
                 "fraction_of_1_thread": t1 / one.total,
-                "speedup": t1 / tn,
+                "speedup": (t1 > 0.0 && tn > 0.0).then(|| t1 / tn),
                 "serial_share": serial_share(t1, tn, one.total, threads),
             })
         })
@@ -123,8 +127,6 @@ pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Ro
         "synchronisation_share_after_idle": region.map(|r| share(r.after_idle)),
         "seconds_1_thread": one.total,
         "seconds_n_threads": many.total,
-        "phase_overlap_seconds_1_thread": one.overlap,
-        "phase_overlap_seconds_n_threads": many.overlap,
         "speedup": one.total / many.total,
         "serial_share": serial_share(one.total, many.total, one.total, threads),
         "phases": phases,
@@ -177,26 +179,19 @@ pub fn table(config: &str, c: &Value) -> String {
                 pct(&p["synchronisation_share_after_idle"]),
             );
         }
-        if num(&p["phase_overlap_seconds_n_threads"]) > 0.0 {
-            out += &format!(
-                "  side by side: the attention and SSM branches' phases overlapped {:.4} s at 1 thread, {:.4} s at {threads} threads (counted once in `other`)\n",
-                num(&p["phase_overlap_seconds_1_thread"]),
-                num(&p["phase_overlap_seconds_n_threads"]),
-            );
-        }
         out += &format!(
             "  {:<12} {:<31} {:>12} {:>12} {:>9} {:>9} {:>13}\n",
             "phase", "threading", "1 thread s", format!("{threads} threads s"), "% of 1t", "speed-up", "serial share"
         );
         for phase in p["phases"].as_array().into_iter().flatten() {
             out += &format!(
-                "  {:<12} {:<31} {:>12.4} {:>12.4} {:>9} {:>9.2} {:>13}\n",
+                "  {:<12} {:<31} {:>12.4} {:>12.4} {:>9} {:>9} {:>13}\n",
                 phase["phase"].as_str().unwrap_or("?"),
                 phase["threading"].as_str().unwrap_or("?"),
                 num(&phase["seconds_1_thread"]),
                 num(&phase["seconds_n_threads"]),
                 pct(&phase["fraction_of_1_thread"]),
-                num(&phase["speedup"]),
+                phase["speedup"].as_f64().map_or("-".to_string(), |x| format!("{x:.2}")),
                 pct(&phase["serial_share"]),
             );
         }
@@ -224,14 +219,18 @@ mod tests {
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert_eq!((phases[0]["sections_per_call"].as_f64(), phases[1]["sections_per_call"].as_f64()), (Some(3.0), Some(5.0)));
         assert!(s["synchronisation_share"].is_null(), "no region cost measured");
-        // Branches side by side: 1 s of the phases ran at once; `other` counts it once.
+        // Branches side by side: 7 s of phases in 6 s, 1 s of them at once. The overlap is a
+        // row of its own, negative, so that the rows still add up to the call and its shares to s.
         let overlapped = PhaseTimes { phases: [4.5, 1.0, 0.0, 0.0, 1.5, 0.0], overlap: 1.0, ..two.clone() };
         let s = summary(std::slice::from_ref(&one), &[overlapped], 2, Rows::Chunk, 512, None);
         let phases = s["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
-        assert_eq!(names, ["weights", "attention", "elementwise"], "`other` is 0 again: 7 s of phases, 1 s of them at once, in 6 s");
-        assert_eq!(s["phase_overlap_seconds_n_threads"].as_f64(), Some(1.0));
-        assert!(table("1.5b", &json!({ "profile": { "threads": 2, "prefill": s } })).contains("overlapped 0.0000 s at 1 thread, 1.0000 s at 2 threads"));
+        assert_eq!(names, ["weights", "attention", "elementwise", "overlap"], "`other` is 0 again");
+        assert_eq!((phases[3]["seconds_n_threads"].as_f64(), phases[3]["speedup"].as_f64()), (Some(-1.0), None));
+        let shares: f64 = phases.iter().map(|p| p["serial_share"].as_f64().unwrap()).sum();
+        assert!((shares - s["serial_share"].as_f64().unwrap()).abs() < 1e-12, "{s}");
+        let text = table("1.5b", &json!({ "profile": { "threads": 2, "prefill": s } }));
+        assert!(text.contains("overlap      attention and SSM side by side        0.0000      -1.0000"), "{text}");
         // One thread only: no share can be inferred.
         assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, Rows::Chunk, 512, None)["serial_share"].is_null());
     }
