@@ -221,22 +221,23 @@ mod tests {
     }
 
     /// A parallel region that starts more than LONG_STRETCH after the last one ended counts; one
-    /// started right after, or after one-thread phases only as long, does not.
+    /// started right after, or after one-thread phases only as long, does not. (Sections at given
+    /// instants, µs after t0, so that the test does not depend on the machine's timing.)
     #[test]
     fn counts_regions_after_a_long_stretch_without_one() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
         let mut p = Profile::recording();
-        let pause = |d: Duration| std::thread::sleep(d);
-        p.time(Phase::Weights, || ()); // the first region: nothing before it to measure
-        p.time(Phase::Attention, || ()); // right after
-        p.time(Phase::Elementwise, || pause(LONG_STRETCH * 2)); // one-thread work in between
-        p.time(Phase::Scan, || ()); // after a long stretch
-        pause(LONG_STRETCH * 2); // untimed work counts as much
-        p.time(Phase::Weights, || ());
-        p.time(Phase::Conv, || ());
+        p.record(Phase::Weights, at(0), at(1)); // the first region: nothing before it to measure
+        p.record(Phase::Attention, at(2), at(3)); // right after
+        p.record(Phase::Elementwise, at(3), at(40)); // one-thread work in between
+        p.record(Phase::Scan, at(41), at(42)); // after a long stretch
+        p.record(Phase::Weights, at(100), at(101)); // after untimed work, which counts as much
+        p.record(Phase::Conv, at(101), at(140)); // one-thread work: not a region
         assert_eq!(p.regions_after_long_stretch(), 2);
         p.clear();
         assert_eq!(p.regions_after_long_stretch(), 0);
-        p.time(Phase::Scan, || ()); // the first region after a clear: nothing before it
+        p.record(Phase::Scan, at(500), at(501)); // the first region after a clear: nothing before it
         assert_eq!(p.regions_after_long_stretch(), 0);
     }
 
