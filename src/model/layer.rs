@@ -159,9 +159,10 @@ pub fn hymba_layer(
 }
 
 /// The attention heads over the rows of a pass. q (and, in a producer, k) are split into heads
-/// and normalised for all rows; then per sequence: its rows are rotated with its RoPE base, a
-/// producer appends its new keys and values to the sequence's cache, and its queries attend to
-/// that cache (a reusing layer reads its producer's cache, which already holds this pass's rows).
+/// and normalised, and q rotated, for all rows (each row by its sequence's RoPE angles); then
+/// per sequence: a producer rotates its new keys and appends them with their values to the
+/// sequence's cache, and its queries attend to that cache (a reusing layer reads its producer's
+/// cache, which already holds this pass's rows).
 /// → (T, D)
 #[allow(clippy::too_many_arguments)]
 fn attention_branch<'o>(
@@ -178,29 +179,32 @@ fn attention_branch<'o>(
     let (nh, nkv, eps) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps);
     let (attn_w, elementwise) = (&w.mamba.self_attn, Phase::Elementwise);
     let mut q = profile.time(elementwise, || split_heads(split.q, nh, attn_w.q_norm.as_ref(), eps, q_buf)); // (T, nh, dqk)
-    let mut k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, attn_w.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
+    let k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, attn_w.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
     let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
     let producer = plan.kv_producer();
-    // Per sequence: rotate its rows by their angles, and a producer appends its new K/V.
+    // RoPE: every row of q is rotated by its own angles (its sequence's base), all rows at once.
     let rope = pass.rope; // (T, dqk/2): the angles of the pass's rows
-    for (part, cache) in pass.parts_mut() {
-        let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
+    if cfg.rope.is_some() {
+        let (cos, sin) = rope.rows(0..split.q.nrows()); // (T, dqk/2) each
+        profile.time(elementwise, || apply_rope(q.view_mut(), cos, sin));
+    }
+    // A producer: per sequence, rotate its new keys and append them, with their values, to its
+    // cache (in parallel across the sequences of a batched decode step: one thread's work each).
+    if let (Some(k), Some(v)) = (k, split.v) {
         profile.time(elementwise, || {
-            if part.rope_base.is_some() {
-                let (cos, sin) = rope.rows(rows.clone()); // (T_s, dqk/2) each
-                apply_rope(q.slice_mut(s![rows.clone(), .., ..]), cos, sin);
-                if let Some(k) = k.as_mut() {
-                    apply_rope(k.slice_mut(s![rows.clone(), .., ..]), cos, sin);
+            pass.for_each_part(k, |part, cache, mut k| {
+                let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
+                if cfg.rope.is_some() {
+                    let (cos, sin) = rope.rows(rows.clone()); // (T_s, dqk/2) each
+                    apply_rope(k.view_mut(), cos, sin); // (T_s, nkv, dqk)
                 }
-            }
-            if let (Some(k), Some(v)) = (k.as_ref(), split.v) {
-                let k = k.slice(s![rows.clone(), .., ..]).into_shape_with_order((rows.len(), cfg.k_width())).expect("contiguous");
+                let k = k.into_shape_with_order((rows.len(), cfg.k_width())).expect("contiguous"); // (T_s, nkv·dqk)
                 let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
-                kv.append(k, v.slice(s![rows.clone(), ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
-            }
+                kv.append(k.view(), v.slice(s![rows, ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
+            })
         });
     }
-    // Then its queries attend to its cache.
+    // Then each sequence's queries attend to its cache.
     let q = q.view();
     profile.time(Phase::Attention, || {
         pass.for_each_part(out.view_mut(), |part, cache, out| {

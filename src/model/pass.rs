@@ -221,7 +221,7 @@ fn run_pass(
         }
     });
     for part in parts {
-        let (segment, planned) = (&mut segments[part.segment], &planned[part.segment]);
+        let (segment, planned) = (&segments[part.segment], &planned[part.segment]);
         match segment.keep {
             Keep::AllRows => {
                 let kept_rows = planned.first_kept + part.fed.start..planned.first_kept + part.fed.end;
@@ -232,8 +232,12 @@ fn run_pass(
             }
             Keep::LastRow => {}
         }
-        segment.cache.finish_chunk(part.rows.len(), cfg.num_memory_tokens);
     }
+    // Advance each sequence past its rows, evicting the K/V rows no future query can see: in
+    // parallel across the sequences of a batched decode step (an eviction moves a key across the
+    // transposed cache, one thread's work each).
+    let num_meta = cfg.num_memory_tokens;
+    Pass::new(segments, parts, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta));
 }
 
 /// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (SPEC, forward

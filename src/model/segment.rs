@@ -85,14 +85,11 @@ impl<'p, 'a> Pass<'p, 'a> {
         mut out: ArrayViewMut<f32, D>,
         f: impl Fn(&Part, &mut HybridCache, ArrayViewMut<f32, D>) + Sync + Send,
     ) {
-        match self.rows {
+        let (parts, rows) = (self.parts, self.rows);
+        match rows {
             Rows::OnePerSequence => {
-                // Part i is row i and the only part of segment first + i (a pass takes whole
-                // segments in order).
-                let first = self.parts.first().map_or(0, |p| p.segment);
-                debug_assert!(self.parts.iter().enumerate().all(|(i, p)| p.segment == first + i && p.rows == (i..i + 1)));
-                let segments = &mut self.segments[first..first + self.parts.len()];
-                for_each_part(self.parts, self.rows, segments, out, |part, segment, out| f(part, segment.cache, out));
+                let segments = self.one_segment_a_part();
+                for_each_part(parts, rows, segments, out, |part, segment, out| f(part, segment.cache, out));
             }
             Rows::Chunk => {
                 for (part, cache) in self.parts_mut() {
@@ -100,6 +97,27 @@ impl<'p, 'a> Pass<'p, 'a> {
                 }
             }
         }
+    }
+
+    /// `f(part, its sequence's cache)` for each part of the pass: in parallel across sequences
+    /// when every part is one row of its own sequence, as [`Pass::for_each_part`].
+    pub fn for_each_cache(&mut self, f: impl Fn(&Part, &mut HybridCache) + Sync + Send) {
+        let parts = self.parts;
+        match self.rows {
+            Rows::OnePerSequence => {
+                let segments = self.one_segment_a_part();
+                segments.par_iter_mut().zip(parts.par_iter()).for_each(|(segment, part)| f(part, segment.cache));
+            }
+            Rows::Chunk => self.parts_mut().for_each(|(part, cache)| f(part, cache)),
+        }
+    }
+
+    /// The segments of a pass whose every part is one row of its own sequence: part i is row i
+    /// and the only part of segment first + i (a pass takes whole segments in order).
+    fn one_segment_a_part(&mut self) -> &mut [Segment<'a>] {
+        let first = self.parts.first().map_or(0, |p| p.segment);
+        debug_assert!(self.parts.iter().enumerate().all(|(i, p)| p.segment == first + i && p.rows == (i..i + 1)));
+        &mut self.segments[first..first + self.parts.len()]
     }
 
     /// Move layer `layer`'s SSM state out of each part's sequence into `states`, in part order
