@@ -249,7 +249,7 @@ fn prefix_arrays(cfg: &HymbaConfig, prefix: &HybridCache) -> Vec<(String, Vec<us
     for (i, (kv, ssm)) in prefix.kv.iter().zip(&prefix.ssm).enumerate() {
         if let Some(kv) = kv {
             let rows = kv.len();
-            let keys = kv.keys(); // (S, nkv, dqk)
+            let keys = kv.keys().to_rows(); // (S, nkv, dqk)
             let keys = keys.to_shape((rows, cfg.num_key_value_heads * cfg.head_dim_qk())).expect("(S, nkv·dqk)");
             let values = kv.values(); // (S, nkv, dv)
             let values = values.to_shape((rows, cfg.num_key_value_heads * cfg.head_dim_v())).expect("(S, nkv·dv)");

@@ -3,6 +3,7 @@
 //! attention.
 
 use half::{bf16, f16};
+use hymba_ref::cache::KeyBlocks;
 use hymba_ref::checkpoint::weights::Linear;
 use hymba_ref::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
@@ -232,7 +233,7 @@ proptest! {
     }
 }
 
-/// [`attention_heads`] into a new array.
+/// [`attention_heads`] into a new array, the keys in blocks as a cache holds them.
 fn attention_heads_owned(
     q: ArrayView3<f32>,
     k: ArrayView3<f32>,
@@ -243,7 +244,7 @@ fn attention_heads_owned(
     num_meta: usize,
 ) -> Array2<f32> {
     let mut out = Array2::zeros((q.dim().0, q.dim().1 * v.dim().2)); // (T, nh·dv)
-    attention_heads(q, k, v, q_positions, k_positions, span, num_meta, out.view_mut());
+    attention_heads(q, &KeyBlocks::from_rows(k), v, q_positions, k_positions, span, num_meta, out.view_mut());
     out
 }
 

@@ -27,7 +27,7 @@ fn attention_mismatch(model: &Hymba, t: &LayerTrace) -> f32 {
     for (part, kv) in t.parts.iter().zip(&t.kv) {
         let rows = part.rows.clone();
         let q = t.q.slice(s![rows.clone(), .., ..]);
-        let want = attention_heads_reference(q, kv.keys, kv.values, &t.positions[rows.clone()], kv.positions,
+        let want = attention_heads_reference(q, kv.keys.view(), kv.values, &t.positions[rows.clone()], kv.positions,
             t.plan.attention, model.config.num_memory_tokens);
         let got = t.attn.slice(s![rows, ..]);
         worst = worst.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));

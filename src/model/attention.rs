@@ -4,6 +4,7 @@
 //! There is no output projection: the heads are concatenated to width nh·dv = D and fused with
 //! the SSM heads (see `fusion`).
 
+use crate::cache::{HeadKeys, KeyBlocks, KEY_BLOCK};
 use crate::config::AttentionSpan;
 use crate::simd::{array_of, axpy, axpy4, best_simd, exp};
 use ndarray::linalg::general_mat_mul;
@@ -29,7 +30,7 @@ const FEW_QUERIES: usize = 4;
 
 /// Multi-head attention over keys at `k_positions` for queries at `q_positions`.
 ///
-/// q: (T, nh, dqk), k: (S, nkv, dqk), v: (S, nkv, dv) → out (T, nh·dv).
+/// q: (T, nh, dqk), k: (S, nkv, dqk) in blocks as a cache holds them, v: (S, nkv, dv) → out (T, nh·dv).
 /// Query head h reads K/V head h / (nh/nkv) (grouped-query attention).
 ///
 /// Queries are processed in blocks of consecutive rows; each block gathers only the keys that
@@ -40,7 +41,7 @@ const FEW_QUERIES: usize = 4;
 #[allow(clippy::too_many_arguments)]
 pub fn attention_heads(
     q: ArrayView3<f32>,
-    k: ArrayView3<f32>,
+    k: &KeyBlocks,
     v: ArrayView3<f32>,
     q_positions: &[usize],
     k_positions: &[usize],
@@ -81,10 +82,10 @@ pub fn attention_heads(
     out_blocks.zip(blocks.par_iter()).for_each(|(mut out, (first, keys))| {
         let rows = *first..*first + out.nrows();
         out.axis_chunks_iter_mut(Axis(1), group * dv).into_par_iter().enumerate().for_each(|(g, mut out)| {
-            let (kg, vg) = (gather_head(k, g, keys), gather_head(v, g, keys)); // (S_b, dqk), (S_b, dv)
+            let (kg_t, vg) = (gather_keys(k.head(g), keys), gather_head(v, g, keys)); // (dqk, S_b), (S_b, dv)
             out.axis_chunks_iter_mut(Axis(1), dv).into_par_iter().enumerate().for_each(|(i, mut out)| {
                 let qh = q.slice(s![rows.clone(), g * group + i, ..]); // (B, dqk)
-                let mut probs = qh.dot(&kg.t()) * scale; // (B, S_b)
+                let mut probs = qh.dot(&kg_t) * scale; // (B, S_b)
                 for (row, r) in probs.axis_iter_mut(Axis(0)).zip(rows.clone()) {
                     masked_softmax(row, |col| is_visible(q_positions[r], k_positions[keys[col]], span, num_meta));
                 }
@@ -104,7 +105,7 @@ pub fn attention_heads(
 #[allow(clippy::too_many_arguments)]
 fn attention_each_query(
     q: ArrayView3<f32>,
-    k: ArrayView3<f32>,
+    k: &KeyBlocks,
     v: ArrayView3<f32>,
     q_positions: &[usize],
     k_positions: &[usize],
@@ -122,13 +123,13 @@ fn attention_each_query(
     out.par_chunks_mut(heads * dv).enumerate().for_each(|(task, out)| {
         let (first, row) = (task * heads % nh, task * heads / nh); // the task's first query head
         let g = first / (nh / nkv); // GQA: the K/V head its query heads read
-        let keys_t = contiguous_rows(k.index_axis(Axis(1), g).reversed_axes()); // (dqk, S)
+        let keys = k.head(g); // (dqk, S) in blocks
         let values = contiguous_rows(v.index_axis(Axis(1), g)); // (S, dv)
         let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
         let q = &q[task * heads * dqk..(task + 1) * heads * dqk]; // (heads, dqk)
         match key_splits(s_len, dv) {
-            1 => attend(q, keys_t.view(), values.view(), visible, out), // (heads, dv)
-            splits => attend_split(q, keys_t.view(), values.view(), visible, splits, out), // (heads, dv)
+            1 => attend(q, keys, values.view(), visible, out), // (heads, dv)
+            splits => attend_split(q, keys, values.view(), visible, splits, out), // (heads, dv)
         }
     });
 }
@@ -184,13 +185,13 @@ fn key_part(s_len: usize, parts: usize, p: usize) -> Range<usize> {
 /// against [`attend_reference`]. q: (heads, dqk), out: (heads, dv)
 fn attend_split(
     q: &[f32],
-    keys_t: ArrayView2<f32>,
+    keys: HeadKeys,
     values: ArrayView2<f32>,
     visible: impl Fn(usize) -> bool + Sync,
     splits: usize,
     out: &mut [f32],
 ) {
-    let (s_len, heads) = (keys_t.ncols(), q.len() / keys_t.nrows());
+    let (s_len, heads) = (keys.len(), q.len() / keys.dim());
     let dv = out.len() / heads;
     debug_assert!(heads <= MAX_HEADS && out.len() <= MAX_HEADS_DV);
     let parts = splits.min(s_len.div_ceil(KEY_BLOCK)).max(1); // no part is empty
@@ -198,8 +199,8 @@ fn attend_split(
     let mut partials = [Partial { stats: [(f32::NEG_INFINITY, 0.0); MAX_HEADS], out: [0.0; MAX_HEADS_DV] }; MAX_SPLITS];
     let partials = &mut partials[..parts];
     partials.par_iter_mut().enumerate().for_each(|(p, partial)| {
-        let keys = key_part(s_len, parts, p);
-        attend_part(q, keys_t, values, &visible, keys, &mut partial.out[..out.len()], &mut partial.stats[..heads]);
+        let part = key_part(s_len, parts, p);
+        attend_part(q, keys, values, &visible, part, &mut partial.out[..out.len()], &mut partial.stats[..heads]);
     });
     for (h, out) in out.chunks_mut(dv).enumerate() {
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
@@ -216,8 +217,8 @@ fn attend_split(
     }
 }
 
-/// `x` itself if each of its rows is contiguous, else a copy that is. The cache's keys, read as
-/// (dqk, S), and its values, (S, dv), are views; other layouts (in tests) are copied.
+/// `x` itself if each of its rows is contiguous, else a copy that is. The cache's values, (S, dv),
+/// are views; other layouts (in tests) are copied.
 fn contiguous_rows(x: ArrayView2<f32>) -> CowArray<f32, Ix2> {
     if x.ncols() <= 1 || x.strides()[1] == 1 {
         x.into()
@@ -228,34 +229,32 @@ fn contiguous_rows(x: ArrayView2<f32>) -> CowArray<f32, Ix2> {
 
 best_simd! {
     /// Query heads that share a K/V head against it: for each head h, `out[h]` = Σⱼ
-    /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), keys_t: (dqk, S),
-    /// values: (S, dv), out: (heads, dv); rows contiguous.
-    fn attend(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
+    /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), keys: (dqk, S) in
+    /// blocks, values: (S, dv), out: (heads, dv); rows contiguous.
+    fn attend(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
 
 best_simd! {
     /// [`attend_partial`] on the best vector unit of this CPU.
-    fn attend_part(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, keys: Range<usize>, out: &mut [f32], stats: &mut [(f32, f32)]) = attend_partial
+    fn attend_part(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32], stats: &mut [(f32, f32)]) = attend_partial
 }
-
-/// Keys scored at a time by [`attend_partial`] (a buffer on the stack).
-const KEY_BLOCK: usize = 64;
 
 /// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys, per head: [`attend_partial`] over
 /// every key, divided by the sum. At most [`MAX_HEADS`] heads ([`heads_per_task`]).
 #[inline(always)]
-fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
-    let heads = q.len() / keys_t.nrows();
+fn attend_reference(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
+    let heads = q.len() / keys.dim();
     debug_assert!(heads <= MAX_HEADS);
     let mut stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
-    attend_partial(q, keys_t, values, visible, 0..keys_t.ncols(), out, &mut stats[..heads]);
+    attend_partial(q, keys, values, visible, 0..keys.len(), out, &mut stats[..heads]);
     for (out, &(_, sum)) in out.chunks_mut(out.len() / heads).zip(&stats) {
         out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
     }
 }
 
-/// Over the keys `keys` only, for each query head h of `q` (heads, dqk) that share `keys_t` and
-/// `values`: scores a block of keys at a time, Σ_d q[h, d]·Kᵀ[d, block] (each term a vector
+/// Over the keys in `part` only (it starts at a block of [`KEY_BLOCK`] keys), for each query head
+/// h of `q` (heads, dqk) that share `keys` and `values`: scores a block of keys at a time, as the
+/// cache stores them, Σ_d q[h, d]·Kᵀ[d, block] (each term a vector
 /// operation over the block), then the online softmax (as in FlashAttention): whenever a block
 /// raises a head's running maximum m, what it summed so far is rescaled by exp(m_old − m_new).
 /// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and `stats[h]` = (m, Σ exp(sⱼ − m)), without ever holding
@@ -265,21 +264,23 @@ fn attend_reference(q: &[f32], keys_t: ArrayView2<f32>, values: ArrayView2<f32>,
 #[inline(always)]
 fn attend_partial(
     q: &[f32],
-    keys_t: ArrayView2<f32>,
+    keys: HeadKeys,
     values: ArrayView2<f32>,
     visible: impl Fn(usize) -> bool,
-    keys: Range<usize>,
+    part: Range<usize>,
     out: &mut [f32],
     stats: &mut [(f32, f32)],
 ) {
-    let dqk = keys_t.nrows();
+    debug_assert!(part.start.is_multiple_of(KEY_BLOCK) && part.end <= keys.len());
+    let dqk = keys.dim();
     let (heads, scale) = (stats.len(), 1.0 / (dqk as f32).sqrt());
     let dv = out.len() / heads;
     stats.fill((f32::NEG_INFINITY, 0.0));
     out.fill(0.0);
-    for first in keys.clone().step_by(KEY_BLOCK) {
-        let keys = first..(first + KEY_BLOCK).min(keys.end);
-        let k_block = keys_t.slice_move(s![.., keys.clone()]); // (dqk, block)
+    for first in part.clone().step_by(KEY_BLOCK) {
+        let k_block = keys.block(first / KEY_BLOCK); // (dqk, block)
+        let keys = first..(first + KEY_BLOCK).min(part.end);
+        let k_block = k_block.slice_move(s![.., ..keys.len()]); // (dqk, block)
         let k_row = |d: usize| k_block.index_axis_move(Axis(0), d).to_slice().expect("contiguous rows"); // (block)
         let value = |j: usize| values.index_axis_move(Axis(0), j).to_slice().expect("contiguous rows"); // (dv)
         let mut seen = [false; KEY_BLOCK]; // the same keys are visible to every head
@@ -331,6 +332,21 @@ fn attend_partial(
             }
         }
     }
+}
+
+/// Keys `keys` (ascending) of one K/V head, transposed for the product q·Kᵀ: (dqk, S_b), copied
+/// from the blocks a run of consecutive keys at a time.
+fn gather_keys(head: HeadKeys, keys: &[usize]) -> Array2<f32> {
+    let mut out = Array2::zeros((head.dim(), keys.len())); // (dqk, S_b)
+    let mut col = 0;
+    while col < keys.len() {
+        let (first, block) = (keys[col], keys[col] / KEY_BLOCK);
+        let run = keys[col..].iter().enumerate().take_while(|&(i, &j)| j == first + i && j / KEY_BLOCK == block).count();
+        let at = first % KEY_BLOCK;
+        out.slice_mut(s![.., col..col + run]).assign(&head.block(block).slice(s![.., at..at + run]));
+        col += run;
+    }
+    out
 }
 
 /// Rows `keys` (ascending) of K/V head `g` of x (S, nkv, dim) → (S_b, dim); a view when they
@@ -410,7 +426,7 @@ mod tests {
         let k = Array3::from_shape_vec((2, 1, 2), vec![1.0, 0.0, 5.0, 5.0]).unwrap();
         let v = Array3::from_shape_vec((2, 1, 3), vec![1.0, 2.0, 3.0, 9.0, 9.0, 9.0]).unwrap();
         let mut out = Array2::zeros((1, 6));
-        attention_heads(q.view(), k.view(), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0, out.view_mut());
+        attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0, out.view_mut());
         assert_eq!(out.row(0).to_vec(), vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
@@ -432,7 +448,7 @@ mod tests {
                 let (q, q_pos) = (q.slice(s![t - rows.., .., ..]), &q_pos[t - rows..]);
                 let (k, v, k_pos) = (k.slice(s![..10 + t, .., ..]), v.slice(s![..10 + t, .., ..]), &k_pos[..]);
                 let mut fast = Array2::zeros((rows, nh * dv));
-                attention_heads(q, k, v, q_pos, k_pos, span, 3, fast.view_mut());
+                attention_heads(q, &KeyBlocks::from_rows(k), v, q_pos, k_pos, span, 3, fast.view_mut());
                 let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
@@ -461,17 +477,17 @@ mod tests {
             let q_pos = [s_len - 1 - below(10)];
             for span in [AttentionSpan::Global, AttentionSpan::SlidingWindow(1 + below(s_len)), AttentionSpan::SlidingWindow(3)] {
                 let mut fast = Array2::zeros((1, nh * dv));
-                attention_heads(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, num_meta, fast.view_mut());
+                attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), &q_pos, &k_pos, span, num_meta, fast.view_mut());
                 let slow = attention_heads_reference(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, num_meta);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "case {case}, {span:?}, S = {s_len}: max |Δ| vs the plain reference = {err}");
                 // And against the unsplit online softmax, head 0.
-                let keys_t = k.index_axis(Axis(1), 0).reversed_axes().as_standard_layout().into_owned();
+                let keys = KeyBlocks::from_rows(k.view());
                 let values = v.index_axis(Axis(1), 0).as_standard_layout().into_owned();
                 let visible = |j: usize| is_visible(q_pos[0], k_pos[j], span, num_meta);
                 let (mut whole, mut split) = (vec![0.0; dv], vec![0.0; dv]);
-                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys_t.view(), values.view(), visible, &mut whole);
-                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys_t.view(), values.view(), visible, key_splits(s_len, dv), &mut split);
+                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values.view(), visible, &mut whole);
+                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values.view(), visible, key_splits(s_len, dv), &mut split);
                 let err = whole.iter().zip(&split).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(err < 1e-5, "case {case}, {span:?}: max |Δ| vs attend_reference = {err}");
             }
@@ -484,20 +500,21 @@ mod tests {
     fn heads_attended_together_equal_each_head_alone() {
         let (heads, dqk, dv, s_len) = (5, 8, 12, KEYS_PER_SPLIT * 3 + 17);
         let f = |rows: usize, cols: usize, k: f32| Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3) as f32 * k).sin() * 2.0);
-        let (q, keys_t, values) = (f(heads, dqk, 0.31), f(dqk, s_len, 0.17), f(s_len, dv, 0.23));
+        let (q, keys, values) = (f(heads, dqk, 0.31), f(s_len, dqk, 0.17), f(s_len, dv, 0.23));
+        let keys = KeyBlocks::from_rows(keys.view().insert_axis(Axis(1))); // (S, 1, dqk)
         let visible = |j: usize| j % 7 != 3;
         let q_rows = |h: std::ops::Range<usize>| q.view().slice_move(s![h, ..]).to_slice().unwrap();
         for splits in [1, key_splits(s_len, dv)] {
             let mut together = vec![0.0; heads * dv];
             match splits {
-                1 => attend(q_rows(0..heads), keys_t.view(), values.view(), visible, &mut together),
-                _ => attend_split(q_rows(0..heads), keys_t.view(), values.view(), visible, splits, &mut together),
+                1 => attend(q_rows(0..heads), keys.head(0), values.view(), visible, &mut together),
+                _ => attend_split(q_rows(0..heads), keys.head(0), values.view(), visible, splits, &mut together),
             }
             for h in 0..heads {
                 let mut alone = vec![0.0; dv];
                 match splits {
-                    1 => attend(q_rows(h..h + 1), keys_t.view(), values.view(), visible, &mut alone),
-                    _ => attend_split(q_rows(h..h + 1), keys_t.view(), values.view(), visible, splits, &mut alone),
+                    1 => attend(q_rows(h..h + 1), keys.head(0), values.view(), visible, &mut alone),
+                    _ => attend_split(q_rows(h..h + 1), keys.head(0), values.view(), visible, splits, &mut alone),
                 }
                 assert_eq!(&together[h * dv..(h + 1) * dv], &alone[..], "head {h}, {splits} parts");
             }
@@ -528,7 +545,7 @@ mod tests {
         let k = Array3::from_elem((2, 1, 2), 1.0f32);
         let v = Array3::from_shape_vec((2, 1, 1), vec![2.0, 4.0]).unwrap();
         let mut out = Array2::zeros((1, 1));
-        attention_heads(q.view(), k.view(), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0, out.view_mut());
+        attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0, out.view_mut());
         assert!((out[[0, 0]] - 3.0).abs() < 1e-6);
     }
 }

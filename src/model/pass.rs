@@ -234,8 +234,8 @@ fn run_pass(
         }
     }
     // Advance each sequence past its rows, evicting the K/V rows no future query can see: in
-    // parallel across the sequences of a batched decode step (an eviction moves a key across the
-    // transposed cache, one thread's work each).
+    // parallel across the sequences of a batched decode step (an eviction moves a row of keys,
+    // values and positions in each window cache, one thread's work each).
     let num_meta = cfg.num_memory_tokens;
     Pass::new(segments, parts, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta));
 }

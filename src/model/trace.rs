@@ -1,13 +1,13 @@
 //! Watching the forward pass: a [`LayerObserver`] passed to [`super::Hymba::run`] (or
 //! [`super::Hymba::forward_observed`]) sees, after every layer of every pass, what that layer computed
-//! ([`LayerTrace`]: views of the pass's buffers and of each sequence's K/V). Without an observer
-//! nothing is copied. [`super::Hymba::forward_traced`], which the golden tests use, is one such
-//! observer ([`super::forward_trace`]).
+//! ([`LayerTrace`]: views of the pass's buffers and of each sequence's K/V; the keys copied out
+//! of their blocks). Without an observer nothing is copied. [`super::Hymba::forward_traced`],
+//! which the golden tests use, is one such observer ([`super::forward_trace`]).
 
 use super::layer::LayerBuffers;
 use super::segment::{Part, Segment};
 use crate::config::LayerPlan;
-use ndarray::{Array2, ArrayView2, ArrayView3};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
 /// Called after every layer of every pass (with `&mut self`, so it can collect).
 pub trait LayerObserver: Send {
@@ -17,8 +17,8 @@ pub trait LayerObserver: Send {
 /// The K/V one part's queries attended to in a layer: its sequence's cache of the layer's
 /// producer, after this pass's rows were appended. Rows are in cache order, each with its position.
 pub struct KvView<'a> {
-    /// (S, nkv, dqk), rotated
-    pub keys: ArrayView3<'a, f32>,
+    /// (S, nkv, dqk), rotated: a copy, as rows, of the cache's blocks of keys
+    pub keys: Array3<f32>,
     /// (S, nkv, dv)
     pub values: ArrayView3<'a, f32>,
     /// (S)
@@ -67,7 +67,7 @@ impl<'a> LayerTrace<'a> {
             .iter()
             .map(|part| {
                 let cache = segments[part.segment].cache.kv[plan.kv_producer()].as_ref().expect("K/V of the producer");
-                KvView { keys: cache.keys(), values: cache.values(), positions: cache.positions() }
+                KvView { keys: cache.keys().to_rows(), values: cache.values(), positions: cache.positions() }
             })
             .collect();
         LayerTrace {
