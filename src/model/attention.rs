@@ -64,12 +64,15 @@ pub fn attention_heads(
     // For each block of queries: the indices of the keys any of them may see. Queries of a chunk
     // are at consecutive positions, so that is what the first and the last query together see.
     debug_assert!(q_positions.windows(2).all(|p| p[1] == p[0] + 1), "consecutive query positions");
-    let blocks: Vec<(usize, Vec<usize>)> = (0..t)
+    // With them, their positions (what the mask reads, once for all heads).
+    let blocks: Vec<(usize, Vec<usize>, Vec<usize>)> = (0..t)
         .step_by(QUERY_BLOCK)
         .map(|first| {
             let (lo, hi) = (q_positions[first], q_positions[(first + QUERY_BLOCK).min(t) - 1]);
             let seen = |p: usize| p <= hi && (p >= lo || is_visible(lo, p, span, num_meta));
-            (first, (0..s_len).filter(|&j| seen(k_positions[j])).collect())
+            let keys: Vec<usize> = (0..s_len).filter(|&j| seen(k_positions[j])).collect();
+            let positions = keys.iter().map(|&j| k_positions[j]).collect();
+            (first, keys, positions)
         })
         .collect();
 
@@ -79,7 +82,7 @@ pub fn attention_heads(
     // them, writing its block of out in place: 25 tasks a block for the 1.5B, where 5 of
     // unequal size (later blocks see more keys) left threads idle on a many-core machine.
     let out_blocks = out.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK).into_par_iter(); // (B, nh·dv) each
-    out_blocks.zip(blocks.par_iter()).for_each(|(mut out, (first, keys))| {
+    out_blocks.zip(blocks.par_iter()).for_each(|(mut out, (first, keys, key_positions))| {
         let rows = *first..*first + out.nrows();
         out.axis_chunks_iter_mut(Axis(1), group * dv).into_par_iter().enumerate().for_each(|(g, mut out)| {
             let (kg_t, vg) = (gather_keys(k.head(g), keys), gather_head(v, g, keys)); // (dqk, S_b), (S_b, dv)
@@ -87,7 +90,7 @@ pub fn attention_heads(
                 let qh = q.slice(s![rows.clone(), g * group + i, ..]); // (B, dqk)
                 let mut probs = qh.dot(&kg_t) * scale; // (B, S_b)
                 for (row, r) in probs.axis_iter_mut(Axis(0)).zip(rows.clone()) {
-                    masked_softmax(row, |col| is_visible(q_positions[r], k_positions[keys[col]], span, num_meta));
+                    masked_softmax(row, |col| is_visible(q_positions[r], key_positions[col], span, num_meta));
                 }
                 general_mat_mul(1.0, &probs, &vg, 0.0, &mut out); // (B, dv)
             });
@@ -388,17 +391,18 @@ pub fn attention_heads_reference(
 /// Softmax of `row` over the columns where `visible(col)`; the other columns become 0.
 /// At least one column must be visible (a query always sees itself).
 pub fn masked_softmax(mut row: ArrayViewMut1<f32>, visible: impl Fn(usize) -> bool) {
-    let max = row
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| visible(*j))
-        .map(|(_, &x)| x)
-        .fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    // Hidden columns become −∞ first, so that `visible` is asked once a column: exp(−∞) = 0,
+    // and −∞ never raises the maximum.
     for (j, x) in row.iter_mut().enumerate() {
-        *x = if visible(j) { (*x - max).exp() } else { 0.0 };
-        sum += *x;
+        if !visible(j) {
+            *x = f32::NEG_INFINITY;
+        }
     }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // The exponentials first, then their sum in order: a sum inside the loop of exp calls was a
+    // chain through memory (each call spills it) that the calls could not overlap.
+    row.map_inplace(|x| *x = (*x - max).exp());
+    let sum = row.iter().fold(0.0f32, |sum, &x| sum + x);
     row.mapv_inplace(|x| x / sum);
 }
 
