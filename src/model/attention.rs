@@ -399,8 +399,7 @@ pub fn masked_softmax(mut row: ArrayViewMut1<f32>, visible: impl Fn(usize) -> bo
         }
     }
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // The exponentials first, then their sum in order: a sum inside the loop of exp calls was a
-    // chain through memory (each call spills it) that the calls could not overlap.
+    // The exponentials, then their sum in column order.
     row.map_inplace(|x| *x = (*x - max).exp());
     let sum = row.iter().fold(0.0f32, |sum, &x| sum + x);
     row.mapv_inplace(|x| x / sum);
