@@ -191,7 +191,7 @@ fn attention_branch<'o>(
     // A producer: per sequence, rotate its new keys and append them, with their values, to its
     // cache (in parallel across the sequences of a batched decode step: one thread's work each).
     if let (Some(k), Some(v)) = (k, split.v) {
-        profile.time(elementwise, || {
+        profile.time(Phase::KvCache, || {
             pass.for_each_part(k, |part, cache, mut k| {
                 let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
                 if cfg.rope.is_some() {

@@ -237,7 +237,9 @@ fn run_pass(
     // parallel across the sequences of a batched decode step (an eviction moves a row of keys,
     // values and positions in each window cache, one thread's work each).
     let num_meta = cfg.num_memory_tokens;
-    Pass::new(segments, parts, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta));
+    profile.time(Phase::KvCache, || {
+        Pass::new(segments, parts, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta))
+    });
 }
 
 /// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (SPEC, forward

@@ -20,25 +20,30 @@ pub enum Phase {
     Weights,
     /// Attention scores, softmax and the weighted sum of values.
     Attention,
+    /// The K/V caches' upkeep: a producer's new keys rotated and appended, with their values,
+    /// to each sequence's cache, and the rows evicted from window caches after a pass.
+    KvCache,
     /// The SSM's causal depthwise conv.
     Conv,
     /// The SSM's selective scan, with the y ⊙ SiLU(z) gate its tasks finish.
     Scan,
     /// Everything else element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE
-    /// (its angles once a pass, the rotation), K/V append, the SiLU after the conv, fusion,
-    /// residual adds.
+    /// (its angles once a pass, the rotation of q), the SiLU after the conv, fusion, residual
+    /// adds.
     Elementwise,
     /// The final norm and `lm_head` of the kept rows.
     Output,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [Phase::Weights, Phase::Attention, Phase::Conv, Phase::Scan, Phase::Elementwise, Phase::Output];
+    pub const ALL: [Phase; 7] =
+        [Phase::Weights, Phase::Attention, Phase::KvCache, Phase::Conv, Phase::Scan, Phase::Elementwise, Phase::Output];
 
     pub fn name(self) -> &'static str {
         match self {
             Phase::Weights => "weights",
             Phase::Attention => "attention",
+            Phase::KvCache => "kv cache",
             Phase::Conv => "conv",
             Phase::Scan => "scan",
             Phase::Elementwise => "elementwise",
@@ -47,8 +52,8 @@ impl Phase {
     }
 
     /// Whether every section of the phase is a parallel region, whatever the pass: the weight
-    /// products, attention and the scan. (The conv and the element-wise work run on one thread
-    /// in decoding; the output's norm comes before its parallel product.)
+    /// products, attention and the scan. (The K/V upkeep, the conv and the element-wise work run
+    /// on one thread in decoding one sequence; the output's norm comes before its parallel product.)
     pub fn always_parallel(self) -> bool {
         matches!(self, Phase::Weights | Phase::Attention | Phase::Scan)
     }
@@ -60,7 +65,8 @@ impl Phase {
         match (self, kind) {
             (Phase::Weights | Phase::Attention | Phase::Scan, _) => "parallel",
             (Phase::Output, _) => "norm serial, lm_head parallel",
-            (Phase::Conv, Rows::OnePerSequence) if rows > 1 => "parallel over sequences",
+            (Phase::KvCache | Phase::Conv, Rows::OnePerSequence) if rows > 1 => "parallel over sequences",
+            (Phase::KvCache, _) => "one thread",
             (Phase::Conv | Phase::Elementwise, _) if parallel_rows => "parallel over rows",
             (Phase::Conv | Phase::Elementwise, _) => "one thread",
         }

@@ -121,9 +121,9 @@ pub struct BenchArgs {
     /// Buffer size for the read-bandwidth measurement (0: skip it).
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     bandwidth_mib: usize,
-    /// Also time each phase of a pass (weights, attention, conv, scan, elementwise, output) in
-    /// the timed prefill and in the timed batch's decode steps, and in the same prefill and
-    /// batch decode run on one thread before each run; report each phase's speed-up and the
+    /// Also time each phase of a pass (weights, attention, kv cache, conv, scan, elementwise,
+    /// output) in the timed prefill and in the timed batch's decode steps, and in the same prefill
+    /// and batch decode run on one thread before each run; report each phase's speed-up and the
     /// serial share of the pass (Amdahl). The decode profile is of the batch (one row per
     /// sequence a step); --synthetic-cache has no prefill profile. Adds a one-thread run to
     /// every run. The table also shows how busy the threads were in the timed runs (CPU time

@@ -206,9 +206,9 @@ mod tests {
     #[test]
     fn amdahl_serial_share_of_a_pass_and_its_phases() {
         // A pass of 10 s on one thread: 8 s parallel that halves, 2 s serial. On 2 threads: 6 s.
-        let sections = [3, 0, 0, 0, 5, 0];
-        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
-        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
+        let sections = [3, 0, 0, 0, 0, 5, 0];
+        let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
+        let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
         let s = summary(std::slice::from_ref(&one), std::slice::from_ref(&two), 2, Rows::Chunk, 512, None);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
@@ -221,7 +221,7 @@ mod tests {
         assert!(s["synchronisation_share"].is_null(), "no region cost measured");
         // Branches side by side: 7 s of phases in 6 s, 1 s of them at once. The overlap is a
         // row of its own, negative, so that the rows still add up to the call and its shares to s.
-        let overlapped = PhaseTimes { phases: [4.5, 1.0, 0.0, 0.0, 1.5, 0.0], overlap: 1.0, ..two.clone() };
+        let overlapped = PhaseTimes { phases: [4.5, 1.0, 0.0, 0.0, 0.0, 1.5, 0.0], overlap: 1.0, ..two.clone() };
         let s = summary(std::slice::from_ref(&one), &[overlapped], 2, Rows::Chunk, 512, None);
         let phases = s["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
@@ -238,9 +238,10 @@ mod tests {
     #[test]
     fn synchronisation_is_the_parallel_regions_times_what_one_costs() {
         // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
-        // regions (parallel), 30 element-wise sections (one thread: not regions).
+        // regions (parallel), 3 K/V appends or evictions and 30 element-wise sections (one
+        // thread: not regions).
         // 3 regions a step start a long stretch after the one before.
-        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 0, 0, 120, 0], after_long_stretch: 12, overlap: 0.0, calls: 4 };
+        let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.02, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 12, 0, 0, 120, 0], after_long_stretch: 12, overlap: 0.0, calls: 4 };
         let region = Some(RegionCost { awake: 20e-6, after_idle: 50e-6 });
         let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, region);
         assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(12.0));
@@ -254,5 +255,9 @@ mod tests {
         // A prefill of 512 rows runs its element-wise work in parallel: those sections count.
         let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::Chunk, 512, region);
         assert_eq!(prefill["parallel_regions_per_call"].as_f64(), Some(42.0));
+        // A batch of 4 runs its K/V upkeep in parallel across its sequences, its element-wise
+        // work on one thread.
+        let batch = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 4, region);
+        assert_eq!(batch["parallel_regions_per_call"].as_f64(), Some(15.0));
     }
 }
