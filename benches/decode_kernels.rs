@@ -7,7 +7,10 @@
 //!   row-wise kernel decoding uses (bit-identical to one row at a time) against the prefill GEMM,
 //!   as µs, GB/s of weights read and GFLOP/s, and summed over a whole decode step;
 //! - attention of one query (25 heads, 5 K/V heads, dqk 64, dv 128) over M + W = 1,152 keys,
-//!   as µs per layer, and the same with 256 keys (context 128) for comparison.
+//!   as µs per layer, and the same with 256 keys (context 128) for comparison;
+//! - a decode step's K/V upkeep in one window layer of that shape: appending one key and value,
+//!   and the eviction after it, with the CPU's caches flushed before (as a step's weights flush
+//!   them between two visits of a layer) and warm.
 //!
 //! Medians of repeated calls on the current rayon pool (`RAYON_NUM_THREADS` sets its size).
 
@@ -121,4 +124,48 @@ fn main() {
         });
         println!("decode attention over {keys} keys: {:.1} µs per layer", seconds * 1e6);
     }
+    kv_upkeep(nkv, dqk, dv, meta);
+}
+
+/// One decode step's append and eviction in a window cache of M + W = 1,152 rows, medians of 150.
+fn kv_upkeep(nkv: usize, dqk: usize, dv: usize, meta: usize) {
+    let (window, rows) = (1024, 1152);
+    let mut cache = KvCache::new(nkv, dqk, dv, AttentionSpan::SlidingWindow(window));
+    cache.reserve(rows + 1);
+    let (k, v) = (wave((rows, 1, nkv * dqk), 0.17), wave((rows, 1, nkv * dv), 0.23));
+    let (k, v) = (k.index_axis_move(ndarray::Axis(1), 0), v.index_axis_move(ndarray::Axis(1), 0)); // (S, nkv·dqk), (S, nkv·dv)
+    let positions: Vec<usize> = (0..rows).collect();
+    cache.append(k.view(), v.view(), &positions);
+    let (key, value) = (k.slice(ndarray::s![..1, ..]), v.slice(ndarray::s![..1, ..])); // (1, nkv·dqk), (1, nkv·dv)
+    let flush = vec![1u8; 64 << 20]; // more than the CPU's caches
+    let mut next = rows;
+    let (mut cold, mut evict, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sink = 0u64;
+    for _ in 0..150 {
+        sink += flush.iter().step_by(64).map(|&b| b as u64).sum::<u64>(); // a read of every line
+        let start = Instant::now();
+        cache.append(key, value, &[next]);
+        let appended = Instant::now();
+        cache.evict(next + 1, meta);
+        cold.push((appended - start).as_secs_f64());
+        evict.push(appended.elapsed().as_secs_f64());
+        next += 1;
+        let start = Instant::now();
+        cache.append(key, value, &[next]);
+        warm.push(start.elapsed().as_secs_f64());
+        cache.evict(next + 1, meta);
+        next += 1;
+    }
+    let median = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2] * 1e6
+    };
+    println!(
+        "K/V upkeep of a window layer ({} rows): append {:.1} µs with the caches flushed, {:.1} µs warm; eviction after it {:.1} µs{}",
+        cache.len(),
+        median(cold),
+        median(warm),
+        median(evict),
+        if sink == 0 { " (flush not read)" } else { "" }
+    );
 }
