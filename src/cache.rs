@@ -28,9 +28,9 @@ pub const KEY_BLOCK: usize = 64;
 /// its nkv·dqk values. Transposed, they lie a whole row of slots apart (5.2 KB for the 1.5B),
 /// each on a page of its own: 320 pages, whose address translations a decode step finds cold
 /// (it streams its weights between two layers). In blocks they lie 256 bytes apart, on 20 pages.
-/// A window cache of the 1.5B's shape, after flushing the CPU's caches: an append took 28 µs
-/// transposed and 6 µs in blocks, the eviction after it 24 and 5.6 µs (medians of 150). Attention
-/// reads a block of a head as 16 KB in one piece.
+/// In a window cache of the 1.5B's shape with the CPU's caches flushed (`cargo bench --bench
+/// decode_kernels`), an append took 28–32 µs transposed and 7 µs in blocks, the eviction after it
+/// 8–14 µs and 6 µs. Attention reads a block of a head as 16 KB in one piece.
 #[derive(Debug, Clone)]
 pub struct KeyBlocks {
     num_kv_heads: usize,

@@ -256,34 +256,33 @@ fn attend_reference(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible:
 }
 
 /// Over the keys in `part` only (it starts at a block of [`KEY_BLOCK`] keys), for each query head
-/// h of `q` (heads, dqk) that share `keys` and `values`: scores a block of keys at a time, as the
-/// cache stores them, Σ_d q[h, d]·Kᵀ[d, block] (each term a vector
-/// operation over the block), then the online softmax (as in FlashAttention): whenever a block
-/// raises a head's running maximum m, what it summed so far is rescaled by exp(m_old − m_new).
+/// h of `q` (heads, dqk) that share `head_keys` and `values`: scores a block of keys at a time,
+/// as the cache stores them, Σ_d q[h, d]·Kᵀ[d, block] (each term a vector operation over the
+/// block), then the online softmax (as in FlashAttention): whenever a block raises a head's
+/// running maximum m, what it summed so far is rescaled by exp(m_old − m_new).
 /// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and `stats[h]` = (m, Σ exp(sⱼ − m)), without ever holding
-/// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `keys` is visible. Heads go one after
+/// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `part` is visible. Heads go one after
 /// another within a block, so each block of keys and values is read from memory once for all of
 /// them. The exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised).
 #[inline(always)]
 fn attend_partial(
     q: &[f32],
-    keys: HeadKeys,
+    head_keys: HeadKeys,
     values: ArrayView2<f32>,
     visible: impl Fn(usize) -> bool,
     part: Range<usize>,
     out: &mut [f32],
     stats: &mut [(f32, f32)],
 ) {
-    debug_assert!(part.start.is_multiple_of(KEY_BLOCK) && part.end <= keys.len());
-    let dqk = keys.dim();
+    debug_assert!(part.start.is_multiple_of(KEY_BLOCK) && part.end <= head_keys.len());
+    let dqk = head_keys.dim();
     let (heads, scale) = (stats.len(), 1.0 / (dqk as f32).sqrt());
     let dv = out.len() / heads;
     stats.fill((f32::NEG_INFINITY, 0.0));
     out.fill(0.0);
     for first in part.clone().step_by(KEY_BLOCK) {
-        let k_block = keys.block(first / KEY_BLOCK); // (dqk, block)
-        let keys = first..(first + KEY_BLOCK).min(part.end);
-        let k_block = k_block.slice_move(s![.., ..keys.len()]); // (dqk, block)
+        let keys = first..(first + KEY_BLOCK).min(part.end); // the block's keys in `part`
+        let k_block = head_keys.block(first / KEY_BLOCK).slice_move(s![.., ..keys.len()]); // (dqk, block)
         let k_row = |d: usize| k_block.index_axis_move(Axis(0), d).to_slice().expect("contiguous rows"); // (block)
         let value = |j: usize| values.index_axis_move(Axis(0), j).to_slice().expect("contiguous rows"); // (dv)
         let mut seen = [false; KEY_BLOCK]; // the same keys are visible to every head
