@@ -24,6 +24,7 @@ fn bench_json_has_every_field() {
     assert_eq!(report["threads"], 1);
     assert_eq!(report["decode_tokens"], 2);
     positive(&report["bandwidth"]["read_bytes_per_second"], "bandwidth");
+    assert!(report["machine"]["scaling"].is_null(), "the machine's scaling is measured with --profile only");
     let configs = report["configs"].as_array().expect("configs");
     assert_eq!(configs.len(), 1);
     let small = &configs[0];
@@ -67,6 +68,11 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill
     let context = &report["configs"][0]["contexts"][0];
     let profile = &context["profile"];
     assert_eq!(profile["threads"], 2);
+    // What the machine alone gains from the 2 threads; no bandwidth measured, so no reads.
+    let scaling = &report["machine"]["scaling"];
+    assert_eq!(scaling["threads"], 2, "{scaling}");
+    positive(&scaling["gemm_speedup"], "the machine's GEMM speed-up");
+    assert!(scaling["gemm_serial_share"].is_number() && scaling["read_speedup"].is_null(), "{scaling}");
     // Prefill: one sequence of 40 rows; decode: the batch of 2, one row per sequence a step.
     for (kind, rows) in [("prefill", 40), ("decode", 2)] {
         let p = &profile[kind];
@@ -133,6 +139,8 @@ fn bench_profile_with_a_synthetic_cache_has_no_prefill_profile() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("profile small ctx 40 decode of a batch of 3 (3 rows a pass)"), "{table}");
     assert!(!table.contains("prefill of one sequence"), "{table}");
+    assert!(table.contains("the machine alone at 2 threads (measured apart from the engine): GEMM tiles "), "{table}");
+    assert!(table.contains("memory reads not measured"), "{table}");
 }
 
 #[test]

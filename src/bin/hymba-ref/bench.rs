@@ -32,6 +32,7 @@ mod bandwidth;
 mod cpu_time;
 mod from_disk;
 mod limits;
+mod machine;
 mod memory;
 mod profile;
 mod regions;
@@ -130,7 +131,10 @@ pub struct BenchArgs {
     /// over wall time × threads, system time, minor page faults; in the JSON without --profile
     /// too: `prefill_cpu`, `decode_cpu`), and the synchronisation: the parallel regions a
     /// prefill or step opens, times what one region costs on these threads (measured apart),
-    /// with the idle threads still awake and after they have gone to sleep.
+    /// with the idle threads still awake and after they have gone to sleep. Before the configs,
+    /// it measures what the machine alone gains from the threads: GEMM tiles on every thread at
+    /// once against one thread, and the read bandwidth of every thread against one thread's (the
+    /// most a compute-bound and a memory-bound phase can gain there).
     #[arg(long)]
     profile: bool,
     /// Print JSON instead of a table.
@@ -194,6 +198,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("[bench] measuring read bandwidth ({} MiB buffer, {threads} threads)", args.bandwidth_mib);
         bandwidth::measure_read_bandwidth(args.bandwidth_mib << 20, 7)
     });
+    // With --profile, what the machine gains from the threads by itself, to read the profiles by.
+    let scaling = args.profile.then(|| {
+        eprintln!("[bench] measuring what the machine alone gains from {threads} threads (GEMM tiles, memory reads)");
+        machine::measure(bandwidth.as_ref().map(|bw| bw.bytes))
+    });
     let mut configs = Vec::new();
     for spec in &specs {
         let mut result = run_child(spec, &args, threads)?;
@@ -216,6 +225,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "load_average_start": load_start,
             "load_average_end": memory::load_average(),
+            "scaling": scaling.flatten().map(|s| machine::json(&s, bandwidth.as_ref().map(|bw| bw.median))),
         },
         "bandwidth": bandwidth.as_ref().map(|bw| json!({
             "buffer_bytes": bw.bytes,
@@ -623,6 +633,9 @@ fn table(report: &Value) -> String {
     );
     if let Some(load) = report["machine"]["load_average_start"].as_array() {
         out += &format!("load average at start: {}\n", load.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "));
+    }
+    if report["machine"]["scaling"].is_object() {
+        out += &machine::line(&report["machine"]["scaling"]);
     }
     out += &format!(
         "{:<10} {:>9} {:>11} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>9}\n",
