@@ -188,3 +188,30 @@ fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
     assert_eq!(runs[0]["child"]["first_token"], runs[1]["child"]["first_token"], "the cached prefix gives the same token");
     assert_eq!(tmp.entries(), Vec::<String>::new(), "left behind");
 }
+
+/// benches/many_cores.sh, the prepared run for a machine with many cores, on the small config:
+/// every bench it makes succeeds (so its flags stay those `bench` takes) and its summary holds
+/// each profile it asks for.
+#[test]
+#[cfg(unix)]
+fn the_many_core_script_runs_each_of_its_benches() {
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("many_cores");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/many_cores.sh"))
+        .arg(&out_dir)
+        .env("BIN", env!("CARGO_BIN_EXE_hymba-ref"))
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .envs([("CONFIG", "small"), ("THREADS", "2"), ("BANDWIDTH_MIB", "64"), ("LIMIT", "120")])
+        .output()
+        .expect("run bash");
+    let summary = std::fs::read_to_string(out_dir.join("summary.txt")).expect("a summary");
+    assert!(out.status.success(), "the script failed: {}\n{summary}", String::from_utf8_lossy(&out.stderr));
+    for run in ["decode-profile", "prefill-2-threads", "prefill-profile"] {
+        assert!(summary.contains(&format!("-- {run}: exit 0 ")), "{run}: {summary}");
+    }
+    for profile in ["profile small ctx 1024 decode of a batch of 1", "profile small ctx 4096 decode of a batch of 1", "profile small ctx 512 prefill of one sequence"] {
+        assert!(summary.contains(profile), "{profile}: {summary}");
+    }
+    assert!(summary.contains("the machine alone at 2 threads"), "{summary}");
+}

@@ -76,11 +76,12 @@ pub fn attention_heads(
         })
         .collect();
 
-    // One task per (query block, K/V head) gathers that head's visible keys and values once (a
-    // view when they are consecutive in the cache: always in a global layer, within the first
-    // W positions in a window layer), then one task per query head of its group scores and sums
-    // them, writing its block of out in place: 25 tasks a block for the 1.5B, where 5 of
-    // unequal size (later blocks see more keys) left threads idle on a many-core machine.
+    // One task per (query block, K/V head) gathers that head's visible keys (a copy, transposed)
+    // and values (a view when they are consecutive in the cache: always in a global layer,
+    // within the first W positions in a window layer) once, then one task per query head of its
+    // group scores and sums them, writing its block of out in place: 25 tasks a block for the
+    // 1.5B, where 5 of unequal size (later blocks see more keys) left threads idle on a many-core
+    // machine.
     let out_blocks = out.axis_chunks_iter_mut(Axis(0), QUERY_BLOCK).into_par_iter(); // (B, nh·dv) each
     out_blocks.zip(blocks.par_iter()).for_each(|(mut out, (first, keys, key_positions))| {
         let rows = *first..*first + out.nrows();
