@@ -34,7 +34,7 @@ if [ ! -x "$BIN" ]; then
 fi
 SUMMARY="$OUT_DIR/summary.txt"
 {
-    echo "# benches/many_cores.sh on $(hostname), $(date -u +%Y-%m-%dT%H:%M:%SZ), $THREADS threads, config $CONFIG"
+    echo "# benches/many_cores.sh on $(uname -n), $(date -u +%Y-%m-%dT%H:%M:%SZ), $THREADS threads, config $CONFIG"
     lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|L3 cache|NUMA node\(s\))'
     uptime
 } > "$SUMMARY"

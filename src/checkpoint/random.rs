@@ -11,6 +11,7 @@ use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
 use crate::matrix::Elements;
 use crate::rng::SplitMix64;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -59,10 +60,80 @@ impl RandomWeights {
 
     /// A tensor rounded to bf16, as the released weights are stored.
     fn to_bf16(&self, name: &str) -> Result<(Vec<usize>, Vec<half::bf16>)> {
-        let (shape, data) = self.to_f32(name)?;
-        Ok((shape, data.into_iter().map(half::bf16::from_f32).collect()))
+        self.generate(name, half::bf16::from_f32)
+    }
+
+    /// Tensor `name`, each value passed through `convert`: value i from draw i of the tensor's
+    /// generator, reached by skipping the draws before it ([`SplitMix64::skipped`]), so that the
+    /// values are made in parallel and are those of drawing them one after another.
+    fn generate<T: Send + Copy>(&self, name: &str, convert: impl Fn(f32) -> T + Sync) -> Result<(Vec<usize>, Vec<T>)> {
+        let shape = self.shapes.get(name).ok_or_else(|| Error::input(format!("no random tensor {name}")))?;
+        let (init, rng) = (Init::of(name, shape), SplitMix64(name_seed(self.seed, name)));
+        let len: usize = shape.iter().product();
+        // A task makes the values of a chunk; the chunks, in order, are the tensor.
+        let parts: Vec<Vec<T>> = (0..len.div_ceil(CHUNK))
+            .into_par_iter()
+            .map(|c| (c * CHUNK..len.min((c + 1) * CHUNK)).map(|i| convert(init.value(rng.skipped(i as u64).uniform(), i))).collect())
+            .collect();
+        Ok((shape.clone(), parts.concat()))
     }
 }
+
+/// How a tensor's values are drawn, by its name: value i from draw i of the tensor's generator
+/// (`A_log` from none).
+enum Init {
+    /// `A_log = log(1..=N)` along each row of N (Mamba's S4D-real init).
+    ALog { n: usize },
+    /// softplus⁻¹(Δ) for Δ log-uniform in [0.001, 0.1].
+    DtBias,
+    /// Norm weights and D: near 1.
+    NearOne,
+    /// Other biases: near 0.
+    SmallBias,
+    /// Uniform on [−a, a].
+    Uniform { a: f32 },
+}
+
+impl Init {
+    fn of(name: &str, shape: &[usize]) -> Init {
+        if name.ends_with("A_log.0") {
+            Init::ALog { n: shape[1] }
+        } else if name.ends_with("dt_proj.0.bias") {
+            Init::DtBias
+        } else if name.ends_with("norm.weight") || name.ends_with("D.0") {
+            Init::NearOne
+        } else if name.ends_with(".bias") {
+            Init::SmallBias
+        } else {
+            // Embeddings, meta tokens, linear and conv weights: std ≈ 1/sqrt(fan_in) (uniform
+            // on [−a, a] has std a/√3). Embeddings use fan_in = 1 scaled down to std ≈ 0.5.
+            let fan_in = if name.contains("embed_tokens") || name.contains("memory_tokens") {
+                4
+            } else {
+                shape[1..].iter().product::<usize>().max(1)
+            };
+            Init::Uniform { a: (3.0 / fan_in as f32).sqrt() }
+        }
+    }
+
+    /// Value `i` of the tensor, given its draw `u`, uniform in [−1, 1).
+    #[inline(always)]
+    fn value(&self, u: f32, i: usize) -> f32 {
+        match *self {
+            Init::ALog { n } => ((i % n) as f32 + 1.0).ln(),
+            Init::DtBias => {
+                let dt = (0.001f32.ln() + (u + 1.0) * 0.5 * (0.1f32.ln() - 0.001f32.ln())).exp();
+                dt + (-(-dt).exp_m1()).ln()
+            }
+            Init::NearOne => 1.0 + 0.1 * u,
+            Init::SmallBias => 0.02 * u,
+            Init::Uniform { a } => a * u,
+        }
+    }
+}
+
+/// Values a task of [`RandomWeights::generate`] makes.
+const CHUNK: usize = 1 << 16;
 
 /// A stable per-tensor seed, so a tensor's values do not depend on which others were made.
 fn name_seed(seed: u64, name: &str) -> u64 {
@@ -79,39 +150,44 @@ impl TensorSource for RandomWeights {
     }
 
     fn to_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let shape = self.shapes.get(name).ok_or_else(|| Error::input(format!("no random tensor {name}")))?;
-        let len: usize = shape.iter().product();
-        let mut rng = SplitMix64(name_seed(self.seed, name));
-        let data: Vec<f32> = if name.ends_with("A_log.0") {
-            let n = shape[1];
-            (0..len).map(|i| ((i % n) as f32 + 1.0).ln()).collect()
-        } else if name.ends_with("dt_proj.0.bias") {
-            // softplus⁻¹(Δ) for Δ log-uniform in [0.001, 0.1]
-            (0..len).map(|_| {
-                let dt = (0.001f32.ln() + (rng.uniform() + 1.0) * 0.5 * (0.1f32.ln() - 0.001f32.ln())).exp();
-                dt + (-(-dt).exp_m1()).ln()
-            }).collect()
-        } else if name.ends_with("norm.weight") || name.ends_with("D.0") {
-            (0..len).map(|_| 1.0 + 0.1 * rng.uniform()).collect()
-        } else if name.ends_with(".bias") {
-            (0..len).map(|_| 0.02 * rng.uniform()).collect()
-        } else {
-            // Embeddings, meta tokens, linear and conv weights: std ≈ 1/sqrt(fan_in) (uniform
-            // on [−a, a] has std a/√3). Embeddings use fan_in = 1 scaled down to std ≈ 0.5.
-            let fan_in = if name.contains("embed_tokens") || name.contains("memory_tokens") {
-                4
-            } else {
-                shape[1..].iter().product::<usize>().max(1)
-            };
-            let a = (3.0 / fan_in as f32).sqrt();
-            (0..len).map(|_| a * rng.uniform()).collect()
-        };
-        Ok((shape.clone(), data))
+        self.generate(name, |v| v)
     }
 
     /// Matrices come as bf16, like the released weights.
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         let (shape, data) = self.to_bf16(name)?;
         Ok((shape, Elements::Bf16(data.into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_made_in_parallel_are_those_drawn_one_after_another() {
+        // The embedding (3,000 × 64) spans three chunks, the last one partial.
+        let config = serde_json::json!({
+            "vocab_size": 3000, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 24,
+            "num_memory_tokens": 3, "sliding_window": 7, "global_attn_idx": [1],
+            "mamba_d_state": 4, "mamba_d_conv": 3,
+        });
+        let cfg = HymbaConfig::from_json_str(&config.to_string()).unwrap();
+        let weights = RandomWeights::new(&cfg, 11);
+        assert!(weights.shapes["model.embed_tokens.weight"].iter().product::<usize>() > 2 * CHUNK);
+        for name in weights.names() {
+            let (shape, values) = weights.to_f32(&name).unwrap();
+            let init = Init::of(&name, &shape);
+            let mut rng = SplitMix64(name_seed(11, &name));
+            for (i, &v) in values.iter().enumerate() {
+                let one_after_another = init.value(rng.uniform(), i);
+                assert_eq!(v.to_bits(), one_after_another.to_bits(), "{name}[{i}]");
+            }
+            let (_, Elements::Bf16(rounded)) = weights.to_elements(&name).unwrap() else { panic!("{name}: not bf16") };
+            assert!(values.iter().zip(rounded.iter()).all(|(&v, &b)| half::bf16::from_f32(v) == b), "{name}");
+        }
+        let (_, a_log) = weights.to_f32("model.layers.0.mamba.A_log.0").unwrap();
+        assert_eq!(&a_log[..5], &[1f32.ln(), 2f32.ln(), 3f32.ln(), 4f32.ln(), 1f32.ln()], "ln(1..=N) per row of N = 4");
     }
 }
