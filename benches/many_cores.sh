@@ -12,8 +12,8 @@
 #   2. prefill of 1024 tokens (and decode at 1024) at 2, 4, 8 threads and every core: the thread
 #      curve (target: every core ≥ 6× the 2-thread prefill);
 #   3. prefill of 512 tokens on every core, with --profile: which phase of prefill stops scaling.
-# On a 16-core host it should take under 5 minutes (the 1.5B's random weights are made anew for each
-# of the 6 runs, 15–25 s each; the profiled prefill runs once on one thread as well).
+# On a 16-core host it should take under 5 minutes (each of the 6 runs makes the 1.5B's random
+# weights and its meta-token prefix anew; the profiled prefill runs on one thread as well).
 #
 # Settings (environment): BIN (the binary, default target/release/hymba-ref), THREADS (every core:
 # default nproc), CONFIG (default 1.5b; `small` tries the script in seconds), LIMIT (seconds a
