@@ -3,7 +3,8 @@
 # script for a machine with many cores (docs/PERFORMANCE.md, "Not measured: 16 cores"):
 #
 #   cargo build --release                      # here, then carry target/release/hymba-ref there
-#   bash benches/many_cores.sh OUT_DIR         # there; every figure lands in OUT_DIR
+#   bash benches/many_cores.sh OUT_DIR         # there; every figure lands in OUT_DIR, which
+#                                              # must be new or empty (nothing is overwritten)
 #
 # What it measures, most important first, so that a run cut short still brings back the first:
 #   1. decode at contexts 1024 and 4096 on every core, with --profile: % of the bandwidth roofline
@@ -27,11 +28,16 @@ CONFIG=${CONFIG:-1.5b}
 LIMIT=${LIMIT:-240}
 BANDWIDTH_MIB=${BANDWIDTH_MIB:-1024}
 FAILED=0
-mkdir -p "$OUT_DIR" || exit 1
 if [ ! -x "$BIN" ]; then
     echo "many_cores.sh: no program at $BIN (build it with cargo build --release, or set BIN)" >&2
     exit 1
 fi
+# A new or empty directory, so that no earlier run's figures are overwritten.
+if [ -n "$(ls -A "$OUT_DIR" 2>/dev/null)" ]; then
+    echo "many_cores.sh: $OUT_DIR is not empty; give a new or empty directory (nothing was run)" >&2
+    exit 1
+fi
+mkdir -p "$OUT_DIR" || exit 1
 SUMMARY="$OUT_DIR/summary.txt"
 {
     echo "# benches/many_cores.sh on $(uname -n), $(date -u +%Y-%m-%dT%H:%M:%SZ), $THREADS threads, config $CONFIG"

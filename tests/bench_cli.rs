@@ -215,3 +215,25 @@ fn the_many_core_script_runs_each_of_its_benches() {
     }
     assert!(summary.contains("the machine alone at 2 threads"), "{summary}");
 }
+
+/// The script refuses a directory that already holds files, and leaves them as they were.
+#[test]
+#[cfg(unix)]
+fn the_many_core_script_overwrites_no_earlier_results() {
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("many_cores_not_empty");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(out_dir.join("summary.txt"), "an earlier run\n").unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/many_cores.sh"))
+        .arg(&out_dir)
+        .env("BIN", env!("CARGO_BIN_EXE_hymba-ref"))
+        .envs([("CONFIG", "small"), ("THREADS", "2")])
+        .output()
+        .expect("run bash");
+    assert!(!out.status.success(), "a directory with files is refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not empty") && stderr.contains("nothing was run"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("summary.txt")).unwrap(), "an earlier run\n");
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1, "nothing written beside it");
+}
