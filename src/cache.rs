@@ -169,9 +169,9 @@ impl<'a> HeadKeys<'a> {
 /// Keys are stored in blocks, as attention reads them ([`KeyBlocks`]).
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    num_kv_heads: usize,
-    head_dim_v: usize,
+    /// nkv and dqk are the keys' ([`KeyBlocks::dim`]); the values share nkv
     keys: KeyBlocks,
+    head_dim_v: usize,
     /// (S, nkv, dv), row-major
     values: Vec<f32>,
     positions: Vec<usize>,
@@ -181,9 +181,8 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(nkv: usize, dqk: usize, dv: usize, retention: AttentionSpan) -> KvCache {
         KvCache {
-            num_kv_heads: nkv,
-            head_dim_v: dv,
             keys: KeyBlocks::new(nkv, dqk),
+            head_dim_v: dv,
             values: Vec::new(),
             positions: Vec::new(),
             retention,
@@ -205,7 +204,7 @@ impl KvCache {
 
     /// The cached values (S, nkv, dv).
     pub fn values(&self) -> ArrayView3<'_, f32> {
-        ArrayView3::from_shape((self.len(), self.num_kv_heads, self.head_dim_v), &self.values).expect("consistent")
+        ArrayView3::from_shape((self.len(), self.keys.num_kv_heads, self.head_dim_v), &self.values).expect("consistent")
     }
 
     /// The absolute position of each cached row.
@@ -223,14 +222,14 @@ impl KvCache {
         };
         self.keys.reserve(rows);
         // Exact: on a full cache (a copy) a plain reserve would double the values.
-        self.values.reserve_exact(rows * self.num_kv_heads * self.head_dim_v);
+        self.values.reserve_exact(rows * self.keys.num_kv_heads * self.head_dim_v);
         self.positions.reserve_exact(rows);
     }
 
     /// Append rows: keys (T, nkv·dqk), values (T, nkv·dv) at `positions`.
     pub fn append(&mut self, keys: ArrayView2<f32>, values: ArrayView2<f32>, positions: &[usize]) {
-        debug_assert_eq!(keys.dim(), (positions.len(), self.num_kv_heads * self.keys.head_dim));
-        debug_assert_eq!(values.dim(), (positions.len(), self.num_kv_heads * self.head_dim_v));
+        debug_assert_eq!(keys.dim(), (positions.len(), self.keys.num_kv_heads * self.keys.head_dim));
+        debug_assert_eq!(values.dim(), (positions.len(), self.keys.num_kv_heads * self.head_dim_v));
         self.keys.reserve(positions.len());
         for key in keys.rows() {
             self.keys.push(key.iter().copied());
@@ -244,7 +243,7 @@ impl KvCache {
     pub fn evict(&mut self, next_position: usize, num_meta: usize) {
         let AttentionSpan::SlidingWindow(w) = self.retention else { return };
         let oldest_needed = next_position.saturating_sub(w);
-        let vw = self.num_kv_heads * self.head_dim_v;
+        let vw = self.keys.num_kv_heads * self.head_dim_v;
         let mut row = 0;
         while row < self.positions.len() {
             let p = self.positions[row];
@@ -261,7 +260,7 @@ impl KvCache {
 
     /// The number of scalars held (keys and values).
     pub fn scalars(&self) -> usize {
-        self.len() * self.num_kv_heads * (self.keys.head_dim + self.head_dim_v)
+        self.len() * self.keys.num_kv_heads * (self.keys.head_dim + self.head_dim_v)
     }
 }
 
