@@ -189,6 +189,20 @@ fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
     assert_eq!(tmp.entries(), Vec::<String>::new(), "left behind");
 }
 
+/// `bash benches/many_cores.sh OUT_DIR` with this build's binary, on the small config and 2
+/// threads (its prefix cache under target/, as `common::cli_command`'s).
+#[cfg(unix)]
+fn many_core_script(out_dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/many_cores.sh"))
+        .arg(out_dir)
+        .env("BIN", env!("CARGO_BIN_EXE_hymba-ref"))
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .envs([("CONFIG", "small"), ("THREADS", "2")]);
+    command
+}
+
 /// benches/many_cores.sh, the prepared run for a machine with many cores, on the small config:
 /// every bench it makes succeeds (so its flags stay those `bench` takes) and its summary holds
 /// each profile it asks for.
@@ -197,14 +211,7 @@ fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
 fn the_many_core_script_runs_each_of_its_benches() {
     let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("many_cores");
     let _ = std::fs::remove_dir_all(&out_dir);
-    let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/many_cores.sh"))
-        .arg(&out_dir)
-        .env("BIN", env!("CARGO_BIN_EXE_hymba-ref"))
-        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
-        .envs([("CONFIG", "small"), ("THREADS", "2"), ("BANDWIDTH_MIB", "64"), ("LIMIT", "120")])
-        .output()
-        .expect("run bash");
+    let out = many_core_script(&out_dir).envs([("BANDWIDTH_MIB", "64"), ("LIMIT", "120")]).output().expect("run bash");
     let summary = std::fs::read_to_string(out_dir.join("summary.txt")).expect("a summary");
     assert!(out.status.success(), "the script failed: {}\n{summary}", String::from_utf8_lossy(&out.stderr));
     for run in ["decode-profile", "prefill-2-threads", "prefill-profile"] {
@@ -224,13 +231,7 @@ fn the_many_core_script_overwrites_no_earlier_results() {
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("summary.txt"), "an earlier run\n").unwrap();
-    let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/many_cores.sh"))
-        .arg(&out_dir)
-        .env("BIN", env!("CARGO_BIN_EXE_hymba-ref"))
-        .envs([("CONFIG", "small"), ("THREADS", "2")])
-        .output()
-        .expect("run bash");
+    let out = many_core_script(&out_dir).output().expect("run bash");
     assert!(!out.status.success(), "a directory with files is refused");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not empty") && stderr.contains("nothing was run"), "{stderr}");
