@@ -20,7 +20,7 @@
 //!   sliding-window K/V, O(1) SSM state, shared K/V).
 //!
 //! ## Non-goals
-//! - Training, GPUs, quantisation, several interchangeable backends.
+//! - Training, GPUs, several interchangeable backends.
 //! - Features no released model uses (interspersed meta tokens, mixture-of-experts routing:
 //!   the released model always builds exactly one MLP).
 //!
@@ -59,6 +59,7 @@
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
 //! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
 //! - [`values`]: tensor values owned, or read in place from the checkpoint's memory mapping.
+//! - [`quant`]: weights quantized in blocks of 32 (q8_0, q4_0) and their integer products.
 //! - [`simd`]: the few inner loops decoding lives in (dot products, axpy), compiled for AVX-512 / AVX2
 //!   when the CPU has them, with bit-identical results.
 //! - [`buffer`]: `shaped`, the reusable output buffers every tensor-producing function writes into.
@@ -96,6 +97,7 @@ pub mod generate;
 pub mod matrix;
 pub mod model;
 pub mod prefix_cache;
+pub mod quant;
 pub mod rng;
 pub mod simd;
 pub mod tokenizer;

@@ -43,6 +43,7 @@
 //! (a gated MLP's up and gate, gated there).
 
 use crate::simd::{accumulate_dot_tile, array_of, best_simd, bf16_to_f32, dot, dots_bf16, finish_dot_bf16, sum_lanes, Lanes};
+use crate::quant::{self, QuantType, Quantized, QuantizedRow};
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
@@ -53,12 +54,13 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Tensor elements in their stored dtype, owned or read in place from a mapped checkpoint
-/// ([`Values`]).
+/// ([`Values`]), or quantized in blocks ([`Quantized`]: a whole matrix, which knows its shape).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Elements {
     F32(Values<f32>),
     Bf16(Values<bf16>),
     F16(Values<f16>),
+    Quantized(Quantized),
 }
 
 impl Elements {
@@ -67,6 +69,7 @@ impl Elements {
             Elements::F32(v) => v.len(),
             Elements::Bf16(v) => v.len(),
             Elements::F16(v) => v.len(),
+            Elements::Quantized(q) => q.rows() * q.cols(),
         }
     }
 
@@ -74,10 +77,13 @@ impl Elements {
         self.len() == 0
     }
 
-    pub fn bytes_per_element(&self) -> usize {
+    /// Bytes held in memory (a quantized matrix's values and scales).
+    pub fn bytes(&self) -> usize {
         match self {
-            Elements::F32(_) => 4,
-            Elements::Bf16(_) | Elements::F16(_) => 2,
+            Elements::F32(v) => 4 * v.len(),
+            Elements::Bf16(v) => 2 * v.len(),
+            Elements::F16(v) => 2 * v.len(),
+            Elements::Quantized(q) => q.bytes(),
         }
     }
 
@@ -88,6 +94,16 @@ impl Elements {
             Elements::F32(v) => out.copy_from_slice(&v[start..end]),
             Elements::Bf16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = bf16_to_f32(*w)),
             Elements::F16(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, w)| *o = w.to_f32()),
+            Elements::Quantized(q) => {
+                // the range may span rows: each row's part dequantized in turn
+                let (mut at, mut out) = (start, out);
+                while !out.is_empty() {
+                    let (r, c) = (at / q.cols(), at % q.cols());
+                    let n = (q.cols() - c).min(out.len());
+                    q.dequantize_row_into(r, c, &mut out[..n]);
+                    (at, out) = (at + n, &mut out[n..]);
+                }
+            }
         }
     }
 }
@@ -132,6 +148,25 @@ impl Matrix {
         (rows.checked_mul(cols) == Some(data.len())).then_some(Matrix { rows, cols, data: Arc::new(data) })
     }
 
+    /// A matrix of quantized blocks.
+    pub fn from_quantized(q: Quantized) -> Matrix {
+        Matrix { rows: q.rows(), cols: q.cols(), data: Arc::new(Elements::Quantized(q)) }
+    }
+
+    /// This matrix quantized to `kind` (from whatever it holds; a quantized matrix is
+    /// dequantized first). Fails, naming the block, if a scale does not fit an f16.
+    pub fn quantize(&self, kind: QuantType) -> std::result::Result<Matrix, String> {
+        Quantized::quantize(kind, self.rows, self.cols, |r, out| self.row_into(r, out)).map(Matrix::from_quantized)
+    }
+
+    /// The quantized blocks, if this matrix holds them.
+    pub fn quantized(&self) -> Option<&Quantized> {
+        match &*self.data {
+            Elements::Quantized(q) => Some(q),
+            _ => None,
+        }
+    }
+
     pub fn from_f32(a: Array2<f32>) -> Matrix {
         let (rows, cols) = a.dim();
         let data = a.as_standard_layout().iter().copied().collect();
@@ -152,7 +187,7 @@ impl Matrix {
 
     /// Bytes held in memory.
     pub fn bytes(&self) -> usize {
-        self.data.len() * self.data.bytes_per_element()
+        self.data.bytes()
     }
 
     /// Row `r` converted to f32 into `out` (length `cols`).
@@ -179,7 +214,7 @@ impl Matrix {
         // One-row and row-wise tasks: at least MIN_TASK_BYTES of weights, in whole rounds, or,
         // where the weights are fewer than that a thread, a share for every thread (at least
         // MIN_SHARED_TASK_BYTES).
-        let row_bytes = (matrices * self.cols * self.data.bytes_per_element()).max(1);
+        let row_bytes = (matrices * self.data.bytes() / self.rows.max(1)).max(1);
         let min_bytes = (self.rows * row_bytes / threads.max(1)).clamp(MIN_SHARED_TASK_BYTES, MIN_TASK_BYTES);
         let streamed = || items_per_task(self.rows, min_bytes.div_ceil(row_bytes), threads);
         match (t, rows) {
@@ -266,9 +301,14 @@ impl Matrix {
     /// A one-row or row-wise task's part of the product, on this thread: weight rows
     /// `first..first + out.ncols()` against every row of `xs` (T·cols, row after row), into
     /// `out` (T, those rows).
-    fn streamed_block(&self, xs: &[f32], split: Split, first: usize, out: ArrayViewMut2<f32>) {
+    fn streamed_block(&self, xs: &[f32], qx: &[QuantizedRow], split: Split, first: usize, mut out: ArrayViewMut2<f32>) {
         let weights = first * self.cols..(first + out.ncols()) * self.cols;
         match (split, &*self.data) {
+            (_, Elements::Quantized(q)) => {
+                for (x, mut out) in qx.iter().zip(out.rows_mut()) {
+                    quant::dots(q, x, first, out.as_slice_mut().expect("a block of a row is contiguous"));
+                }
+            }
             (Split::RowWise { .. }, Elements::Bf16(v)) => matvecs_bf16(xs, &v[weights], out),
             (_, Elements::Bf16(v)) => {
                 debug_assert_eq!(out.nrows(), 1, "one row: the row-wise and GEMM splits go elsewhere");
@@ -357,6 +397,13 @@ fn products_then<const N: usize>(
     // streamed kernels read x as one slice.
     let x = x.as_standard_layout(); // (T, cols)
     let xs = x.as_slice().expect("standard layout"); // (T·cols)
+    // Quantized weights take the input rows quantized too, once for every task.
+    let qx = match split {
+        Split::OneRow { .. } | Split::RowWise { .. } if ws.iter().any(|w| w.quantized().is_some()) => {
+            xs.chunks_exact(w.cols.max(1)).map(|x| { let mut q = QuantizedRow::default(); q.quantize(x); q }).collect()
+        }
+        _ => Vec::new(),
+    }; // (T) rows of (blocks · 32)
     let block = match split {
         Split::OneRow { block } | Split::RowWise { block } | Split::Gemm { block, .. } => block,
     };
@@ -374,7 +421,7 @@ fn products_then<const N: usize>(
             }
             _ => {
                 for (w, out) in ws.iter().zip(blocks.outer_iter_mut()) {
-                    w.streamed_block(xs, split, first, out); // (T, block)
+                    w.streamed_block(xs, &qx, split, first, out); // (T, block)
                 }
                 then(first, blocks);
             }
@@ -716,6 +763,40 @@ mod tests {
                     let even = rounds * block <= rows.div_ceil(threads) + rounds;
                     assert!(even || (threads > 16 && rounds == 1), "{case}");
                 }
+            }
+        }
+    }
+
+    /// A quantized matrix: one-row and row-wise products are the integer kernel's
+    /// ([`quant::dots_reference`] on the input quantized per block), bit for bit, for every row of
+    /// a batch; prefill (GEMM) multiplies the dequantized weights, as the plain reference does.
+    #[test]
+    fn quantized_products_are_the_integer_reference_and_prefill_the_dequantized_one() {
+        for (rows, cols) in [(150, 37), (67, 100), (7, 288)] {
+            let w32 = sample(rows, cols, 0.3);
+            for kind in QuantType::ALL {
+                let w = Matrix::from_f32(w32.clone()).quantize(kind).unwrap();
+                let q = w.quantized().unwrap();
+                assert_eq!(w.bytes(), q.values().len() + 2 * q.scales().len());
+                for batch in [1, 3, 16] {
+                    let x = sample(batch, cols, 1.1);
+                    let mut got = Array2::zeros((0, 0));
+                    w.matmul_t_of(x.view(), if batch == 1 { Rows::Chunk } else { Rows::OnePerSequence }, &mut got);
+                    for (b, got) in got.rows().into_iter().enumerate() {
+                        let mut qx = QuantizedRow::default();
+                        qx.quantize(x.row(b).as_slice().unwrap());
+                        let mut want = vec![0f32; rows];
+                        quant::dots_reference(q, &qx, 0, &mut want);
+                        let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                        assert!(same, "{kind} {rows}×{cols}, batch {batch}, row {b}: differs from the integer reference");
+                    }
+                }
+                let x = sample(70, cols, 0.7);
+                let want = matmul_t_reference(x.view(), &w);
+                let mut got = Array2::zeros((0, 0));
+                w.matmul_t(x.view(), &mut got);
+                let err = (&got - &want).iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(err < 1e-4, "{kind} {rows}×{cols}, prefill: max |Δ| = {err}");
             }
         }
     }

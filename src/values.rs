@@ -22,6 +22,8 @@ pub unsafe trait Plain: Copy + Send + Sync + 'static {}
 // SAFETY: IEEE floats of 4 and 2 bytes (half's types are transparent `u16`s): no padding, and
 // every bit pattern is a value (NaNs included).
 unsafe impl Plain for f32 {}
+// SAFETY: a byte: every bit pattern is a value.
+unsafe impl Plain for u8 {}
 unsafe impl Plain for half::bf16 {}
 unsafe impl Plain for half::f16 {}
 

@@ -12,6 +12,7 @@ use crate::config::weights::*;
 use crate::config::{HymbaConfig, Storage, TensorSpec, WeightSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::{Matrix, Rows};
+use crate::quant::QuantType;
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -135,6 +136,37 @@ impl HymbaWeights {
     /// The output projection: `lm_head`, or the embedding when tied.
     pub fn lm_head(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Every matrix that decoding reads quantized to `kind` (see [`crate::quant`]): in_proj,
+    /// x_proj, dt_proj, out_proj, the MLP, the embedding and lm_head. Norms, the conv, A, D,
+    /// biases and the meta tokens stay in f32: they are a few percent of the bytes and the error
+    /// would land where the model is most sensitive. Fails naming the tensor whose block scale
+    /// does not fit an f16.
+    pub fn quantized(&self, kind: QuantType) -> Result<HymbaWeights> {
+        let quantize = |m: &Matrix, name: String| {
+            m.quantize(kind).map_err(|e| Error::new(ErrorKind::NonFiniteWeight, format!("quantizing {name} to {kind}: {e}")))
+        };
+        let mut out = self.clone();
+        for (i, layer) in out.layers.iter_mut().enumerate() {
+            let name = |w: &WeightSpec| w.name(Some(i));
+            let mamba = &mut layer.mamba;
+            mamba.in_proj.weight = quantize(&mamba.in_proj.weight, name(&IN_PROJ))?;
+            mamba.x_proj = quantize(&mamba.x_proj, name(&X_PROJ))?;
+            mamba.dt_proj.weight = quantize(&mamba.dt_proj.weight, name(&DT_PROJ))?;
+            mamba.out_proj.weight = quantize(&mamba.out_proj.weight, name(&OUT_PROJ))?;
+            let mlp = &mut layer.moe_expert0;
+            if let Some(gate) = &mlp.gate_proj {
+                mlp.gate_proj = Some(quantize(gate, name(&GATE_PROJ))?);
+            }
+            mlp.up_proj = quantize(&mlp.up_proj, name(&UP_PROJ))?;
+            mlp.down_proj = quantize(&mlp.down_proj, name(&DOWN_PROJ))?;
+        }
+        out.embed_tokens = quantize(&self.embed_tokens, EMBED_TOKENS.name(None))?;
+        if let Some(head) = &self.lm_head {
+            out.lm_head = Some(quantize(head, LM_HEAD.name(None))?);
+        }
+        Ok(out)
     }
 }
 
