@@ -18,16 +18,16 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct ExplainArgs {
     /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
-    #[arg(long, default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
+    #[arg(short = 'm', long, value_name = "DIR", default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
     model: PathBuf,
     /// The prompt (encoded with BOS first when the tokenizer asks for it).
-    #[arg(long)]
+    #[arg(short = 'p', long)]
     prompt: String,
     /// Layers to draw attention maps of, e.g. 0,3 (default: the global layers and the first window layer).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", allow_negative_numbers = true)]
     layers: Option<String>,
     /// Heads to draw in those layers, e.g. 0,1 (default: the first four).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", allow_negative_numbers = true)]
     heads: Option<String>,
     /// Print every number as JSON instead of the summary.
     #[arg(long)]
@@ -48,6 +48,9 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         ..Options::default()
     };
     let model = Hymba::from_dir(&args.model)?;
+    let cfg = &model.config;
+    check_in_model("--layers", options.layers.as_deref(), cfg.num_hidden_layers, "layer")?;
+    check_in_model("--heads", options.heads.as_deref(), cfg.num_attention_heads, "attention head")?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let ids = tokenizer.encode(&args.prompt, tokenizer.add_bos_token());
     let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.id_to_piece(id).unwrap_or("?").to_string()).collect();
@@ -63,15 +66,23 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     }
 }
 
-/// `"0, 3,5"` → `[0, 3, 5]`; a bad entry is an error naming `flag`.
+/// `"0, 3,5"` → `[0, 3, 5]`; a bad entry is a usage error naming `flag`.
 fn parse_indices(list: &str, flag: &str) -> Result<Vec<usize>> {
     list.split(',')
         .map(|entry| {
             entry.trim().parse::<usize>().map_err(|_| {
-                Error::input(format!("{flag}: {entry:?} is not an index (a whole number from 0), in {list:?}"))
+                Error::usage(flag, list, format!("{entry:?} is not an index (a whole number from 0)"))
             })
         })
         .collect()
+}
+
+/// A usage error naming `flag` if an index in `indices` is not below `count` (`what`s in the model).
+fn check_in_model(flag: &str, indices: Option<&[usize]>, count: usize, what: &str) -> Result<()> {
+    match indices.into_iter().flatten().find(|&&i| i >= count) {
+        Some(bad) => Err(Error::usage(flag, bad, format!("there is no {what} {bad}: the model has {count} {what}s (0 to {})", count - 1))),
+        None => Ok(()),
+    }
 }
 
 /// The report as a few lines of text: one per layer.

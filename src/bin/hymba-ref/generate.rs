@@ -28,25 +28,25 @@ use std::time::Instant;
 pub struct GenerateArgs {
     /// Checkpoint directory (config.json, safetensors weights, tokenizer files) or its
     /// config.json. Default: the bundled model.
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The prompt text. Without --prompt, --prompts-file or --ids, the prompt is read from stdin.
-    #[arg(long, value_name = "TEXT", conflicts_with_all = ["prompts_file", "ids"])]
+    #[arg(short = 'p', long, value_name = "TEXT", conflicts_with_all = ["prompts_file", "ids"])]
     prompt: Option<String>,
     /// A file with one prompt per line, decoded together as one batch; outputs in input order.
     #[arg(long, value_name = "FILE", conflicts_with = "ids")]
     prompts_file: Option<PathBuf>,
     /// With --prompts-file: the most prompts decoding at once (default: all of them, as many as
     /// --max-cache-gb allows). Each prompt joins after its own prefill and leaves when it stops.
-    #[arg(long, value_name = "N", value_parser = crate::args::at_least::<1>, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    #[arg(long, value_name = "N", value_parser = crate::args::count::<1, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     batch_size: Option<usize>,
     /// With --prompts-file: the most cache memory the batch may reach, in GB (10⁹ bytes, f32
     /// cache); a prompt joins only when its cache at prompt + --max-new-tokens tokens fits
     /// (one prompt always runs). Default: half of the memory available (MemAvailable in
     /// /proc/meminfo; no bound where it cannot be read), with a note on stderr when that keeps
     /// the first prompts from all decoding at once.
-    #[arg(long, value_name = "GB", value_parser = crate::generation_args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
-    max_cache_gb: Option<f32>,
+    #[arg(long, value_name = "GB", value_parser = crate::args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    max_cache_gb: Option<f64>,
     /// Wrap each prompt as a user message in the Instruct chat format.
     #[arg(long, conflicts_with = "ids")]
     chat: bool,
@@ -111,7 +111,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             let batching = match args.max_cache_gb {
                 Some(gb) => BatchOptions {
                     max_batch: args.batch_size.unwrap_or(usize::MAX),
-                    max_cache_bytes: Some((gb as f64 * 1e9) as usize),
+                    max_cache_bytes: Some((gb * 1e9) as usize),
                 },
                 None => memory_bounded_batch(model, &prompts, &options, args.batch_size),
             };

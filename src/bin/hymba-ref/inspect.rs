@@ -14,10 +14,10 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct InspectArgs {
     /// Model directory or its config.json; only the config is read (no weights needed).
-    #[arg(long)]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: PathBuf,
     /// Context length N for the cache sizes: prompt + generated tokens, meta tokens excluded.
-    #[arg(long, value_name = "N", default_value_t = 8192)]
+    #[arg(short = 'c', long, value_name = "T", default_value_t = 8192, value_parser = crate::args::count::<1, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true)]
     context: usize,
     /// Print one JSON object instead of the readable report.
     #[arg(long)]

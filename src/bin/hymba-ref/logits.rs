@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct LogitsArgs {
     /// Checkpoint directory (config.json + model.safetensors or shards) or its config.json.
-    #[arg(long)]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: PathBuf,
     /// Token ids: 5,17,300 or [5, 17, 300].
     #[arg(long, value_parser = token_ids)]
@@ -22,7 +22,7 @@ pub struct LogitsArgs {
     out: PathBuf,
     /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.
     /// Without it: one full-sequence forward pass.
-    #[arg(long, value_name = "K", value_parser = crate::args::at_least::<1>)]
+    #[arg(long, value_name = "K", value_parser = crate::args::count::<1, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true)]
     prefill: Option<usize>,
 }
 

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct TokenizeArgs {
     /// Checkpoint directory or its config.json (only the tokenizer files are read).
-    #[arg(long)]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: PathBuf,
     /// Text to encode.
-    #[arg(long)]
+    #[arg(short = 'p', long)]
     text: String,
     /// Do not prepend the BOS id (by default it is prepended when the tokenizer asks for it).
     #[arg(long)]
@@ -22,7 +22,7 @@ pub struct TokenizeArgs {
 #[derive(Args)]
 pub struct DetokenizeArgs {
     /// Checkpoint directory or its config.json (only the tokenizer files are read).
-    #[arg(long)]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: PathBuf,
     /// Token ids: `1,15043,3186`, or `[1, 15043, 3186]` as `tokenize` prints them.
     #[arg(long, allow_hyphen_values = true, value_parser = token_ids)]
