@@ -411,7 +411,7 @@ fn every_numeric_flag_takes_0_minus_1_huge_and_words_with_one_exit_code_rule() {
         (&batch, "--max-cache-gb", [2, 2, 0, 2]),
         (&perplexity, "--context", [2, 2, 2, 2]),
         (&perplexity, "--stride", [2, 2, 2, 2]),
-        (&inspect, "--context", [2, 2, 2, 2]),
+        (&inspect, "--context", [0, 2, 2, 2]),
         (&logits, "--prefill", [2, 2, 2, 2]),
         (&detokenize, "--ids", [0, 2, 2, 2]),
         (&explain, "--layers", [0, 2, 2, 2]),
@@ -732,6 +732,30 @@ fn every_model_flag_takes_the_directory_or_its_config_json() {
     let out = cli(&["inspect", "--model", weights.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not a checkpoint directory or its config.json"), "{}", stderr(&out));
+    // A built-in config name has no weights: a usage error saying which commands take it.
+    let out = cli(&["generate", "--model", "1.5b", "--prompt", "hi"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--model 1.5b: no such directory; that is a built-in config"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_command_that_needs_a_model_defaults_to_the_bundled_one() {
+    let demo = hymba_ref::DEFAULT_MODEL_DIR;
+    let dir = TempDir::new("cli-default-model");
+    let out_file = dir.join("logits.safetensors");
+    let (by_default, named) = (out_file.to_str().unwrap(), dir.join("named.safetensors"));
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["tokenize", "--text", "Hello"], &["tokenize", "-m", demo, "--text", "Hello"]),
+        (&["detokenize", "--ids", "1,3565"], &["detokenize", "-m", demo, "--ids", "1,3565"]),
+        (&["inspect", "--json"], &["inspect", "-m", demo, "--json"]),
+        (&["logits", "--ids", "1,3565", "--out", by_default], &["logits", "-m", demo, "--ids", "1,3565", "--out", named.to_str().unwrap()]),
+    ];
+    for (without, with) in cases {
+        let (a, b) = (cli(without), cli(with));
+        assert_eq!(a.status.code(), Some(0), "{without:?}: {}", stderr(&a));
+        assert_eq!((a.stdout, b.status.code()), (b.stdout, Some(0)), "{without:?}");
+    }
+    assert_eq!(fs::read(&out_file).unwrap(), fs::read(&named).unwrap());
 }
 
 #[test]

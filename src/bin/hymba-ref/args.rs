@@ -111,6 +111,13 @@ pub fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
             path.display()
         )));
     }
+    if let Some(name) = path.to_str().filter(|name| crate::configs::NAMES.contains(name)) {
+        return Err(Error::usage(
+            "--model",
+            name,
+            "no such directory; that is a built-in config without weights, which only inspect and bench take",
+        ));
+    }
     let message = format!("model directory {} does not exist (give a checkpoint directory or its config.json)", path.display());
     Err(Error::new(ErrorKind::Io, message))
 }

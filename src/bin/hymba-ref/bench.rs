@@ -38,6 +38,7 @@ mod profile;
 mod regions;
 
 use crate::args::{count, positive, print_stdout, MAX_TOKENS};
+use crate::configs;
 use clap::Args;
 use hymba_ref::cache::HybridCache;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
@@ -56,29 +57,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
-
-/// The built-in configs: `small` and `mid` are made up for benchmarking (released-style configs
-/// with every Hymba feature: meta tokens, a sliding window, global layers, K/V groups, the
-/// released vocabulary); `1.5b` is a copy of the released Hymba-1.5B `config.json`; `1.5b-dense`
-/// is [`dense_twin`] of it.
-const BUILTIN_CONFIGS: [(&str, &str); 3] = [
-    ("small", include_str!("bench/configs/small.json")),
-    ("mid", include_str!("bench/configs/mid.json")),
-    ("1.5b", include_str!("bench/configs/1.5b.json")),
-];
-
-/// The name of the dense twin of the `1.5b` config.
-const DENSE_1_5B: &str = "1.5b-dense";
-
-/// The same model with every layer global (no sliding window) and every layer projecting its
-/// own K/V (no sharing): what Hymba's cache would be without its two cache savings.
-fn dense_twin(config_json: &str) -> Result<String> {
-    let mut config: Value = serde_json::from_str(config_json).map_err(|e| Error::input(format!("config JSON: {e}")))?;
-    config["sliding_window"] = Value::Null;
-    config["kv_reuse_group"] = Value::Null;
-    config["kv_reuse_every_i_layer"] = json!(-1);
-    Ok(config.to_string())
-}
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -239,19 +217,15 @@ struct ConfigSpec {
 }
 
 fn resolve_config(name: &str) -> Result<ConfigSpec> {
-    if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
-        return Ok(ConfigSpec { name: name.to_string(), json: text.to_string() });
-    }
-    if name == DENSE_1_5B {
-        return Ok(ConfigSpec { name: name.to_string(), json: dense_twin(BUILTIN_CONFIGS[2].1)? });
+    if let Some(json) = configs::builtin(name) {
+        return Ok(ConfigSpec { name: name.to_string(), json: json? });
     }
     let given = Path::new(name);
     // A checkpoint directory stands for its config.json, as everywhere --model is taken.
     let path = if given.is_dir() { given.join("config.json") } else { given.to_path_buf() };
     let path = path.as_path();
     if !path.exists() {
-        let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).chain([DENSE_1_5B]).collect();
-        let problem = format!("neither a built-in config ({}) nor an existing config.json file", known.join(", "));
+        let problem = format!("neither a built-in config ({}) nor an existing config.json file", configs::NAMES.join(", "));
         return Err(Error::usage("--configs", name, problem));
     }
     let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
@@ -670,6 +644,7 @@ fn table(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::configs::{BUILTIN_CONFIGS, DENSE_1_5B};
     use hymba_ref::config::AttentionSpan;
 
     #[test]

@@ -3,7 +3,7 @@
 //! and with `--ablate` each branch's importance. A text summary, `--json` for every number,
 //! `--html FILE` for a page with the maps and charts.
 
-use crate::args::print_stdout;
+use crate::args::{model_dir, print_stdout};
 use clap::Args;
 use hymba_ref::explain::html::{to_html, PageInfo};
 use hymba_ref::files::write_output;
@@ -17,9 +17,9 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
-    #[arg(short = 'm', long, value_name = "DIR", default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
-    model: PathBuf,
+    /// Checkpoint directory with its tokenizer, or its config.json. Default: the bundled demo model.
+    #[arg(short = 'm', long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// The prompt (encoded with BOS first when the tokenizer asks for it).
     #[arg(short = 'p', long)]
     prompt: String,
@@ -47,16 +47,17 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         ablate: args.ablate,
         ..Options::default()
     };
-    let model = Hymba::from_dir(&args.model)?;
+    let dir = model_dir(args.model.as_deref())?;
+    let model = Hymba::from_dir(&dir)?;
     let cfg = &model.config;
     check_in_model("--layers", options.layers.as_deref(), cfg.num_hidden_layers, "layer")?;
     check_in_model("--heads", options.heads.as_deref(), cfg.num_attention_heads, "attention head")?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
     let ids = tokenizer.encode(&args.prompt, tokenizer.add_bos_token());
     let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.id_to_piece(id).unwrap_or("?").to_string()).collect();
     let report = explain(&model, &ids, &options)?;
     if let Some(path) = &args.html {
-        let model_name = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let model_name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let page = to_html(&report, &PageInfo { model: &model_name, prompt: &args.prompt, tokens: &tokens });
         write_output(path, |out| out.write_all(page.as_bytes()))?; // never replaces a non-regular file
     }

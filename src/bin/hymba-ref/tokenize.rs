@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// Checkpoint directory or its config.json (only the tokenizer files are read).
+    /// Checkpoint directory or its config.json (only the tokenizer files are read). Default: the
+    /// bundled model.
     #[arg(short = 'm', long, value_name = "DIR")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Text to encode.
     #[arg(short = 'p', long)]
     text: String,
@@ -21,9 +22,10 @@ pub struct TokenizeArgs {
 
 #[derive(Args)]
 pub struct DetokenizeArgs {
-    /// Checkpoint directory or its config.json (only the tokenizer files are read).
+    /// Checkpoint directory or its config.json (only the tokenizer files are read). Default: the
+    /// bundled model.
     #[arg(short = 'm', long, value_name = "DIR")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Token ids: `1,15043,3186`, or `[1, 15043, 3186]` as `tokenize` prints them.
     #[arg(long, allow_hyphen_values = true, value_parser = token_ids)]
     ids: TokenIds,
@@ -35,7 +37,7 @@ pub struct DetokenizeArgs {
 
 /// Print the ids of `--text` as a JSON array.
 pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
-    let tokenizer = Tokenizer::from_dir(&model_dir(Some(&args.model))?)?;
+    let tokenizer = Tokenizer::from_dir(&model_dir(args.model.as_deref())?)?;
     let ids = tokenizer.encode(&args.text, tokenizer.add_bos_token() && !args.no_bos);
     let json = serde_json::to_string(&ids).map_err(|e| Error::input(format!("cannot print ids: {e}")))?;
     print_stdout(&format!("{json}\n"))
@@ -43,7 +45,7 @@ pub fn run_tokenize(args: TokenizeArgs) -> Result<()> {
 
 /// Print the text of `--ids`.
 pub fn run_detokenize(args: DetokenizeArgs) -> Result<()> {
-    let tokenizer = Tokenizer::from_dir(&model_dir(Some(&args.model))?)?;
+    let tokenizer = Tokenizer::from_dir(&model_dir(args.model.as_deref())?)?;
     let mut ids = args.ids.0;
     if args.skip_special {
         ids.retain(|&id| !tokenizer.is_special(id));
