@@ -4,7 +4,7 @@
 //! parser, so clap names the flag and exits with 2; one that is wrong only next to another
 //! (`--prefill` past the number of ids) is an [`ErrorKind::Usage`] error, which also exits 2.
 
-use hymba_ref::{Error, ErrorKind, Result};
+use hymba_ref::{files, Error, ErrorKind, Result};
 use std::path::{Path, PathBuf};
 
 /// Token ids given on the command line: `1,15043,3186`, or the JSON array `tokenize` prints,
@@ -120,6 +120,20 @@ pub fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
     }
     let message = format!("model directory {} does not exist (give a checkpoint directory or its config.json)", path.display());
     Err(Error::new(ErrorKind::Io, message))
+}
+
+/// All of stdin as text (at most [`files::TEXT`] bytes), without the one final newline that
+/// `echo` adds; when stdin is a terminal, a note on stderr first saying that `what` is read.
+pub fn read_stdin_text(what: &str) -> Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading {what} from stdin (end it with Ctrl-D)");
+    }
+    let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
+    Ok(match text.strip_suffix('\n') {
+        Some(line) => line.strip_suffix('\r').unwrap_or(line).to_string(),
+        None => text,
+    })
 }
 
 /// Write `text` to stdout. `println!` panics when stdout is a closed pipe (`hymba-ref ... | head`);

@@ -187,15 +187,7 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
     }
     let text = match &args.prompt {
         Some(text) => text.clone(),
-        None => {
-            if io::stdin().is_terminal() {
-                eprintln!("reading the prompt from stdin (end it with Ctrl-D)");
-            }
-            let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
-            // `echo text |` adds a newline that is not part of the prompt.
-            let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-            text.to_string()
-        }
+        None => crate::args::read_stdin_text("the prompt")?,
     };
     Ok(Prompts::One(encode(&text)))
 }
