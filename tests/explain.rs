@@ -379,7 +379,7 @@ fn the_command_names_bad_input() {
         (&["explain", "--prompt", "Hello", "--layers", "0,9"], "--layers 9: there is no layer 9: the model has 8 layers (0 to 7)", 2),
         (&["explain", "--prompt", "Hello", "--heads", "7"], "--heads 7: there is no attention head 7: the model has 4 attention heads (0 to 3)", 2),
         (&["explain", "--prompt", "Hello", "--heads", "x"], "--heads x: \"x\" is not an index", 2),
-        (&["explain", "--prompt", ""], "at least 2", 1),
+        (&["explain", "--prompt", ""], "--prompt \"\": the prompt is empty", 2),
         (&["explain", "--prompt", "Hello", "--model", "/nonexistent/model"], "/nonexistent/model", 1),
     ];
     for (args, message, code) in cases {

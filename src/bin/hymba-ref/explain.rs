@@ -41,6 +41,9 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {
+    if args.prompt.trim().is_empty() {
+        return Err(Error::usage("--prompt", format!("{:?}", args.prompt), "the prompt is empty (or only whitespace); explain needs some text"));
+    }
     let options = Options {
         layers: args.layers.as_deref().map(|list| parse_indices(list, "--layers")).transpose()?,
         heads: args.heads.as_deref().map(|list| parse_indices(list, "--heads")).transpose()?,

@@ -179,18 +179,30 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
     };
     if let Some(path) = &args.prompts_file {
         let text = files::read_text_capped(path, files::TEXT)?;
-        let prompts: Vec<Vec<u32>> = text.lines().map(encode).collect();
-        if prompts.is_empty() {
+        if text.lines().next().is_none() {
             return Err(Error::input(format!("{} holds no prompts", path.display())));
         }
-        return Ok(Prompts::Many(prompts));
+        if let Some(k) = text.lines().position(|line| line.trim().is_empty()) {
+            let problem = "is empty: every line is one prompt, so a file of prompts has no empty lines";
+            return Err(Error::input(format!("{} line {}: the prompt {problem}", path.display(), k + 1)));
+        }
+        return Ok(Prompts::Many(text.lines().map(encode).collect()));
     }
     let text = match &args.prompt {
+        Some(text) if text.trim().is_empty() => {
+            return Err(Error::usage("--prompt", format!("{text:?}"), EMPTY_PROMPT));
+        }
         Some(text) => text.clone(),
         None => crate::args::read_stdin_text("the prompt")?,
     };
+    if text.trim().is_empty() {
+        return Err(Error::input(format!("the prompt read from stdin is empty: {EMPTY_PROMPT}")));
+    }
     Ok(Prompts::One(encode(&text)))
 }
+
+/// What to do about an empty prompt (a model given nothing continues from BOS alone: noise).
+pub const EMPTY_PROMPT: &str = "the prompt is empty (or only whitespace); give some text, or --ids 1 to start from BOS alone";
 
 /// The Instruct chat format for one user message, with the assistant header to reply after.
 fn chat_prompt(system: Option<&str>, user: &str) -> String {
