@@ -149,7 +149,7 @@ fn bench_refuses_unknown_config() {
         .args(["bench", "--configs", "no-such-config", "--bandwidth-mib", "0"])
         .output()
         .expect("run hymba-ref");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a bad --configs value is a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-config"));
 }
 

@@ -52,7 +52,7 @@ fn bad_input_is_refused_and_leaves_no_file() {
         (&["--ids", "[]"], "'--ids <IDS>': the token id list is empty", 2),
         (&["--ids", "1,two"], "'--ids <IDS>': entry 2 is \"two\"", 2),
         (&["--ids", "1,2", "--prefill", "3"], "--prefill 3: must be at most the number of --ids (2)", 2),
-        (&["--ids", "1,2", "--prefill", "0"], "'0' for '--prefill <K>': must be at least 1", 2),
+        (&["--ids", "1,2", "--prefill", "0"], "'0' for '--prefill <K>': out of range: expected a whole number from 1 to", 2),
     ];
     for (extra, culprit, code) in cases {
         let mut args = vec!["logits", "--model", model, "--out", out_s];

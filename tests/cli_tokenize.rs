@@ -80,3 +80,27 @@ fn tokenize_output_round_trips_through_detokenize() {
     }
     assert_eq!(stdout(&run(&["detokenize", "--model", model, "--ids", "[1, 15043]", "--skip-special"])), "Hello\n");
 }
+
+#[test]
+fn tokenize_piped_into_detokenize_gives_back_the_text() {
+    // `hymba-ref tokenize --text T | hymba-ref detokenize --skip-special`, on the released
+    // tokenizer and on the bundled model's (the default): detokenize reads the ids from stdin,
+    // tokenize the text when --text is absent.
+    let released = fixture_dir();
+    for model in [released.to_str().unwrap(), hymba_ref::DEFAULT_MODEL_DIR] {
+        for text in ["Hello world", "emoji 🦙🎉 and a flag 🇫🇷", "中文字符和日本語のテキスト", "tabs\tin\t\tthe\ttext", "a\nsecond line"] {
+            let ids = stdout(&run(&["tokenize", "-m", model, "--text", text]));
+            let back = common::cli_with_stdin(&["detokenize", "-m", model, "--skip-special"], ids.as_bytes());
+            assert_eq!(stdout(&back), format!("{text}\n"), "{model}: {text:?} → {ids}");
+            let from_stdin = common::cli_with_stdin(&["tokenize", "-m", model], format!("{text}\n").as_bytes());
+            assert_eq!(stdout(&from_stdin), ids, "{model}: {text:?} on stdin");
+        }
+    }
+    // Ids that are not ids, or none at all, on stdin: an error naming stdin.
+    for (input, needle) in [(&b"1,x\n"[..], "entry 2 is \"x\""), (b"", "empty")] {
+        let out = common::cli_with_stdin(&["detokenize"], input);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("the ids read from stdin") && stderr.contains(needle), "{stderr}");
+    }
+}

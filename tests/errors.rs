@@ -374,6 +374,83 @@ fn bad_flag_value_is_a_usage_error() {
     assert!(stderr(&out).contains("--prefill"), "{}", stderr(&out));
 }
 
+/// One command per subcommand that runs in well under a second on the demo model, and its
+/// numeric flags with the exit code each of 0, −1, a huge value and a non-number gives: 2 for a
+/// value out of range (the message names the flag, the value and the range), 0 for one accepted.
+#[test]
+fn every_numeric_flag_takes_0_minus_1_huge_and_words_with_one_exit_code_rule() {
+    let dir = TempDir::new("cli-numbers");
+    let text = dir.join("text.txt");
+    fs::write(&text, "One line of text.\nA second line.\n").unwrap();
+    let (text, out) = (text.to_str().unwrap(), dir.join("logits.safetensors"));
+    let demo = hymba_ref::DEFAULT_MODEL_DIR;
+    let generate = ["generate", "-p", "Hi", "-n", "1"];
+    let batch = ["generate", "--prompts-file", text, "-n", "1"];
+    let perplexity = ["perplexity", "-f", text];
+    let logits = ["logits", "--model", demo, "--ids", "1,2,3", "--out", out.to_str().unwrap()];
+    let bench = ["bench", "--configs", demo, "--contexts", "4", "--runs", "1", "--decode-tokens", "1", "--bandwidth-mib", "0", "-t", "1"];
+    let values = ["0", "-1", "99999999999999999999", "x"];
+    let sampling: [(&str, [i32; 4]); 8] = [
+        ("--max-new-tokens", [0, 2, 2, 2]),
+        ("--temperature", [0, 2, 0, 2]),
+        ("--top-k", [0, 2, 2, 2]),
+        ("--top-p", [2, 2, 2, 2]),
+        ("--min-p", [0, 2, 2, 2]),
+        ("--repetition-penalty", [2, 2, 0, 2]),
+        ("--seed", [0, 2, 2, 2]),
+        ("--threads", [2, 2, 2, 2]),
+    ];
+    let (chat, inspect, detokenize, explain) = (["chat"], ["inspect", "--model", demo], ["detokenize", "--model", demo], ["explain", "-p", "Hello there"]);
+    let mut cases: Vec<(&[&str], &str, [i32; 4])> = Vec::new();
+    for (flag, codes) in sampling {
+        cases.push((&generate, flag, codes));
+        cases.push((&chat, flag, codes)); // stdin is empty: the chat ends at once
+    }
+    cases.extend([
+        (&batch[..], "--batch-size", [2, 2, 2, 2]),
+        (&batch, "--max-cache-gb", [2, 2, 0, 2]),
+        (&perplexity, "--context", [2, 2, 2, 2]),
+        (&perplexity, "--stride", [2, 2, 2, 2]),
+        (&inspect, "--context", [0, 2, 2, 2]),
+        (&logits, "--prefill", [2, 2, 2, 2]),
+        (&detokenize, "--ids", [0, 2, 2, 2]),
+        (&explain, "--layers", [0, 2, 2, 2]),
+        (&explain, "--heads", [0, 2, 2, 2]),
+        (&bench, "--contexts", [2, 2, 2, 2]),
+        (&bench, "--runs", [2, 2, 2, 2]),
+        (&bench, "--decode-tokens", [2, 2, 2, 2]),
+        (&bench, "--threads", [2, 2, 2, 2]),
+        (&bench, "--seed", [0, 2, 2, 2]),
+        (&bench, "--time-budget", [2, 2, 0, 2]),
+        (&bench, "--cache-budget-gb", [2, 2, 0, 2]),
+        (&bench, "--batch-sizes", [2, 2, 2, 2]),
+        (&bench, "--bandwidth-mib", [0, 2, 2, 2]),
+    ]);
+    for (base, flag, codes) in cases {
+        // The base command without the flag under test (nor its short form) and its value.
+        let mut args: Vec<&str> = Vec::new();
+        let mut rest = base.iter();
+        while let Some(&arg) = rest.next() {
+            match (arg == flag) || (flag == "--max-new-tokens" && arg == "-n") || (flag == "--threads" && arg == "-t") {
+                true => drop(rest.next()),
+                false => args.push(arg),
+            }
+        }
+        for (value, code) in values.iter().zip(codes) {
+            let run = [&args[..], &[flag, value]].concat();
+            let result = cli(&run);
+            let err = stderr(&result);
+            assert_eq!(result.status.code(), Some(code), "{run:?}: {err}");
+            if code == 2 {
+                assert!(err.contains(flag) && err.contains(value), "{run:?} should name the flag and the value: {err}");
+                let names_range = ["expected a", "a whole number from", "there is no"].iter().any(|r| err.contains(r));
+                assert!(names_range, "{run:?} should name the allowed range: {err}");
+            }
+        }
+        let _ = fs::remove_file(&out);
+    }
+}
+
 #[test]
 fn bad_model_dir_exits_1_naming_the_path() {
     let out_dir = TempDir::new("cli-nomodel");
@@ -655,6 +732,30 @@ fn every_model_flag_takes_the_directory_or_its_config_json() {
     let out = cli(&["inspect", "--model", weights.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not a checkpoint directory or its config.json"), "{}", stderr(&out));
+    // A built-in config name has no weights: a usage error saying which commands take it.
+    let out = cli(&["generate", "--model", "1.5b", "--prompt", "hi"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--model 1.5b: no such directory; that is a built-in config"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_command_that_needs_a_model_defaults_to_the_bundled_one() {
+    let demo = hymba_ref::DEFAULT_MODEL_DIR;
+    let dir = TempDir::new("cli-default-model");
+    let out_file = dir.join("logits.safetensors");
+    let (by_default, named) = (out_file.to_str().unwrap(), dir.join("named.safetensors"));
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["tokenize", "--text", "Hello"], &["tokenize", "-m", demo, "--text", "Hello"]),
+        (&["detokenize", "--ids", "1,3565"], &["detokenize", "-m", demo, "--ids", "1,3565"]),
+        (&["inspect", "--json"], &["inspect", "-m", demo, "--json"]),
+        (&["logits", "--ids", "1,3565", "--out", by_default], &["logits", "-m", demo, "--ids", "1,3565", "--out", named.to_str().unwrap()]),
+    ];
+    for (without, with) in cases {
+        let (a, b) = (cli(without), cli(with));
+        assert_eq!(a.status.code(), Some(0), "{without:?}: {}", stderr(&a));
+        assert_eq!((a.stdout, b.status.code()), (b.stdout, Some(0)), "{without:?}");
+    }
+    assert_eq!(fs::read(&out_file).unwrap(), fs::read(&named).unwrap());
 }
 
 #[test]

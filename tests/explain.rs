@@ -373,16 +373,19 @@ fn the_command_writes_the_page_and_prints_json() {
 
 #[test]
 fn the_command_names_bad_input() {
-    let cases: [(&[&str], &str); 4] = [
-        (&["explain", "--prompt", "Hello", "--layers", "0,9"], "no layer 9"),
-        (&["explain", "--prompt", "Hello", "--heads", "x"], "--heads: \"x\" is not an index"),
-        (&["explain", "--prompt", ""], "at least 2"),
-        (&["explain", "--prompt", "Hello", "--model", "/nonexistent/model"], "/nonexistent/model"),
+    // A layer or head that does not exist is a usage error (2) naming the flag; a prompt too
+    // short or a missing model is not (1).
+    let cases: [(&[&str], &str, i32); 5] = [
+        (&["explain", "--prompt", "Hello", "--layers", "0,9"], "--layers 9: there is no layer 9: the model has 8 layers (0 to 7)", 2),
+        (&["explain", "--prompt", "Hello", "--heads", "7"], "--heads 7: there is no attention head 7: the model has 4 attention heads (0 to 3)", 2),
+        (&["explain", "--prompt", "Hello", "--heads", "x"], "--heads x: \"x\" is not an index", 2),
+        (&["explain", "--prompt", ""], "--prompt \"\": the prompt is empty", 2),
+        (&["explain", "--prompt", "Hello", "--model", "/nonexistent/model"], "/nonexistent/model", 1),
     ];
-    for (args, message) in cases {
+    for (args, message, code) in cases {
         let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }

@@ -241,7 +241,7 @@ mod cli {
     enum Ckpt {
         Full,
         NoTokenizer,
-        /// `tokenizer_config.json` says `add_bos_token: false`, so an empty line encodes to no ids.
+        /// `tokenizer_config.json` says `add_bos_token: false`, so an empty prompt would be no ids.
         NoBos,
     }
 
@@ -419,7 +419,7 @@ mod cli {
 
     #[test]
     fn a_prompts_file_is_decoded_as_a_batch_and_prints_each_prompt_as_alone_in_order() {
-        let prompts = ["Hello world", "The capital of France is", "", "1, 2, 3,"];
+        let prompts = ["Hello world", "The capital of France is", "A", "1, 2, 3,"];
         let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-prompts.txt");
         std::fs::write(&file, prompts.join("\n") + "\n").unwrap();
         let file = file.to_str().unwrap();
@@ -502,21 +502,27 @@ mod cli {
     }
 
     #[test]
-    fn a_failing_prompt_in_a_file_is_reported_in_place_and_the_others_still_print() {
-        // Without a BOS the empty second line is no ids at all. (A tokenizer with more ids than
-        // the model, the other way a prompt could fail, is refused before generating.)
+    fn an_empty_prompt_is_an_error_naming_where_it_came_from() {
+        // Without a BOS an empty prompt would be no ids at all; with one, a continuation of BOS
+        // alone that nobody asked for. Either way it is refused before anything is generated:
+        // --prompt (a usage error), stdin, line K of --prompts-file. --ids 1 asks for BOS alone.
         let dir = checkpoint(Ckpt::NoBos).to_str().unwrap();
-        let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-one-bad-prompt.txt");
-        std::fs::write(&file, "Hello\n\nworld\n").unwrap();
-        let out = run(&["--model", dir, "--prompts-file", file.to_str().unwrap(), "--max-new-tokens", "3"]);
-        assert_eq!(out.status.code(), Some(1));
-        let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-        let headers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("=== ")).collect();
-        assert_eq!(headers, ["=== prompt 1 ===", "=== prompt 2 ===", "=== prompt 3 ==="]);
-        assert!(stdout.contains("=== prompt 2 ===\n(failed)\n"), "{stdout}");
-        let err = stderr(&out);
-        for needle in ["prompt 2: error: the token id list is empty", "1 of 3 prompts failed"] {
-            assert!(err.contains(needle), "{needle:?} not in {err}");
+        let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generate-one-empty-prompt.txt");
+        std::fs::write(&file, "Hello\n \nworld\n").unwrap();
+        let file = file.to_str().unwrap();
+        let cases: [(&[&str], &[u8], i32, &str); 4] = [
+            (&["--prompts-file", file], b"", 1, "generate-one-empty-prompt.txt line 2: the prompt is empty"),
+            (&["--prompt", ""], b"", 2, "--prompt \"\": the prompt is empty"),
+            (&["--prompt", " \t"], b"", 2, "--prompt \" \\t\": the prompt is empty"),
+            (&[], b"\n", 1, "the prompt read from stdin is empty"),
+        ];
+        for (args, stdin, code, needle) in cases {
+            let out = run_with_stdin(&[&["--model", dir, "--max-new-tokens", "3"], args].concat(), stdin);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(needle), "{needle:?} not in {}", stderr(&out));
+            assert!(out.stdout.is_empty(), "{args:?} generated {:?}", String::from_utf8_lossy(&out.stdout));
         }
+        let out = run(&["--model", checkpoint(Ckpt::Full).to_str().unwrap(), "--ids", "1", "--max-new-tokens", "2", "--print-ids"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
 }

@@ -76,8 +76,13 @@ fn stderr(out: &Output) -> String {
 
 /// Exit code 1, no panic, and a message containing every needle.
 fn assert_fails_naming(out: &Output, needles: &[&str]) {
+    assert_exits_naming(out, 1, needles);
+}
+
+/// Exit code `code`, no panic, and a message containing every needle.
+fn assert_exits_naming(out: &Output, code: i32, needles: &[&str]) {
     let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "exit status {:?}, stderr: {err}", out.status);
+    assert_eq!(out.status.code(), Some(code), "exit status {:?}, stderr: {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} not in stderr: {err}");
@@ -441,14 +446,15 @@ const SMALL_BENCH: [&str; 13] = [
 
 #[test]
 fn bench_sizes_and_threads_beyond_the_machine_are_errors_naming_the_flag() {
+    // Values past what this machine has are usage errors (2), like any value out of range.
     let out = run(&["bench", "--threads", "1000000"]);
-    assert_fails_naming(&out, &["--threads 1000000", "must be between 1 and"]);
+    assert_exits_naming(&out, 2, &["'1000000' for '--threads <N>'", "expected a whole number from 1 to"]);
     let out = run(&["generate", "--threads", "1000000", "--prompt", "x"]);
-    assert_fails_naming(&out, &["--threads 1000000"]);
+    assert_exits_naming(&out, 2, &["'1000000' for '--threads <N>'"]);
     let out = run(&["bench", "--configs", "small", "--bandwidth-mib", "1000000000"]);
-    assert_fails_naming(&out, &["--bandwidth-mib 1000000000", "does not fit"]);
-    let out = run(&["bench", "--configs", "small", "--contexts", "1000000000000", "--bandwidth-mib", "0"]);
-    assert_fails_naming(&out, &["--contexts 1000000000000", "config small"]);
+    assert_exits_naming(&out, 2, &["--bandwidth-mib 1000000000", "does not fit"]);
+    let out = run(&["bench", "--configs", "small", "--contexts", "4000000000", "--bandwidth-mib", "0"]);
+    assert_exits_naming(&out, 2, &["--contexts 4000000000", "config small"]);
 
     // A config of 2·10^11 parameters (800 GB as f32), inside the parser's limits.
     let dir = TempDir::new("bench-config");
@@ -459,7 +465,7 @@ fn bench_sizes_and_threads_beyond_the_machine_are_errors_naming_the_flag() {
     let path = dir.join("huge.json");
     fs::write(&path, config.to_string()).unwrap();
     let out = run(&["bench", "--configs", path.to_str().unwrap(), "--bandwidth-mib", "0"]);
-    assert_fails_naming(&out, &["--configs", "huge.json", "parameters need"]);
+    assert_exits_naming(&out, 2, &["--configs", "huge.json", "parameters need"]);
 }
 
 #[test]

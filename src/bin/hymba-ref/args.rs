@@ -4,7 +4,7 @@
 //! parser, so clap names the flag and exits with 2; one that is wrong only next to another
 //! (`--prefill` past the number of ids) is an [`ErrorKind::Usage`] error, which also exits 2.
 
-use hymba_ref::{Error, ErrorKind, Result};
+use hymba_ref::{files, Error, ErrorKind, Result};
 use std::path::{Path, PathBuf};
 
 /// Token ids given on the command line: `1,15043,3186`, or the JSON array `tokenize` prints,
@@ -30,13 +30,61 @@ pub fn token_ids(text: &str) -> std::result::Result<TokenIds, String> {
     ids.collect::<std::result::Result<Vec<u32>, String>>().map(TokenIds)
 }
 
-/// A value parser for counts that must be at least `MIN` (`--stride`, `--threads`, ...).
-pub fn at_least<const MIN: usize>(text: &str) -> std::result::Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if n >= MIN => Ok(n),
-        Ok(_) => Err(format!("must be at least {MIN}")),
-        Err(_) => Err(format!("not a whole number (expected one ≥ {MIN})")),
+/// The largest count of tokens (`--max-new-tokens`, `--context`, ...) a flag takes: positions are
+/// counted in 32 bits' worth and no model is trained anywhere near this long.
+pub const MAX_TOKENS: u64 = u32::MAX as u64;
+
+/// A value parser for a whole number from `MIN` to `MAX`. A refused value (`-3`, `0` where 1 is
+/// the least, `99999999999999999999`, `many`) gets a message with the allowed range; clap puts
+/// the flag's name before it and exits with 2. Flags using it take `allow_negative_numbers`, so
+/// that `-3` reaches it instead of being read as an unknown short flag.
+pub fn count<const MIN: u64, const MAX: u64>(text: &str) -> std::result::Result<usize, String> {
+    whole_number(text, MIN, MAX).and_then(|n| usize::try_from(n).map_err(|_| format!("{n} is too large for this machine")))
+}
+
+/// As [`count`], for a `u64` (`--seed`).
+pub fn seed(text: &str) -> std::result::Result<u64, String> {
+    whole_number(text, 0, u64::MAX)
+}
+
+/// `text` as a whole number in `min..=max`; the error names the range.
+pub fn whole_number(text: &str, min: u64, max: u64) -> std::result::Result<u64, String> {
+    let range = match max {
+        u64::MAX => format!("a whole number ≥ {min}"),
+        _ => format!("a whole number from {min} to {max}"),
+    };
+    match text.trim().parse::<i128>() {
+        Ok(n) if n >= i128::from(min) && n <= i128::from(max) => Ok(n as u64),
+        Ok(_) => Err(format!("out of range: expected {range}")),
+        Err(_) => Err(format!("not a whole number: expected {range}")),
     }
+}
+
+/// `text` as a finite number accepted by `ok`, which `range` describes (`≥ 0`, `in (0, 1]`).
+pub fn number_where(text: &str, ok: impl Fn(f64) -> bool, range: &str) -> std::result::Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        Ok(v) if v.is_finite() => Err(format!("out of range: expected a number {range}")),
+        _ => Err(format!("not a finite number: expected a number {range}")),
+    }
+}
+
+/// A value parser for a number > 0 (`--max-cache-gb`, `--time-budget`, ...).
+pub fn positive(text: &str) -> std::result::Result<f64, String> {
+    number_where(text, |v| v > 0.0, "> 0")
+}
+
+/// The most worker threads `--threads` may ask for: this many, or 4 per core if that is more.
+const MAX_THREADS: usize = 1024;
+
+/// The value parser of `--threads`: from 1 to the limit (at least [`MAX_THREADS`], 4 per core on
+/// larger machines).
+pub fn threads(text: &str) -> std::result::Result<usize, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = MAX_THREADS.max(4 * cores);
+    count::<1, { u64::MAX }>(text)
+        .and_then(|n| if n <= limit { Ok(n) } else { Err(String::new()) })
+        .map_err(|_| format!("expected a whole number from 1 to {limit} (this machine has {cores} cores)"))
 }
 
 /// The checkpoint directory a `--model` value names: the directory itself, or its `config.json`
@@ -63,8 +111,29 @@ pub fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
             path.display()
         )));
     }
+    if let Some(name) = path.to_str().filter(|name| crate::configs::NAMES.contains(name)) {
+        return Err(Error::usage(
+            "--model",
+            name,
+            "no such directory; that is a built-in config without weights, which only inspect and bench take",
+        ));
+    }
     let message = format!("model directory {} does not exist (give a checkpoint directory or its config.json)", path.display());
     Err(Error::new(ErrorKind::Io, message))
+}
+
+/// All of stdin as text (at most [`files::TEXT`] bytes), without the one final newline that
+/// `echo` adds; when stdin is a terminal, a note on stderr first saying that `what` is read.
+pub fn read_stdin_text(what: &str) -> Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading {what} from stdin (end it with Ctrl-D)");
+    }
+    let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
+    Ok(match text.strip_suffix('\n') {
+        Some(line) => line.strip_suffix('\r').unwrap_or(line).to_string(),
+        None => text,
+    })
 }
 
 /// Write `text` to stdout. `println!` panics when stdout is a closed pipe (`hymba-ref ... | head`);
@@ -77,21 +146,6 @@ pub fn print_stdout(text: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Error::io(std::path::Path::new("<stdout>"), "write to", e)),
     }
-}
-
-/// The most worker threads `--threads` may ask for: this many, or 4 per core if that is more.
-const MAX_THREADS: usize = 1024;
-
-/// Ok if `threads` is between 1 and the limit; the error names `--threads`.
-pub fn check_threads(threads: usize) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let limit = MAX_THREADS.max(4 * cores);
-    if threads == 0 || threads > limit {
-        return Err(Error::input(format!(
-            "--threads {threads}: must be between 1 and {limit} (this machine has {cores} cores)"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -114,10 +168,23 @@ mod tests {
     }
 
     #[test]
-    fn counts_below_the_minimum_are_refused() {
-        assert_eq!(at_least::<1>("3"), Ok(3));
-        assert_eq!(at_least::<2>("1"), Err("must be at least 2".into()));
-        assert!(at_least::<1>("many").unwrap_err().contains("whole number"));
+    fn numbers_out_of_range_are_refused_naming_the_range() {
+        assert_eq!(count::<1, 10>("3"), Ok(3));
+        assert_eq!(count::<0, 10>(" 0 "), Ok(0));
+        assert_eq!(count::<2, 10>("1"), Err("out of range: expected a whole number from 2 to 10".into()));
+        assert_eq!(count::<1, 10>("-3"), Err("out of range: expected a whole number from 1 to 10".into()));
+        assert_eq!(count::<1, 10>("99999999999999999999").unwrap_err(), "out of range: expected a whole number from 1 to 10");
+        assert_eq!(count::<1, { u64::MAX }>("many").unwrap_err(), "not a whole number: expected a whole number ≥ 1");
+        assert_eq!(seed("18446744073709551615"), Ok(u64::MAX));
+        assert!(seed("-1").unwrap_err().contains("≥ 0"));
+        assert_eq!(positive("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "inf", "NaN", "x"] {
+            assert!(positive(bad).unwrap_err().contains("> 0"), "{bad}");
+        }
+        assert_eq!(threads("2"), Ok(2));
+        for bad in ["0", "-1", "1000000", "two"] {
+            assert!(threads(bad).unwrap_err().contains("from 1 to"), "{bad}");
+        }
     }
 
     #[test]

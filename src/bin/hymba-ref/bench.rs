@@ -37,7 +37,8 @@ mod memory;
 mod profile;
 mod regions;
 
-use crate::args::print_stdout;
+use crate::args::{count, positive, print_stdout, MAX_TOKENS};
+use crate::configs;
 use clap::Args;
 use hymba_ref::cache::HybridCache;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
@@ -50,35 +51,12 @@ use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
 use cpu_time::CpuTime;
 use profile::PhaseTimes;
 use hymba_ref::rng::SplitMix64;
-use hymba_ref::{Error, Result};
+use hymba_ref::{Error, ErrorKind, Result};
 use ndarray::Array2;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
-
-/// The built-in configs: `small` and `mid` are made up for benchmarking (released-style configs
-/// with every Hymba feature: meta tokens, a sliding window, global layers, K/V groups, the
-/// released vocabulary); `1.5b` is a copy of the released Hymba-1.5B `config.json`; `1.5b-dense`
-/// is [`dense_twin`] of it.
-const BUILTIN_CONFIGS: [(&str, &str); 3] = [
-    ("small", include_str!("bench/configs/small.json")),
-    ("mid", include_str!("bench/configs/mid.json")),
-    ("1.5b", include_str!("bench/configs/1.5b.json")),
-];
-
-/// The name of the dense twin of the `1.5b` config.
-const DENSE_1_5B: &str = "1.5b-dense";
-
-/// The same model with every layer global (no sliding window) and every layer projecting its
-/// own K/V (no sharing): what Hymba's cache would be without its two cache savings.
-fn dense_twin(config_json: &str) -> Result<String> {
-    let mut config: Value = serde_json::from_str(config_json).map_err(|e| Error::input(format!("config JSON: {e}")))?;
-    config["sliding_window"] = Value::Null;
-    config["kv_reuse_group"] = Value::Null;
-    config["kv_reuse_every_i_layer"] = json!(-1);
-    Ok(config.to_string())
-}
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -88,28 +66,28 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "small,mid,1.5b")]
     configs: Vec<String>,
     /// Comma-separated prompt lengths to prefill (meta tokens not counted).
-    #[arg(long, value_delimiter = ',', default_value = "128,1024,4096")]
+    #[arg(long, value_delimiter = ',', default_value = "128,1024,4096", value_parser = count::<1, MAX_TOKENS>, allow_negative_numbers = true)]
     contexts: Vec<usize>,
     /// Worker threads (default: every core).
-    #[arg(long)]
+    #[arg(short = 't', long, value_name = "N", value_parser = crate::args::threads, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Repetitions of each config × context; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = count::<1, MAX_TOKENS>, allow_negative_numbers = true)]
     runs: usize,
     /// Stop repeating a config × context once its runs took this many seconds (at least one
     /// run is always made).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = positive, allow_negative_numbers = true)]
     time_budget: Option<f64>,
     /// Greedy tokens decoded after each prefill.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = count::<1, MAX_TOKENS>, allow_negative_numbers = true)]
     decode_tokens: usize,
     /// Comma-separated batch sizes: sequences decoding together (`max`: the largest batch that
     /// fits --cache-budget-gb at each context).
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_value = "1", allow_negative_numbers = true)]
     batch_sizes: Vec<String>,
     /// A cache memory budget in GB (10⁹ bytes): report the largest batch whose caches fit it at
     /// each context.
-    #[arg(long, value_name = "GB")]
+    #[arg(long, value_name = "GB", value_parser = positive, allow_negative_numbers = true)]
     cache_budget_gb: Option<f64>,
     /// Instead of prefilling each context, fill the caches with random keys and values (no
     /// prefill is timed): for long contexts on slow machines, since a decode step costs the
@@ -117,10 +95,10 @@ pub struct BenchArgs {
     #[arg(long)]
     synthetic_cache: bool,
     /// Seed of the random weights and token ids.
-    #[arg(long, default_value_t = 0)]
+    #[arg(short = 's', long, default_value_t = 0, value_parser = crate::args::seed, allow_negative_numbers = true)]
     seed: u64,
     /// Buffer size for the read-bandwidth measurement (0: skip it).
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = count::<0, MAX_TOKENS>, allow_negative_numbers = true)]
     bandwidth_mib: usize,
     /// Also time each phase of a pass (weights, attention, kv cache, conv, scan, elementwise,
     /// output) in the timed prefill and in the timed batch's decode steps, and in the same prefill
@@ -158,19 +136,10 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.runs == 0 || args.decode_tokens == 0 {
-        return Err(Error::input("--runs and --decode-tokens must be at least 1"));
-    }
-    if args.contexts.contains(&0) {
-        return Err(Error::input("--contexts: every context must be at least 1 token"));
-    }
     let batch_sizes = args.batch_sizes.iter().map(|b| parse_batch_size(b, args.cache_budget_gb)).collect::<Result<Vec<_>>>()?;
-    if args.cache_budget_gb.is_some_and(|gb| !(gb > 0.0 && gb.is_finite())) {
-        return Err(Error::input("--cache-budget-gb must be a positive number of GB"));
-    }
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    limits::check_run(&specs, &args, threads)?;
+    limits::check_run(&specs, &args)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -248,22 +217,16 @@ struct ConfigSpec {
 }
 
 fn resolve_config(name: &str) -> Result<ConfigSpec> {
-    if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
-        return Ok(ConfigSpec { name: name.to_string(), json: text.to_string() });
-    }
-    if name == DENSE_1_5B {
-        return Ok(ConfigSpec { name: name.to_string(), json: dense_twin(BUILTIN_CONFIGS[2].1)? });
+    if let Some(json) = configs::builtin(name) {
+        return Ok(ConfigSpec { name: name.to_string(), json: json? });
     }
     let given = Path::new(name);
     // A checkpoint directory stands for its config.json, as everywhere --model is taken.
     let path = if given.is_dir() { given.join("config.json") } else { given.to_path_buf() };
     let path = path.as_path();
     if !path.exists() {
-        let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).chain([DENSE_1_5B]).collect();
-        return Err(Error::input(format!(
-            "--configs: {name:?} is neither a built-in config ({}) nor an existing config.json file",
-            known.join(", ")
-        )));
+        let problem = format!("neither a built-in config ({}) nor an existing config.json file", configs::NAMES.join(", "));
+        return Err(Error::usage("--configs", name, problem));
     }
     let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
     HymbaConfig::from_json_str(&text).map_err(|e| e.context(path.display()))?;
@@ -343,11 +306,8 @@ enum BatchSize {
 fn parse_batch_size(text: &str, budget_gb: Option<f64>) -> Result<BatchSize> {
     match (text.trim(), budget_gb) {
         ("max", Some(_)) => Ok(BatchSize::LargestInBudget),
-        ("max", None) => Err(Error::input("--batch-sizes max needs --cache-budget-gb")),
-        (n, _) => match n.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(BatchSize::Fixed(n)),
-            _ => Err(Error::input(format!("--batch-sizes: {text:?} is not a batch size (a number ≥ 1, or max)"))),
-        },
+        ("max", None) => Err(Error::usage("--batch-sizes", text, "max needs --cache-budget-gb")),
+        (n, _) => count::<1, MAX_TOKENS>(n).map(BatchSize::Fixed).map_err(|e| Error::usage("--batch-sizes", text, format!("{e}, or max"))),
     }
 }
 
@@ -364,7 +324,7 @@ fn batch_sizes_at(sizes: &[BatchSize], largest: Option<usize>) -> Result<Vec<usi
         .map(|size| match (size, largest) {
             (BatchSize::Fixed(n), _) => Ok(*n),
             (BatchSize::LargestInBudget, Some(n)) if n > 0 => Ok(n),
-            (BatchSize::LargestInBudget, _) => Err(Error::input("--cache-budget-gb is too small for one sequence")),
+            (BatchSize::LargestInBudget, _) => Err(Error::new(ErrorKind::Usage, "--cache-budget-gb is too small for one sequence")),
         })
         .collect()
 }
@@ -684,6 +644,7 @@ fn table(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::configs::{BUILTIN_CONFIGS, DENSE_1_5B};
     use hymba_ref::config::AttentionSpan;
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 pub struct ChatArgs {
     /// Checkpoint directory (an Instruct model, with its tokenizer) or its config.json.
     /// Default: the bundled model.
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The system message, kept across /reset.
     #[arg(long, value_name = "TEXT")]

@@ -3,7 +3,7 @@
 //! and with `--ablate` each branch's importance. A text summary, `--json` for every number,
 //! `--html FILE` for a page with the maps and charts.
 
-use crate::args::print_stdout;
+use crate::args::{model_dir, print_stdout};
 use clap::Args;
 use hymba_ref::explain::html::{to_html, PageInfo};
 use hymba_ref::files::write_output;
@@ -17,17 +17,17 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// Checkpoint directory with its tokenizer. Default: the bundled demo model.
-    #[arg(long, default_value = hymba_ref::DEFAULT_MODEL_DIR, hide_default_value = true)]
-    model: PathBuf,
+    /// Checkpoint directory with its tokenizer, or its config.json. Default: the bundled demo model.
+    #[arg(short = 'm', long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// The prompt (encoded with BOS first when the tokenizer asks for it).
-    #[arg(long)]
+    #[arg(short = 'p', long)]
     prompt: String,
     /// Layers to draw attention maps of, e.g. 0,3 (default: the global layers and the first window layer).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", allow_negative_numbers = true)]
     layers: Option<String>,
     /// Heads to draw in those layers, e.g. 0,1 (default: the first four).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", allow_negative_numbers = true)]
     heads: Option<String>,
     /// Print every number as JSON instead of the summary.
     #[arg(long)]
@@ -41,19 +41,26 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {
+    if args.prompt.trim().is_empty() {
+        return Err(Error::usage("--prompt", format!("{:?}", args.prompt), "the prompt is empty (or only whitespace); explain needs some text"));
+    }
     let options = Options {
         layers: args.layers.as_deref().map(|list| parse_indices(list, "--layers")).transpose()?,
         heads: args.heads.as_deref().map(|list| parse_indices(list, "--heads")).transpose()?,
         ablate: args.ablate,
         ..Options::default()
     };
-    let model = Hymba::from_dir(&args.model)?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let dir = model_dir(args.model.as_deref())?;
+    let model = Hymba::from_dir(&dir)?;
+    let cfg = &model.config;
+    check_in_model("--layers", options.layers.as_deref(), cfg.num_hidden_layers, "layer")?;
+    check_in_model("--heads", options.heads.as_deref(), cfg.num_attention_heads, "attention head")?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
     let ids = tokenizer.encode(&args.prompt, tokenizer.add_bos_token());
     let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.id_to_piece(id).unwrap_or("?").to_string()).collect();
     let report = explain(&model, &ids, &options)?;
     if let Some(path) = &args.html {
-        let model_name = args.model.file_name().map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let model_name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         let page = to_html(&report, &PageInfo { model: &model_name, prompt: &args.prompt, tokens: &tokens });
         write_output(path, |out| out.write_all(page.as_bytes()))?; // never replaces a non-regular file
     }
@@ -63,15 +70,23 @@ pub fn run(args: ExplainArgs) -> Result<()> {
     }
 }
 
-/// `"0, 3,5"` → `[0, 3, 5]`; a bad entry is an error naming `flag`.
+/// `"0, 3,5"` → `[0, 3, 5]`; a bad entry is a usage error naming `flag`.
 fn parse_indices(list: &str, flag: &str) -> Result<Vec<usize>> {
     list.split(',')
         .map(|entry| {
             entry.trim().parse::<usize>().map_err(|_| {
-                Error::input(format!("{flag}: {entry:?} is not an index (a whole number from 0), in {list:?}"))
+                Error::usage(flag, list, format!("{entry:?} is not an index (a whole number from 0)"))
             })
         })
         .collect()
+}
+
+/// A usage error naming `flag` if an index in `indices` is not below `count` (`what`s in the model).
+fn check_in_model(flag: &str, indices: Option<&[usize]>, count: usize, what: &str) -> Result<()> {
+    match indices.into_iter().flatten().find(|&&i| i >= count) {
+        Some(bad) => Err(Error::usage(flag, bad, format!("there is no {what} {bad}: the model has {count} {what}s (0 to {})", count - 1))),
+        None => Ok(()),
+    }
 }
 
 /// The report as a few lines of text: one per layer.

@@ -28,25 +28,25 @@ use std::time::Instant;
 pub struct GenerateArgs {
     /// Checkpoint directory (config.json, safetensors weights, tokenizer files) or its
     /// config.json. Default: the bundled model.
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The prompt text. Without --prompt, --prompts-file or --ids, the prompt is read from stdin.
-    #[arg(long, value_name = "TEXT", conflicts_with_all = ["prompts_file", "ids"])]
+    #[arg(short = 'p', long, value_name = "TEXT", conflicts_with_all = ["prompts_file", "ids"])]
     prompt: Option<String>,
     /// A file with one prompt per line, decoded together as one batch; outputs in input order.
     #[arg(long, value_name = "FILE", conflicts_with = "ids")]
     prompts_file: Option<PathBuf>,
     /// With --prompts-file: the most prompts decoding at once (default: all of them, as many as
     /// --max-cache-gb allows). Each prompt joins after its own prefill and leaves when it stops.
-    #[arg(long, value_name = "N", value_parser = crate::args::at_least::<1>, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    #[arg(long, value_name = "N", value_parser = crate::args::count::<1, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
     batch_size: Option<usize>,
     /// With --prompts-file: the most cache memory the batch may reach, in GB (10⁹ bytes, f32
     /// cache); a prompt joins only when its cache at prompt + --max-new-tokens tokens fits
     /// (one prompt always runs). Default: half of the memory available (MemAvailable in
     /// /proc/meminfo; no bound where it cannot be read), with a note on stderr when that keeps
     /// the first prompts from all decoding at once.
-    #[arg(long, value_name = "GB", value_parser = crate::generation_args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
-    max_cache_gb: Option<f32>,
+    #[arg(long, value_name = "GB", value_parser = crate::args::positive, allow_negative_numbers = true, requires = "prompts_file", conflicts_with_all = ["prompt", "ids"])]
+    max_cache_gb: Option<f64>,
     /// Wrap each prompt as a user message in the Instruct chat format.
     #[arg(long, conflicts_with = "ids")]
     chat: bool,
@@ -111,7 +111,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             let batching = match args.max_cache_gb {
                 Some(gb) => BatchOptions {
                     max_batch: args.batch_size.unwrap_or(usize::MAX),
-                    max_cache_bytes: Some((gb as f64 * 1e9) as usize),
+                    max_cache_bytes: Some((gb * 1e9) as usize),
                 },
                 None => memory_bounded_batch(model, &prompts, &options, args.batch_size),
             };
@@ -179,26 +179,30 @@ fn text_prompts(args: &GenerateArgs, tokenizer: &Tokenizer) -> Result<Prompts> {
     };
     if let Some(path) = &args.prompts_file {
         let text = files::read_text_capped(path, files::TEXT)?;
-        let prompts: Vec<Vec<u32>> = text.lines().map(encode).collect();
-        if prompts.is_empty() {
+        if text.lines().next().is_none() {
             return Err(Error::input(format!("{} holds no prompts", path.display())));
         }
-        return Ok(Prompts::Many(prompts));
+        if let Some(k) = text.lines().position(|line| line.trim().is_empty()) {
+            let problem = "is empty: every line is one prompt, so a file of prompts has no empty lines";
+            return Err(Error::input(format!("{} line {}: the prompt {problem}", path.display(), k + 1)));
+        }
+        return Ok(Prompts::Many(text.lines().map(encode).collect()));
     }
     let text = match &args.prompt {
-        Some(text) => text.clone(),
-        None => {
-            if io::stdin().is_terminal() {
-                eprintln!("reading the prompt from stdin (end it with Ctrl-D)");
-            }
-            let text = files::utf8(files::read_stdin_capped(files::TEXT)?, "stdin")?;
-            // `echo text |` adds a newline that is not part of the prompt.
-            let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-            text.to_string()
+        Some(text) if text.trim().is_empty() => {
+            return Err(Error::usage("--prompt", format!("{text:?}"), EMPTY_PROMPT));
         }
+        Some(text) => text.clone(),
+        None => crate::args::read_stdin_text("the prompt")?,
     };
+    if text.trim().is_empty() {
+        return Err(Error::input(format!("the prompt read from stdin is empty: {EMPTY_PROMPT}")));
+    }
     Ok(Prompts::One(encode(&text)))
 }
+
+/// What to do about an empty prompt (a model given nothing continues from BOS alone: noise).
+pub const EMPTY_PROMPT: &str = "the prompt is empty (or only whitespace); give some text, or --ids 1 to start from BOS alone";
 
 /// The Instruct chat format for one user message, with the assistant header to reply after.
 fn chat_prompt(system: Option<&str>, user: &str) -> String {

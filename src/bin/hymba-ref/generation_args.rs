@@ -1,7 +1,9 @@
 //! The flags `generate` and `chat` share: how many tokens, how to sample them, when to stop,
-//! how many threads. A bad value is refused by its value parser (exit code 2, flag named).
+//! how many threads. A bad value is refused by its value parser (exit code 2, flag and range
+//! named); negative numbers reach the parser (`allow_negative_numbers`), so `-n -3` is refused
+//! as a value, not as an unknown flag.
 
-use crate::args::at_least;
+use crate::args::{count, number_where, MAX_TOKENS};
 use clap::{ArgAction, Args};
 use hymba_ref::config::{HymbaConfig, RopeScaling};
 use hymba_ref::generate::sampling::SamplingParams;
@@ -12,14 +14,14 @@ use std::path::Path;
 #[derive(Args)]
 pub struct GenerationArgs {
     /// The most tokens to generate per prompt (or chat turn).
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 128, value_parser = count::<0, MAX_TOKENS>, allow_negative_numbers = true)]
     pub max_new_tokens: usize,
     // Sampling: each flag overrides the model's generation_config.json (greedy if it has none).
     /// Sampling temperature; 0 = greedy (argmax).
     #[arg(long, value_name = "T", value_parser = non_negative, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Sample among the K most likely tokens only (0 = all).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = count::<0, MAX_TOKENS>, allow_negative_numbers = true)]
     pub top_k: Option<usize>,
     /// Sample among the most likely tokens whose probability sums to P (1 = all).
     #[arg(long, value_name = "P", value_parser = probability_above_zero, allow_negative_numbers = true)]
@@ -31,7 +33,7 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "R", value_parser = positive, allow_negative_numbers = true)]
     pub repetition_penalty: Option<f32>,
     /// Seed of the sampler (the same seed gives the same output).
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(short = 's', long, value_name = "S", default_value_t = 0, value_parser = crate::args::seed, allow_negative_numbers = true)]
     pub seed: u64,
     /// Stop when this text appears (not printed); give several after one flag or repeat it.
     #[arg(long, value_name = "STR", num_args = 1.., action = ArgAction::Append)]
@@ -40,7 +42,7 @@ pub struct GenerationArgs {
     #[arg(long)]
     pub no_eos_stop: bool,
     /// Worker threads (default: one per core).
-    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
+    #[arg(short = 't', long, value_name = "N", value_parser = crate::args::threads, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Compute the meta-token prefix instead of reading it from the cache directory
     /// ($XDG_CACHE_HOME/hymba-ref, else ~/.cache/hymba-ref), and do not write it there.
@@ -52,7 +54,6 @@ impl GenerationArgs {
     /// Start the global thread pool with `--threads` workers (rayon's default otherwise).
     pub fn start_thread_pool(&self) -> Result<()> {
         let Some(n) = self.threads else { return Ok(()) };
-        crate::args::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
@@ -77,24 +78,25 @@ impl GenerationArgs {
     }
 }
 
-fn number(text: &str) -> std::result::Result<f32, String> {
-    text.parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| "not a finite number".to_string())
+/// A sampling parameter's value parser: a finite number accepted by `ok` (described by `range`).
+fn sampling(text: &str, ok: impl Fn(f64) -> bool, range: &str) -> std::result::Result<f32, String> {
+    number_where(text, |v| ok(v) && (v as f32).is_finite(), range).map(|v| v as f32)
 }
 
 fn non_negative(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v >= 0.0 { Ok(v) } else { Err("must be ≥ 0".into()) })
+    sampling(text, |v| v >= 0.0, "≥ 0")
 }
 
-pub fn positive(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v > 0.0 { Ok(v) } else { Err("must be > 0".into()) })
+fn positive(text: &str) -> std::result::Result<f32, String> {
+    sampling(text, |v| v > 0.0, "> 0")
 }
 
 fn probability(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if (0.0..=1.0).contains(&v) { Ok(v) } else { Err("must be in [0, 1]".into()) })
+    sampling(text, |v| (0.0..=1.0).contains(&v), "in [0, 1]")
 }
 
 fn probability_above_zero(text: &str) -> std::result::Result<f32, String> {
-    number(text).and_then(|v| if v > 0.0 && v <= 1.0 { Ok(v) } else { Err("must be in (0, 1]".into()) })
+    sampling(text, |v| v > 0.0 && v <= 1.0, "in (0, 1]")
 }
 
 /// Warn on stderr when a prompt of `prompt_tokens` plus `max_new_tokens` reaches positions past

@@ -4,6 +4,7 @@
 //! f32 bytes) next to the dense-attention equivalent (SPEC, "Incremental decoding").
 
 use crate::args::{model_dir, print_stdout};
+use crate::configs;
 use clap::Args;
 use hymba_ref::cache_plan::{CachePlan, CacheSize, LayerCache, ScalarType};
 use hymba_ref::config::{weights, AttentionSpan, HymbaConfig, KvSource, TensorSpec, WeightSpec};
@@ -13,11 +14,13 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Model directory or its config.json; only the config is read (no weights needed).
-    #[arg(long)]
-    model: PathBuf,
+    /// Model directory or its config.json (only the config is read, no weights needed), or a
+    /// built-in config: small, mid, 1.5b (the released Hymba-1.5B), 1.5b-dense (its twin with
+    /// dense global attention in every layer). Default: the bundled model.
+    #[arg(short = 'm', long, value_name = "DIR|NAME")]
+    model: Option<PathBuf>,
     /// Context length N for the cache sizes: prompt + generated tokens, meta tokens excluded.
-    #[arg(long, value_name = "N", default_value_t = 8192)]
+    #[arg(short = 'c', long, value_name = "T", default_value_t = 8192, value_parser = crate::args::count::<0, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true)]
     context: usize,
     /// Print one JSON object instead of the readable report.
     #[arg(long)]
@@ -25,14 +28,20 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let path = model_dir(Some(&args.model))?.join("config.json");
-    let cfg = HymbaConfig::from_file(&path)?;
+    let name = args.model.as_deref().and_then(|m| m.to_str());
+    let (source, cfg) = match name.and_then(configs::builtin) {
+        Some(json) => (format!("built-in config {}", name.unwrap_or_default()), HymbaConfig::from_json_str(&json?)?),
+        None => {
+            let path = model_dir(args.model.as_deref())?.join("config.json");
+            (path.display().to_string(), HymbaConfig::from_file(&path)?)
+        }
+    };
     let cache = CachePlan::new(&cfg, args.context)?;
     let params = ParameterBreakdown::new(&cfg);
     if args.json {
         print_stdout(&format!("{:#}\n", report_json(&cfg, &params, &cache)))
     } else {
-        print_stdout(&report_text(&path.display().to_string(), &cfg, &params, &cache))
+        print_stdout(&report_text(&source, &cfg, &params, &cache))
     }
 }
 

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct LogitsArgs {
     /// Checkpoint directory (config.json + model.safetensors or shards) or its config.json.
-    #[arg(long)]
-    model: PathBuf,
+    /// Default: the bundled model.
+    #[arg(short = 'm', long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// Token ids: 5,17,300 or [5, 17, 300].
     #[arg(long, value_parser = token_ids)]
     ids: TokenIds,
@@ -22,7 +23,7 @@ pub struct LogitsArgs {
     out: PathBuf,
     /// Prefill the first K ids in one pass, then feed the rest one at a time through the cache.
     /// Without it: one full-sequence forward pass.
-    #[arg(long, value_name = "K", value_parser = crate::args::at_least::<1>)]
+    #[arg(long, value_name = "K", value_parser = crate::args::count::<1, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true)]
     prefill: Option<usize>,
 }
 
@@ -33,7 +34,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     }
     // Refuse an --out that would never be written (a directory, a dangling link) before the work.
     hymba_ref::files::output_target(&args.out)?;
-    let model = Hymba::from_dir(&model_dir(Some(&args.model))?)?;
+    let model = Hymba::from_dir(&model_dir(args.model.as_deref())?)?;
     model.check_ids(&ids)?;
     let logits = match args.prefill {
         None => model.forward(&ids)?,

@@ -8,6 +8,7 @@ mod args;
 mod available_memory;
 mod bench;
 mod chat;
+mod configs;
 mod explain;
 mod generate;
 mod generation_args;

@@ -1,6 +1,6 @@
 //! `hymba-ref perplexity`: token-level NLL and perplexity of a text file.
 
-use crate::args::{at_least, model_dir, print_stdout};
+use crate::args::{count, model_dir, print_stdout, MAX_TOKENS};
 use clap::Args;
 use hymba_ref::files;
 use hymba_ref::eval::{perplexity, windows};
@@ -14,17 +14,17 @@ use std::time::Instant;
 #[derive(Args)]
 pub struct PerplexityArgs {
     /// Checkpoint directory with its tokenizer, or its config.json. Default: the bundled demo model.
-    #[arg(long)]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// UTF-8 text file to score (encoded as one text, BOS first).
-    #[arg(long)]
+    #[arg(short = 'f', long, value_name = "FILE")]
     file: PathBuf,
     /// Tokens per window: longer texts are scored in overlapping windows of this many tokens.
-    #[arg(long, default_value_t = 512, value_parser = at_least::<2>)]
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 512, value_parser = count::<2, MAX_TOKENS>, allow_negative_numbers = true)]
     context: usize,
     /// Distance between window starts (default: context / 2). Each token is scored once, with at
     /// least context − stride tokens before it (except in the first window).
-    #[arg(long, value_parser = at_least::<1>)]
+    #[arg(long, value_name = "S", value_parser = count::<1, MAX_TOKENS>, allow_negative_numbers = true)]
     stride: Option<usize>,
 }
 

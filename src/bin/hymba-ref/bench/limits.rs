@@ -27,11 +27,11 @@ fn gib(bytes: u128) -> String {
 pub fn check_bandwidth_buffer(mib: usize, available: Option<u64>) -> Result<()> {
     let bytes = (mib as u128) << 20;
     match available {
-        Some(avail) if bytes > u128::from(avail) => Err(Error::input(format!(
-            "--bandwidth-mib {mib}: a {} buffer does not fit in the {} of memory available (0 skips the measurement)",
-            gib(bytes),
-            gib(u128::from(avail))
-        ))),
+        Some(avail) if bytes > u128::from(avail) => Err(Error::usage(
+            "--bandwidth-mib",
+            mib,
+            format!("a {} buffer does not fit in the {} of memory available (0 skips the measurement)", gib(bytes), gib(u128::from(avail))),
+        )),
         _ => Ok(()),
     }
 }
@@ -49,21 +49,19 @@ pub fn check_config_fits(
     let Some(avail) = available.map(u128::from) else { return Ok(()) };
     let weights = u128::from(params) * 4;
     if weights > avail {
-        return Err(Error::input(format!(
-            "--configs {name}: its {params} parameters need {} as f32, but only {} of memory is available",
-            gib(weights),
-            gib(avail)
-        )));
+        let problem = format!("its {params} parameters need {} as f32, but only {} of memory is available", gib(weights), gib(avail));
+        return Err(Error::usage("--configs", name, problem));
     }
     for &context in contexts {
         let too_big = |needed: Option<u128>| {
             let needed = needed.map_or_else(|| "more memory than can be counted".to_string(), gib);
-            Error::input(format!(
-                "--contexts {context}: config {name} needs about {needed} at this context \
-                 (weights {}, cache, activations), but only {} of memory is available",
+            let problem = format!(
+                "config {name} needs about {needed} at this context (weights {}, cache, activations), \
+                 but only {} of memory is available",
                 gib(weights),
                 gib(avail)
-            ))
+            );
+            Error::usage("--contexts", context, problem)
         };
         let cache = context
             .checked_add(decode_tokens)
@@ -83,8 +81,7 @@ pub fn check_config_fits(
 }
 
 /// Every check above for a whole `bench` invocation, before the first allocation.
-pub fn check_run(specs: &[super::ConfigSpec], args: &super::BenchArgs, threads: usize) -> Result<()> {
-    crate::args::check_threads(threads)?;
+pub fn check_run(specs: &[super::ConfigSpec], args: &super::BenchArgs) -> Result<()> {
     let available = available_memory();
     check_bandwidth_buffer(args.bandwidth_mib, available)?;
     for spec in specs {
