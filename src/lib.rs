@@ -97,6 +97,7 @@ pub mod matrix;
 pub mod model;
 pub mod prefix_cache;
 pub mod rng;
+pub mod serve;
 pub mod simd;
 pub mod tokenizer;
 pub mod values;
