@@ -107,6 +107,8 @@ pub enum Submit {
 struct Shared {
     waiting: AtomicUsize,
     running: AtomicUsize,
+    /// The most sequences a decode step has held.
+    peak_batch: AtomicUsize,
     shutdown: AtomicBool,
 }
 
@@ -155,6 +157,11 @@ impl Scheduler {
     /// Jobs prefilling or decoding.
     pub fn running(&self) -> usize {
         self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// The most sequences one decode step has held so far.
+    pub fn peak_batch(&self) -> usize {
+        self.shared.peak_batch.load(Ordering::SeqCst)
     }
 
     pub fn limits(&self) -> SchedulerLimits {
@@ -295,6 +302,7 @@ fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Rece
         }
 
         // One decode step of every member; each reads its row, then feeds its next id or leaves.
+        shared.peak_batch.fetch_max(members.len(), Ordering::SeqCst);
         let step = batch.step(model, &next_ids).map(|logits| logits.to_owned()); // (B, V)
         let mut left = Vec::new();
         for (i, member) in members.iter_mut().enumerate() {

@@ -444,6 +444,7 @@ fn health(state: &State) -> Value {
         "max_batch": state.scheduler.limits().max_batch,
         "running": state.scheduler.running(),
         "waiting": state.scheduler.waiting(),
+        "peak_batch": state.scheduler.peak_batch(),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
     })
 }
