@@ -321,6 +321,7 @@ fn every_bad_request_gets_an_openai_error_naming_what_is_wrong() {
         (json!({ "prompt": "hi", "stop": [""] }), "stop"),
         (json!({ "prompt": "hi", "stream": "yes" }), "stream"),
         (json!({ "prompt": "hi", "n": 2 }), "n"),
+        (json!({ "prompt": "hi", "ignore_eos": 1 }), "ignore_eos"),
         (json!({ "prompt": "hi", "logprobs": 3 }), "logprobs"),
         (json!({ "prompt": "hi", "presence_penalty": 0.5 }), "presence_penalty"),
         (json!({ "prompt": "hi", "suffix": "end" }), "suffix"),

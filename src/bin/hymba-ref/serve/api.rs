@@ -69,8 +69,10 @@ pub struct Context<'a> {
 }
 
 /// Fields each endpoint reads, besides its prompt field.
-const COMMON_FIELDS: [&str; 13] =
-    ["model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop", "n", "stream", "stream_options", "user"];
+const COMMON_FIELDS: [&str; 14] = [
+    "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop", "n", "stream",
+    "stream_options", "user", "ignore_eos",
+];
 
 /// Fields we do not support, and the value each may hold because it means "off".
 fn is_off_value(field: &str, value: &Value) -> bool {
@@ -149,6 +151,11 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cx: &Context) -> Result<Parsed, Ap
         return Err(ApiError { status: 400, message: e.message, kind: "invalid_request_error", param: Some(param) });
     }
     let stops = stop_strings(get("stop"))?;
+    // An extension (as vLLM's): keep generating after EOS, as `generate --no-eos-stop`.
+    let ignore_eos = match get("ignore_eos") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| ApiError::field("ignore_eos", format!("`ignore_eos` must be true or false, found {v}")))?,
+    };
 
     let prompt = match endpoint {
         Endpoint::Completions => completion_prompt(get("prompt"), cx)?,
@@ -160,7 +167,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint, cx: &Context) -> Result<Parsed, Ap
     if prompt.is_empty() {
         return Err(ApiError::field(prompt_field, format!("`{prompt_field}` gives no tokens")));
     }
-    let options = GenerateOptions { max_new_tokens, stop_at_eos: true, sampling };
+    let options = GenerateOptions { max_new_tokens, stop_at_eos: !ignore_eos, sampling };
     Ok(Parsed { prompt, options, stops, stream })
 }
 
