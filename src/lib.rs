@@ -99,6 +99,7 @@ pub mod model;
 pub mod prefix_cache;
 pub mod quant;
 pub mod rng;
+pub mod serve;
 pub mod simd;
 pub mod tokenizer;
 pub mod values;

@@ -112,18 +112,19 @@ impl Generation {
 }
 
 /// The most tokens [`generate`] reserves K/V room for before it starts.
-const RESERVE_TOKENS_LIMIT: usize = 1 << 16;
+pub(crate) const RESERVE_TOKENS_LIMIT: usize = 1 << 16;
 
 /// What to do after a step's logits.
-enum Next {
+pub(crate) enum Next {
     /// Feed this id in one more decode step.
     Feed(u32),
     Stop(StopReason),
 }
 
 /// One sequence's side of the loop, the same alone ([`generate`]) and in a batch
-/// ([`generate_batch`]): sampling, the stop rules, the callback, the counts.
-struct Decoder<C> {
+/// ([`generate_batch`], and the server's scheduler, [`crate::serve`]): sampling, the stop rules,
+/// the callback, the counts.
+pub(crate) struct Decoder<C> {
     sampler: Sampler,
     eos: Option<u32>,
     max_new_tokens: usize,
@@ -140,7 +141,7 @@ struct Decoder<C> {
 
 impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
     /// For `prompt` fed after `history`, its prefill took `prefill_seconds` and just ended.
-    fn new(
+    pub(crate) fn new(
         model: &Hymba,
         history: &[u32],
         prompt: &[u32],
@@ -164,7 +165,7 @@ impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
 
     /// Given the logits after the last fed id: sample the next id, hand it to the callback, and
     /// say whether to feed it or stop (and why).
-    fn next(&mut self, logits: &[f32]) -> Result<Next> {
+    pub(crate) fn next(&mut self, logits: &[f32]) -> Result<Next> {
         if self.tokens.len() >= self.max_new_tokens {
             return Ok(Next::Stop(StopReason::MaxNewTokens));
         }
@@ -184,7 +185,7 @@ impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
         Ok(Next::Feed(id))
     }
 
-    fn finish(self, stop_reason: StopReason, seq: &Sequence) -> Generation {
+    pub(crate) fn finish(self, stop_reason: StopReason, seq: &Sequence) -> Generation {
         let stats = GenerationStats {
             prompt_tokens: self.prompt_tokens,
             generated_tokens: self.tokens.len(),

@@ -45,18 +45,18 @@ impl<'t> TextStream<'t> {
 
 /// The token callback of the text layer: each id decoded, the final text handed to `on_text`,
 /// generation stopped at the first stop string.
-struct TextSink<'t, F> {
+pub(crate) struct TextSink<'t, F> {
     stream: TextStream<'t>,
     stopped: bool,
     on_text: F,
 }
 
 impl<'t, F: FnMut(&str) -> Result<()>> TextSink<'t, F> {
-    fn new(tokenizer: &'t Tokenizer, stops: &[String], on_text: F) -> Result<TextSink<'t, F>> {
+    pub(crate) fn new(tokenizer: &'t Tokenizer, stops: &[String], on_text: F) -> Result<TextSink<'t, F>> {
         Ok(TextSink { stream: TextStream::new(tokenizer, stops)?, stopped: false, on_text })
     }
 
-    fn push(&mut self, id: u32) -> Result<Flow> {
+    pub(crate) fn push(&mut self, id: u32) -> Result<Flow> {
         let out = self.stream.push(id)?;
         if !out.text.is_empty() {
             (self.on_text)(&out.text)?;
@@ -66,7 +66,7 @@ impl<'t, F: FnMut(&str) -> Result<()>> TextSink<'t, F> {
     }
 
     /// Generation ended: hand over the text held back, unless a stop string ended it.
-    fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         let TextSink { stream, stopped, mut on_text } = self;
         let rest = if stopped { String::new() } else { stream.finish() };
         if !rest.is_empty() {

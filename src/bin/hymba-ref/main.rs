@@ -16,6 +16,7 @@ mod inspect;
 mod load;
 mod logits;
 mod perplexity;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,8 @@ enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Token-level NLL and perplexity of a text file (sliding windows over long files).
     Perplexity(perplexity::PerplexityArgs),
+    /// An OpenAI-compatible local HTTP server (completions, chat, streaming) with continuous batching.
+    Serve(serve::ServeArgs),
     /// Watch one forward pass of a prompt: attention maps and shares, branch balance, SSM memory, the cache.
     Explain(explain::ExplainArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Detokenize(args) => tokenize::run_detokenize(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,371 @@
+//! One thread owns the model and one [`Batch`]; jobs arrive from any thread and leave when done.
+//!
+//! ```text
+//! loop:
+//!   take the jobs that arrived; drop those whose client went away (queued, prefilling, decoding)
+//!   if nothing is prefilling: the queue's first job starts, if the batch has room and its cache
+//!       at prompt + max_tokens fits beside the members' (one job always runs)
+//!   prefill one chunk of it (one pass, ≤ MAX_ROWS_PER_PASS rows); after its last chunk, sample
+//!       its first token and add it to the batch
+//!   one decode step of every member: sample each row, hand the text to its client, leave on
+//!       EOS, a stop string, max_tokens, or a client that is gone
+//! ```
+//!
+//! A prompt is cut into chunks exactly where one call over the whole prompt would cut its
+//! passes ([`rows_per_pass`]), so the prefill gives the logits `generate` gets. Each member keeps
+//! `generate`'s own per-sequence state ([`Decoder`]: sampler, EOS, max tokens) and text layer
+//! ([`TextSink`]: streaming decode, stop strings), so its tokens and text are what `generate`
+//! gives for the same prompt and options.
+
+use crate::cache_plan::{CachePlan, ScalarType};
+use crate::config::HymbaConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::generate::text::TextSink;
+use crate::generate::{Decoder, Flow, GenerateOptions, Next, StopReason, RESERVE_TOKENS_LIMIT};
+use crate::model::pass::{rows_per_pass, MAX_ROWS_PER_PASS};
+use crate::model::{Batch, Hymba, Sequence, SequenceId};
+use crate::tokenizer::Tokenizer;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One request, tokenized and checked: what to generate and where its events go.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub options: GenerateOptions,
+    pub stops: Vec<String>,
+    /// Text pieces as they become final, then one [`Event::Done`] or [`Event::Failed`].
+    pub events: Sender<Event>,
+    /// Set by the client's side when the client went away: the job leaves at the next iteration.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+/// What the scheduler tells a job's client.
+#[derive(Debug)]
+pub enum Event {
+    /// Final text (never empty; a stop string and what follows never arrive).
+    Text(String),
+    Done(Finished),
+    /// The job did not run or could not go on (the server shuts down, a non-finite logit).
+    Failed(Error),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// OpenAI's `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the server cut the reply short at shutdown.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// The scheduler's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// The most sequences decoding at once (the one being prefilled counted).
+    pub max_batch: usize,
+    /// The most cache bytes (f32) the running jobs may reach together, each counted at prompt +
+    /// max_tokens ([`cache_bound`]); one job always runs.
+    pub max_cache_bytes: usize,
+    /// The most jobs waiting to start.
+    pub max_queue: usize,
+}
+
+/// The answer to [`Scheduler::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submit {
+    Queued,
+    /// `max_queue` jobs are already waiting: try again later.
+    QueueFull,
+    ShuttingDown,
+}
+
+/// Counters shared between the scheduler thread and the clients' threads.
+#[derive(Debug, Default)]
+struct Shared {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    /// The most sequences a decode step has held.
+    peak_batch: AtomicUsize,
+    shutdown: AtomicBool,
+}
+
+/// The handle of the scheduler thread.
+pub struct Scheduler {
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    limits: SchedulerLimits,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Start the scheduler thread; it owns `model` from now on.
+    pub fn start(model: Hymba, tokenizer: Arc<Tokenizer>, limits: SchedulerLimits) -> Result<Scheduler> {
+        let (jobs, receiver) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let inner = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || run(&model, &tokenizer, limits, receiver, &inner))
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the scheduler thread: {e}")))?;
+        Ok(Scheduler { jobs, shared, limits, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Queue a job, unless `max_queue` jobs wait already or the server shuts down.
+    pub fn submit(&self, job: Job) -> Submit {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Submit::ShuttingDown;
+        }
+        if self.shared.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.max_queue {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Submit::QueueFull;
+        }
+        if self.jobs.send(job).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Submit::ShuttingDown;
+        }
+        Submit::Queued
+    }
+
+    /// Jobs waiting to start.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Jobs prefilling or decoding.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// The most sequences one decode step has held so far.
+    pub fn peak_batch(&self) -> usize {
+        self.shared.peak_batch.load(Ordering::SeqCst)
+    }
+
+    pub fn limits(&self) -> SchedulerLimits {
+        self.limits
+    }
+
+    /// Take no more jobs; the scheduler ends every job at its next iteration (waiting ones
+    /// [`Event::Failed`], running ones [`Event::Done`] with what they have, `length`) and stops.
+    /// Returns when it has.
+    pub fn shut_down(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A job's cache bytes (f32) at prompt + `max_tokens` tokens: what it counts against
+/// [`SchedulerLimits::max_cache_bytes`]; `usize::MAX` past what a `usize` holds.
+pub fn cache_bound(config: &HymbaConfig, prompt_tokens: usize, max_new_tokens: usize) -> usize {
+    let longest = prompt_tokens.saturating_add(max_new_tokens);
+    CachePlan::new(config, longest).map_or(usize::MAX, |plan| plan.size.bytes(ScalarType::F32))
+}
+
+/// The text layer's callback: each final piece sent to the client.
+type OnText = Box<dyn FnMut(&str) -> Result<()>>;
+type Sink<'t> = Rc<RefCell<TextSink<'t, OnText>>>;
+/// The id loop's callback: the text layer.
+type OnToken<'t> = Box<dyn FnMut(u32) -> Result<Flow> + 't>;
+
+/// The job being prefilled, `fed` of its prompt ids in its sequence.
+struct Prefill {
+    job: Job,
+    seq: Sequence,
+    fed: usize,
+    /// Ids per chunk: one pass each, cut where one call over the whole prompt would cut.
+    chunk: usize,
+    start: Instant,
+    cache_bound: usize,
+}
+
+/// A job in the batch.
+struct Member<'t> {
+    job: Job,
+    id: SequenceId,
+    decoder: Decoder<OnToken<'t>>,
+    sink: Sink<'t>,
+    cache_bound: usize,
+}
+
+/// The scheduler thread: see the module's loop.
+fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Receiver<Job>, shared: &Shared) {
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut prefill: Option<Prefill> = None;
+    let (mut batch, mut members, mut next_ids) = (Batch::new(), Vec::<Member>::new(), Vec::<u32>::new());
+    let leave_queue = |n: usize| shared.waiting.fetch_sub(n, Ordering::SeqCst);
+    loop {
+        if queue.is_empty() && prefill.is_none() && members.is_empty() {
+            match jobs.recv_timeout(Duration::from_millis(20)) {
+                Ok(job) => queue.push_back(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        queue.extend(jobs.try_iter());
+        if shared.shutdown.load(Ordering::SeqCst) {
+            let shutting_down = || Error::new(ErrorKind::Io, "the server is shutting down");
+            leave_queue(queue.len());
+            for job in queue.drain(..).chain(prefill.take().map(|p| p.job)) {
+                let _ = job.events.send(Event::Failed(shutting_down()));
+            }
+            for member in members.drain(..) {
+                let seq = batch.remove(member.id).expect("a member of the batch");
+                finish(member.job, member.decoder, member.sink, StopReason::MaxNewTokens, &seq);
+            }
+            shared.running.store(0, Ordering::SeqCst);
+            return;
+        }
+
+        // Clients that went away: their jobs leave now, wherever they are.
+        let before = queue.len();
+        queue.retain(|job| !job.cancelled.load(Ordering::SeqCst));
+        leave_queue(before - queue.len());
+        if prefill.as_ref().is_some_and(|p| p.job.cancelled.load(Ordering::SeqCst)) {
+            prefill = None;
+        }
+        for i in (0..members.len()).rev() {
+            if members[i].job.cancelled.load(Ordering::SeqCst) {
+                let member = members.remove(i);
+                next_ids.remove(i);
+                batch.remove(member.id);
+            }
+        }
+
+        // Start the next job's prefill when the batch has room for it.
+        if prefill.is_none() {
+            if let Some(job) = queue.front() {
+                let bound = cache_bound(&model.config, job.prompt.len(), job.options.max_new_tokens);
+                let reserved = members.iter().fold(0usize, |sum, m| sum.saturating_add(m.cache_bound));
+                let fits = members.is_empty() || reserved.saturating_add(bound) <= limits.max_cache_bytes;
+                if members.len() < limits.max_batch && fits {
+                    let job = queue.pop_front().expect("a front job");
+                    leave_queue(1);
+                    let mut seq = model.new_sequence();
+                    seq.reserve((job.prompt.len() + job.options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
+                    let chunk = rows_per_pass(job.prompt.len(), MAX_ROWS_PER_PASS);
+                    prefill = Some(Prefill { job, seq, fed: 0, chunk, start: Instant::now(), cache_bound: bound });
+                }
+            }
+        }
+
+        // One chunk of it; after the last, its first token, and it joins the batch.
+        if let Some(mut p) = prefill.take() {
+            let end = (p.fed + p.chunk).min(p.job.prompt.len());
+            let logits = model.next_token_logits(&p.job.prompt[p.fed..end], &mut p.seq).map(|l| l.to_vec());
+            p.fed = end;
+            match logits {
+                Err(e) => {
+                    let _ = p.job.events.send(Event::Failed(e));
+                }
+                Ok(_) if end < p.job.prompt.len() => prefill = Some(p),
+                Ok(logits) => match start_decoding(model, tokenizer, &p, &logits) {
+                    Err(e) => {
+                        let _ = p.job.events.send(Event::Failed(e));
+                    }
+                    Ok((decoder, sink, Next::Stop(reason))) => finish(p.job, decoder, sink, reason, &p.seq),
+                    Ok((decoder, sink, Next::Feed(id))) => {
+                        let Prefill { job, seq, cache_bound, .. } = p;
+                        members.push(Member { job, id: batch.add(seq), decoder, sink, cache_bound });
+                        next_ids.push(id);
+                    }
+                },
+            }
+        }
+        shared.running.store(members.len() + usize::from(prefill.is_some()), Ordering::SeqCst);
+        if members.is_empty() {
+            continue;
+        }
+
+        // One decode step of every member; each reads its row, then feeds its next id or leaves.
+        shared.peak_batch.fetch_max(members.len(), Ordering::SeqCst);
+        let step = batch.step(model, &next_ids).map(|logits| logits.to_owned()); // (B, V)
+        let mut left = Vec::new();
+        for (i, member) in members.iter_mut().enumerate() {
+            let next = match &step {
+                Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
+                Err(e) => Err(Error::new(e.kind, e.message.clone())),
+            };
+            match next {
+                Ok(Next::Feed(id)) => next_ids[i] = id,
+                Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
+                Err(e) => left.push((i, Err(e))),
+            }
+        }
+        for (i, outcome) in left.into_iter().rev() {
+            let member = members.remove(i);
+            next_ids.remove(i);
+            let seq = batch.remove(member.id).expect("a member of the batch");
+            match outcome {
+                Ok(reason) => finish(member.job, member.decoder, member.sink, reason, &seq),
+                Err(e) => {
+                    let _ = member.job.events.send(Event::Failed(e)); // fails too if the client is gone
+                }
+            }
+        }
+        shared.running.store(members.len() + usize::from(prefill.is_some()), Ordering::SeqCst);
+    }
+}
+
+/// After a job's last prefill chunk: its decoder and text layer, and its first sampled token.
+fn start_decoding<'t>(
+    model: &Hymba,
+    tokenizer: &'t Tokenizer,
+    p: &Prefill,
+    logits: &[f32],
+) -> Result<(Decoder<OnToken<'t>>, Sink<'t>, Next)> {
+    let events = p.job.events.clone();
+    let on_text: OnText = Box::new(move |text: &str| {
+        events.send(Event::Text(text.to_string())).map_err(|_| Error::new(ErrorKind::Io, "the client went away"))
+    });
+    let sink: Sink = Rc::new(RefCell::new(TextSink::new(tokenizer, &p.job.stops, on_text)?));
+    let pushed = sink.clone();
+    let on_token: OnToken = Box::new(move |id| pushed.borrow_mut().push(id));
+    let seconds = p.start.elapsed().as_secs_f64();
+    let mut decoder = Decoder::new(model, &[], &p.job.prompt, &p.job.options, seconds, on_token)?;
+    let next = decoder.next(logits)?;
+    Ok((decoder, sink, next))
+}
+
+/// A job is done: the text its stop-string check held back, then [`Event::Done`].
+fn finish(job: Job, decoder: Decoder<OnToken>, sink: Sink, reason: StopReason, seq: &Sequence) {
+    let generation = decoder.finish(reason, seq); // drops the decoder's hold on the sink
+    let finish_reason = match reason {
+        StopReason::Eos | StopReason::Callback => FinishReason::Stop,
+        StopReason::MaxNewTokens => FinishReason::Length,
+    };
+    let Ok(sink) = Rc::try_unwrap(sink) else { unreachable!("the decoder held the only other reference") };
+    let event = match sink.into_inner().finish() {
+        Ok(()) => Event::Done(Finished {
+            finish_reason,
+            prompt_tokens: generation.stats.prompt_tokens,
+            completion_tokens: generation.tokens.len(),
+        }),
+        Err(e) => Event::Failed(e),
+    };
+    let _ = job.events.send(event);
+}
