@@ -83,6 +83,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let tokenizer = load_tokenizer(&dir)?;
     tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
+    if ids.is_none() && (args.chat || args.system.is_some()) {
+        crate::chat::warn_without_chat_template(&dir);
+    }
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
         None => text_prompts(&args, &tokenizer)?,

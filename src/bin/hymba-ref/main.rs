@@ -39,7 +39,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Continue a prompt (text, chat or ids), streaming the generated text.
     Generate(generate::GenerateArgs),
-    /// Multi-turn chat in the Instruct format: one user turn per line of stdin, /reset, Ctrl-D ends.
+    /// Multi-turn chat in the Instruct format: one user turn per line of stdin; /reset, /quit, /help.
     Chat(chat::ChatArgs),
     /// Encode text to token ids (printed as a JSON array).
     Tokenize(tokenize::TokenizeArgs),
