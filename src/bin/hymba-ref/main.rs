@@ -22,8 +22,23 @@ use clap::{Parser, Subcommand};
 use hymba_ref::ErrorKind;
 use std::process::ExitCode;
 
+/// The examples `--help` ends with (each runs as written from the repository's directory:
+/// `tests/readme.rs` runs them).
+const EXAMPLES: &str = "\
+Examples (every command that needs a model uses the bundled demo model unless -m names one):
+  hymba-ref generate -p \"Once upon a time\" -n 48
+  printf 'Tell me a fortune.\\n/quit\\n' | hymba-ref chat -n 24
+  hymba-ref tokenize --text \"Hello, 世界\" | hymba-ref detokenize --skip-special
+  hymba-ref explain -p \"Two kinds of people\" --layers 0 --heads 0,1
+  hymba-ref inspect -m 1.5b
+  hymba-ref bench --configs small --contexts 128 --runs 1 -t 2
+
+Short flags as in llama.cpp: -m model, -p prompt, -n max new tokens, -t threads, -f file, -s seed,
+-c context, -h help. Exit codes: 0 success, 2 a usage error (an unknown flag, a bad or
+out-of-range value: the message names the flag and the range), 1 any other failure.";
+
 #[derive(Parser)]
-#[command(name = "hymba-ref", version, about = "A pure-Rust CPU reference engine for Hymba models")]
+#[command(name = "hymba-ref", version, about = "A pure-Rust CPU reference engine for Hymba models", after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
