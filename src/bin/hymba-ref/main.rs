@@ -1,8 +1,11 @@
 //! `hymba-ref`: the command-line front end. One module per subcommand.
 //!
-//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments, bad flag
-//! values: reported by clap, or an [`ErrorKind::Usage`] error for values that conflict), 1 for
-//! every other failure; messages go to stderr.
+//! Exit codes: 0 on success, 2 for every usage error (unknown flags, missing arguments, bad or
+//! out-of-range flag values, negative numbers included: reported by clap's value parsers in
+//! `args.rs`, naming the flag and the range; or an [`ErrorKind::Usage`] error for a value wrong
+//! only next to something else: `--prefill` past the ids, a layer the model does not have, a
+//! bench context too large for this machine's memory), 1 for every other failure; messages go
+//! to stderr.
 
 mod args;
 mod available_memory;
@@ -56,9 +59,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Multi-turn chat in the Instruct format: one user turn per line of stdin; /reset, /quit, /help.
     Chat(chat::ChatArgs),
-    /// Encode text to token ids (printed as a JSON array).
+    /// Encode text (--text, else stdin) to token ids, printed as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
-    /// Decode token ids (1,2,3 or [1, 2, 3]) to text.
+    /// Decode token ids (1,2,3 or the [1,2,3] tokenize prints; stdin without --ids) to text.
     Detokenize(tokenize::DetokenizeArgs),
     /// Token-level NLL and perplexity of a text file (sliding windows over long files).
     Perplexity(perplexity::PerplexityArgs),
