@@ -28,6 +28,22 @@ fn generate_reply(prompt: &str, max_new_tokens: &str) -> String {
     text(&out.stdout).strip_suffix('\n').unwrap().to_string()
 }
 
+/// The replies of a piped chat's stdout: the text after each `=== reply K ===` line (K = 1, 2, ...),
+/// each without its final newline.
+fn replies(stdout: &str) -> Vec<String> {
+    let mut replies: Vec<String> = Vec::new();
+    for line in stdout.split_inclusive('\n') {
+        match line.strip_prefix("=== reply ") {
+            Some(header) => {
+                assert_eq!(header, format!("{} ===\n", replies.len() + 1), "{stdout:?}");
+                replies.push(String::new());
+            }
+            None => replies.last_mut().unwrap_or_else(|| panic!("text before the first header: {stdout:?}")).push_str(line),
+        }
+    }
+    replies.into_iter().map(|r| r.strip_suffix('\n').unwrap_or_else(|| panic!("no newline: {r:?}")).to_string()).collect()
+}
+
 /// The `prefill: N new tokens (of T in the conversation)` figures of each turn's timing line.
 fn prefill_counts(stderr: &str) -> Vec<(usize, usize)> {
     stderr
@@ -58,7 +74,7 @@ fn piped_two_turn_chat_equals_generate_over_the_conversation_and_prefills_only_t
     assert!(!reply1.trim().is_empty());
     let whole = [first[0].clone(), first[1].clone(), ChatMessage::new(Role::Assistant, &reply1), ChatMessage::new(Role::User, user2)];
     let reply2 = generate_reply(&render_chat(&whole, true), n);
-    assert_eq!(text(&out.stdout), format!("{reply1}\n{reply2}\n"));
+    assert_eq!(text(&out.stdout), format!("=== reply 1 ===\n{reply1}\n=== reply 2 ===\n{reply2}\n"));
 
     // Turn 1 fed its whole prompt. Turn 2 fed only what its sequence did not hold: the sequence
     // held turn 1's prompt and reply ids (all but the last, never fed back, unless the EOS ended
@@ -80,14 +96,31 @@ fn reset_starts_over_and_blank_lines_are_not_turns() {
     let out = cli_with_stdin(&["chat", "--temperature", "0", "--max-new-tokens", "8"], b"Hello.\n\n/reset\nHello.\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let replies: Vec<&str> = stdout.split_terminator('\n').collect();
-    assert!(replies.len() >= 2, "{stdout:?}");
+    let replies = replies(&stdout);
     // Both turns are the first of a conversation: the same prompt, the same greedy reply.
-    let half = stdout.len() / 2;
-    assert_eq!(stdout[..half], stdout[half..], "{stdout:?}");
+    assert_eq!(replies.len(), 2, "{stdout:?}");
+    assert_eq!(replies[0], replies[1], "{stdout:?}");
     let stderr = text(&out.stderr);
     assert_eq!(prefill_counts(&stderr).iter().map(|c| c.0 == c.1).collect::<Vec<_>>(), [true, true], "{stderr}");
     assert!(stderr.contains("(conversation reset)"), "{stderr}");
+}
+
+#[test]
+fn quit_and_exit_end_the_chat_help_lists_the_commands_and_a_model_without_template_is_named() {
+    for quit in ["/quit", "/exit"] {
+        let input = format!("Hello.\n/help\n{quit}\nNever sent.\n");
+        let out = cli_with_stdin(&["chat", "--temperature", "0", "-n", "4"], input.as_bytes());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert_eq!(replies(&text(&out.stdout)).len(), 1, "{quit}: the line after it is not a turn");
+        assert_eq!(prefill_counts(&stderr).len(), 1, "{stderr}");
+        assert!(stderr.contains("commands: /reset") && stderr.contains("/quit or /exit"), "{stderr}");
+        // The demo model's tokenizer_config.json has no chat template: it is no Instruct model.
+        assert!(stderr.contains("has no chat template") && stderr.contains("not an Instruct model"), "{stderr}");
+    }
+    // generate --chat warns the same way.
+    let out = cli_with_stdin(&["generate", "--chat", "-p", "Hello.", "-n", "2"], b"");
+    assert!(text(&out.stderr).contains("has no chat template"), "{}", text(&out.stderr));
 }
 
 #[test]

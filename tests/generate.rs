@@ -403,6 +403,10 @@ mod cli {
         let rendered = render_chat(&[ChatMessage::new(Role::User, "Hi there")], true);
         let want = run_lib(&tokenizer().encode(&rendered, true), &options(5, true, SamplingParams::default()));
         assert_eq!(chat_only, serde_json::to_string(&want.tokens).unwrap() + "\n");
+        // The released tokenizer_config.json has a chat template: no warning that it is not one.
+        let dir = checkpoint(Ckpt::Full).to_str().unwrap();
+        let out = run(&["--model", dir, "--chat", "--prompt", "Hi there", "--max-new-tokens", "2"]);
+        assert!(out.status.success() && !stderr(&out).contains("chat template"), "{}", stderr(&out));
     }
 
     #[test]

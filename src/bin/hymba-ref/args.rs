@@ -136,6 +136,14 @@ pub fn read_stdin_text(what: &str) -> Result<String> {
     })
 }
 
+/// `1 run`, `3 runs`: `n` and `word`, plural unless `n` is 1.
+pub fn counted(n: u64, word: &str) -> String {
+    match n {
+        1 => format!("1 {word}"),
+        _ => format!("{n} {word}s"),
+    }
+}
+
 /// Write `text` to stdout. `println!` panics when stdout is a closed pipe (`hymba-ref ... | head`);
 /// here a reader that stopped early is not an error, and any other failure is a typed error.
 pub fn print_stdout(text: &str) -> Result<()> {

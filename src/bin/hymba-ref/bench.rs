@@ -24,9 +24,10 @@
 //! Roofline: a decode step reads every weight matrix once (`in_proj`, `x_proj`, `dt_proj`,
 //! `out_proj`, the MLP, the small per-layer vectors, and `lm_head` — the embedding when tied; an
 //! untied embedding contributes one row, the meta tokens nothing). Its bytes are those parameters
-//! times the bytes per parameter the model holds in memory (measured: the RSS the built model
-//! adds, less its meta-token cache). The roofline is the measured read bandwidth divided by those
-//! bytes: no decode can be faster. K/V cache reads are not counted.
+//! times the bytes per parameter the weights hold (their bytes, from the weight table: bf16
+//! matrices, f32 vectors; the RSS the built model adds is reported beside them). The roofline is
+//! the measured read bandwidth divided by those bytes: no decode can be faster, so a share above
+//! 100 % is flagged as a bandwidth measurement too low to believe. K/V cache reads are not counted.
 
 mod bandwidth;
 mod cpu_time;
@@ -37,14 +38,14 @@ mod memory;
 mod profile;
 mod regions;
 
-use crate::args::{count, positive, print_stdout, MAX_TOKENS};
+use crate::args::{count, counted, positive, print_stdout, MAX_TOKENS};
 use crate::configs;
 use clap::Args;
 use hymba_ref::cache::HybridCache;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
-use hymba_ref::config::HymbaConfig;
+use hymba_ref::config::{HymbaConfig, Storage, TensorSpec};
 use hymba_ref::generate::sampling::argmax;
 use hymba_ref::matrix::Rows;
 use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
@@ -355,6 +356,15 @@ fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
+/// The bytes the weights hold in memory: every tensor of the weight table, matrices at the bytes
+/// per element they are kept in (those of the embedding: bf16 from random weights), the rest
+/// (vectors, conv kernels, meta tokens, A) as f32.
+fn held_weight_bytes(cfg: &HymbaConfig, weights: &HymbaWeights) -> u64 {
+    let matrix = weights.embed_tokens.elements().bytes_per_element();
+    let bytes = |t: &TensorSpec| t.elements() * if t.spec.storage == Storage::Matrix { matrix } else { 4 };
+    cfg.tensors().iter().map(bytes).sum::<usize>() as u64
+}
+
 /// Bytes a sequence's cache holds, counted as f32 (K/V rows, conv and scan state).
 fn cache_bytes(cache: &HybridCache) -> u64 {
     cache.allocated_scalars().bytes(ScalarType::F32) as u64
@@ -379,15 +389,17 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
     let weights = HymbaWeights::from_checkpoint(&cfg, &source)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let weights_rss = rss_growth(rss_base);
+    let weight_bytes = held_weight_bytes(&cfg, &weights);
     let start = Instant::now();
     let model = Hymba::new(cfg.clone(), weights);
     let meta_seconds = start.elapsed().as_secs_f64();
     let model_rss = rss_growth(rss_base);
     let load_peak = memory::peak_rss_bytes();
     let meta_cache = cache_bytes(&model.new_sequence().cache);
-    // Everything the model holds except its meta-token cache; bytes per parameter follow from it.
-    let weight_bytes = model_rss.map(|m| m.saturating_sub(meta_cache));
-    let bytes_per_param = weight_bytes.map_or(4.0, |w| w as f64 / params as f64);
+    // The memory the built model took, less its meta-token cache: the weights' bytes and whatever
+    // the allocator adds (it moves between runs; the weights' bytes do not).
+    let model_rss = model_rss.map(|m| m.saturating_sub(meta_cache));
+    let bytes_per_param = weight_bytes as f64 / params as f64;
 
     // Warm-up: first-touch page faults and lazily built tables, outside the timed runs.
     let mut warm = model.new_sequence();
@@ -423,6 +435,7 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
         "params": params,
         "params_read_per_decode_token": params_read,
         "weight_bytes": weight_bytes,
+        "model_rss_bytes": model_rss,
         "weights_only_rss_bytes": weights_rss,
         "bytes_per_param": bytes_per_param,
         "decode_bytes_per_token": params_read as f64 * bytes_per_param,
@@ -584,11 +597,15 @@ const MIB: f64 = 1024.0 * 1024.0;
 fn table(report: &Value) -> String {
     let mut out = String::new();
     let bw = report["bandwidth"]["read_bytes_per_second"].as_f64();
+    let count = |key: &str, word: &str| counted(report[key].as_u64().unwrap_or(0), word);
+    let runs = match report["runs"].as_u64() {
+        Some(1) => "1 run".to_string(),
+        _ => format!("median of up to {}", count("runs", "run")),
+    };
     out += &format!(
-        "hymba-ref bench: {} threads, median of up to {} runs, {} decode tokens; read bandwidth {}\n",
-        report["threads"],
-        report["runs"],
-        report["decode_tokens"],
+        "hymba-ref bench: {}, {runs}, {}; read bandwidth {}\n",
+        count("threads", "thread"),
+        count("decode_tokens", "decode token"),
         bw.map_or("not measured".to_string(), |b| format!("{:.2} GB/s", b / 1e9)),
     );
     if let Some(load) = report["machine"]["load_average_start"].as_array() {
@@ -598,11 +615,12 @@ fn table(report: &Value) -> String {
         out += &machine::line(&report["machine"]["scaling"]);
     }
     out += &format!(
-        "{:<10} {:>9} {:>11} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>9}\n",
-        "config", "params", "weights MiB", "ctx", "batch", "runs", "prefill tok/s", "decode tok/s", "ms/step",
+        "{:<10} {:>9} {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>9}\n",
+        "config", "params", "weights MiB", "RSS MiB", "ctx", "batch", "runs", "prefill tok/s", "decode tok/s", "ms/step",
         "cache MiB", "peak MiB", "peak/(w+c)", "roofline tok/s", "% roofline", "max batch"
     );
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut above_roofline = false;
     for cfg in report["configs"].as_array().into_iter().flatten() {
         let weights = num(&cfg["weight_bytes"]);
         for c in cfg["contexts"].as_array().into_iter().flatten() {
@@ -610,10 +628,11 @@ fn table(report: &Value) -> String {
             // Missing figures (no bandwidth measured, no /proc) print as "-".
             let f = |x: f64, digits: usize| if x.is_finite() { format!("{x:.digits$}") } else { "-".into() };
             out += &format!(
-                "{:<10} {:>8.1}M {:>11} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10} {:>9}\n",
+                "{:<10} {:>8.1}M {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10} {:>9}\n",
                 cfg["name"].as_str().unwrap_or("?"),
                 num(&cfg["params"]) / 1e6,
                 f(weights / MIB, 1),
+                f(num(&cfg["model_rss_bytes"]) / MIB, 1),
                 c["context"].as_u64().unwrap_or(0),
                 c["batch_size"].as_u64().unwrap_or(0),
                 c["runs"].as_u64().unwrap_or(0),
@@ -624,13 +643,24 @@ fn table(report: &Value) -> String {
                 f(peak / MIB, 1),
                 f(peak / (weights + num(&c["cache_bytes"])), 3),
                 f(num(&cfg["roofline_decode_tok_per_s"]), 2),
-                match f(100.0 * num(&c["roofline_fraction"]), 1) {
-                    x if x == "-" => x,
-                    x => x + "%",
+                match num(&c["roofline_fraction"]) {
+                    x if x > 1.0 => {
+                        above_roofline = true;
+                        format!("{:.1}%!", 100.0 * x)
+                    }
+                    x => f(100.0 * x, 1) + if x.is_finite() { "%" } else { "" },
                 },
                 f(num(&c["largest_batch_in_budget"]), 0),
             );
         }
+    }
+    out += "weights MiB: the bytes the weights hold; RSS MiB: the memory the built model took (it moves between runs)\n";
+    if above_roofline {
+        out += &format!(
+            "! above 100 %: decode read the weights faster than the measured read bandwidth ({}) allows, so that \
+             measurement is implausibly low (a machine busy while it ran, or a small --bandwidth-mib); rerun it\n",
+            bw.map_or("-".to_string(), |b| format!("{:.2} GB/s", b / 1e9))
+        );
     }
     for cfg in report["configs"].as_array().into_iter().flatten() {
         for c in cfg["contexts"].as_array().into_iter().flatten().filter(|c| c["profile"].is_object()) {
@@ -693,6 +723,24 @@ mod tests {
         let sizes = [BatchSize::Fixed(4), BatchSize::LargestInBudget];
         assert_eq!(batch_sizes_at(&sizes, Some(9)).unwrap(), [4, 9]);
         assert!(batch_sizes_at(&sizes, Some(0)).is_err());
+    }
+
+    #[test]
+    fn the_table_counts_in_words_and_flags_a_roofline_share_above_100_percent() {
+        let context = |fraction: f64| json!({ "context": 8, "batch_size": 1, "runs": 1, "roofline_fraction": fraction });
+        let report = |runs: u64, fractions: &[f64]| json!({
+            "threads": 1, "runs": runs, "decode_tokens": 1, "bandwidth": { "read_bytes_per_second": 1e9 },
+            "configs": [{ "name": "small", "params": 1e6, "weight_bytes": 2e6, "model_rss_bytes": 3e6,
+                          "contexts": fractions.iter().map(|&f| context(f)).collect::<Vec<_>>() }],
+        });
+        let plain = table(&report(1, &[0.5]));
+        assert!(plain.starts_with("hymba-ref bench: 1 thread, 1 run, 1 decode token; read bandwidth 1.00 GB/s\n"), "{plain}");
+        assert!(plain.contains(" 50.0%") && !plain.contains("above 100 %"), "{plain}");
+        let over = table(&report(3, &[0.5, 1.117]));
+        assert!(over.starts_with("hymba-ref bench: 1 thread, median of up to 3 runs, 1 decode token;"), "{over}");
+        assert!(over.contains("111.7%!") && over.contains("! above 100 %: decode read the weights faster than the measured read bandwidth (1.00 GB/s)"), "{over}");
+        // The weights column is the weights' bytes (2e6 B), RSS its own column (3e6 B).
+        assert!(over.contains("        1.9       2.9 "), "{over}");
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //!
 //! One user turn per line of stdin: typed at a terminal, or piped (`printf 'hi\nmore\n' |
 //! hymba-ref chat`), so scripts and tests can drive it. `/reset` starts the conversation over
-//! (the system message stays); end of input (Ctrl-D) ends it. The conversation's sequence is kept
+//! (the system message stays); `/quit`, `/exit` or end of input (Ctrl-D) end it; `/help` lists
+//! the commands. The conversation's sequence is kept
 //! between turns, so each turn feeds only the ids the sequence does not hold yet
 //! ([`Conversation`]); the timing line on stderr says how many that was. stdout holds only the
-//! replies, each followed by a newline.
+//! replies, each followed by a newline; when stdin is not a terminal (piped turns), each reply
+//! comes after a `=== reply K ===` line, so that replies spanning lines stay apart. A model
+//! without a chat template (not an Instruct model, like the bundled demo model) gets a warning.
 
 use crate::args::model_dir;
 use crate::generate::{decode_summary, load_tokenizer, stdout_error};
@@ -15,12 +18,12 @@ use clap::Args;
 use hymba_ref::generate::conversation::{Conversation, Turn};
 use hymba_ref::{Error, ErrorKind, Result};
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct ChatArgs {
     /// Checkpoint directory (an Instruct model, with its tokenizer) or its config.json.
-    /// Default: the bundled model.
+    /// Default: the bundled model (not an Instruct model: a warning says so).
     #[arg(short = 'm', long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The system message, kept across /reset.
@@ -35,6 +38,8 @@ pub struct ChatArgs {
 enum Input<'a> {
     Message(&'a str),
     Reset,
+    Quit,
+    Help,
     Nothing,
 }
 
@@ -42,8 +47,31 @@ fn parse_line(line: &str) -> Input<'_> {
     match line.trim() {
         "" => Input::Nothing,
         "/reset" => Input::Reset,
+        "/quit" | "/exit" => Input::Quit,
+        "/help" => Input::Help,
         _ => Input::Message(line.trim_end_matches(['\n', '\r'])),
     }
+}
+
+/// What `/help` prints (on stderr).
+const HELP: &str = "commands: /reset starts the conversation over (the system message stays); /quit or /exit \
+                    (or Ctrl-D) ends it; /help shows this. Any other line is your message.";
+
+/// Warn on stderr when the checkpoint in `dir` has no chat template in its
+/// `tokenizer_config.json`: it was not trained to chat (not an Instruct model), so its replies
+/// only continue the text of the chat format.
+pub fn warn_without_chat_template(dir: &Path) {
+    let config = hymba_ref::files::read_text_capped(&dir.join("tokenizer_config.json"), hymba_ref::files::CONFIG);
+    let template = config.ok().and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    if template.is_some_and(|config| config["chat_template"].is_string()) {
+        return;
+    }
+    eprintln!(
+        "warning: {} has no chat template (no \"chat_template\" in tokenizer_config.json): it is not an Instruct \
+         model and was not trained to chat, so its replies only continue the text of the Instruct format \
+         (the bundled demo model writes fortune cookies); use an Instruct checkpoint such as Hymba-1.5B-Instruct to chat",
+        dir.display()
+    );
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -55,9 +83,10 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let options = args.generation.options(&dir)?;
     let mut conversation = Conversation::new(model, &tokenizer, args.system.as_deref());
     eprintln!("{}", loaded.timing());
+    warn_without_chat_template(&dir);
     let interactive = io::stdin().is_terminal();
     if interactive {
-        eprintln!("chat with {}: type a message, then Enter; /reset starts over; Ctrl-D ends", dir.display());
+        eprintln!("chat with {}: type a message, then Enter; /reset starts over; /quit or Ctrl-D ends; /help", dir.display());
     }
     let mut stdin = io::stdin().lock();
     let mut line = String::new();
@@ -79,6 +108,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
         }
         match parse_line(&line) {
             Input::Nothing => continue,
+            Input::Quit => return Ok(()),
+            Input::Help => eprintln!("{HELP}"),
             Input::Reset => {
                 conversation.reset();
                 eprintln!("(conversation reset)");
@@ -86,6 +117,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
             Input::Message(text) => {
                 turn += 1;
                 let mut out = io::stdout().lock();
+                if !interactive {
+                    writeln!(out, "=== reply {turn} ===").map_err(stdout_error)?;
+                }
                 let result = conversation.reply(text, &options, &args.generation.stop, |piece| {
                     out.write_all(piece.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)
                 })?;
@@ -120,5 +154,8 @@ mod tests {
         assert_eq!(parse_line(" /reset \n"), Input::Reset);
         assert_eq!(parse_line("/reset please\n"), Input::Message("/reset please"));
         assert_eq!(parse_line(" \t\n"), Input::Nothing);
+        assert_eq!((parse_line("/quit\n"), parse_line(" /exit\r\n")), (Input::Quit, Input::Quit));
+        assert_eq!(parse_line("/help\n"), Input::Help);
+        assert_eq!(parse_line("/quit now\n"), Input::Message("/quit now"));
     }
 }

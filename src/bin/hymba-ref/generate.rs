@@ -8,7 +8,7 @@
 //! cache size go to stderr, so stdout holds only the generated text (or, with `--print-ids`, the
 //! generated ids as JSON arrays, one line per prompt).
 
-use crate::args::{model_dir, TokenIds};
+use crate::args::{counted, model_dir, TokenIds};
 use crate::available_memory::available_memory;
 use crate::generation_args::{warn_past_trained_length, GenerationArgs};
 use crate::load::load_model;
@@ -83,6 +83,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let tokenizer = load_tokenizer(&dir)?;
     tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
+    if ids.is_none() && (args.chat || args.system.is_some()) {
+        crate::chat::warn_without_chat_template(&dir);
+    }
     let prompts = match ids {
         Some(ids) => Prompts::One(ids),
         None => text_prompts(&args, &tokenizer)?,
@@ -267,8 +270,8 @@ fn ids_json(ids: &[u32]) -> String {
 /// `prefill: 12 tokens in 0.031 s (387.1 tok/s) | decode: 30 steps in 0.402 s (74.6 tok/s) | ...`
 fn stats_line(s: &GenerationStats, reason: StopReason) -> String {
     format!(
-        "prefill: {} tokens in {:.3} s ({:.1} tok/s) | {}",
-        s.prompt_tokens,
+        "prefill: {} in {:.3} s ({:.1} tok/s) | {}",
+        counted(s.prompt_tokens as u64, "token"),
         s.prefill_seconds,
         s.prefill_tokens_per_second(),
         decode_summary(s, reason)
@@ -283,11 +286,11 @@ pub fn decode_summary(s: &GenerationStats, reason: StopReason) -> String {
         StopReason::Callback => "stop string",
     };
     format!(
-        "decode: {} steps in {:.3} s ({:.1} tok/s) | generated {} tokens, stopped by {reason} | cache: {} bytes ({:.2} MB)",
-        s.decode_steps,
+        "decode: {} in {:.3} s ({:.1} tok/s) | generated {}, stopped by {reason} | cache: {} bytes ({:.2} MB)",
+        counted(s.decode_steps as u64, "step"),
         s.decode_seconds,
         s.decode_tokens_per_second(),
-        s.generated_tokens,
+        counted(s.generated_tokens as u64, "token"),
         s.cache_bytes,
         s.cache_bytes as f64 / 1e6
     )

@@ -19,7 +19,7 @@ pub struct InspectArgs {
     /// dense global attention in every layer). Default: the bundled model.
     #[arg(short = 'm', long, value_name = "DIR|NAME")]
     model: Option<PathBuf>,
-    /// Context length N for the cache sizes: prompt + generated tokens, meta tokens excluded.
+    /// Context length T for the cache sizes: prompt + generated tokens, meta tokens excluded.
     #[arg(short = 'c', long, value_name = "T", default_value_t = 8192, value_parser = crate::args::count::<0, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true)]
     context: usize,
     /// Print one JSON object instead of the readable report.
@@ -203,8 +203,8 @@ fn report_text(path: &str, cfg: &HymbaConfig, params: &ParameterBreakdown, cache
         out += &format!("  {name:<24}{value}\n");
     }
 
-    let n = cache.context;
-    out += &format!("\nLayer plan (K/V rows kept at context {n}, meta rows included)\n");
+    let t = cache.context;
+    out += &format!("\nLayer plan (K/V rows kept at context T = {t}, meta rows included)\n");
     out += "  layer  attention     K/V               keeps                 rows\n";
     for layer in &cache.layers {
         let plan = &layer.plan;
@@ -218,8 +218,8 @@ fn report_text(path: &str, cfg: &HymbaConfig, params: &ParameterBreakdown, cache
         };
         let (keeps, rows) = match plan.kv_retention {
             None => ("-".to_string(), "-".to_string()),
-            Some(AttentionSpan::Global) => ("M + N".to_string(), grouped(layer.kv_rows)),
-            Some(AttentionSpan::SlidingWindow(w)) => (format!("M + min(N, {w})"), grouped(layer.kv_rows)),
+            Some(AttentionSpan::Global) => ("M + T".to_string(), grouped(layer.kv_rows)),
+            Some(AttentionSpan::SlidingWindow(w)) => (format!("M + min(T, {w})"), grouped(layer.kv_rows)),
         };
         out += &format!("  {:>5}  {attention:<12}  {source:<16}  {keeps:<16}  {rows:>7}\n", plan.index);
     }
@@ -240,7 +240,7 @@ fn report_text(path: &str, cfg: &HymbaConfig, params: &ParameterBreakdown, cache
     }
 
     let size = &cache.size;
-    out += &format!("\nCache at context {n} (prompt + generated tokens; MB = 10^6 bytes)\n");
+    out += &format!("\nCache at context T = {t} (prompt + generated tokens; MB = 10^6 bytes)\n");
     out += &format!("  {:<14}{:>14}  {:>11}  {:>11}\n", "", "scalars", "bf16", "f32");
     out += &size_row("K/V", size.kv_cache_elements);
     out += &size_row("SSM state", size.ssm_state_elements);

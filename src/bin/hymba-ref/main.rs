@@ -1,8 +1,11 @@
 //! `hymba-ref`: the command-line front end. One module per subcommand.
 //!
-//! Exit codes: 0 on success, 2 for usage errors (unknown flags, missing arguments, bad flag
-//! values: reported by clap, or an [`ErrorKind::Usage`] error for values that conflict), 1 for
-//! every other failure; messages go to stderr.
+//! Exit codes: 0 on success, 2 for every usage error (unknown flags, missing arguments, bad or
+//! out-of-range flag values, negative numbers included: reported by clap's value parsers in
+//! `args.rs`, naming the flag and the range; or an [`ErrorKind::Usage`] error for a value wrong
+//! only next to something else: `--prefill` past the ids, a layer the model does not have, a
+//! bench context too large for this machine's memory), 1 for every other failure; messages go
+//! to stderr.
 
 mod args;
 mod available_memory;
@@ -23,8 +26,23 @@ use clap::{Parser, Subcommand};
 use hymba_ref::ErrorKind;
 use std::process::ExitCode;
 
+/// The examples `--help` ends with (each runs as written from the repository's directory:
+/// `tests/readme.rs` runs them).
+const EXAMPLES: &str = "\
+Examples (every command that needs a model uses the bundled demo model unless -m names one):
+  hymba-ref generate -p \"Once upon a time\" -n 48
+  printf 'Tell me a fortune.\\n/quit\\n' | hymba-ref chat -n 24
+  hymba-ref tokenize --text \"Hello, 世界\" | hymba-ref detokenize --skip-special
+  hymba-ref explain -p \"Two kinds of people\" --layers 0 --heads 0,1
+  hymba-ref inspect -m 1.5b
+  hymba-ref bench --configs small --contexts 128 --runs 1 -t 2
+
+Short flags as in llama.cpp: -m model, -p prompt, -n max new tokens, -t threads, -f file, -s seed,
+-c context, -h help. Exit codes: 0 success, 2 a usage error (an unknown flag, a bad or
+out-of-range value: the message names the flag and the range), 1 any other failure.";
+
 #[derive(Parser)]
-#[command(name = "hymba-ref", version, about = "A pure-Rust CPU reference engine for Hymba models")]
+#[command(name = "hymba-ref", version, about = "A pure-Rust CPU reference engine for Hymba models", after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,11 +58,11 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Continue a prompt (text, chat or ids), streaming the generated text.
     Generate(generate::GenerateArgs),
-    /// Multi-turn chat in the Instruct format: one user turn per line of stdin, /reset, Ctrl-D ends.
+    /// Multi-turn chat in the Instruct format: one user turn per line of stdin; /reset, /quit, /help.
     Chat(chat::ChatArgs),
-    /// Encode text to token ids (printed as a JSON array).
+    /// Encode text (--text, else stdin) to token ids, printed as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
-    /// Decode token ids (1,2,3 or [1, 2, 3]) to text.
+    /// Decode token ids (1,2,3 or the [1,2,3] tokenize prints; stdin without --ids) to text.
     Detokenize(tokenize::DetokenizeArgs),
     /// Token-level NLL and perplexity of a text file (sliding windows over long files).
     Perplexity(perplexity::PerplexityArgs),
