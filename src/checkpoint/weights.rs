@@ -138,6 +138,18 @@ impl HymbaWeights {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
+    /// Every matrix of the model (the embedding, each layer's, lm_head when untied).
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut all = vec![&self.embed_tokens];
+        for layer in &self.layers {
+            let (m, mlp) = (&layer.mamba, &layer.moe_expert0);
+            all.extend([&m.in_proj.weight, &m.x_proj, &m.dt_proj.weight, &m.out_proj.weight]);
+            all.extend(mlp.gate_proj.iter().chain([&mlp.up_proj, &mlp.down_proj]));
+        }
+        all.extend(&self.lm_head);
+        all
+    }
+
     /// Every matrix that decoding reads quantized to `kind` (see [`crate::quant`]): in_proj,
     /// x_proj, dt_proj, out_proj, the MLP, the embedding and lm_head. Norms, the conv, A, D,
     /// biases and the meta tokens stay in f32: they are a few percent of the bytes and the error

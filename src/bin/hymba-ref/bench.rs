@@ -356,13 +356,13 @@ fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-/// The bytes the weights hold in memory: every tensor of the weight table, matrices at the bytes
-/// per element they are kept in (those of the embedding: bf16 from random weights), the rest
+/// The bytes the weights hold in memory: every matrix at the bytes it is kept in (bf16 from
+/// random weights, or quantized blocks and their scales), the other tensors of the weight table
 /// (vectors, conv kernels, meta tokens, A) as f32.
 fn held_weight_bytes(cfg: &HymbaConfig, weights: &HymbaWeights) -> u64 {
-    let matrix = weights.embed_tokens.elements().bytes_per_element();
-    let bytes = |t: &TensorSpec| t.elements() * if t.spec.storage == Storage::Matrix { matrix } else { 4 };
-    cfg.tensors().iter().map(bytes).sum::<usize>() as u64
+    let matrices: usize = weights.matrices().iter().map(|m| m.bytes()).sum();
+    let vectors = |t: &TensorSpec| if t.spec.storage == Storage::Matrix { 0 } else { 4 * t.elements() };
+    (matrices + cfg.tensors().iter().map(vectors).sum::<usize>()) as u64
 }
 
 /// Bytes a sequence's cache holds, counted as f32 (K/V rows, conv and scan state).

@@ -15,10 +15,10 @@
 
 mod api;
 
-use crate::args::{at_least, check_threads, model_dir};
+use crate::args::{count, model_dir, positive, threads};
 use crate::available_memory::available_memory;
 use crate::generate::load_tokenizer;
-use crate::generation_args::{past_trained_length, positive};
+use crate::generation_args::past_trained_length;
 use crate::load::load_model;
 use api::{ApiError, Chunk, Context, Endpoint, Parsed, Reply};
 use clap::Args;
@@ -51,7 +51,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub struct ServeArgs {
     /// Checkpoint directory (config.json, weights, tokenizer files) or its config.json.
     /// Default: the bundled model.
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'm', long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// The address to listen on (only this machine by default).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
@@ -60,21 +60,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     port: u16,
     /// The most requests decoding at once (continuous batching).
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = at_least::<1>)]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = count::<1, 4096>, allow_negative_numbers = true)]
     max_batch: usize,
     /// The most cache memory the running requests may reach, in GB (10⁹ bytes, f32 cache), each
     /// counted at its prompt + max_tokens; a request waits until its cache fits (one always runs),
     /// and one whose cache alone is larger is refused. Default: half of the memory available.
     #[arg(long, value_name = "GB", value_parser = positive, allow_negative_numbers = true)]
-    max_cache_gb: Option<f32>,
+    max_cache_gb: Option<f64>,
     /// The most requests waiting to start; more get 503 with Retry-After.
-    #[arg(long, value_name = "Q", default_value_t = 64)]
+    #[arg(long, value_name = "Q", default_value_t = 64, value_parser = count::<0, 1_000_000>, allow_negative_numbers = true)]
     max_queue: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise); /health stays open.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
     /// Worker threads of the model (default: one per core).
-    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
+    #[arg(short = 't', long, value_name = "N", value_parser = threads, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Compute the meta-token prefix instead of reading it from the cache directory, and do not
     /// write it there.
@@ -116,7 +116,6 @@ struct Capacity {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(n) = args.threads {
-        check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
