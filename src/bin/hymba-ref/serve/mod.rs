@@ -68,7 +68,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "GB", value_parser = positive, allow_negative_numbers = true)]
     max_cache_gb: Option<f32>,
     /// The most requests waiting to start; more get 503 with Retry-After.
-    #[arg(long, value_name = "Q", default_value_t = 64)]
+    #[arg(long, value_name = "Q", default_value_t = 64, value_parser = at_least::<1>)]
     max_queue: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise); /health stays open.
     #[arg(long, value_name = "KEY")]
