@@ -124,7 +124,7 @@ fn body(args: &Args, i: usize) -> (bool, Vec<u8>) {
     let mut rng = SplitMix64(i as u64 * 7919 + 1);
     let ids: Vec<u64> = (0..args.prompt_tokens).map(|_| 3 + rng.next_u64() % (args.vocab - 3)).collect();
     let good = json!({ "prompt": ids, "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": true, "stream": true });
-    if args.bad_every == 0 || (i + 1) % args.bad_every != 0 {
+    if args.bad_every == 0 || !(i + 1).is_multiple_of(args.bad_every) {
         return (false, good.to_string().into_bytes());
     }
     let bad: Vec<u8> = match (i / args.bad_every) % 6 {
@@ -206,7 +206,7 @@ fn summarize(args: &Args, records: &[Record], wall: f64, rss_100: Option<u64>, r
     itl.sort_by(f64::total_cmp);
     // The window where every one of the first `clients` good requests was streaming: from the
     // last of their first chunks to the first of their last chunks; chunks per second in it.
-    let first_wave: Vec<&&&Record> = good_ok.iter().take(args.clients).collect::<Vec<_>>().into_iter().collect();
+    let first_wave: Vec<&&&Record> = good_ok.iter().take(args.clients).collect();
     let from = first_wave.iter().filter_map(|r| r.chunks.first()).copied().fold(f64::NEG_INFINITY, f64::max);
     let to = first_wave.iter().filter_map(|r| r.chunks.last()).copied().fold(f64::INFINITY, f64::min);
     let in_window: usize = first_wave.iter().map(|r| r.chunks.iter().filter(|&&t| t > from && t <= to).count()).sum();

@@ -214,112 +214,149 @@ struct Member<'t> {
 
 /// The scheduler thread: see the module's loop.
 fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Receiver<Job>, shared: &Shared) {
-    let mut queue: VecDeque<Job> = VecDeque::new();
-    let mut prefill: Option<Prefill> = None;
-    let (mut batch, mut members, mut next_ids) = (Batch::new(), Vec::<Member>::new(), Vec::<u32>::new());
-    let leave_queue = |n: usize| shared.waiting.fetch_sub(n, Ordering::SeqCst);
+    let mut work = Work { model, tokenizer, limits, shared, queue: VecDeque::new(), prefill: None, batch: Batch::new(), members: Vec::new(), next_ids: Vec::new() };
     loop {
-        if queue.is_empty() && prefill.is_none() && members.is_empty() {
+        if work.is_idle() {
             match jobs.recv_timeout(Duration::from_millis(20)) {
-                Ok(job) => queue.push_back(job),
+                Ok(job) => work.queue.push_back(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        queue.extend(jobs.try_iter());
+        work.queue.extend(jobs.try_iter());
         if shared.shutdown.load(Ordering::SeqCst) {
-            let shutting_down = || Error::new(ErrorKind::Io, "the server is shutting down");
-            leave_queue(queue.len());
-            for job in queue.drain(..).chain(prefill.take().map(|p| p.job)) {
-                let _ = job.events.send(Event::Failed(shutting_down()));
+            return work.end_all();
+        }
+        work.drop_cancelled();
+        work.start_next_prefill();
+        work.prefill_chunk();
+        work.decode_step();
+        shared.running.store(work.members.len() + usize::from(work.prefill.is_some()), Ordering::SeqCst);
+    }
+}
+
+/// Everything the scheduler holds: the queue, the job being prefilled, the batch and its members
+/// (`next_ids[i]` is what member i is fed at the next step).
+struct Work<'t> {
+    model: &'t Hymba,
+    tokenizer: &'t Tokenizer,
+    limits: SchedulerLimits,
+    shared: &'t Shared,
+    queue: VecDeque<Job>,
+    prefill: Option<Prefill>,
+    batch: Batch,
+    members: Vec<Member<'t>>,
+    next_ids: Vec<u32>,
+}
+
+impl<'t> Work<'t> {
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.prefill.is_none() && self.members.is_empty()
+    }
+
+    fn leave_queue(&self, jobs: usize) {
+        self.shared.waiting.fetch_sub(jobs, Ordering::SeqCst);
+    }
+
+    /// Shutdown: waiting jobs fail, running ones end with what they have (`length`).
+    fn end_all(mut self) {
+        let shutting_down = || Error::new(ErrorKind::Io, "the server is shutting down");
+        self.leave_queue(self.queue.len());
+        for job in self.queue.drain(..).chain(self.prefill.take().map(|p| p.job)) {
+            let _ = job.events.send(Event::Failed(shutting_down()));
+        }
+        for member in self.members.drain(..) {
+            let seq = self.batch.remove(member.id).expect("a member of the batch");
+            finish(member.job, member.decoder, member.sink, StopReason::MaxNewTokens, &seq);
+        }
+        self.shared.running.store(0, Ordering::SeqCst);
+    }
+
+    /// Clients that went away: their jobs leave now, wherever they are.
+    fn drop_cancelled(&mut self) {
+        let gone = |job: &Job| job.cancelled.load(Ordering::SeqCst);
+        let before = self.queue.len();
+        self.queue.retain(|job| !gone(job));
+        self.leave_queue(before - self.queue.len());
+        if self.prefill.as_ref().is_some_and(|p| gone(&p.job)) {
+            self.prefill = None;
+        }
+        for i in (0..self.members.len()).rev() {
+            if gone(&self.members[i].job) {
+                let member = self.members.remove(i);
+                self.next_ids.remove(i);
+                self.batch.remove(member.id);
             }
-            for member in members.drain(..) {
-                let seq = batch.remove(member.id).expect("a member of the batch");
-                finish(member.job, member.decoder, member.sink, StopReason::MaxNewTokens, &seq);
-            }
-            shared.running.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// When nothing is prefilling, the queue's first job starts if the batch has room for it and
+    /// its cache at prompt + max_tokens fits beside the members' (one job always runs).
+    fn start_next_prefill(&mut self) {
+        let Some(job) = self.queue.front().filter(|_| self.prefill.is_none()) else { return };
+        let bound = cache_bound(&self.model.config, job.prompt.len(), job.options.max_new_tokens);
+        let reserved = self.members.iter().fold(0usize, |sum, m| sum.saturating_add(m.cache_bound));
+        let fits = self.members.is_empty() || reserved.saturating_add(bound) <= self.limits.max_cache_bytes;
+        if self.members.len() >= self.limits.max_batch || !fits {
             return;
         }
+        let job = self.queue.pop_front().expect("a front job");
+        self.leave_queue(1);
+        let mut seq = self.model.new_sequence();
+        seq.reserve((job.prompt.len() + job.options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
+        let chunk = rows_per_pass(job.prompt.len(), MAX_ROWS_PER_PASS);
+        self.prefill = Some(Prefill { job, seq, fed: 0, chunk, start: Instant::now(), cache_bound: bound });
+    }
 
-        // Clients that went away: their jobs leave now, wherever they are.
-        let before = queue.len();
-        queue.retain(|job| !job.cancelled.load(Ordering::SeqCst));
-        leave_queue(before - queue.len());
-        if prefill.as_ref().is_some_and(|p| p.job.cancelled.load(Ordering::SeqCst)) {
-            prefill = None;
-        }
-        for i in (0..members.len()).rev() {
-            if members[i].job.cancelled.load(Ordering::SeqCst) {
-                let member = members.remove(i);
-                next_ids.remove(i);
-                batch.remove(member.id);
+    /// One chunk of the job being prefilled; after its last, its first token, and it joins the
+    /// batch (or is done already).
+    fn prefill_chunk(&mut self) {
+        let Some(mut p) = self.prefill.take() else { return };
+        let end = (p.fed + p.chunk).min(p.job.prompt.len());
+        let logits = self.model.next_token_logits(&p.job.prompt[p.fed..end], &mut p.seq).map(|l| l.to_vec()); // (V)
+        p.fed = end;
+        match logits {
+            Err(e) => {
+                let _ = p.job.events.send(Event::Failed(e));
             }
-        }
-
-        // Start the next job's prefill when the batch has room for it.
-        if prefill.is_none() {
-            if let Some(job) = queue.front() {
-                let bound = cache_bound(&model.config, job.prompt.len(), job.options.max_new_tokens);
-                let reserved = members.iter().fold(0usize, |sum, m| sum.saturating_add(m.cache_bound));
-                let fits = members.is_empty() || reserved.saturating_add(bound) <= limits.max_cache_bytes;
-                if members.len() < limits.max_batch && fits {
-                    let job = queue.pop_front().expect("a front job");
-                    leave_queue(1);
-                    let mut seq = model.new_sequence();
-                    seq.reserve((job.prompt.len() + job.options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
-                    let chunk = rows_per_pass(job.prompt.len(), MAX_ROWS_PER_PASS);
-                    prefill = Some(Prefill { job, seq, fed: 0, chunk, start: Instant::now(), cache_bound: bound });
-                }
-            }
-        }
-
-        // One chunk of it; after the last, its first token, and it joins the batch.
-        if let Some(mut p) = prefill.take() {
-            let end = (p.fed + p.chunk).min(p.job.prompt.len());
-            let logits = model.next_token_logits(&p.job.prompt[p.fed..end], &mut p.seq).map(|l| l.to_vec());
-            p.fed = end;
-            match logits {
+            Ok(_) if end < p.job.prompt.len() => self.prefill = Some(p),
+            Ok(logits) => match start_decoding(self.model, self.tokenizer, &p, &logits) {
                 Err(e) => {
                     let _ = p.job.events.send(Event::Failed(e));
                 }
-                Ok(_) if end < p.job.prompt.len() => prefill = Some(p),
-                Ok(logits) => match start_decoding(model, tokenizer, &p, &logits) {
-                    Err(e) => {
-                        let _ = p.job.events.send(Event::Failed(e));
-                    }
-                    Ok((decoder, sink, Next::Stop(reason))) => finish(p.job, decoder, sink, reason, &p.seq),
-                    Ok((decoder, sink, Next::Feed(id))) => {
-                        let Prefill { job, seq, cache_bound, .. } = p;
-                        members.push(Member { job, id: batch.add(seq), decoder, sink, cache_bound });
-                        next_ids.push(id);
-                    }
-                },
-            }
+                Ok((decoder, sink, Next::Stop(reason))) => finish(p.job, decoder, sink, reason, &p.seq),
+                Ok((decoder, sink, Next::Feed(id))) => {
+                    let Prefill { job, seq, cache_bound, .. } = p;
+                    self.members.push(Member { job, id: self.batch.add(seq), decoder, sink, cache_bound });
+                    self.next_ids.push(id);
+                }
+            },
         }
-        shared.running.store(members.len() + usize::from(prefill.is_some()), Ordering::SeqCst);
-        if members.is_empty() {
-            continue;
-        }
+    }
 
-        // One decode step of every member; each reads its row, then feeds its next id or leaves.
-        shared.peak_batch.fetch_max(members.len(), Ordering::SeqCst);
-        let step = batch.step(model, &next_ids).map(|logits| logits.to_owned()); // (B, V)
+    /// One decode step of every member; each reads its row, then feeds its next id or leaves.
+    fn decode_step(&mut self) {
+        if self.members.is_empty() {
+            return;
+        }
+        self.shared.peak_batch.fetch_max(self.members.len(), Ordering::SeqCst);
+        let step = self.batch.step(self.model, &self.next_ids).map(|logits| logits.to_owned()); // (B, V)
         let mut left = Vec::new();
-        for (i, member) in members.iter_mut().enumerate() {
+        for (i, member) in self.members.iter_mut().enumerate() {
             let next = match &step {
                 Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
                 Err(e) => Err(Error::new(e.kind, e.message.clone())),
             };
             match next {
-                Ok(Next::Feed(id)) => next_ids[i] = id,
+                Ok(Next::Feed(id)) => self.next_ids[i] = id,
                 Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
                 Err(e) => left.push((i, Err(e))),
             }
         }
         for (i, outcome) in left.into_iter().rev() {
-            let member = members.remove(i);
-            next_ids.remove(i);
-            let seq = batch.remove(member.id).expect("a member of the batch");
+            let member = self.members.remove(i);
+            self.next_ids.remove(i);
+            let seq = self.batch.remove(member.id).expect("a member of the batch");
             match outcome {
                 Ok(reason) => finish(member.job, member.decoder, member.sink, reason, &seq),
                 Err(e) => {
@@ -327,7 +364,6 @@ fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Rece
                 }
             }
         }
-        shared.running.store(members.len() + usize::from(prefill.is_some()), Ordering::SeqCst);
     }
 }
 
