@@ -24,7 +24,7 @@
 //! - Features no released model uses (interspersed meta tokens, mixture-of-experts routing:
 //!   the released model always builds exactly one MLP).
 //!
-//! ## Glossary (code name = paper / SPEC symbol)
+//! ## Glossary (code name = paper symbol; docs/MODEL.md §1)
 //!
 //! | code | symbol | meaning | Hymba-1.5B |
 //! |---|---|---|---|
@@ -47,7 +47,7 @@
 //! **Meta tokens** (the paper's word) are called "memory tokens" in the released checkpoint and
 //! config: the code keeps those keys (`model.memory_tokens` → `HymbaWeights::memory_tokens`,
 //! `num_memory_tokens`) and says "meta" everywhere else. Other names: `hidden` is the residual
-//! stream (T, H); `x` and `z` are the SSM heads' input and gate (SPEC); `projected` is `in_proj`'s
+//! stream (T, H); `x` and `z` are the SSM heads' input and gate (docs/MODEL.md §3.6); `projected` is `in_proj`'s
 //! output; `fused_heads` (T, D) is the fusion of the two branches, `mixer_output` (T, H) its
 //! projection by `out_proj`; `moe_expert0` is the one dense MLP (`moe.experts.0`). A function's
 //! plain, slow truth is `*_reference` (`selective_scan_reference`, `attention_heads_reference`,

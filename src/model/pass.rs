@@ -13,7 +13,7 @@
 //! sequence feeds them first, then its ids, so they are run one way everywhere: the model runs
 //! them once into the sequence every [`super::Hymba::new_sequence`] copies, and
 //! [`super::Hymba::forward`] runs them with the prompt in one call (one RoPE base for the whole
-//! call, as SPEC's full forward).
+//! call, as the full forward of docs/MODEL.md §3).
 //!
 //! An optional [`LayerObserver`] sees every layer of every pass ([`super::trace`]).
 
@@ -47,7 +47,7 @@ struct Planned {
     meta_rows: usize,
     /// meta_rows + ids: the rows this call feeds.
     rows: usize,
-    /// The RoPE base for every row of the call (SPEC, RoPE: from the call's largest position).
+    /// The RoPE base for every row of the call (docs/MODEL.md §4: from the call's largest position).
     rope_base: Option<f64>,
     /// Where the segment's kept rows start in [`Scratch::kept`].
     first_kept: usize,
@@ -242,7 +242,7 @@ fn run_pass(
     });
 }
 
-/// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (SPEC, forward
+/// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (docs/MODEL.md §3.1, forward
 /// step 1), the meta tokens only for an empty sequence. → out (fed.len(), H)
 fn input_rows(w: &HymbaWeights, planned: &Planned, ids: &[u32], fed: Range<usize>, mut out: ArrayViewMut2<f32>) {
     for (i, mut row) in fed.zip(out.rows_mut()) {
