@@ -455,7 +455,7 @@ impl HymbaConfig {
     pub fn from_json_str(text: &str) -> Result<HymbaConfig> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("not valid JSON: {e}")))?;
-        if let Some(key) = crate::checkpoint::json_text::first_duplicate_key(text) {
+        if let Some(key) = crate::json_scan::first_duplicate_key(text) {
             return Err(Error::config(format!("the key `{key}` appears twice in one object (refusing to guess which one is meant)")));
         }
         let obj = value.as_object().ok_or_else(|| Error::config("expected a JSON object"))?;

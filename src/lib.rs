@@ -70,9 +70,9 @@
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`; it
 //!   depends on the config alone.
 //!
-//! No module imports upward: `simd`, `buffer`, `matrix`, `config`, `cache`, `cache_plan`,
-//! `checkpoint`, `tokenizer` use nothing from `model`, and there is no import cycle among the
-//! files of `src/`.
+//! No module imports upward: `simd`, `buffer`, `tasks`, `json_scan`, `matrix`, `config`, `cache`,
+//! `cache_plan`, `checkpoint`, `tokenizer` use nothing from `model`; `config` uses nothing from
+//! `checkpoint`; and there is no import cycle among the files of `src/`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 //! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
@@ -93,11 +93,13 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;
+pub(crate) mod json_scan;
 pub mod matrix;
 pub mod model;
 pub mod prefix_cache;
 pub mod rng;
 pub mod simd;
+pub mod tasks;
 pub mod tokenizer;
 pub mod values;
 

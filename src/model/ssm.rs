@@ -14,7 +14,8 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
-use super::parallel::{for_each_row, items_per_task, map_rows};
+use super::parallel::{for_each_row, map_rows};
+use crate::tasks::items_per_task;
 use super::profile::{Phase, Profile};
 use super::segment::{for_each_part, Part};
 use crate::cache::SsmState;
