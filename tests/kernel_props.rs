@@ -7,7 +7,7 @@ use hymba_ref::cache::KeyBlocks;
 use hymba_ref::checkpoint::weights::Linear;
 use hymba_ref::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
-use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax};
+use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax, Mask};
 use hymba_ref::model::norm::rms_norm;
 use hymba_ref::model::rope::rotate;
 use ndarray::{Array1, Array2, Array3, ArrayView3, Axis};
@@ -257,7 +257,7 @@ fn attention_heads_owned(
     num_meta: usize,
 ) -> Array2<f32> {
     let mut out = Array2::zeros((q.dim().0, q.dim().1 * v.dim().2)); // (T, nh·dv)
-    attention_heads(q, &KeyBlocks::from_rows(k), v, q_positions, k_positions, span, num_meta, out.view_mut());
+    attention_heads(q, &KeyBlocks::from_rows(k), v, Mask::new(q_positions, k_positions, span, num_meta), out.view_mut());
     out
 }
 

@@ -17,7 +17,7 @@
 //!
 //! An optional [`LayerObserver`] sees every layer of every pass ([`super::trace`]).
 
-use super::layer::{hymba_layer, LayerBuffers};
+use super::layer::{hymba_layer, Layer, LayerBuffers};
 use super::profile::{Phase, Profile};
 use super::rope::RopeAngles;
 use super::segment::{Keep, Part, Pass, Segment};
@@ -213,8 +213,8 @@ fn run_pass(
             if observer.is_some() {
                 shaped(layer_input, hidden.dim()).assign(hidden);
             }
-            let mut pass = Pass::new(&mut *segments, parts, rope);
-            hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer, profile);
+            let mut pass = Pass::new(&mut *segments, parts, positions, rope);
+            hymba_layer(Layer { cfg, plan, w }, hidden, &mut pass, layer, profile);
             if let Some(observer) = observer.as_deref_mut() {
                 observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));
             }
@@ -238,7 +238,7 @@ fn run_pass(
     // values and positions in each window cache, one thread's work each).
     let num_meta = cfg.num_memory_tokens;
     profile.time(Phase::KvCache, || {
-        Pass::new(segments, parts, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta))
+        Pass::new(segments, parts, positions, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta))
     });
 }
 

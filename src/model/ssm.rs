@@ -17,9 +17,8 @@ use super::norm::rms_norm;
 use super::parallel::{for_each_row, map_rows};
 use crate::tasks::items_per_task;
 use super::profile::{Phase, Profile};
-use super::segment::{for_each_part, Part};
+use super::segment::{for_each_part, rows_kind, Part};
 use crate::cache::SsmState;
-use crate::matrix::Rows;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
@@ -253,24 +252,27 @@ pub struct SsmBuffers {
     c: Array2<f32>,
     /// (T, D): Δ, after softplus
     pub(crate) delta: Array2<f32>,
+    /// This layer's SSM state of each part's sequence, while the SSM heads hold them (else empty)
+    pub(crate) states: Vec<SsmState>,
+    /// (T, D): the SSM heads' output, after the SiLU(z) gate
+    pub(crate) y: Array2<f32>,
 }
 
-/// The SSM heads of a layer over the rows of a pass: x, z (T, D) → y (T, D), advancing the layer's
-/// [`SsmState`] of each part's sequence (`states[i]` is part i's). The conv and the scan run per
+/// The SSM heads of a layer over the rows of a pass: x, z (T, D) → y (T, D) in `buf.y`, advancing
+/// the layer's [`SsmState`] of each part's sequence (`buf.states[i]` is part i's). The conv and the scan run per
 /// sequence, on its rows and its state; the projections between them run over all rows at once,
 /// as the products of a pass of `kind`.
-#[allow(clippy::too_many_arguments)]
 pub fn ssm_heads<'o>(
     x: ArrayView2<f32>,
     z: ArrayView2<f32>,
     w: &MambaWeights,
     eps: f32,
-    (parts, kind): (&[Part], Rows),
-    states: &mut [SsmState],
-    buf: &mut SsmBuffers,
-    out: &'o mut Array2<f32>,
+    parts: &[Part],
+    buf: &'o mut SsmBuffers,
     profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
+    let kind = rows_kind(parts);
+    let SsmBuffers { states, y: out, .. } = buf;
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
