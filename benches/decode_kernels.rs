@@ -18,7 +18,7 @@ use half::bf16;
 use hymba_ref::cache::KvCache;
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::matrix::{Elements, Matrix};
-use hymba_ref::model::attention::attention_heads;
+use hymba_ref::model::attention::{attention_heads, Mask};
 use ndarray::{Array2, Array3};
 use std::time::Instant;
 
@@ -120,7 +120,7 @@ fn main() {
         let mut out = Array2::zeros((1, nh * dv));
         let seconds = median_seconds(|| {
             let (k, v, k_positions) = (cache.keys(), cache.values(), cache.positions());
-            attention_heads(q.view(), k, v, &q_positions, k_positions, span, meta, out.view_mut());
+            attention_heads(q.view(), k, v, Mask::new(&q_positions, k_positions, span, meta), out.view_mut());
         });
         println!("decode attention over {keys} keys: {:.1} µs per layer", seconds * 1e6);
     }

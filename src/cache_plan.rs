@@ -2,7 +2,7 @@
 //! holds once it has seen a given context, and what a dense-attention cache would hold instead.
 //!
 //! "Context N" counts prompt and generated tokens; the M meta tokens come on top. After a
-//! sequence has processed N tokens (SPEC, "Incremental decoding"):
+//! sequence has processed N tokens (docs/MODEL.md §5):
 //!
 //! - a K/V-producing layer keeps the M meta rows plus, if it must retain every position (it is
 //!   global, or a global layer reuses its K/V: [`LayerPlan::kv_retention`]), all N token rows, or

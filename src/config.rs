@@ -1,6 +1,6 @@
 //! `config.json` → a validated [`HymbaConfig`] and its per-layer plan, resolved once.
 //!
-//! The released config carries many fields; the engine honours exactly those SPEC lists and
+//! The released config carries many fields; the engine honours exactly those docs/MODEL.md §9 lists and
 //! ignores the bookkeeping ones (`v_head_dim`, `conv_dim`, `layer_type`, `attn_implementation*`,
 //! `seq_length`, `use_mamba_kernels`, `calc_logits_for_entire_prompt`, `num_experts*`: the released
 //! model always builds exactly one MLP). Everything derived (D, dqk, dv, R, the layer plan) is
@@ -59,7 +59,7 @@ pub struct RopeConfig {
 }
 
 impl RopeConfig {
-    /// The RoPE base for a forward call whose largest position is `seq_len − 1` (SPEC, RoPE):
+    /// The RoPE base for a forward call whose largest position is `seq_len − 1` (docs/MODEL.md §4):
     /// `default`: θ; `ntk`: θ·(2·max/orig − 1)^(dqk/(dqk−2)) always; `dynamic_ntk`: θ while
     /// `seq_len` ≤ orig, the same formula with `seq_len` for max beyond.
     pub fn base(&self, head_dim: usize, seq_len: usize) -> f64 {
@@ -234,7 +234,7 @@ macro_rules! weight {
     };
 }
 
-/// The weight table (SPEC, "Weights"): every tensor a Hymba checkpoint can hold, named as its
+/// The weight table (docs/MODEL.md §2): every tensor a Hymba checkpoint can hold, named as its
 /// checkpoint key. It drives the config's size check, the loader's name and shape checks
 /// (`checkpoint::weights`), the parameter counts of `inspect` and `bench`, and random weights.
 pub mod weights {
@@ -293,7 +293,7 @@ impl TensorSpec {
     }
 }
 
-/// A validated Hymba config. Field names follow `config.json`; comments give the SPEC symbol.
+/// A validated Hymba config. Field names follow `config.json`; comments give the symbol of docs/MODEL.md §1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HymbaConfig {
     /// V
@@ -406,7 +406,7 @@ impl HymbaConfig {
         }
     }
 
-    /// Every tensor this config implies, named and shaped as in the checkpoint (SPEC, "Weights").
+    /// Every tensor this config implies, named and shaped as in the checkpoint (docs/MODEL.md §2).
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let mut tensors = Vec::new();
         self.each_weight(|w, layer, shape| {
@@ -455,7 +455,7 @@ impl HymbaConfig {
     pub fn from_json_str(text: &str) -> Result<HymbaConfig> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("not valid JSON: {e}")))?;
-        if let Some(key) = crate::checkpoint::json_text::first_duplicate_key(text) {
+        if let Some(key) = crate::json_scan::first_duplicate_key(text) {
             return Err(Error::config(format!("the key `{key}` appears twice in one object (refusing to guess which one is meant)")));
         }
         let obj = value.as_object().ok_or_else(|| Error::config("expected a JSON object"))?;
@@ -990,7 +990,7 @@ mod tests {
             scaling: RopeScaling::Ntk { max_position_embeddings: 8192, orig_max_position_embeddings: 2048 },
         };
         let base = rope.base(64, 1);
-        assert!((base - 74_535.0).abs() < 1.0, "{base}"); // SPEC: ≈ 74,535 for Hymba-1.5B
+        assert!((base - 74_535.0).abs() < 1.0, "{base}"); // docs/MODEL.md §4: ≈ 74,535 for Hymba-1.5B
     }
 
     #[test]

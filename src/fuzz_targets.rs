@@ -19,7 +19,7 @@ use crate::checkpoint::weights::HymbaWeights;
 use crate::config::{HymbaConfig, KvSource};
 use crate::error::{Error, ErrorKind};
 use crate::model::Hymba;
-use crate::checkpoint::json_text::first_duplicate_key;
+use crate::json_scan::first_duplicate_key;
 use crate::generate::sampling::SamplingParams;
 use crate::tokenizer::{AddedTokens, Segment, StreamDecoder, Tokenizer, MAX_ADDED_TOKEN_BYTES};
 

@@ -24,7 +24,7 @@
 //! - Features no released model uses (interspersed meta tokens, mixture-of-experts routing:
 //!   the released model always builds exactly one MLP).
 //!
-//! ## Glossary (code name = paper / SPEC symbol)
+//! ## Glossary (code name = paper symbol; docs/MODEL.md §1)
 //!
 //! | code | symbol | meaning | Hymba-1.5B |
 //! |---|---|---|---|
@@ -47,7 +47,7 @@
 //! **Meta tokens** (the paper's word) are called "memory tokens" in the released checkpoint and
 //! config: the code keeps those keys (`model.memory_tokens` → `HymbaWeights::memory_tokens`,
 //! `num_memory_tokens`) and says "meta" everywhere else. Other names: `hidden` is the residual
-//! stream (T, H); `x` and `z` are the SSM heads' input and gate (SPEC); `projected` is `in_proj`'s
+//! stream (T, H); `x` and `z` are the SSM heads' input and gate (docs/MODEL.md §3.6); `projected` is `in_proj`'s
 //! output; `fused_heads` (T, D) is the fusion of the two branches, `mixer_output` (T, H) its
 //! projection by `out_proj`; `moe_expert0` is the one dense MLP (`moe.experts.0`). A function's
 //! plain, slow truth is `*_reference` (`selective_scan_reference`, `attention_heads_reference`,
@@ -71,9 +71,9 @@
 //! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`; it
 //!   depends on the config alone.
 //!
-//! No module imports upward: `simd`, `buffer`, `matrix`, `config`, `cache`, `cache_plan`,
-//! `checkpoint`, `tokenizer` use nothing from `model`, and there is no import cycle among the
-//! files of `src/`.
+//! No module imports upward: `simd`, `buffer`, `tasks`, `json_scan`, `matrix`, `config`, `cache`,
+//! `cache_plan`, `checkpoint`, `tokenizer` use nothing from `model`; `config` uses nothing from
+//! `checkpoint`; and there is no import cycle among the files of `src/`.
 //! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
 //! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
 //! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
@@ -94,6 +94,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod generate;
+pub(crate) mod json_scan;
 pub mod matrix;
 pub mod model;
 pub mod prefix_cache;
@@ -101,6 +102,7 @@ pub mod quant;
 pub mod rng;
 pub mod serve;
 pub mod simd;
+pub mod tasks;
 pub mod tokenizer;
 pub mod values;
 

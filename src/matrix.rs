@@ -47,7 +47,7 @@ use crate::quant::{self, QuantType, Quantized, QuantizedRow};
 use crate::values::Values;
 use half::{bf16, f16};
 use crate::buffer::shaped;
-use crate::model::parallel::items_per_task;
+use crate::tasks::items_per_task;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;

@@ -2,7 +2,7 @@
 //!
 //! Every sequence starts with the M meta tokens, and the state after them (each K/V-producing
 //! layer's M key and value rows, each layer's conv and SSM state) does not depend on the prompt
-//! (SPEC, "Incremental decoding"). Computing it is a prefill of M tokens through every layer:
+//! (docs/MODEL.md §5.1). Computing it is a prefill of M tokens through every layer:
 //! for Hymba-1.5B, 128 tokens through 32 layers, seconds on a laptop, before the first token of
 //! every run. So the state is kept on disk, as a safetensors file in the user's cache directory
 //! (`$XDG_CACHE_HOME/hymba-ref/`, else `~/.cache/hymba-ref/`):

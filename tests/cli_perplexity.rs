@@ -39,10 +39,13 @@ fn perplexity_of_the_heldout_text_matches_the_reference() {
     };
     assert_eq!(field("tokens scored:") as u64, case["tokens"].as_u64().unwrap(), "{stdout}");
     assert!(stdout.contains("(context 512, stride 256, "), "{stdout}");
+    // The engine agrees with the reference to 1e-7 relative (tests/demo_model.rs); the command
+    // prints 4 decimals of the perplexity and 6 of the NLL, so each may be off by half its last
+    // printed digit on top of that.
     let want = case["perplexity"].as_f64().unwrap();
-    assert!((field("perplexity:") - want).abs() / want < 1e-3, "{stdout} vs reference {want}");
+    assert!((field("perplexity:") - want).abs() <= 0.5e-4 + 1e-7 * want, "{stdout} vs reference {want}");
     let want = case["mean_nll"].as_f64().unwrap();
-    assert!((field("mean NLL:") - want).abs() / want < 1e-3, "{stdout} vs reference {want}");
+    assert!((field("mean NLL:") - want).abs() <= 0.5e-6 + 1e-7 * want, "{stdout} vs reference {want}");
 }
 
 #[test]

@@ -110,6 +110,33 @@ fn ablating_nothing_reproduces_the_log_probability_of_forward() {
     let without = |removed: &[(usize, Branch)]| mean_log_prob(without_branches(model, removed).forward(&ids).unwrap().view(), &ids);
     assert_ne!(without(&[(3, Branch::Attention)]), forward);
     assert_ne!(without(&[(3, Branch::Ssm)]), forward);
+    let both = [(3, Branch::Attention), (3, Branch::Ssm)];
+    let without_both = without_branches(model, &both);
+    // In the pass itself: layer 3's fusion and mixer output are exactly zero (the demo model has
+    // no out_proj bias), so the layer's output is its input plus its MLP alone.
+    let mut checked = 0;
+    let mut observer = |t: &LayerTrace| {
+        if t.plan.index == 3 {
+            assert!(t.fused_heads.iter().all(|&v| v == 0.0), "removing both branches leaves a fusion");
+            assert!(t.mixer_output.iter().all(|&v| v == 0.0), "removing both branches leaves a mixer output");
+            checked += 1;
+        }
+    };
+    let logits_without_both = without_both.forward_observed(&ids, &mut observer).unwrap();
+    assert_eq!(checked, 1, "layer 3 observed once");
+    // Against an independent oracle: plain.rs with layer 3's mixer removed (out_proj zeroed,
+    // everything else as loaded) gives the same logits, to the agreement of the two paths.
+    let mut plain_weights = plain::Weights::from_loaded(&model.weights);
+    let out_proj = &mut plain_weights.layers[3].out_proj;
+    out_proj.weight.iter_mut().for_each(|row| row.fill(0.0));
+    out_proj.bias.iter_mut().for_each(|b| b.fill(0.0));
+    let plain_logits = plain::forward(&model.config, &plain_weights, &ids); // (n, V)
+    let plain_logits = Array2::from_shape_vec((plain_logits.len(), plain_logits[0].len()), plain_logits.concat()).unwrap();
+    let max_diff = (&plain_logits - &logits_without_both).iter().fold(0f32, |m, d| m.max(d.abs()));
+    assert!(max_diff <= 1e-4, "removing both branches vs removing the mixer: max |Δ| logits = {max_diff}");
+    let plain_score = mean_log_prob(plain_logits.view(), &ids);
+    assert!((plain_score - without(&both)).abs() <= 1e-5, "{plain_score} vs {}", without(&both));
+    assert_ne!(without(&both), forward);
     // A check that the weights were copied, not changed: the model still scores as before.
     assert_eq!(mean_log_prob(model.forward(&ids).unwrap().view(), &ids), forward);
 }

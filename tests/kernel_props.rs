@@ -7,11 +7,24 @@ use hymba_ref::cache::KeyBlocks;
 use hymba_ref::checkpoint::weights::Linear;
 use hymba_ref::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
-use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax};
+use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax, Mask};
 use hymba_ref::model::norm::rms_norm;
 use hymba_ref::model::rope::rotate;
 use ndarray::{Array1, Array2, Array3, ArrayView3, Axis};
 use proptest::prelude::*;
+
+/// Whether the query at position `i` may see the key at position `j`, written out here from
+/// docs/MODEL.md §3.4 rather than taken from the library (whose `is_visible` is what is tested):
+/// causal, and in a window layer within W positions or a meta token.
+fn visible_oracle(i: usize, j: usize, span: AttentionSpan, num_meta: usize) -> bool {
+    if j > i {
+        return false;
+    }
+    match span {
+        AttentionSpan::Global => true,
+        AttentionSpan::SlidingWindow(w) => i - j <= w || j < num_meta,
+    }
+}
 
 /// A (rows, cols) matrix of values in [-4, 4].
 fn matrix(rows: impl Strategy<Value = usize>, cols: impl Strategy<Value = usize>) -> impl Strategy<Value = Array2<f32>> {
@@ -213,7 +226,7 @@ proptest! {
         let out = attend(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
         prop_assert_eq!(out.dim(), (t, nh * dv));
 
-        let hidden_from_all = |j: usize| q_positions.iter().all(|&i| !is_visible(i, k_positions[j], span, num_meta));
+        let hidden_from_all = |j: usize| q_positions.iter().all(|&i| !visible_oracle(i, k_positions[j], span, num_meta));
         let (mut k2, mut v2) = (k.clone(), v.clone());
         let mut changed = 0;
         for j in 0..s_len {
@@ -244,7 +257,7 @@ fn attention_heads_owned(
     num_meta: usize,
 ) -> Array2<f32> {
     let mut out = Array2::zeros((q.dim().0, q.dim().1 * v.dim().2)); // (T, nh·dv)
-    attention_heads(q, &KeyBlocks::from_rows(k), v, q_positions, k_positions, span, num_meta, out.view_mut());
+    attention_heads(q, &KeyBlocks::from_rows(k), v, Mask::new(q_positions, k_positions, span, num_meta), out.view_mut());
     out
 }
 
@@ -262,7 +275,7 @@ fn each_query_row_ignores_its_own_hidden_keys() {
     for (row, &i) in q_positions.iter().enumerate() {
         let (mut k2, mut v2) = (k.clone(), v.clone());
         for (j, &p) in k_positions.iter().enumerate() {
-            if !is_visible(i, p, span, num_meta) {
+            if !visible_oracle(i, p, span, num_meta) {
                 k2.index_axis_mut(Axis(0), j).fill(55.0);
                 v2.index_axis_mut(Axis(0), j).fill(-1e6);
             }
@@ -271,4 +284,20 @@ fn each_query_row_ignores_its_own_hidden_keys() {
         let diff = (&out.row(row) - &out2.row(row)).iter().fold(0f32, |m, d| m.max(d.abs()));
         assert!(diff <= 1e-6, "query {i}: {diff}");
     }
+}
+
+#[test]
+fn is_visible_is_the_mask_of_the_model_page() {
+    for span in [AttentionSpan::Global, AttentionSpan::SlidingWindow(0), AttentionSpan::SlidingWindow(3), AttentionSpan::SlidingWindow(7)] {
+        for num_meta in [0, 1, 4] {
+            for i in 0..24 {
+                for j in 0..24 {
+                    assert_eq!(is_visible(i, j, span, num_meta), visible_oracle(i, j, span, num_meta), "i {i}, j {j}, {span:?}, M {num_meta}");
+                }
+            }
+        }
+    }
+    // Spelled out once: window 3, two meta tokens, the query at 9 sees 0, 1 (meta) and 6..=9.
+    let seen: Vec<usize> = (0..12).filter(|&j| is_visible(9, j, AttentionSpan::SlidingWindow(3), 2)).collect();
+    assert_eq!(seen, [0, 1, 6, 7, 8, 9]);
 }

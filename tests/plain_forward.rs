@@ -147,7 +147,10 @@ fn demo_model() {
     let case = expected["greedy"].as_array().unwrap().iter().min_by_key(|c| c["prompt_ids"].as_array().unwrap().len()).unwrap();
     let (prompt, want) = (ids(&case["prompt_ids"]), ids(&case["tokens"]));
     let cfg = &model.config;
-    assert!(prompt.len() + want.len() > cfg.sliding_window.unwrap(), "the sequence runs past M + W");
+    // The last query (position M + n − 1) must be unable to see the first prompt token (position
+    // M): n − 1 > W, so the sequence runs past M + W + 1 positions and the window drops keys.
+    let (m, w_len) = (cfg.num_memory_tokens, cfg.sliding_window.unwrap());
+    assert!(m + prompt.len() + want.len() > m + w_len + 1, "the sequence (meta tokens included) runs past M + W + 1");
 
     // Plain greedy decoding: prefill the prompt, then feed back the first maximum each step.
     let (mut cache, logits) = plain::prefill(cfg, &w, &prompt);

@@ -59,7 +59,8 @@ use memmap2::UncheckedAdvice;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::json_text::{brief, brief_text, count_keys, first_duplicate_key};
+use super::json_text::{brief, brief_text};
+use crate::json_scan::{count_keys, first_duplicate_key};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The largest header accepted, as in the reference implementation: 100 MB.

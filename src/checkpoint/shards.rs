@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::json_text::{brief, count_keys, first_duplicate_key};
+use super::json_text::brief;
+use crate::json_scan::{count_keys, first_duplicate_key};
 use super::safetensors::{SafetensorsFile, TensorInfo, MAX_METADATA_ENTRIES, MAX_TENSORS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Elements;

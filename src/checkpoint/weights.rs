@@ -1,8 +1,8 @@
 //! The model's weights, named as the checkpoint keys, and the one loader that fills them.
 //!
 //! The weight table ([`crate::config::weights`], listed for a config by
-//! [`HymbaConfig::tensors`]) says which tensors a config implies, with their shapes (SPEC,
-//! "Weights"); [`HymbaWeights::load`] checks a checkpoint against that list, reporting every
+//! [`HymbaConfig::tensors`]) says which tensors a config implies, with their shapes (docs/MODEL.md
+//! §2); [`HymbaWeights::load`] checks a checkpoint against that list, reporting every
 //! missing, unexpected or mis-shaped tensor by name, before converting anything, then fills each
 //! field from its table row.
 

@@ -1,7 +1,7 @@
 //! Ablation, the paper's head-importance study on one prompt: the prompt's mean log-probability
 //! when one layer's attention heads, or its SSM heads, are removed.
 //!
-//! Removing a branch drops its term from the fusion (SPEC 2.5), `o = (β1 ⊙ RMSNorm(attn) +
+//! Removing a branch drops its term from the fusion (docs/MODEL.md §3.7), `o = (β1 ⊙ RMSNorm(attn) +
 //! β2 ⊙ RMSNorm(ssm)) / 2`: the model is copied with that layer's β1 (or β2) set to zero and run
 //! as usual. The /2 is kept, so the other branch contributes exactly what it did in the full
 //! model: this is the same as that branch's heads outputting zeros (RMSNorm of zeros is zero),

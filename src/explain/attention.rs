@@ -1,6 +1,6 @@
 //! Attention weights recomputed from what a layer attended with: its queries (after q_norm and
 //! RoPE) and the keys of its producer's cache, scored and masked exactly as the model does
-//! (SPEC 2.3: `q·k / √dqk`, softmax over the keys [`is_visible`] allows, the model's own
+//! (docs/MODEL.md §3.3–3.4: `q·k / √dqk`, softmax over the keys [`is_visible`] allows, the model's own
 //! [`masked_softmax`]). From them: where each query's attention mass goes ([`Shares`]) and, for
 //! the heads asked for, the map of queries × keys ([`AttentionMap`]).
 

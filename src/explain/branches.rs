@@ -1,5 +1,5 @@
 //! Branch balance: how large each head type's term is in a layer's fusion (paper eq. 3,
-//! SPEC 2.5): `o = (β1 ⊙ RMSNorm(attn) + β2 ⊙ RMSNorm(ssm)) / 2`. Both branches are normalised to
+//! docs/MODEL.md §3.7): `o = (β1 ⊙ RMSNorm(attn) + β2 ⊙ RMSNorm(ssm)) / 2`. Both branches are normalised to
 //! unit RMS first, so the learned scales β1, β2 (and where they put weight) decide which head type
 //! carries the layer; the magnitude of each term, token by token, shows it.
 

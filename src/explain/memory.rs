@@ -1,5 +1,5 @@
 //! SSM memory: how fast each SSM channel forgets. At every step, state dimension n of channel c
-//! is multiplied by `exp(Δ_t,c · A_c,n)` (SPEC 2.4; A < 0, so a decay in (0, 1)); after k steps
+//! is multiplied by `exp(Δ_t,c · A_c,n)` (docs/MODEL.md §3.6; A < 0, so a decay in (0, 1)); after k steps
 //! of decay a, a contribution is down to aᵏ, half gone after `ln 2 / −ln a` steps: its half-life.
 //!
 //! Δ depends on the token, A does not. Over a prompt, the product of a channel's decays is

@@ -68,7 +68,7 @@ impl SamplingParams {
     pub fn from_generation_config_text(text: &str, origin: &str) -> Result<SamplingParams> {
         let bad = |what: String| Error::input(format!("{origin}: {what}"));
         let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        if let Some(key) = crate::checkpoint::json_text::first_duplicate_key(text) {
+        if let Some(key) = crate::json_scan::first_duplicate_key(text) {
             return Err(bad(format!("the key `{key}` appears twice in one object")));
         }
         let serde_json::Value::Object(fields) = &json else {

@@ -23,6 +23,24 @@ pub fn is_visible(i: usize, j: usize, span: AttentionSpan, num_meta: usize) -> b
         }
 }
 
+/// Which keys each query of a call may see (docs/MODEL.md §3.4): the queries' and the keys'
+/// absolute positions, the layer's span (global or a window) and the number M of meta tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Mask<'a> {
+    /// (T): the position of each query row
+    pub q_positions: &'a [usize],
+    /// (S): the position of each key row, in cache order
+    pub k_positions: &'a [usize],
+    pub span: AttentionSpan,
+    pub num_meta: usize,
+}
+
+impl<'a> Mask<'a> {
+    pub fn new(q_positions: &'a [usize], k_positions: &'a [usize], span: AttentionSpan, num_meta: usize) -> Mask<'a> {
+        Mask { q_positions, k_positions, span, num_meta }
+    }
+}
+
 /// Query rows per block in [`attention_heads`].
 const QUERY_BLOCK: usize = 64;
 /// Up to this many query rows (decoding), [`attention_heads`] serves each (row, head) on its own.
@@ -38,24 +56,15 @@ const FEW_QUERIES: usize = 4;
 /// so a sliding-window layer costs O(T·(M + W)) rather than O(T·S). Blocks and heads run in
 /// parallel. A few queries (decoding) go to `attention_each_query` instead. Both are tested
 /// against [`attention_heads_reference`].
-#[allow(clippy::too_many_arguments)]
-pub fn attention_heads(
-    q: ArrayView3<f32>,
-    k: &KeyBlocks,
-    v: ArrayView3<f32>,
-    q_positions: &[usize],
-    k_positions: &[usize],
-    span: AttentionSpan,
-    num_meta: usize,
-    mut out: ArrayViewMut2<f32>,
-) {
+pub fn attention_heads(q: ArrayView3<f32>, k: &KeyBlocks, v: ArrayView3<f32>, mask: Mask, mut out: ArrayViewMut2<f32>) {
+    let Mask { q_positions, k_positions, span, num_meta } = mask;
     let (t, nh, dqk) = q.dim();
     let (s_len, nkv, dv) = v.dim();
     debug_assert_eq!(k.dim(), (s_len, nkv, dqk));
     debug_assert_eq!((q_positions.len(), k_positions.len()), (t, s_len));
     debug_assert_eq!(out.dim(), (t, nh * dv)); // (T, nh·dv) = (T, D)
     if t <= FEW_QUERIES {
-        attention_each_query(q, k, v, q_positions, k_positions, span, num_meta, out);
+        attention_each_query(q, k, v, mask, out);
         return;
     }
     let group = nh / nkv;
@@ -106,17 +115,8 @@ pub fn attention_heads(
 /// cache once per query head. Over a long cache, the keys are split across tasks
 /// ([`attend_split`]). With one query row, a matrix product would spend its time re-packing K and V.
 /// Same shapes as [`attention_heads`]; `out` is (T, nh·dv).
-#[allow(clippy::too_many_arguments)]
-fn attention_each_query(
-    q: ArrayView3<f32>,
-    k: &KeyBlocks,
-    v: ArrayView3<f32>,
-    q_positions: &[usize],
-    k_positions: &[usize],
-    span: AttentionSpan,
-    num_meta: usize,
-    mut out: ArrayViewMut2<f32>,
-) {
+fn attention_each_query(q: ArrayView3<f32>, k: &KeyBlocks, v: ArrayView3<f32>, mask: Mask, mut out: ArrayViewMut2<f32>) {
+    let Mask { q_positions, k_positions, span, num_meta } = mask;
     let (t, nh, dqk) = q.dim();
     let (s_len, nkv, dv) = v.dim();
     debug_assert_eq!((k.dim(), out.dim()), ((s_len, nkv, dqk), (t, nh * dv)));
@@ -429,7 +429,7 @@ mod tests {
         let k = Array3::from_shape_vec((2, 1, 2), vec![1.0, 0.0, 5.0, 5.0]).unwrap();
         let v = Array3::from_shape_vec((2, 1, 3), vec![1.0, 2.0, 3.0, 9.0, 9.0, 9.0]).unwrap();
         let mut out = Array2::zeros((1, 6));
-        attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), &[0], &[0, 1], AttentionSpan::Global, 0, out.view_mut());
+        attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), Mask::new(&[0], &[0, 1], AttentionSpan::Global, 0), out.view_mut());
         assert_eq!(out.row(0).to_vec(), vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
@@ -451,7 +451,7 @@ mod tests {
                 let (q, q_pos) = (q.slice(s![t - rows.., .., ..]), &q_pos[t - rows..]);
                 let (k, v, k_pos) = (k.slice(s![..10 + t, .., ..]), v.slice(s![..10 + t, .., ..]), &k_pos[..]);
                 let mut fast = Array2::zeros((rows, nh * dv));
-                attention_heads(q, &KeyBlocks::from_rows(k), v, q_pos, k_pos, span, 3, fast.view_mut());
+                attention_heads(q, &KeyBlocks::from_rows(k), v, Mask::new(q_pos, k_pos, span, 3), fast.view_mut());
                 let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
@@ -480,7 +480,7 @@ mod tests {
             let q_pos = [s_len - 1 - below(10)];
             for span in [AttentionSpan::Global, AttentionSpan::SlidingWindow(1 + below(s_len)), AttentionSpan::SlidingWindow(3)] {
                 let mut fast = Array2::zeros((1, nh * dv));
-                attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), &q_pos, &k_pos, span, num_meta, fast.view_mut());
+                attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), Mask::new(&q_pos, &k_pos, span, num_meta), fast.view_mut());
                 let slow = attention_heads_reference(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, num_meta);
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "case {case}, {span:?}, S = {s_len}: max |Δ| vs the plain reference = {err}");
@@ -548,7 +548,7 @@ mod tests {
         let k = Array3::from_elem((2, 1, 2), 1.0f32);
         let v = Array3::from_shape_vec((2, 1, 1), vec![2.0, 4.0]).unwrap();
         let mut out = Array2::zeros((1, 1));
-        attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), &[5], &[4, 5], AttentionSpan::Global, 0, out.view_mut());
+        attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), Mask::new(&[5], &[4, 5], AttentionSpan::Global, 0), out.view_mut());
         assert!((out[[0, 0]] - 3.0).abs() < 1e-6);
     }
 }

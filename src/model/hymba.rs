@@ -140,7 +140,7 @@ impl Hymba {
         self.full_forward(ids, Some(observer))
     }
 
-    /// SPEC's forward pass: an empty sequence fed [meta tokens ; ids] in one call, so every row
+    /// The forward pass of docs/MODEL.md §3: an empty sequence fed [meta tokens ; ids] in one call, so every row
     /// is rotated with the RoPE base of the whole input. ids → (n, V)
     fn full_forward(&self, ids: &[u32], observer: Option<&mut dyn LayerObserver>) -> Result<Array2<f32>> {
         self.check_ids(ids)?;
@@ -172,7 +172,7 @@ impl Hymba {
     ///
     /// Equals the full forward's logits for the same positions (tested), except for
     /// `dynamic_ntk` past `orig_max_position_embeddings`, where each chunk is rotated with the base
-    /// of its own last position, as the released cached decode does (SPEC, RoPE).
+    /// of its own last position, as the released cached decode does (docs/MODEL.md §4, §8).
     pub fn forward_chunk(&self, ids: &[u32], seq: &mut Sequence) -> Result<Array2<f32>> {
         let hidden = self.hidden_states(ids, seq)?; // (n, H)
         self.logits(hidden)

@@ -13,7 +13,7 @@
 //! that sequence's own [`crate::cache::HybridCache`]. A full forward pass is one sequence on a fresh cache;
 //! decoding is a prefill followed by one-row passes — the same code.
 
-use super::attention::attention_heads;
+use super::attention::{attention_heads, Mask};
 use super::fusion::fuse_heads;
 use super::mlp::{mlp, MlpBuffers};
 use super::norm::{rms_norm, rms_norm_in_place};
@@ -23,7 +23,6 @@ use super::segment::Pass;
 use super::rope::apply_rope;
 use super::ssm::{ssm_heads, SsmBuffers};
 use crate::buffer::shaped;
-use crate::cache::SsmState;
 use crate::checkpoint::weights::LayerWeights;
 use crate::config::{HymbaConfig, LayerPlan};
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut3, Axis};
@@ -83,6 +82,26 @@ fn split_heads<'o>(
     out.view_mut()
 }
 
+/// One layer of the model, as a layer function reads it: the config, the layer's plan (global or
+/// window; owns K/V or reuses layer j) and its weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Layer<'l> {
+    pub cfg: &'l HymbaConfig,
+    pub plan: &'l LayerPlan,
+    pub w: &'l LayerWeights,
+}
+
+/// What the attention heads write (see [`crate::buffer`]).
+#[derive(Debug, Clone, Default)]
+pub struct AttentionBuffers {
+    /// (T, nh, dqk): queries after q_norm and RoPE
+    pub(crate) q: Array3<f32>,
+    /// (T, nkv, dqk): new keys after k_norm and RoPE (K/V producers)
+    k: Array3<f32>,
+    /// (T, D): the attention heads, concatenated
+    pub(crate) attn: Array2<f32>,
+}
+
 /// Everything one layer pass writes besides the caches and the residual stream (see
 /// [`crate::buffer`]). One set serves every layer, since layers run one after another.
 #[derive(Debug, Clone, Default)]
@@ -91,17 +110,10 @@ pub struct LayerBuffers {
     h: Array2<f32>,
     /// (T, P): `in_proj`'s output, columns q | k | v | x | z
     projected: Array2<f32>,
-    /// (T, nh, dqk): queries after q_norm and RoPE
-    pub(crate) q: Array3<f32>,
-    /// (T, nkv, dqk): new keys after k_norm and RoPE (K/V producers)
-    k: Array3<f32>,
-    /// (T, D): the attention heads, concatenated
-    pub(crate) attn: Array2<f32>,
-    /// This layer's SSM state of each part's sequence, while the SSM heads hold them (else empty)
-    ssm_states: Vec<SsmState>,
+    /// The attention heads' queries, new keys and output
+    pub(crate) attention: AttentionBuffers,
+    /// The SSM heads' activations, the states they hold during the layer, and their output
     pub(crate) ssm_buffers: SsmBuffers,
-    /// (T, D): the SSM heads after the SiLU(z) gate
-    pub(crate) ssm: Array2<f32>,
     /// (T, D): `fuse_heads(attn, ssm)`
     pub(crate) fused_heads: Array2<f32>,
     /// (T, H): the mixer's residual contribution, `fused_heads · out_projᵀ (+ bias)`
@@ -111,22 +123,13 @@ pub struct LayerBuffers {
     mlp: Array2<f32>,
 }
 
-/// Run layer `plan.index` on the rows `hidden` (T, H) of a pass at absolute `positions`, in place
+/// Run `layer` on the rows `hidden` (T, H) of a pass (at the pass's absolute positions), in place
 /// (`hidden` becomes the layer's output), extending each sequence's cache. `profile` times each
 /// phase when it records.
-#[allow(clippy::too_many_arguments)]
-pub fn hymba_layer(
-    cfg: &HymbaConfig,
-    plan: &LayerPlan,
-    w: &LayerWeights,
-    hidden: &mut Array2<f32>,
-    positions: &[usize],
-    pass: &mut Pass,
-    buf: &mut LayerBuffers,
-    profile: &mut Profile,
-) {
+pub fn hymba_layer(layer: Layer, hidden: &mut Array2<f32>, pass: &mut Pass, buf: &mut LayerBuffers, profile: &mut Profile) {
+    let Layer { cfg, plan, w } = layer;
     let (t, eps) = (hidden.nrows(), cfg.rms_norm_eps);
-    debug_assert_eq!((hidden.dim(), positions.len()), ((t, cfg.hidden_size), t));
+    debug_assert_eq!((hidden.dim(), pass.positions.len()), ((t, cfg.hidden_size), t));
     use Phase::{Elementwise, Weights};
 
     let h = profile.time(Elementwise, || rms_norm(hidden.view(), w.input_layernorm.view(), eps, &mut buf.h)); // (T, H)
@@ -138,18 +141,19 @@ pub fn hymba_layer(
     // this layer's SSM states, which it holds meanwhile (moved out of the caches, and back after).
     // Each branch's one-thread work (RoPE and the K/V append; the conv) then overlaps the other's
     // work, and fewer parallel regions come after a stretch long enough for idle threads to sleep.
-    let (parts, kind) = (pass.parts, pass.rows);
-    pass.take_ssm_states(plan.index, &mut buf.ssm_states);
+    let parts = pass.parts;
+    pass.take_ssm_states(plan.index, &mut buf.ssm_buffers.states);
     let mut ssm_profile = profile.fork();
     let (attn, ssm) = rayon::join(
-        || attention_branch(cfg, plan, w, &split, positions, pass, (&mut buf.q, &mut buf.k), &mut buf.attn, profile), // (T, D)
-        || ssm_heads(split.x, split.z, &w.mamba, eps, (parts, kind), &mut buf.ssm_states, &mut buf.ssm_buffers, &mut buf.ssm, &mut ssm_profile), // (T, D)
+        || attention_branch(layer, &split, pass, &mut buf.attention, profile), // (T, D)
+        || ssm_heads(split.x, split.z, &w.mamba, eps, parts, &mut buf.ssm_buffers, &mut ssm_profile), // (T, D)
     );
     profile.join(ssm_profile);
-    pass.put_back_ssm_states(plan.index, &mut buf.ssm_states);
 
     let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
     let fused_heads = profile.time(Elementwise, || fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads)); // (T, D)
+    // The SSM states go back to their sequences once the fusion has read the SSM heads' output.
+    pass.put_back_ssm_states(plan.index, &mut buf.ssm_buffers.states);
     let mixer_output = profile.time(Weights, || w.mamba.out_proj.forward(fused_heads, pass.rows, &mut buf.mixer_output)); // (T, H)
     profile.time(Elementwise, || zip_with(hidden.view_mut(), mixer_output, |h, m| *h += m)); // residual
 
@@ -164,18 +168,15 @@ pub fn hymba_layer(
 /// sequence's cache, and its queries attend to that cache (a reusing layer reads its producer's
 /// cache, which already holds this pass's rows).
 /// → (T, D)
-#[allow(clippy::too_many_arguments)]
 fn attention_branch<'o>(
-    cfg: &HymbaConfig,
-    plan: &LayerPlan,
-    w: &LayerWeights,
+    layer: Layer,
     split: &InProjSplit,
-    positions: &[usize],
     pass: &mut Pass,
-    (q_buf, k_buf): (&mut Array3<f32>, &mut Array3<f32>),
-    out: &'o mut Array2<f32>,
+    buf: &'o mut AttentionBuffers,
     profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
+    let (Layer { cfg, plan, w }, positions) = (layer, pass.positions);
+    let AttentionBuffers { q: q_buf, k: k_buf, attn: out } = buf;
     let (nh, nkv, eps) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps);
     let (attn_w, elementwise) = (&w.mamba.self_attn, Phase::Elementwise);
     let mut q = profile.time(elementwise, || split_heads(split.q, nh, attn_w.q_norm.as_ref(), eps, q_buf)); // (T, nh, dqk)
@@ -210,7 +211,8 @@ fn attention_branch<'o>(
         pass.for_each_part(out.view_mut(), |part, cache, out| {
             let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
             let (q, at) = (q.slice(s![part.rows.clone(), .., ..]), &positions[part.rows.clone()]); // (T_s, nh, dqk)
-            attention_heads(q, kv.keys(), kv.values(), at, kv.positions(), plan.attention, cfg.num_memory_tokens, out) // (T_s, D)
+            let mask = Mask::new(at, kv.positions(), plan.attention, cfg.num_memory_tokens);
+            attention_heads(q, kv.keys(), kv.values(), mask, out) // (T_s, D)
         })
     });
     out.view()

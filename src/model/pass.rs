@@ -13,11 +13,11 @@
 //! sequence feeds them first, then its ids, so they are run one way everywhere: the model runs
 //! them once into the sequence every [`super::Hymba::new_sequence`] copies, and
 //! [`super::Hymba::forward`] runs them with the prompt in one call (one RoPE base for the whole
-//! call, as SPEC's full forward).
+//! call, as the full forward of docs/MODEL.md §3).
 //!
 //! An optional [`LayerObserver`] sees every layer of every pass ([`super::trace`]).
 
-use super::layer::{hymba_layer, LayerBuffers};
+use super::layer::{hymba_layer, Layer, LayerBuffers};
 use super::profile::{Phase, Profile};
 use super::rope::RopeAngles;
 use super::segment::{Keep, Part, Pass, Segment};
@@ -47,7 +47,7 @@ struct Planned {
     meta_rows: usize,
     /// meta_rows + ids: the rows this call feeds.
     rows: usize,
-    /// The RoPE base for every row of the call (SPEC, RoPE: from the call's largest position).
+    /// The RoPE base for every row of the call (docs/MODEL.md §4: from the call's largest position).
     rope_base: Option<f64>,
     /// Where the segment's kept rows start in [`Scratch::kept`].
     first_kept: usize,
@@ -213,8 +213,8 @@ fn run_pass(
             if observer.is_some() {
                 shaped(layer_input, hidden.dim()).assign(hidden);
             }
-            let mut pass = Pass::new(&mut *segments, parts, rope);
-            hymba_layer(cfg, plan, w, hidden, positions, &mut pass, layer, profile);
+            let mut pass = Pass::new(&mut *segments, parts, positions, rope);
+            hymba_layer(Layer { cfg, plan, w }, hidden, &mut pass, layer, profile);
             if let Some(observer) = observer.as_deref_mut() {
                 observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));
             }
@@ -238,11 +238,11 @@ fn run_pass(
     // values and positions in each window cache, one thread's work each).
     let num_meta = cfg.num_memory_tokens;
     profile.time(Phase::KvCache, || {
-        Pass::new(segments, parts, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta))
+        Pass::new(segments, parts, positions, rope).for_each_cache(|part, cache| cache.finish_chunk(part.rows.len(), num_meta))
     });
 }
 
-/// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (SPEC, forward
+/// The input rows of a segment's rows `fed`: [meta tokens ; embeddings of ids] (docs/MODEL.md §3.1, forward
 /// step 1), the meta tokens only for an empty sequence. → out (fed.len(), H)
 fn input_rows(w: &HymbaWeights, planned: &Planned, ids: &[u32], fed: Range<usize>, mut out: ArrayViewMut2<f32>) {
     for (i, mut row) in fed.zip(out.rows_mut()) {

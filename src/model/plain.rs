@@ -1,6 +1,6 @@
 //! The whole Hymba forward pass in one plain file. Read it top to bottom with the paper
 //! ("Hymba: A Hybrid-head Architecture for Small Language Models", Dong et al., arXiv 2411.13676)
-//! and `SPEC.md` ("Forward pass") beside it; comments marked "SPEC 2.3" are SPEC's steps.
+//! and `docs/MODEL.md` beside it; comments marked "§3.3" are that page's sections.
 //!
 //! Plain means: f32 `Vec`s and simple loops, a fresh allocation for every intermediate, one
 //! thread, every row of a pass at once, the caches as plain vectors. It is slow (the fast path in
@@ -20,7 +20,7 @@
 //! - Small math: RMSNorm, linear maps, activations.
 //!
 //! Shapes: `T` rows in this pass, `S` positions seen so far (meta tokens included), the other
-//! symbols as in SPEC's glossary (H, D, nh, nkv, dqk, dv, N, K, R, F, M, W, V).
+//! symbols as in docs/MODEL.md §1 (H, D, nh, nkv, dqk, dv, N, K, R, F, M, W, V).
 
 use crate::checkpoint::weights::{HymbaWeights, Linear as LoadedLinear};
 use crate::config::{AttentionSpan, HymbaConfig, KqNorm, KvSource, LayerPlan, MlpActivation, RopeScaling};
@@ -156,7 +156,7 @@ fn linear(l: &LoadedLinear) -> Linear {
 
 /// What a sequence carries from one pass to the next, as plain vectors. The plain cache keeps
 /// every position; the fast path's cache keeps only what the window lets a later query see
-/// (SPEC, "Incremental decoding"), which the mask makes equivalent.
+/// (docs/MODEL.md §5), which the mask makes equivalent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cache {
     /// Positions processed so far, meta tokens included: the position of the next row.
@@ -196,16 +196,16 @@ pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Rows {
 /// of every token of `ids`. ids → (Cache, (n, V))
 pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
     let m = cfg.num_memory_tokens;
-    // SPEC 1. X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
+    // §3.1 X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
     //    token position M. They do not depend on the prompt; the fast path runs them once per
     //    model, here they go through the layers with every prompt, as in the released code.
     let mut x = w.memory_tokens.clone(); // (M, H)
     x.extend(ids.iter().map(|&id| embed(cfg, w, id))); // (M+n, H)
     let mut cache = Cache::new(cfg);
-    // dynamic_ntk picks the RoPE base from the largest position of the call (SPEC, RoPE).
+    // dynamic_ntk picks the RoPE base from the largest position of the call (docs/MODEL.md §4).
     let base = rope_base(cfg, m + ids.len());
     let x = layers(cfg, w, &mut cache, x, base); // (M+n, H)
-    // SPEC 3. Drop the meta rows, final norm, lm_head.
+    // §3.9 Drop the meta rows, final norm, lm_head.
     (cache, lm_head(cfg, w, &x[m..])) // (n, V)
 }
 
@@ -214,7 +214,7 @@ pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
 ///
 /// As the released cached decode, the new token is rotated with the RoPE base for its own
 /// position and the cached keys keep theirs: past `orig_max_position_embeddings`, a
-/// `dynamic_ntk` model's steps therefore differ from its full forward pass (SPEC, RoPE).
+/// `dynamic_ntk` model's steps therefore differ from its full forward pass (docs/MODEL.md §4, §8).
 pub fn step(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, id: u32) -> Vec<f32> {
     let x = vec![embed(cfg, w, id)]; // (1, H)
     let base = rope_base(cfg, cache.len + 1);
@@ -229,7 +229,7 @@ fn embed(cfg: &HymbaConfig, w: &Weights, id: u32) -> Vec<f32> {
     w.embed_tokens[id as usize].clone() // (H)
 }
 
-/// SPEC 2. Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
+/// §3.2–3.8 Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
 fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: Option<f64>) -> Rows {
     let positions: Vec<usize> = (cache.len..cache.len + x.len()).collect(); // (T)
     for (plan, lw) in cfg.layers.iter().zip(&w.layers) {
@@ -239,7 +239,7 @@ fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: 
     x
 }
 
-/// SPEC 3. `logits = RMSNorm(X; final_layernorm) · lm_headᵀ`. (T, H) → (T, V)
+/// §3.9 `logits = RMSNorm(X; final_layernorm) · lm_headᵀ`. (T, H) → (T, V)
 fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Rows {
     let normed: Rows = x.iter().map(|row| rms_norm(row, &w.final_layernorm, cfg.rms_norm_eps)).collect(); // (T, H)
     normed.iter().map(|row| matvec(&w.lm_head, row)).collect() // (T, V)
@@ -262,11 +262,11 @@ fn layer(
     let (eps, d) = (cfg.rms_norm_eps, cfg.d_inner());
     debug_assert!(x.iter().all(|row| row.len() == cfg.hidden_size));
 
-    // SPEC 2.1 h = RMSNorm(X; input_layernorm); Z = h · in_projᵀ (+ bias)
+    // §3.2 h = RMSNorm(X; input_layernorm); Z = h · in_projᵀ (+ bias)
     let h: Rows = x.iter().map(|row| rms_norm(row, &w.input_layernorm, eps)).collect(); // (T, H)
     let zxbc = apply(&w.in_proj, &h); // (T, P)
 
-    // SPEC 2.2 Split Z's columns in checkpoint order: q, then k and v unless the layer reuses K/V,
+    // §3.2 Split Z's columns in checkpoint order: q, then k and v unless the layer reuses K/V,
     //          then the SSM input x, then the gate z.
     let mut at = 0;
     let mut take = |width: usize| {
@@ -280,11 +280,11 @@ fn layer(
     let z = take(d); // (T, D)
     debug_assert_eq!(at, cfg.in_proj_rows(plan));
 
-    // SPEC 2.3 Attention heads ∥ SPEC 2.4 SSM heads, on the same input.
+    // §3.3–3.5 Attention heads ∥ §3.6 SSM heads, on the same input.
     let attn = attention_heads(cfg, plan, w, &q, kv, positions, base, cache); // (T, D)
     let ssm = ssm_heads(cfg, w, &ssm_x, &z, &mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (T, D)
 
-    // SPEC 2.5 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
+    // §3.7 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
     let fused: Rows = attn
         .iter()
         .zip(&ssm)
@@ -296,7 +296,7 @@ fn layer(
         .collect(); // (T, D)
     let x = add(&x, &apply(&w.out_proj, &fused)); // (T, H): residual
 
-    // SPEC 2.6 MLP, residual.
+    // §3.8 MLP, residual.
     let h2: Rows = x.iter().map(|row| rms_norm(row, &w.pre_moe_layernorm, eps)).collect(); // (T, H)
     add(&x, &mlp(cfg, w, &h2)) // (T, H)
 }
@@ -385,7 +385,7 @@ fn attention_heads(
 
 /// Allowed(i, j) = `j ≤ i` and (the layer is global, or `i − j ≤ W`, or `j < M`): a sliding-window
 /// query sees itself, the W positions before it, and always every meta token. (The released
-/// cached decode keeps one window position fewer; SPEC's "Known discrepancy": we follow the
+/// cached decode keeps one window position fewer; docs/MODEL.md §8: we follow the
 /// prefill and training mask everywhere.)
 fn allowed(span: AttentionSpan, i: usize, j: usize, m: usize) -> bool {
     j <= i
@@ -430,7 +430,7 @@ fn split_heads(row: &[f32], heads: usize) -> Rows {
 /// RoPE, rotate-half (NeoX) layout, one head (dqk) at position `p`, in place:
 /// `inv_freq_k = base^(−2k/dqk)` for k < dqk/2, angle `p · inv_freq_k` on the pair (k, k + dqk/2),
 /// `x' = x·cos + [−x₂, x₁]·sin`. Like the released code, `inv_freq` and the angle are float32;
-/// cos and sin of that angle are then taken exactly (SPEC is silent on precision; at long
+/// cos and sin of that angle are then taken exactly (docs/MODEL.md §4: the release leaves precision open; at long
 /// contexts the float32 angle is part of the model's behaviour).
 fn rope(head: &mut [f32], p: usize, base: f64) {
     let dim = head.len();

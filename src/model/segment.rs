@@ -52,6 +52,8 @@ pub struct Part {
 pub struct Pass<'p, 'a> {
     pub(crate) segments: &'p mut [Segment<'a>],
     pub(crate) parts: &'p [Part],
+    /// (T): the absolute position of each row
+    pub(crate) positions: &'p [usize],
     /// (T, dqk/2): the rows' RoPE angles (rows of parts without RoPE unset)
     pub(crate) rope: &'p RopeAngles,
     /// What the pass's rows are for the projections: [`Rows::OnePerSequence`] when every part is
@@ -60,12 +62,8 @@ pub struct Pass<'p, 'a> {
 }
 
 impl<'p, 'a> Pass<'p, 'a> {
-    pub(crate) fn new(segments: &'p mut [Segment<'a>], parts: &'p [Part], rope: &'p RopeAngles) -> Pass<'p, 'a> {
-        let rows = match parts.iter().all(|p| p.rows.len() == 1) {
-            true => Rows::OnePerSequence,
-            false => Rows::Chunk,
-        };
-        Pass { segments, parts, rope, rows }
+    pub(crate) fn new(segments: &'p mut [Segment<'a>], parts: &'p [Part], positions: &'p [usize], rope: &'p RopeAngles) -> Pass<'p, 'a> {
+        Pass { segments, parts, positions, rope, rows: rows_kind(parts) }
     }
 
     /// Each part of the pass, in row order, with the cache of its sequence.
@@ -137,6 +135,16 @@ impl<'p, 'a> Pass<'p, 'a> {
         for ((_, cache), state) in self.parts_mut().zip(states.drain(..)) {
             cache.ssm[layer] = state;
         }
+    }
+}
+
+/// What the rows of a pass made of `parts` are for the projections: [`Rows::OnePerSequence`] when
+/// every part is one row (a batched decode step: each row's products then equal its sequence's
+/// alone), else [`Rows::Chunk`].
+pub fn rows_kind(parts: &[Part]) -> Rows {
+    match parts.iter().all(|p| p.rows.len() == 1) {
+        true => Rows::OnePerSequence,
+        false => Rows::Chunk,
     }
 }
 

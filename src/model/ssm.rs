@@ -14,11 +14,11 @@
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
-use super::parallel::{for_each_row, items_per_task, map_rows};
+use super::parallel::{for_each_row, map_rows};
+use crate::tasks::items_per_task;
 use super::profile::{Phase, Profile};
-use super::segment::{for_each_part, Part};
+use super::segment::{for_each_part, rows_kind, Part};
 use crate::cache::SsmState;
-use crate::matrix::Rows;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
@@ -71,18 +71,37 @@ pub fn causal_conv1d(
     }
 }
 
+/// What the selective scan reads (docs/MODEL.md §3.6): the input u and step sizes Δ of every
+/// row and channel, the decay rates A and skip weights D of every channel, and B and C of every
+/// row. u, Δ: (T, D); A: (D, N); B, C: (T, N); D: (D)
+#[derive(Debug, Clone, Copy)]
+pub struct ScanInputs<'a> {
+    pub u: ArrayView2<'a, f32>,
+    pub delta: ArrayView2<'a, f32>,
+    pub a: ArrayView2<'a, f32>,
+    pub b: ArrayView2<'a, f32>,
+    pub c: ArrayView2<'a, f32>,
+    pub d: ArrayView1<'a, f32>,
+}
+
+impl<'a> ScanInputs<'a> {
+    /// The same rows, only the channels `channels`: u, Δ (T, D_block); A (D_block, N); D (D_block).
+    fn channels(&self, channels: Range<usize>) -> ScanInputs<'a> {
+        ScanInputs {
+            u: self.u.slice_move(s![.., channels.clone()]),
+            delta: self.delta.slice_move(s![.., channels.clone()]),
+            a: self.a.slice_move(s![channels.clone(), ..]),
+            b: self.b,
+            c: self.c,
+            d: self.d.slice_move(s![channels]),
+        }
+    }
+}
+
 /// The selective scan, sequentially over time: the plain reference every faster variant is
-/// tested against. u, Δ: (T, D); A: (D, N); B, C: (T, N); D: (D); state: (D, N) → y (T, D)
-#[allow(clippy::too_many_arguments)]
-pub fn selective_scan_reference(
-    u: ArrayView2<f32>,
-    delta: ArrayView2<f32>,
-    a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
-    c: ArrayView2<f32>,
-    d: ArrayView1<f32>,
-    state: &mut Array2<f32>,
-) -> Array2<f32> {
+/// tested against. `x` as [`ScanInputs`]; state: (D, N) → y (T, D)
+pub fn selective_scan_reference(x: ScanInputs, state: &mut Array2<f32>) -> Array2<f32> {
+    let ScanInputs { u, delta, a, b, c, d } = x;
     let (t, d_inner) = u.dim();
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
@@ -108,18 +127,14 @@ pub fn selective_scan_reference(
 /// decays `exp(Δ·A)` come from [`crate::simd::exp`] (within 1 ulp, vectorised) rather than
 /// libm's: tested equal to the reference within 1e-6. Each task then calls `then(channels, y)`
 /// on the columns of y it scanned (the SSM heads gate them there, in parallel).
-#[allow(clippy::too_many_arguments)]
+/// `x` as [`ScanInputs`]; state: (D, N) → y (T, D)
 pub fn selective_scan(
-    u: ArrayView2<f32>,
-    delta: ArrayView2<f32>,
-    a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
-    c: ArrayView2<f32>,
-    d: ArrayView1<f32>,
+    x: ScanInputs,
     state: &mut Array2<f32>,
     mut y: ArrayViewMut2<f32>,
     then: impl Fn(Range<usize>, ArrayViewMut2<f32>) + Sync + Send,
 ) {
+    let ScanInputs { u, delta, a, b, c, .. } = x;
     let (t, d_inner) = u.dim();
     let n = a.ncols();
     debug_assert_eq!((delta.dim(), b.dim(), c.dim(), state.dim()), ((t, d_inner), (t, n), (t, n), (d_inner, n)));
@@ -132,34 +147,27 @@ pub fn selective_scan(
         .enumerate()
         .for_each(|(task, (mut y, state))| {
             let channels = task * per_task..task * per_task + y.ncols();
-            let (u, delta) = (u.slice(s![.., channels.clone()]), delta.slice(s![.., channels.clone()]));
-            scan_channels(u, delta, a.slice(s![channels.clone(), ..]), b, c, d.slice(s![channels.clone()]), state, y.view_mut());
+            scan_channels(x.channels(channels.clone()), state, y.view_mut());
             then(channels, y);
         });
 }
 
 best_simd! {
     /// [`selective_scan`] of a block of channels, on the best vector unit of this CPU.
-    /// u, Δ: (T, D_block); A: (D_block, N); B, C: (T, N); D: (D_block); state: (D_block, N) → y (T, D_block)
-    #[allow(clippy::too_many_arguments)]
-    fn scan_channels(
-        u: ArrayView2<f32>, delta: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayView2<f32>,
-        d: ArrayView1<f32>, state: ArrayViewMut2<f32>, y: ArrayViewMut2<f32>,
-    ) = scan_channels_body
+    /// `x` for a block of channels (u, Δ: (T, D_block); A: (D_block, N); D: (D_block));
+    /// state: (D_block, N) → y (T, D_block)
+    fn scan_channels(x: ScanInputs, state: ArrayViewMut2<f32>, y: ArrayViewMut2<f32>) = scan_channels_body
 }
 
 /// Channels go in groups of [`SCAN_GROUP`] ([`scan_group`]), so that the work of one (its N
 /// decays, its C · s: a chain of N dependent additions) overlaps with the others'.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn scan_channels_body(
-    u: ArrayView2<f32>, delta: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, c: ArrayView2<f32>,
-    d: ArrayView1<f32>, mut state: ArrayViewMut2<f32>, mut y: ArrayViewMut2<f32>,
-) {
+fn scan_channels_body(x: ScanInputs, mut state: ArrayViewMut2<f32>, mut y: ArrayViewMut2<f32>) {
+    let ScanInputs { u, delta, a, b, c, d } = x;
     let channels = u.ncols();
-    let a = a.as_slice().expect("rows of A, contiguous"); // (D_block·N)
+    let a = a.to_slice().expect("rows of A, contiguous"); // (D_block·N)
     let s = state.as_slice_mut().expect("rows of the state, contiguous"); // (D_block·N)
-    let inputs = ScanInputs { u: u.view(), delta: delta.view(), a, b: b.view(), c: c.view(), d: d.view() };
+    let inputs = GroupInputs { u, delta, a, b, c, d };
     let mut first = 0;
     while first < channels {
         if first + SCAN_GROUP <= channels {
@@ -175,8 +183,9 @@ fn scan_channels_body(
 /// Channels scanned together by [`scan_group`].
 const SCAN_GROUP: usize = 4;
 
-/// What [`scan_group`] reads: u, Δ (T, D_block); A (D_block·N); B, C (T, N); D (D_block).
-struct ScanInputs<'a> {
+/// What [`scan_group`] reads: [`ScanInputs`] with A as one slice. u, Δ (T, D_block);
+/// A (D_block·N); B, C (T, N); D (D_block).
+struct GroupInputs<'a> {
     u: ArrayView2<'a, f32>,
     delta: ArrayView2<'a, f32>,
     a: &'a [f32],
@@ -188,7 +197,7 @@ struct ScanInputs<'a> {
 /// The scan of the `G` channels `first..first + G` through every row, their state in `s`
 /// (D_block·N), into their columns of y (T, D_block).
 #[inline(always)]
-fn scan_group<const G: usize>(first: usize, x: &ScanInputs, s: &mut [f32], mut y: ArrayViewMut2<f32>) {
+fn scan_group<const G: usize>(first: usize, x: &GroupInputs, s: &mut [f32], mut y: ArrayViewMut2<f32>) {
     let n = x.b.ncols();
     for ti in 0..x.u.nrows() {
         let (b_t, c_t) = (x.b.row(ti), x.c.row(ti)); // (N)
@@ -243,24 +252,27 @@ pub struct SsmBuffers {
     c: Array2<f32>,
     /// (T, D): Δ, after softplus
     pub(crate) delta: Array2<f32>,
+    /// This layer's SSM state of each part's sequence, while the SSM heads hold them (else empty)
+    pub(crate) states: Vec<SsmState>,
+    /// (T, D): the SSM heads' output, after the SiLU(z) gate
+    pub(crate) y: Array2<f32>,
 }
 
-/// The SSM heads of a layer over the rows of a pass: x, z (T, D) → y (T, D), advancing the layer's
-/// [`SsmState`] of each part's sequence (`states[i]` is part i's). The conv and the scan run per
+/// The SSM heads of a layer over the rows of a pass: x, z (T, D) → y (T, D) in `buf.y`, advancing
+/// the layer's [`SsmState`] of each part's sequence (`buf.states[i]` is part i's). The conv and the scan run per
 /// sequence, on its rows and its state; the projections between them run over all rows at once,
 /// as the products of a pass of `kind`.
-#[allow(clippy::too_many_arguments)]
 pub fn ssm_heads<'o>(
     x: ArrayView2<f32>,
     z: ArrayView2<f32>,
     w: &MambaWeights,
     eps: f32,
-    (parts, kind): (&[Part], Rows),
-    states: &mut [SsmState],
-    buf: &mut SsmBuffers,
-    out: &'o mut Array2<f32>,
+    parts: &[Part],
+    buf: &'o mut SsmBuffers,
     profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
+    let kind = rows_kind(parts);
+    let SsmBuffers { states, y: out, .. } = buf;
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
@@ -297,7 +309,8 @@ pub fn ssm_heads<'o>(
                     times_silu(y.as_slice_mut().expect("contiguous"), z.as_slice().expect("contiguous"));
                 }
             };
-            selective_scan(u, delta, w.a.view(), b, c, w.d.view(), &mut state.scan, y, gate) // (T_s, D)
+            let x = ScanInputs { u, delta, a: w.a.view(), b, c, d: w.d.view() };
+            selective_scan(x, &mut state.scan, y, gate) // (T_s, D)
         })
     });
     y.view()
@@ -332,7 +345,9 @@ mod tests {
         let delta = Array2::from_elem((3, 1), ln2);
         let ones = Array2::from_elem((3, 1), 1.0f32);
         let mut state = Array2::zeros((1, 1));
-        let y = selective_scan_reference(u.view(), delta.view(), array![[-1.0f32]].view(), ones.view(), ones.view(), array![0.0f32].view(), &mut state);
+        let (a, d) = (array![[-1.0f32]], array![0.0f32]);
+        let x = ScanInputs { u: u.view(), delta: delta.view(), a: a.view(), b: ones.view(), c: ones.view(), d: d.view() };
+        let y = selective_scan_reference(x, &mut state);
         // s1 = ln2, s2 = 0.5 ln2 + ln2, s3 = 0.5 s2
         let want = [ln2, 1.5 * ln2, 0.75 * ln2];
         for (got, want) in y.column(0).iter().zip(want) {
@@ -350,16 +365,17 @@ mod tests {
         let dd = Array1::from_shape_fn(d, |i| i as f32 * 0.1);
         let mut s1 = f(d, n, 0.4);
         let mut s2 = s1.clone();
-        let y1 = selective_scan_reference(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s1);
+        let x = ScanInputs { u: u.view(), delta: delta.view(), a: a.view(), b: b.view(), c: c.view(), d: dd.view() };
+        let y1 = selective_scan_reference(x, &mut s1);
         let mut y2 = Array2::zeros((t, d));
-        selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s2, y2.view_mut(), |_, _| {});
+        selective_scan(x, &mut s2, y2.view_mut(), |_, _| {});
         // The same order of operations; only exp differs (≤ 1 ulp per decay).
         let close = |x: &Array2<f32>, y: &Array2<f32>| x.iter().zip(y).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()));
         assert!(close(&y1, &y2), "y: {y1} vs {y2}");
         assert!(close(&s1, &s2), "state: {s1} vs {s2}");
         // Each task hands the channels it scanned to `then`, once: here y·(c + 1) for channel c.
         let (mut s3, mut y3) = (f(d, n, 0.4), Array2::zeros((t, d)));
-        selective_scan(u.view(), delta.view(), a.view(), b.view(), c.view(), dd.view(), &mut s3, y3.view_mut(), |channels, mut y| {
+        selective_scan(x, &mut s3, y3.view_mut(), |channels, mut y| {
             y.columns_mut().into_iter().zip(channels).for_each(|(mut y, ch)| y *= (ch + 1) as f32);
         });
         let scaled = Array2::from_shape_fn((t, d), |(i, ch)| y2[[i, ch]] * (ch + 1) as f32);
@@ -370,8 +386,9 @@ mod tests {
     fn skip_connection_and_softplus() {
         let mut state = Array2::zeros((2, 1));
         let zeros = Array2::zeros((1, 2));
-        let y = selective_scan_reference(array![[2.0f32, 3.0]].view(), zeros.view(), array![[-1.0f32], [-1.0]].view(),
-            Array2::zeros((1, 1)).view(), Array2::zeros((1, 1)).view(), array![0.5f32, -1.0].view(), &mut state);
+        let (u, a, bc, d) = (array![[2.0f32, 3.0]], array![[-1.0f32], [-1.0]], Array2::zeros((1, 1)), array![0.5f32, -1.0]);
+        let x = ScanInputs { u: u.view(), delta: zeros.view(), a: a.view(), b: bc.view(), c: bc.view(), d: d.view() };
+        let y = selective_scan_reference(x, &mut state);
         assert_eq!(y.row(0).to_vec(), vec![1.0, -3.0]);
         assert_eq!(softplus(30.0), 30.0);
         assert!((softplus(0.0) - 2f32.ln()).abs() < 1e-7);
