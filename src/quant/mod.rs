@@ -22,6 +22,10 @@
 //! integer sums have no rounding, so the only rounding is in the f32 sum over blocks, which
 //! [`dot_reference`] does in block order; a fast kernel that sums the same way gives the same bits.
 
+mod kernels;
+
+pub use kernels::{dots, dots_with, Kernel};
+
 use crate::values::Values;
 use half::f16;
 use rayon::prelude::*;
@@ -306,11 +310,6 @@ pub fn dots_reference(w: &Quantized, x: &QuantizedRow, first: usize, out: &mut [
         let (values, scales) = w.row(first + r);
         *out = dot_reference(w.kind, x, values, scales);
     }
-}
-
-/// The kernel products use: today the reference (the vector kernels come with the next step).
-pub fn dots(w: &Quantized, x: &QuantizedRow, first: usize, out: &mut [f32]) {
-    dots_reference(w, x, first, out)
 }
 
 #[cfg(test)]
