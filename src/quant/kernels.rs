@@ -44,10 +44,12 @@
 //! multiplied by the 8 rows' `dw · dx` and added to the 8 running sums.
 //!
 //! **Batches.** For several input rows (sequences decoding together) a group of 8 weight rows
-//! is taken against every input in turn: the group's blocks come from memory for the first
-//! input and from the cache for the others (8 rows of the 1.5B's widest matrix, down_proj's
-//! 5,504 columns, are 47 KiB in q8_0), so the weights are streamed once for the whole batch,
-//! and every input gets exactly the bits it gets alone.
+//! is taken against a tile of 4 inputs at a time (then 2, then 1): each block of the 8 rows is
+//! loaded (and, for q4_0, unpacked) once and multiplied with the 4 inputs' blocks; the next
+//! tile of inputs finds the group's weights in the cache (8 rows of the 1.5B's widest matrix,
+//! down_proj's 5,504 columns, are 47 KiB in q8_0). So the weights are streamed from memory
+//! once for the whole batch, and every input gets exactly the bits it gets alone: its lanes see
+//! the same operations whichever tile it is in.
 
 use super::{dots_reference, QuantType, Quantized, QuantizedRow, BLOCK};
 use ndarray::ArrayViewMut2;
@@ -233,35 +235,67 @@ mod x86 {
     /// Define a 256-bit kernel `$name` for the CPU features `$features`, whose products of a
     /// block's 32 signed weight bytes and 32 signed input bytes into 8 i32 partial sums are
     /// `$dot32(w, x)`: a group of 8 weight rows against each input row in turn.
+    /// Run `$group::<Q4, N>` (a group of 8 weight rows against N inputs) over the weight rows
+    /// `first..first + out.ncols()` of `$w`, 8 at a time, with the inputs `$xs` in tiles of 4,
+    /// then 2, then 1, writing each input's sums into its row of `$out`.
+    macro_rules! each_group {
+        ($group:ident, $w:expr, $xs:expr, $first:expr, $out:expr) => {{
+            let (w, xs, first, out): (&Quantized, &[QuantizedRow], usize, &mut ArrayViewMut2<f32>) = ($w, $xs, $first, $out);
+            let rows = out.ncols();
+            let q4 = w.kind() == QuantType::Q4_0;
+            for start in (0..rows).step_by(GROUP) {
+                let n = (rows - start).min(GROUP);
+                let g = Group::new(w, first + start, n);
+                let mut b = 0;
+                while b < xs.len() {
+                    let tile = if b + 4 <= xs.len() { 4 } else if b + 2 <= xs.len() { 2 } else { 1 };
+                    let x = |i: usize| &xs[b + i];
+                    let sums: [[f32; GROUP]; 4] = match (q4, tile) {
+                        (true, 4) => unsafe { $group::<true, 4>(&g, [x(0), x(1), x(2), x(3)]) },
+                        (false, 4) => unsafe { $group::<false, 4>(&g, [x(0), x(1), x(2), x(3)]) },
+                        (true, 2) => { let [a, b] = unsafe { $group::<true, 2>(&g, [x(0), x(1)]) }; [a, b, a, b] }
+                        (false, 2) => { let [a, b] = unsafe { $group::<false, 2>(&g, [x(0), x(1)]) }; [a, b, a, b] }
+                        (true, _) => { let [a] = unsafe { $group::<true, 1>(&g, [x(0)]) }; [a; 4] }
+                        (false, _) => { let [a] = unsafe { $group::<false, 1>(&g, [x(0)]) }; [a; 4] }
+                    };
+                    for (i, sums) in sums.iter().enumerate().take(tile) {
+                        for (o, &s) in out.slice_mut(ndarray::s![b + i, start..start + n]).iter_mut().zip(sums) {
+                            *o = s;
+                        }
+                    }
+                    b += tile;
+                }
+            }
+        }};
+    }
+
+    /// Define a 256-bit kernel `$name` for the CPU features `$features`, whose products of a
+    /// block's 32 signed weight bytes and 32 signed input bytes into 8 i32 partial sums are
+    /// `$dot32(w, x)`: a group of 8 weight rows against a tile of N inputs, each block of the
+    /// weights loaded (and unpacked) once for the N inputs.
     macro_rules! ymm_kernel {
         ($name:ident, $features:literal, $dot32:ident) => {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(w: &Quantized, xs: &[QuantizedRow], first: usize, out: &mut ArrayViewMut2<f32>) {
                 #[target_feature(enable = $features)]
-                unsafe fn group<const Q4: bool>(g: &Group, x: &QuantizedRow) -> [f32; GROUP] {
+                unsafe fn group<const Q4: bool, const N: usize>(g: &Group, xs: [&QuantizedRow; N]) -> [[f32; GROUP]; N] {
                     unsafe {
-                        let mut sums = _mm256_setzero_ps(); // (8) rows' running sums
-                        for b in 0..x.blocks() {
-                            let qx = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK).cast()); // (32)
+                        let mut sums = [_mm256_setzero_ps(); N]; // (N, 8) rows' running sums
+                        for b in 0..xs[0].blocks() {
                             let load = |r: usize| if Q4 { load_q4_0(g.values[r], b) } else { load_q8_0(g.values[r], b) };
-                            let d = |r: usize| $dot32(load(r), qx); // (8) partial sums of row r
-                            let p = [d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7)]; // (8 rows, 8)
-                            sums = add_block(sums, scales_of(g, b), x.d[b], totals8(p));
+                            let w = [load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)]; // (8 rows, 32)
+                            let dw = scales_of(g, b); // (8)
+                            for i in 0..N {
+                                let qx = _mm256_loadu_si256(xs[i].q.as_ptr().add(b * BLOCK).cast()); // (32)
+                                let d = |r: usize| $dot32(w[r], qx); // (8) partial sums of row r
+                                let p = [d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7)]; // (8 rows, 8)
+                                sums[i] = add_block(sums[i], dw, xs[i].d[b], totals8(p));
+                            }
                         }
-                        std::mem::transmute::<__m256, [f32; GROUP]>(sums)
+                        std::mem::transmute_copy::<[__m256; N], [[f32; GROUP]; N]>(&sums)
                     }
                 }
-                let rows = out.ncols();
-                for start in (0..rows).step_by(GROUP) {
-                    let n = (rows - start).min(GROUP);
-                    let g = Group::new(w, first + start, n);
-                    for (x, mut out) in xs.iter().zip(out.rows_mut()) {
-                        let sums = if w.kind() == QuantType::Q4_0 { unsafe { group::<true>(&g, x) } } else { unsafe { group::<false>(&g, x) } };
-                        for (o, s) in out.slice_mut(ndarray::s![start..start + n]).iter_mut().zip(sums) {
-                            *o = s;
-                        }
-                    }
-                }
+                each_group!(group, w, xs, first, out)
             }
         };
     }
@@ -318,30 +352,24 @@ mod x86 {
             }
         }
         #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn group<const Q4: bool>(g: &Group, x: &QuantizedRow) -> [f32; GROUP] {
+        unsafe fn group<const Q4: bool, const N: usize>(g: &Group, xs: [&QuantizedRow; N]) -> [[f32; GROUP]; N] {
             unsafe {
-                let mut sums = _mm256_setzero_ps(); // (8) rows' running sums
-                for b in 0..x.blocks() {
-                    let qx = _mm512_broadcast_i64x4(_mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK).cast())); // (2, 32)
+                let mut sums = [_mm256_setzero_ps(); N]; // (N, 8) rows' running sums
+                for b in 0..xs[0].blocks() {
                     let load = |r: usize| if Q4 { load_q4_0(g.values[r], b) } else { load_q8_0(g.values[r], b) };
                     let pair = |r: usize| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load(r)), load(r + 4)); // (2, 32)
-                    let z = [dot_pair(pair(0), qx), dot_pair(pair(1), qx), dot_pair(pair(2), qx), dot_pair(pair(3), qx)]; // (4 pairs of rows, 2, 8)
-                    sums = add_block(sums, scales_of(g, b), x.d[b], totals(z));
+                    let w = [pair(0), pair(1), pair(2), pair(3)]; // (4 pairs of rows, 2, 32)
+                    let dw = scales_of(g, b); // (8)
+                    for i in 0..N {
+                        let qx = _mm512_broadcast_i64x4(_mm256_loadu_si256(xs[i].q.as_ptr().add(b * BLOCK).cast())); // (2, 32)
+                        let z = [dot_pair(w[0], qx), dot_pair(w[1], qx), dot_pair(w[2], qx), dot_pair(w[3], qx)]; // (4, 2, 8)
+                        sums[i] = add_block(sums[i], dw, xs[i].d[b], totals(z));
+                    }
                 }
-                std::mem::transmute::<__m256, [f32; GROUP]>(sums)
+                std::mem::transmute_copy::<[__m256; N], [[f32; GROUP]; N]>(&sums)
             }
         }
-        let rows = out.ncols();
-        for start in (0..rows).step_by(GROUP) {
-            let n = (rows - start).min(GROUP);
-            let g = Group::new(w, first + start, n);
-            for (x, mut out) in xs.iter().zip(out.rows_mut()) {
-                let sums = if w.kind() == QuantType::Q4_0 { unsafe { group::<true>(&g, x) } } else { unsafe { group::<false>(&g, x) } };
-                for (o, s) in out.slice_mut(ndarray::s![start..start + n]).iter_mut().zip(sums) {
-                    *o = s;
-                }
-            }
-        }
+        each_group!(group, w, xs, first, out)
     }
 }
 
@@ -357,18 +385,18 @@ mod tests {
 
     /// Every kernel this CPU has, on both formats, on widths with a padded last block (37, 100)
     /// and without (288), weight rows that leave a partial group of 8 and a block of rows that
-    /// does not start at row 0, batches of 1 to 5: the reference's bits, for every pair.
+    /// does not start at row 0, batches of 1 to 7 (every way to tile the inputs): the reference's bits, for every pair.
     #[test]
     fn every_kernel_here_gives_the_reference_bits() {
         let kernels = Kernel::available();
         println!("kernels on this CPU: {:?}", kernels.iter().map(|k| k.name()).collect::<Vec<_>>());
         for (rows, cols) in [(19, 37), (67, 100), (8, 288), (3, 1600)] {
-            let x: Vec<Vec<f32>> = (0..5).map(|b| sample(cols, 2.0 + b as f32)).collect();
+            let x: Vec<Vec<f32>> = (0..7).map(|b| sample(cols, 2.0 + b as f32)).collect();
             let qx: Vec<QuantizedRow> = x.iter().map(|x| { let mut q = QuantizedRow::default(); q.quantize(x); q }).collect();
             for kind in QuantType::ALL {
                 let w = Quantized::quantize_f32(kind, rows, cols, &sample(rows * cols, 0.5)).unwrap();
                 for (first, n) in [(0, rows), (1, rows - 1), (rows - 1, 1)] {
-                    for batch in [1, 2, 5] {
+                    for batch in [1, 2, 3, 7] { // tiles of 4 inputs, then 2, then 1
                         for &kernel in &kernels {
                             let mut got = Array2::from_elem((batch, n), f32::NAN); // (B, n)
                             dots_with(kernel, &w, &qx[..batch], first, got.view_mut());
