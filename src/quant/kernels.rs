@@ -1,7 +1,7 @@
 //! The vector kernels of the quantized products, chosen at run time by what the CPU has.
 //!
 //! Every kernel computes, for a weight row `w` and an input row `x` (both in blocks of 32 int8
-//! values with one scale a block), exactly what [`dot_reference`] computes:
+//! values with one scale a block), exactly what [`dot_reference`](super::dot_reference) computes:
 //!
 //! ```text
 //! sum = 0
@@ -58,7 +58,7 @@ use std::sync::OnceLock;
 /// A way to compute the quantized products: the plain reference or a vector kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// [`dot_reference`] for each pair of rows: portable, slow.
+    /// [`dot_reference`](super::dot_reference) for each pair of rows: portable, slow.
     Reference,
     /// AVX2 (`vpmaddubsw` + `vpmaddwd`), 8 weight rows at once in 256-bit registers.
     Avx2,
@@ -123,7 +123,7 @@ impl Kernel {
 
 /// `out[b][r] = x_b · w_{first + r}` for every input row `xs[b]` and the weight rows
 /// `first..first + out.ncols()`, on `kernel` (which must run here: [`Kernel::runs_here`]).
-/// Bit for bit [`dot_reference`] of each pair, whatever the kernel. out: (B, rows)
+/// Bit for bit [`dot_reference`](super::dot_reference) of each pair, whatever the kernel. out: (B, rows)
 pub fn dots_with(kernel: Kernel, w: &Quantized, xs: &[QuantizedRow], first: usize, mut out: ArrayViewMut2<f32>) {
     let (batch, rows) = out.dim();
     assert!(kernel.runs_here(), "the {} kernel does not run on this CPU", kernel.name());
