@@ -198,6 +198,20 @@ fn read_bandwidth() -> (f64, f64) {
 fn quantized_products() {
     let (bandwidth, bandwidth_one) = read_bandwidth();
     println!("read bandwidth: {bandwidth:.1} GB/s on {} threads, {bandwidth_one:.1} GB/s on one", rayon::current_num_threads());
+    // Each kernel's own speed, weights in the cache (512 × 1600, 435 KiB in q8_0: in L2): what
+    // it could stream at most, on one thread.
+    let (rows, cols) = (512, 1600);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i % 977) as f32 * 0.01).sin()).collect();
+    let mut qx = QuantizedRow::default();
+    qx.quantize(&w[..cols]);
+    for kind in QuantType::ALL {
+        let q = quant::Quantized::quantize_f32(kind, rows, cols, &w).expect("finite weights");
+        for kernel in Kernel::available().into_iter().skip(1) {
+            let mut out = Array2::zeros((1, rows)); // (1, rows)
+            let seconds = median_seconds(|| quant::dots_with(kernel, &q, std::slice::from_ref(&qx), 0, out.view_mut()));
+            println!("{kind} kernel {:>15}, one thread, weights in cache ({rows}×{cols}): {:5.1} GB/s", kernel.name(), q.bytes() as f64 / seconds / 1e9);
+        }
+    }
     for (name, rows, cols) in [("dt_proj", 3200, 100), ("in_proj", 8000, 1600), ("down", 1600, 5504), ("lm_head", 32001, 1600)] {
         let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
         let bf16_matrix = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");

@@ -36,7 +36,11 @@
 //! of `vpmaddubsw` can saturate: two products are at most 2 · 128 · 127 = 32,512 < 32,767.
 //!
 //! **q4_0** blocks are unpacked first: the 16 bytes' low nibbles are weights 0..16, the high
-//! nibbles weights 16..32; each minus 8 gives the signed byte, then as q8_0.
+//! nibbles weights 16..32. A nibble q in 0..=15 is already an unsigned byte, so the 256-bit
+//! kernels need no sign trick for it: `Σ (q − 8) · x = Σ q · x − 8 · Σ x`, the first sum one
+//! `vpdpbusd` (or `vpmaddubsw` + `vpmaddwd`) a row, the second once per block of the input for
+//! all 8 rows (integers again: exact). The 512-bit kernel subtracts 8 from each nibble and
+//! goes on as for q8_0.
 //!
 //! **Adding up a block.** A block's products end as 8 i32 partial sums (for each of 8 rows);
 //! the 8 × 8 partial sums are reduced to one register of 8 totals, lane r row r's total, by
@@ -191,13 +195,29 @@ mod x86 {
         unsafe { _mm256_loadu_si256(row.add(b * BLOCK).cast()) }
     }
 
-    /// Row r's q4_0 block b as 32 signed bytes `q − 8`: the 16 low nibbles, then the 16 high ones.
+    /// Row r's q4_0 block b as 32 unsigned bytes q in 0..=15: the 16 low nibbles, then the 16 high ones.
     #[inline(always)]
-    unsafe fn load_q4_0(row: *const u8, b: usize) -> __m256i {
+    unsafe fn load_q4_0_unsigned(row: *const u8, b: usize) -> __m256i {
         unsafe {
             let packed = _mm_loadu_si128(row.add(b * BLOCK / 2).cast()); // (16) bytes
             let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed); // (32): low nibbles, high nibbles (and junk above)
-            _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8))
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+        }
+    }
+
+    /// Row r's q4_0 block b as 32 signed bytes `q − 8`.
+    #[inline(always)]
+    unsafe fn load_q4_0(row: *const u8, b: usize) -> __m256i {
+        unsafe { _mm256_sub_epi8(load_q4_0_unsigned(row, b), _mm256_set1_epi8(8)) }
+    }
+
+    /// The sum of the 8 lanes, in every lane (exact).
+    #[inline(always)]
+    unsafe fn total_in_every_lane(v: __m256i) -> __m256i {
+        unsafe {
+            let v = _mm256_add_epi32(v, _mm256_permute2x128_si256::<0x01>(v, v)); // lanes i + (i + 4)
+            let v = _mm256_add_epi32(v, _mm256_shuffle_epi32::<0b01_00_11_10>(v)); // + the other pair
+            _mm256_add_epi32(v, _mm256_shuffle_epi32::<0b10_11_00_01>(v)) // + the neighbour
         }
     }
 
@@ -270,11 +290,11 @@ mod x86 {
     }
 
     /// Define a 256-bit kernel `$name` for the CPU features `$features`, whose products of a
-    /// block's 32 signed weight bytes and 32 signed input bytes into 8 i32 partial sums are
-    /// `$dot32(w, x)`: a group of 8 weight rows against a tile of N inputs, each block of the
-    /// weights loaded (and unpacked) once for the N inputs.
+    /// block's 32 unsigned bytes and 32 signed bytes into 8 i32 partial sums (each of 4
+    /// adjacent products) are `$dot32u(u, x)`: a group of 8 weight rows against a tile of N
+    /// inputs, each block of the weights loaded (and unpacked) once for the N inputs.
     macro_rules! ymm_kernel {
-        ($name:ident, $features:literal, $dot32:ident) => {
+        ($name:ident, $features:literal, $dot32u:ident) => {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(w: &Quantized, xs: &[QuantizedRow], first: usize, out: &mut ArrayViewMut2<f32>) {
                 #[target_feature(enable = $features)]
@@ -282,14 +302,22 @@ mod x86 {
                     unsafe {
                         let mut sums = [_mm256_setzero_ps(); N]; // (N, 8) rows' running sums
                         for b in 0..xs[0].blocks() {
-                            let load = |r: usize| if Q4 { load_q4_0(g.values[r], b) } else { load_q8_0(g.values[r], b) };
+                            // q8_0: signed bytes; q4_0: the nibbles, unsigned (q, not q − 8)
+                            let load = |r: usize| if Q4 { load_q4_0_unsigned(g.values[r], b) } else { load_q8_0(g.values[r], b) };
                             let w = [load(0), load(1), load(2), load(3), load(4), load(5), load(6), load(7)]; // (8 rows, 32)
                             let dw = scales_of(g, b); // (8)
                             for i in 0..N {
                                 let qx = _mm256_loadu_si256(xs[i].q.as_ptr().add(b * BLOCK).cast()); // (32)
-                                let d = |r: usize| $dot32(w[r], qx); // (8) partial sums of row r
+                                let d = |r: usize| {
+                                    // q4_0: Σ q·x here, − 8·Σx below; q8_0: the sign trick
+                                    if Q4 { $dot32u(w[r], qx) } else { $dot32u(_mm256_sign_epi8(w[r], w[r]), _mm256_sign_epi8(qx, w[r])) }
+                                }; // (8) partial sums of row r
                                 let p = [d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7)]; // (8 rows, 8)
-                                sums[i] = add_block(sums[i], dw, xs[i].d[b], totals8(p));
+                                let mut isum = totals8(p); // (8)
+                                if Q4 {
+                                    isum = _mm256_sub_epi32(isum, total_in_every_lane($dot32u(_mm256_set1_epi8(8), qx)));
+                                }
+                                sums[i] = add_block(sums[i], dw, xs[i].d[b], isum);
                             }
                         }
                         std::mem::transmute_copy::<[__m256; N], [[f32; GROUP]; N]>(&sums)
@@ -300,30 +328,28 @@ mod x86 {
         };
     }
 
-    /// Σ w·x over each 4 bytes, AVX2: `vpmaddubsw` (|w| · sign(w)x, pairs into i16), `vpmaddwd` (into i32).
+    /// Σ u·x over each 4 bytes (u unsigned, x signed), AVX2: `vpmaddubsw` (pairs into i16),
+    /// `vpmaddwd` against ones (pairs of those into i32).
     #[inline(always)]
-    unsafe fn dot32_avx2(w: __m256i, x: __m256i) -> __m256i {
-        unsafe {
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)); // (16) i16
-            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)) // (8) i32
-        }
+    unsafe fn dot32u_avx2(u: __m256i, x: __m256i) -> __m256i {
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)) } // (16) i16 → (8) i32
     }
 
-    /// Σ w·x over each 4 bytes, AVX-512 VNNI on 256 bits: one `vpdpbusd`.
+    /// Σ u·x over each 4 bytes, AVX-512 VNNI on 256 bits: one `vpdpbusd`.
     #[inline(always)]
-    unsafe fn dot32_vnni(w: __m256i, x: __m256i) -> __m256i {
-        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)) }
+    unsafe fn dot32u_vnni(u: __m256i, x: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x) }
     }
 
-    /// Σ w·x over each 4 bytes, AVX-VNNI: one `vpdpbusd`, VEX-encoded.
+    /// Σ u·x over each 4 bytes, AVX-VNNI: one `vpdpbusd`, VEX-encoded.
     #[inline(always)]
-    unsafe fn dot32_avx_vnni(w: __m256i, x: __m256i) -> __m256i {
-        unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)) }
+    unsafe fn dot32u_avx_vnni(u: __m256i, x: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x) }
     }
 
-    ymm_kernel!(dots_avx2, "avx2,f16c", dot32_avx2);
-    ymm_kernel!(dots_avx_vnni, "avx2,f16c,avxvnni", dot32_avx_vnni);
-    ymm_kernel!(dots_avx512_vnni_256, "avx2,f16c,avx512vnni,avx512vl", dot32_vnni);
+    ymm_kernel!(dots_avx2, "avx2,f16c", dot32u_avx2);
+    ymm_kernel!(dots_avx_vnni, "avx2,f16c,avxvnni", dot32u_avx_vnni);
+    ymm_kernel!(dots_avx512_vnni_256, "avx2,f16c,avx512vnni,avx512vl", dot32u_vnni);
 
     /// The 512-bit kernel: rows r and r + 4 share a register (the input block in both halves),
     /// so a block of 8 rows takes 4 `vpdpbusd`.
