@@ -12,6 +12,12 @@
 //!   and the eviction after it, with the CPU's caches flushed before (as a step's weights flush
 //!   them between two visits of a layer) and warm.
 //!
+//! - the quantized products (q8_0, q4_0) against bf16 at four of the 1.5B's shapes, one row
+//!   and a batch of 4 row-wise, through `Matrix` on all threads, and each quantized kernel
+//!   this CPU has (`quant::Kernel`) alone on one thread: GB/s of weight bytes read and the
+//!   share of this machine's read bandwidth (measured first, all threads and one). Only this
+//!   part: `cargo bench --bench decode_kernels -- quantized`.
+//!
 //! Medians of repeated calls on the current rayon pool (`RAYON_NUM_THREADS` sets its size).
 
 use half::bf16;
@@ -19,7 +25,9 @@ use hymba_ref::cache::KvCache;
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::matrix::{Elements, Matrix};
 use hymba_ref::model::attention::{attention_heads, Mask};
+use hymba_ref::quant::{self, Kernel, QuantType, QuantizedRow};
 use ndarray::{Array2, Array3};
+use rayon::prelude::*;
 use std::time::Instant;
 
 /// The median time of `f` over up to 200 calls or about half a second (at least 5 calls).
@@ -42,6 +50,10 @@ fn wave(shape: (usize, usize, usize), k: f32) -> Array3<f32> {
 
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
+    quantized_products();
+    if std::env::args().any(|a| a == "quantized") {
+        return;
+    }
 
     // The matrices of one 1.5B layer (rows × cols), and the vocabulary projection.
     let batches = [1, 4, 16, 64];
@@ -168,4 +180,103 @@ fn kv_upkeep(nkv: usize, dqk: usize, dv: usize, meta: usize) {
         median(evict),
         if sink == 0 { " (flush not read)" } else { "" }
     );
+}
+
+/// GB/s of reading a 256 MiB buffer (summing its words): on all threads of the pool, and on one.
+fn read_bandwidth() -> (f64, f64) {
+    let words = vec![1u64; 32 << 20]; // 256 MiB
+    let bytes = (words.len() * 8) as f64;
+    let mut sink = 0u64;
+    let all = median_seconds(|| sink += words.par_chunks(1 << 16).map(|c| c.iter().sum::<u64>()).sum::<u64>());
+    let one = median_seconds(|| sink += words.iter().sum::<u64>());
+    assert!(sink > 0);
+    (bytes / all / 1e9, bytes / one / 1e9)
+}
+
+/// bf16, q8_0 and q4_0 products at four of the 1.5B's shapes: through `Matrix` (one row, and 4
+/// rows row-wise) on every thread, and each quantized kernel alone on one thread.
+fn quantized_products() {
+    let (bandwidth, bandwidth_one) = read_bandwidth();
+    println!("read bandwidth: {bandwidth:.1} GB/s on {} threads, {bandwidth_one:.1} GB/s on one", rayon::current_num_threads());
+    // Each kernel's own speed, weights in the cache (512 × 1600, 435 KiB in q8_0: in L2): what
+    // it could stream at most, on one thread.
+    let (rows, cols) = (512, 1600);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i % 977) as f32 * 0.01).sin()).collect();
+    let mut qx = QuantizedRow::default();
+    qx.quantize(&w[..cols]);
+    for kind in QuantType::ALL {
+        let q = quant::Quantized::quantize_f32(kind, rows, cols, &w).expect("finite weights");
+        for kernel in Kernel::available().into_iter().skip(1) {
+            let mut out = Array2::zeros((1, rows)); // (1, rows)
+            let seconds = median_seconds(|| quant::dots_with(kernel, &q, std::slice::from_ref(&qx), 0, out.view_mut()));
+            println!("{kind} kernel {:>15}, one thread, weights in cache ({rows}×{cols}): {:5.1} GB/s", kernel.name(), q.bytes() as f64 / seconds / 1e9);
+        }
+    }
+    for (name, rows, cols) in [("dt_proj", 3200, 100), ("in_proj", 8000, 1600), ("down", 1600, 5504), ("lm_head", 32001, 1600)] {
+        let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
+        let bf16_matrix = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");
+        let mut bf16_seconds = [0.0; 2];
+        for kind in [None, Some(QuantType::Q8_0), Some(QuantType::Q4_0)] {
+            let w = match kind {
+                None => bf16_matrix.clone(),
+                Some(kind) => bf16_matrix.quantize(kind).expect("finite weights"),
+            };
+            // Copies (each its own memory) of ≥ 256 MiB in all, so each call streams weights that
+            // are not in the caches.
+            let copy = |_| match (w.quantized(), w.elements()) {
+                (Some(q), _) => Matrix::from_quantized(q.clone()),
+                (None, Elements::Bf16(v)) => Matrix::new(rows, cols, Elements::Bf16(v.clone())).expect("the same shape"),
+                _ => unreachable!("bf16 or quantized"),
+            };
+            let copies: Vec<Matrix> = (0..(256 << 20) / w.bytes() + 1).map(copy).collect();
+            let label = kind.map_or("bf16".to_string(), |k| k.name().to_string());
+            for (i, batch) in [1, 4].into_iter().enumerate() {
+                let x = Array2::from_shape_fn((batch, cols), |(b, c)| (c as f32 * 0.1 + b as f32).cos());
+                let mut out = Array2::zeros((0, 0));
+                let mut next = 0;
+                let seconds = median_seconds(|| {
+                    copies[next % copies.len()].matmul_t_rowwise(x.view(), &mut out);
+                    next += 1;
+                });
+                if kind.is_none() {
+                    bf16_seconds[i] = seconds;
+                }
+                let gbs = w.bytes() as f64 / seconds / 1e9;
+                println!(
+                    "{label:>5} {name} {rows}×{cols}, {batch} row{}: {:8.1} µs, {gbs:5.1} GB/s of weights ({:3.0} % of the read bandwidth), {:4.2}× bf16",
+                    if batch == 1 { " " } else { "s" },
+                    seconds * 1e6,
+                    100.0 * gbs / bandwidth,
+                    bf16_seconds[i] / seconds,
+                );
+            }
+            let Some(q) = w.quantized() else { continue };
+            for kernel in Kernel::available() {
+                for batch in [1, 4] {
+                    let xs: Vec<QuantizedRow> = (0..batch)
+                        .map(|b| {
+                            let mut qx = QuantizedRow::default();
+                            qx.quantize(&(0..cols).map(|c| (c as f32 * 0.1 + b as f32).cos()).collect::<Vec<_>>());
+                            qx
+                        })
+                        .collect();
+                    let mut out = Array2::zeros((batch, rows)); // (B, rows)
+                    let mut next = 0;
+                    let seconds = median_seconds(|| {
+                        let q = copies[next % copies.len()].quantized().expect("quantized");
+                        quant::dots_with(kernel, q, &xs, 0, out.view_mut());
+                        next += 1;
+                    });
+                    let gbs = q.bytes() as f64 / seconds / 1e9;
+                    println!(
+                        "        {label} kernel {:>15}, one thread, {batch} row{}: {:8.1} µs, {gbs:5.1} GB/s ({:3.0} % of one thread's read bandwidth)",
+                        kernel.name(),
+                        if batch == 1 { " " } else { "s" },
+                        seconds * 1e6,
+                        100.0 * gbs / bandwidth_one,
+                    );
+                }
+            }
+        }
+    }
 }

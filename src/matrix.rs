@@ -301,14 +301,10 @@ impl Matrix {
     /// A one-row or row-wise task's part of the product, on this thread: weight rows
     /// `first..first + out.ncols()` against every row of `xs` (T·cols, row after row), into
     /// `out` (T, those rows).
-    fn streamed_block(&self, xs: &[f32], qx: &[QuantizedRow], split: Split, first: usize, mut out: ArrayViewMut2<f32>) {
+    fn streamed_block(&self, xs: &[f32], qx: &[QuantizedRow], split: Split, first: usize, out: ArrayViewMut2<f32>) {
         let weights = first * self.cols..(first + out.ncols()) * self.cols;
         match (split, &*self.data) {
-            (_, Elements::Quantized(q)) => {
-                for (x, mut out) in qx.iter().zip(out.rows_mut()) {
-                    quant::dots(q, x, first, out.as_slice_mut().expect("a block of a row is contiguous"));
-                }
-            }
+            (_, Elements::Quantized(q)) => quant::dots(q, qx, first, out), // (B, block)
             (Split::RowWise { .. }, Elements::Bf16(v)) => matvecs_bf16(xs, &v[weights], out),
             (_, Elements::Bf16(v)) => {
                 debug_assert_eq!(out.nrows(), 1, "one row: the row-wise and GEMM splits go elsewhere");
@@ -368,8 +364,9 @@ fn gemm_tiles(t: usize, rows: usize, threads: usize) -> Split {
 enum Split {
     /// One row of x (decoding one sequence): a dot product per weight row.
     OneRow { block: usize },
-    /// One row per sequence (a batch decoding together): [`matvecs_bf16`] for bf16 weights,
-    /// which gives each row exactly its one-row product; a dot per pair otherwise.
+    /// One row per sequence (a batch decoding together): [`matvecs_bf16`] for bf16 weights and
+    /// [`quant::dots`] for quantized ones, which give each row exactly its one-row product; a
+    /// dot per pair otherwise.
     RowWise { block: usize },
     /// Many rows of one sequence (prefill): tiles of `x_rows` rows of x by `block` weight rows
     /// ([`gemm_tiles`]), each a GEMM ([`Matrix::gemm_tile`]).

@@ -21,6 +21,16 @@
 //! summed in exact integer arithmetic: `x · w ≈ Σ_blocks (dw · dx) · Σ_i qw_i · qx_i`. The
 //! integer sums have no rounding, so the only rounding is in the f32 sum over blocks, which
 //! [`dot_reference`] does in block order; a fast kernel that sums the same way gives the same bits.
+//!
+//! [`dots`] computes these products with the fastest kernel this CPU has (AVX2 or AVX-512 VNNI
+//! byte products, 8 weight rows at a time; [`kernels`] explains how, and why their
+//! bits are the reference's); [`dots_with`] takes the [`Kernel`] to use, so the tests and
+//! benches/decode_kernels.rs can run each one. Every kernel takes a batch of input rows and
+//! reads the weights once for all of them.
+
+pub mod kernels;
+
+pub use kernels::{dots, dots_with, Kernel};
 
 use crate::values::Values;
 use half::f16;
@@ -244,7 +254,7 @@ pub fn dequantize_block(kind: QuantType, q: &[u8], d: f16, out: &mut [f32; BLOCK
 
 /// An input row quantized for the integer products: per block of 32, `x ≈ d · q` with
 /// `d = max|x| / 127` (kept in f32) and q in −127..=127, the row padded with zeros to whole
-/// blocks.
+/// blocks. (The vector kernels rely on q never being −128: they negate it.)
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QuantizedRow {
     /// (blocks · 32)
@@ -306,11 +316,6 @@ pub fn dots_reference(w: &Quantized, x: &QuantizedRow, first: usize, out: &mut [
         let (values, scales) = w.row(first + r);
         *out = dot_reference(w.kind, x, values, scales);
     }
-}
-
-/// The kernel products use: today the reference (the vector kernels come with the next step).
-pub fn dots(w: &Quantized, x: &QuantizedRow, first: usize, out: &mut [f32]) {
-    dots_reference(w, x, first, out)
 }
 
 #[cfg(test)]
