@@ -9,7 +9,6 @@ use hymba_ref::explain::html::{to_html, PageInfo};
 use hymba_ref::files::write_output;
 use hymba_ref::explain::json::to_json;
 use hymba_ref::explain::{explain, span_name, Options, Report};
-use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
 use std::fmt::Write;
@@ -38,6 +37,10 @@ pub struct ExplainArgs {
     /// Also score the prompt with each layer's attention, then SSM, branch removed (2 passes per layer).
     #[arg(long)]
     ablate: bool,
+    /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
+    /// docs/QUANTIZATION.md).
+    #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
+    weights: Option<hymba_ref::quant::QuantType>,
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {
@@ -47,7 +50,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         ablate: args.ablate,
         ..Options::default()
     };
-    let model = Hymba::from_dir(&args.model)?;
+    let model = crate::load::load_plain(&args.model, args.weights)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let ids = tokenizer.encode(&args.prompt, tokenizer.add_bos_token());
     let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.id_to_piece(id).unwrap_or("?").to_string()).collect();

@@ -15,6 +15,7 @@ mod inspect;
 mod load;
 mod logits;
 mod perplexity;
+mod quantize;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Watch one forward pass of a prompt: attention maps and shares, branch balance, SSM memory, the cache.
     Explain(explain::ExplainArgs),
+    /// Write a q8_0 or q4_0 copy of a bf16/f32 checkpoint (a new directory that loads like any other).
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Detokenize(args) => tokenize::run_detokenize(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Quantize(args) => quantize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

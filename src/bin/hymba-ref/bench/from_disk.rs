@@ -128,7 +128,7 @@ fn run_child(dir: &Path, args: &BenchArgs, threads: usize) -> Result<(f64, Value
 
 /// Child side: load `dir` as `generate` does and compute the first token of a one-token prompt.
 pub fn child(dir: &Path, seed: u64) -> Result<Value> {
-    let loaded = load_model(dir, true)?;
+    let loaded = load_model(dir, true, None)?;
     let model = &loaded.model;
     let mut sequence = model.new_sequence();
     let prompt = random_ids(model.config.vocab_size, 1, seed);
