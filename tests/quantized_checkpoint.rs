@@ -301,3 +301,24 @@ fn bad_flags_exit_2_naming_the_flag_and_bad_files_exit_1() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("model.safetensors"));
     assert!(tmp.entries().is_empty(), "nothing written: {:?}", tmp.entries());
 }
+
+/// The accuracy targets on the demo model's held-out text (the same tokens, `perplexity`'s
+/// windows of 512, stride 256): q8_0 within +0.5 % of the stored bf16 weights' perplexity, q4_0
+/// within +5 %. Measured: 80.5600, q8_0 80.5587, q4_0 81.2393 (+0.84 %).
+#[test]
+fn quantized_demo_perplexity_is_within_the_targets() {
+    let dir = demo();
+    let cfg = HymbaConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = HymbaWeights::load(&cfg, &dir).unwrap();
+    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo/heldout.txt")).unwrap();
+    let ids = hymba_ref::tokenizer::Tokenizer::from_dir(&dir).unwrap().encode(&text, true);
+    let ppl = |model: &Hymba| hymba_ref::eval::perplexity(model, &ids, 512, 256, |_, _, _| {}).unwrap().perplexity();
+    let float = ppl(&Hymba::new(cfg.clone(), weights.clone()));
+    for (kind, target) in [(QuantType::Q8_0, 1.005), (QuantType::Q4_0, 1.05)] {
+        let mut qcfg = cfg.clone();
+        qcfg.quantization = Some(kind);
+        let q = ppl(&Hymba::new(qcfg, weights.quantized(kind).unwrap()));
+        assert!(q <= float * target, "{kind}: perplexity {q} against {float} (target ≤ ×{target})");
+        assert!(q != float, "{kind}: quantizing changes the perplexity");
+    }
+}
