@@ -13,7 +13,7 @@ use std::time::Instant;
 #[derive(Args)]
 pub struct QuantizeArgs {
     /// The bf16 or f32 checkpoint directory (or its config.json). Default: the bundled demo model.
-    #[arg(long)]
+    #[arg(short = 'm', long)]
     model: Option<PathBuf>,
     /// The new checkpoint directory; it must not exist (written to a temporary directory beside
     /// it, renamed when complete).
