@@ -322,3 +322,55 @@ fn quantized_demo_perplexity_is_within_the_targets() {
         assert!(q != float, "{kind}: quantizing changes the perplexity");
     }
 }
+
+/// `generate --weights q8_0` shows the quantizing time in its timing line and writes the same
+/// text as `generate` on the checkpoint `quantize` wrote; `chat` and `explain` take the flag too.
+#[test]
+fn generate_chat_and_explain_take_weights() {
+    let (_tmp, dir) = quantized_demo(QuantType::Q8_0);
+    let generate = |extra: &[&str]| {
+        let o = cli_command()
+            .args(["generate", "--prompt", "Once upon a time", "--max-new-tokens", "6", "--no-prefix-cache"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
+    };
+    let (at_load, timing) = generate(&["--weights", "q8_0"]);
+    assert!(timing.contains("quantize to q8_0: "), "{timing}");
+    assert_eq!(at_load, generate(&["--model", dir.to_str().unwrap()]).0);
+    let o = cli_command().args(["chat", "--max-new-tokens", "2", "--weights", "q4_0"]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli_command().args(["explain", "--prompt", "Hello there", "--json", "--weights", "q4_0"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plain = cli_command().args(["explain", "--prompt", "Hello there", "--json"]).output().unwrap();
+    assert_ne!(o.stdout, plain.stdout, "explain --weights q4_0 looks at the quantized model");
+}
+
+/// Every conformance checkpoint quantized by `quantize`'s writer loads to the matrices
+/// `--weights` makes (same logits, bit for bit), and the plain pass agrees with the fast full
+/// pass on it as on the float weights.
+#[test]
+#[ignore = "needs ../shared"]
+fn every_conformance_set_quantizes_and_runs() {
+    let root = common::shared_dir().join("conformance");
+    for name in ["tiny-seed1", "perhead-seed3", "switches-seed3"] {
+        let src = root.join(name).join("model");
+        let float = Hymba::from_dir(&src).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % float.config.vocab_size as u32).collect();
+        for kind in QuantType::ALL {
+            let tmp = TempDir::new(&format!("qconf-{name}-{kind}"));
+            let out = tmp.join("q");
+            write_quantized(&src, &out, kind, |_, _, _| {}).unwrap();
+            let model = Hymba::from_dir(&out).unwrap();
+            let mut cfg = float.config.clone();
+            cfg.quantization = Some(kind);
+            let at_load = Hymba::new(cfg, float.weights.quantized(kind).unwrap());
+            assert_eq!(model.forward_incremental(&ids, 4).unwrap(), at_load.forward_incremental(&ids, 4).unwrap(), "{name} {kind}");
+            let w = plain::Weights::from_loaded(&model.weights);
+            let max = max_abs_diff(&plain::forward(&model.config, &w, &ids), &model.forward(&ids).unwrap());
+            assert!(max < 1e-4, "{name} {kind}: plain vs fast full pass, max |Δ| = {max}");
+        }
+    }
+}
