@@ -82,8 +82,14 @@ pub fn config_json(data: &[u8]) {
     assert_eq!(names.len(), specs.len(), "a tensor name appears twice");
     // Small enough to run: random weights, a full forward, and the same ids decoded in steps.
     if params <= 40_000 && cfg.num_hidden_layers <= 8 {
-        let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 7))
+        // Random weights are float: a quantized config gets them quantized, as `--weights` does.
+        let float_cfg = HymbaConfig { quantization: None, ..cfg.clone() };
+        let weights = HymbaWeights::from_checkpoint(&float_cfg, &RandomWeights::new(&cfg, 7))
             .expect("random weights match their own config");
+        let weights = match cfg.quantization {
+            Some(kind) => weights.quantized(kind).expect("random weights quantize"),
+            None => weights,
+        };
         run_model(Hymba::new(cfg, weights), true);
     }
 }

@@ -228,6 +228,8 @@ fn regenerate_seed_corpus() {
     for (i, text) in hymba_ref::fuzz_targets::LOADER_CONFIGS.iter().enumerate() {
         write("config_json", &format!("loader{i}"), text.as_bytes());
     }
+    let quantized = hymba_ref::checkpoint::quantized::quantized_config_text(LOADER_CONFIGS[0], QuantType::Q4_0).unwrap();
+    write("config_json", "loader0-q4_0", quantized.as_bytes());
 
     // shard_index: the sharded fixture's index and a minimal one.
     let index = fs::read(repo().join("tests/fixtures/perhead-dynamic-sharded/model/model.safetensors.index.json")).unwrap();

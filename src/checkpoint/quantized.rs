@@ -115,7 +115,7 @@ pub const COPIED_FILES: [&str; 6] = [
 /// left). `progress(done, total, name)` is called after each tensor. Returns the bytes of the
 /// tensors written.
 pub fn write_quantized(src: &Path, out: &Path, kind: QuantType, progress: impl FnMut(usize, usize, &str)) -> Result<u64> {
-    if out.exists() || out.symlink_metadata().is_ok() {
+    if out.symlink_metadata().is_ok() {
         return Err(Error::input(format!("--out {}: already exists (quantize never writes over anything)", out.display())));
     }
     let parent = match out.parent() {
