@@ -153,16 +153,22 @@ fn bench_refuses_unknown_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-config"));
 }
 
-#[test]
-fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
-    let tmp = common::TempDir::new("bench-from-disk");
+/// `bench --from-disk` on the small config, 2 runs, with its temporary files under `tmp`: the report.
+fn bench_from_disk(tmp: &common::TempDir, extra: &[&str]) -> Value {
     let out = common::cli_command()
         .args(["bench", "--from-disk", "--configs", "small", "--runs", "2", "--threads", "1", "--json"])
+        .args(extra)
         .env("TMPDIR", &tmp.0)
         .output()
         .expect("run hymba-ref");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
+    let tmp = common::TempDir::new("bench-from-disk");
+    let report = bench_from_disk(&tmp, &[]);
     let small = &report["configs"][0];
     assert_eq!(small["name"], "small");
     assert_eq!(small["shards"], 2);
@@ -271,13 +277,7 @@ fn bench_weights_measures_each_format_as_a_row() {
     assert!(rows[0]["quantize_seconds"].is_null());
 
     let tmp = common::TempDir::new("bench-from-disk-q4");
-    let out = common::cli_command()
-        .args(["bench", "--from-disk", "--configs", "small", "--runs", "2", "--threads", "1", "--weights", "q4_0", "--json"])
-        .env("TMPDIR", &tmp.0)
-        .output()
-        .expect("run hymba-ref");
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let report = bench_from_disk(&tmp, &["--weights", "q4_0"]);
     let small = &report["configs"][0];
     assert_eq!(small["weights"], "q4_0");
     positive(&small["prefix_cached"]["start_to_first_token_seconds"], "start_to_first_token_seconds");
