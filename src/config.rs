@@ -8,6 +8,7 @@
 //! changes after it is built.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::quant::QuantType;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::path::Path;
@@ -331,6 +332,10 @@ pub struct HymbaConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// `"quantization": {"type": "q8_0", "block_size": 32}`: the checkpoint stores every
+    /// [`Storage::Matrix`] tensor in that block format (see `docs/QUANTIZATION.md`); `None` for
+    /// float weights.
+    pub quantization: Option<QuantType>,
     /// One entry per layer, resolved once from `global_attn_idx`, `sliding_window` and the K/V
     /// sharing fields.
     pub layers: Vec<LayerPlan>,
@@ -669,6 +674,7 @@ fn parse(f: &Fields) -> Result<HymbaConfig> {
         tie_word_embeddings: f.bool("tie_word_embeddings", true)?,
         bos_token_id: f.token_id("bos_token_id")?,
         eos_token_id: f.token_id("eos_token_id")?,
+        quantization: parse_quantization(f)?,
         layers,
     };
     check_size(&cfg)?;
@@ -692,6 +698,29 @@ fn check_size(cfg: &HymbaConfig) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The `quantization` object a quantized checkpoint's config.json carries: `type` must name a
+/// [`QuantType`] and `block_size` be [`crate::quant::BLOCK`]; any other key is refused (a format
+/// we do not know is never guessed at).
+fn parse_quantization(f: &Fields) -> Result<Option<QuantType>> {
+    const KEY: &str = "quantization";
+    let Some(v) = f.get(KEY) else { return Ok(None) };
+    let obj = v.as_object().ok_or_else(|| Fields::bad(KEY, r#"an object like {"type": "q8_0", "block_size": 32}"#, v))?;
+    if let Some(other) = obj.keys().find(|k| *k != "type" && *k != "block_size") {
+        return Err(unsupported(&format!("{KEY}.{other}"), obj[other].clone(), "only `type` and `block_size` are known"));
+    }
+    let names = QuantType::ALL.map(QuantType::name).join(", ");
+    let kind = match obj.get("type") {
+        None => return Err(Fields::missing(&format!("{KEY}.type"))),
+        Some(t) => t.as_str().and_then(QuantType::from_name).ok_or_else(|| unsupported(&format!("{KEY}.type"), t, &format!("expected one of {names}")))?,
+    };
+    match obj.get("block_size") {
+        None => return Err(Fields::missing(&format!("{KEY}.block_size"))),
+        Some(b) if b.as_u64() == Some(crate::quant::BLOCK as u64) => {}
+        Some(b) => return Err(unsupported(&format!("{KEY}.block_size"), b, &format!("{kind} blocks hold {} weights", crate::quant::BLOCK))),
+    }
+    Ok(Some(kind))
 }
 
 fn parse_rope(f: &Fields, head_dim_qk: usize) -> Result<Option<RopeConfig>> {

@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_json", config_json),
     ("shard_index", shard_index),
     ("loader", loader),
+    ("quantized_loader", quantized_loader),
     ("tokenizer_json", tokenizer_json),
     ("tokenizer_model", tokenizer_model),
     ("tokenizer_roundtrip", tokenizer_roundtrip),
@@ -81,8 +82,14 @@ pub fn config_json(data: &[u8]) {
     assert_eq!(names.len(), specs.len(), "a tensor name appears twice");
     // Small enough to run: random weights, a full forward, and the same ids decoded in steps.
     if params <= 40_000 && cfg.num_hidden_layers <= 8 {
-        let weights = HymbaWeights::from_checkpoint(&cfg, &RandomWeights::new(&cfg, 7))
+        // Random weights are float: a quantized config gets them quantized, as `--weights` does.
+        let float_cfg = HymbaConfig { quantization: None, ..cfg.clone() };
+        let weights = HymbaWeights::from_checkpoint(&float_cfg, &RandomWeights::new(&cfg, 7))
             .expect("random weights match their own config");
+        let weights = match cfg.quantization {
+            Some(kind) => weights.quantized(kind).expect("random weights quantize"),
+            None => weights,
+        };
         run_model(Hymba::new(cfg, weights), true);
     }
 }
@@ -180,6 +187,22 @@ pub fn loader(data: &[u8]) {
     let Ok(file) = SafetensorsFile::from_bytes(file.to_vec(), "fuzz.safetensors") else { return };
     match HymbaWeights::from_checkpoint(cfg, &file) {
         Ok(weights) => run_model(Hymba::new(cfg.clone(), weights), selector & 0x80 != 0),
+        Err(e) => assert!(!e.message.is_empty()),
+    }
+}
+
+/// The weights loader on a quantized checkpoint: byte 0 picks a config from [`LOADER_CONFIGS`]
+/// (bit 0), the format (bit 1: q8_0 or q4_0) and step-by-step decoding (bit 7); the rest is a
+/// safetensors file checked against the config marked as quantized (values, scales: names,
+/// shapes, dtypes, finite scales); an accepted file is run.
+pub fn quantized_loader(data: &[u8]) {
+    let Some((&selector, file)) = data.split_first() else { return };
+    let configs = loader_configs();
+    let mut cfg = configs[selector as usize % configs.len()].clone();
+    cfg.quantization = Some(crate::quant::QuantType::ALL[(selector as usize >> 1) % 2]);
+    let Ok(file) = SafetensorsFile::from_bytes(file.to_vec(), "fuzz.safetensors") else { return };
+    match HymbaWeights::from_checkpoint(&cfg, &file) {
+        Ok(weights) => run_model(Hymba::new(cfg, weights), selector & 0x80 != 0),
         Err(e) => assert!(!e.message.is_empty()),
     }
 }

@@ -153,16 +153,22 @@ fn bench_refuses_unknown_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-config"));
 }
 
-#[test]
-fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
-    let tmp = common::TempDir::new("bench-from-disk");
+/// `bench --from-disk` on the small config, 2 runs, with its temporary files under `tmp`: the report.
+fn bench_from_disk(tmp: &common::TempDir, extra: &[&str]) -> Value {
     let out = common::cli_command()
         .args(["bench", "--from-disk", "--configs", "small", "--runs", "2", "--threads", "1", "--json"])
+        .args(extra)
         .env("TMPDIR", &tmp.0)
         .output()
         .expect("run hymba-ref");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn bench_from_disk_reports_the_split_and_removes_its_checkpoint() {
+    let tmp = common::TempDir::new("bench-from-disk");
+    let report = bench_from_disk(&tmp, &[]);
     let small = &report["configs"][0];
     assert_eq!(small["name"], "small");
     assert_eq!(small["shards"], 2);
@@ -237,4 +243,47 @@ fn the_many_core_script_overwrites_no_earlier_results() {
     assert!(stderr.contains("is not empty") && stderr.contains("nothing was run"), "{stderr}");
     assert_eq!(std::fs::read_to_string(out_dir.join("summary.txt")).unwrap(), "an earlier run\n");
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1, "nothing written beside it");
+}
+
+/// `--weights bf16,q8_0,q4_0`: one row per format, side by side, each with the bytes its format
+/// holds and reads (q8_0 and q4_0 matrices at 8.5 and 4.5 bits a weight, the rest in f32), and
+/// the time quantizing took. `--from-disk --weights q4_0` loads a quantized checkpoint.
+#[test]
+fn bench_weights_measures_each_format_as_a_row() {
+    let out = common::cli_command()
+        .args(["bench", "--configs", "small", "--contexts", "8", "--runs", "1", "--decode-tokens", "2"])
+        .args(["--threads", "1", "--bandwidth-mib", "16", "--weights", "bf16,q8_0,q4_0", "--json"])
+        .output()
+        .expect("run hymba-ref");
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let rows = report["configs"].as_array().expect("configs");
+    let formats: Vec<&str> = rows.iter().map(|r| r["weights"].as_str().unwrap()).collect();
+    assert_eq!(formats, ["bf16", "q8_0", "q4_0"]);
+    let bytes: Vec<f64> = rows.iter().map(|r| positive(&r["decode_bytes_per_token"], "decode_bytes_per_token")).collect();
+    for (row, bits) in rows[1..].iter().zip([8.5, 4.5]) {
+        positive(&row["quantize_seconds"], "quantize_seconds");
+        positive(&row["weight_bytes"], "weight_bytes");
+        // The matrices are nearly all of the bytes: the ratio to bf16 is close to bits / 16.
+        let ratio = row["decode_bytes_per_token"].as_f64().unwrap() / bytes[0];
+        assert!((ratio - bits / 16.0).abs() < 0.03, "{}: {ratio}", row["weights"]);
+        let roofline = row["roofline_decode_tok_per_s"].as_f64().unwrap() / rows[0]["roofline_decode_tok_per_s"].as_f64().unwrap();
+        assert!((roofline * ratio - 1.0).abs() < 1e-9, "the roofline is the bandwidth over the bytes read");
+        for c in row["contexts"].as_array().unwrap() {
+            positive(&c["decode_tok_per_s"], "decode_tok_per_s");
+            positive(&c["prefill_tok_per_s"], "prefill_tok_per_s");
+        }
+    }
+    assert!(rows[0]["quantize_seconds"].is_null());
+
+    let tmp = common::TempDir::new("bench-from-disk-q4");
+    let report = bench_from_disk(&tmp, &["--weights", "q4_0"]);
+    let small = &report["configs"][0];
+    assert_eq!(small["weights"], "q4_0");
+    positive(&small["prefix_cached"]["start_to_first_token_seconds"], "start_to_first_token_seconds");
+    assert!(tmp.entries().is_empty(), "left behind: {:?}", tmp.entries());
+
+    let out = common::cli_command().args(["bench", "--configs", "small", "--weights", "q3_k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--weights q3_k"));
 }

@@ -12,7 +12,9 @@ mod common;
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::safetensors::write_f32;
 use hymba_ref::checkpoint::TensorSource;
-use hymba_ref::fuzz_targets::{loader_configs, TARGETS};
+use hymba_ref::checkpoint::quantized::write_quantized;
+use hymba_ref::fuzz_targets::{loader_configs, LOADER_CONFIGS, TARGETS};
+use hymba_ref::quant::QuantType;
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -188,6 +190,17 @@ fn loader_model_file(i: usize, dir: &Path) -> Vec<u8> {
     fs::read(path).unwrap()
 }
 
+/// [`loader_model_file`]'s weights quantized to `kind` by `hymba-ref quantize`'s writer.
+fn quantized_model_file(i: usize, kind: QuantType, dir: &Path) -> Vec<u8> {
+    let src = dir.join(format!("loader{i}-float"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("config.json"), LOADER_CONFIGS[i]).unwrap();
+    fs::write(src.join("model.safetensors"), loader_model_file(i, dir)).unwrap();
+    let out = dir.join(format!("loader{i}-{kind}"));
+    write_quantized(&src, &out, kind, |_, _, _| {}).unwrap();
+    fs::read(out.join("model.safetensors")).unwrap()
+}
+
 #[test]
 #[ignore = "rewrites fuzz/corpus; run by hand"]
 fn regenerate_seed_corpus() {
@@ -215,6 +228,8 @@ fn regenerate_seed_corpus() {
     for (i, text) in hymba_ref::fuzz_targets::LOADER_CONFIGS.iter().enumerate() {
         write("config_json", &format!("loader{i}"), text.as_bytes());
     }
+    let quantized = hymba_ref::checkpoint::quantized::quantized_config_text(LOADER_CONFIGS[0], QuantType::Q4_0).unwrap();
+    write("config_json", "loader0-q4_0", quantized.as_bytes());
 
     // shard_index: the sharded fixture's index and a minimal one.
     let index = fs::read(repo().join("tests/fixtures/perhead-dynamic-sharded/model/model.safetensors.index.json")).unwrap();
@@ -226,5 +241,11 @@ fn regenerate_seed_corpus() {
         let mut bytes = vec![selector];
         bytes.extend(loader_model_file(config, &tmp.0));
         write("loader", &format!("config{config}"), &bytes);
+        // quantized_loader: the same weights quantized (selector bit 1: q8_0 or q4_0).
+        for (k, kind) in QuantType::ALL.into_iter().enumerate() {
+            let mut bytes = vec![(config | (k << 1)) as u8];
+            bytes.extend(quantized_model_file(config, kind, &tmp.0));
+            write("quantized_loader", &format!("config{config}-{kind}"), &bytes);
+        }
     }
 }

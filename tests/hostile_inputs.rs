@@ -9,7 +9,9 @@
 //! 3. quadratic time in tokenizers (long pieces, many added tokens with a shared prefix);
 //! 4. wrong values accepted in silence (generation_config.json, repeated keys, vocab sizes);
 //! 5. `logits --out` never replaces anything but a regular file;
-//! 6. `bench` and `--threads` limits, a closed or full stdout.
+//! 6. `bench` and `--threads` limits, a closed or full stdout;
+//! 7. quantized checkpoints: `quantize --out` onto anything that exists, a quantized header whose
+//!    scales claim more blocks than the shape has, a corrupt quantized checkpoint under `generate`.
 
 mod common;
 use common::TempDir;
@@ -482,4 +484,77 @@ fn bench_survives_a_closed_stdout_and_reports_a_full_disk() {
     let child = cli().args(SMALL_BENCH).stdout(full).spawn().unwrap();
     let out = wait_bounded(child, "bench to /dev/full");
     assert_fails_naming(&out, &["<stdout>", "No space left on device"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Quantized checkpoints
+// ---------------------------------------------------------------------------------------------
+
+/// `quantize --out` onto a file, a FIFO, a directory or a link is refused naming it, and the
+/// thing is left as it was; quantizing into a directory that does not exist is refused too.
+#[test]
+fn quantize_never_writes_over_anything() {
+    let tmp = TempDir::new("hostile-quantize");
+    fs::write(tmp.join("file"), "mine").unwrap();
+    mkfifo(&tmp.join("fifo"));
+    fs::create_dir(tmp.join("dir")).unwrap();
+    std::os::unix::fs::symlink(tmp.join("nowhere"), tmp.join("dangling")).unwrap();
+    for name in ["file", "fifo", "dir", "dangling"] {
+        let out = tmp.join(name);
+        let result = run(&["quantize", "--out", out.to_str().unwrap(), "--type", "q8_0"]);
+        assert_fails_naming(&result, &[out.to_str().unwrap(), "already exists"]);
+    }
+    assert_eq!(fs::read_to_string(tmp.join("file")).unwrap(), "mine");
+    assert!(fs::read_dir(tmp.join("dir")).unwrap().next().is_none());
+    let missing = tmp.join("no/such/dir");
+    assert_fails_naming(&run(&["quantize", "--out", missing.to_str().unwrap(), "--type", "q4_0"]), &["does not exist"]);
+    assert_eq!(tmp.entries(), ["dangling", "dir", "fifo", "file"], "nothing half-written left");
+}
+
+/// A quantized checkpoint whose header gives a matrix's scales a huge shape (and the bytes to
+/// match nothing): refused by name before anything is allocated for it; `generate` on a
+/// quantized checkpoint cut short exits 1 naming the file.
+#[test]
+fn corrupt_quantized_checkpoints_are_refused_naming_the_tensor_or_file() {
+    let tmp = TempDir::new("hostile-quantized");
+    let q = tmp.join("q");
+    let made = run(&["quantize", "--model", demo_dir().to_str().unwrap(), "--out", q.to_str().unwrap(), "--type", "q4_0"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let path = q.join("model.safetensors");
+    let file = SafetensorsFile::open(&path).unwrap();
+    let scales = "model.layers.0.mamba.in_proj.weight.scales";
+    let mut tensors: Vec<(String, Vec<usize>, hymba_ref::checkpoint::Dtype, Vec<u8>)> =
+        file.tensors().map(|t| (t.name.clone(), t.shape.clone(), t.dtype, file.bytes_of(&t.name).unwrap().to_vec())).collect();
+    drop(file);
+    let original = tensors.clone();
+    for t in tensors.iter_mut().filter(|t| t.0 == scales) {
+        t.1 = vec![1 << 20, 1 << 20]; // 2^40 scales, and 2 bytes of data
+        t.3 = vec![0, 0];
+    }
+    let write = |tensors: &[(String, Vec<usize>, hymba_ref::checkpoint::Dtype, Vec<u8>)]| {
+        let named: Vec<(&str, &[usize], TensorData)> = tensors.iter().map(|(n, s, d, b)| (n.as_str(), &s[..], TensorData::Raw(*d, b))).collect();
+        write_tensors(&path, &named, &[])
+    };
+    // The writer refuses a shape that does not match its bytes; write the header by hand instead.
+    assert!(write(&tensors).is_err());
+    write(&original).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+    let mut value: Value = serde_json::from_str(header.trim_end()).unwrap();
+    let rows = value[scales]["shape"][0].clone();
+    value[scales]["shape"] = json!([rows, 1u64 << 40]);
+    let mut new_header = value.to_string().into_bytes();
+    new_header.resize(new_header.len().next_multiple_of(8), b' ');
+    let mut hostile = (new_header.len() as u64).to_le_bytes().to_vec();
+    hostile.extend(&new_header);
+    hostile.extend(&bytes[8 + header_len..]);
+    fs::write(&path, &hostile).unwrap();
+    let e = refused(Checkpoint::open_dir(&q));
+    assert_eq!(e.kind, ErrorKind::CorruptSafetensors, "{e}");
+    assert!(e.message.contains(scales), "{e}");
+
+    fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
+    let out = run(&["generate", "--model", q.to_str().unwrap(), "--prompt", "Once", "--max-new-tokens", "2"]);
+    assert_fails_naming(&out, &["model.safetensors"]);
 }

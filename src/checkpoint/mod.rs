@@ -7,12 +7,15 @@
 //!   in `model.safetensors.index.json`, cross-checked against each other.
 //! * [`weights`]: the model's weights named as checkpoint keys, and the one loader that checks
 //!   every name and shape against the config.
+//! * [`quantized`]: how a quantized checkpoint stores its block-quantized matrices, and the
+//!   writer that makes one from a float checkpoint.
 //! * [`random`]: random weights for any config, generated in memory.
 //!
 //! Everything read here is untrusted: corrupt or malicious files produce an [`Error`] naming the
 //! file, the tensor and the offending numbers, never a panic or an out-of-bounds read.
 
 pub(crate) mod json_text;
+pub mod quantized;
 pub mod random;
 pub mod safetensors;
 pub mod shards;
@@ -25,6 +28,7 @@ pub use shards::{parse_index, Checkpoint, ShardIndex};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Elements;
+use crate::values::Values;
 use crate::simd::bf16_to_f32;
 use rayon::prelude::*;
 
@@ -78,6 +82,8 @@ pub trait TensorSource {
     fn to_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
     /// A tensor in its stored dtype (bf16 stays bf16): (shape, row-major data).
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)>;
+    /// A tensor's stored little-endian bytes and dtype (a quantized matrix's packed values).
+    fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)>;
 }
 
 impl TensorSource for Checkpoint {
@@ -92,6 +98,9 @@ impl TensorSource for Checkpoint {
     }
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         Checkpoint::to_elements(self, name)
+    }
+    fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
+        Checkpoint::to_bytes(self, name)
     }
 }
 
@@ -110,5 +119,8 @@ impl TensorSource for SafetensorsFile {
     }
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         SafetensorsFile::to_elements(self, name)
+    }
+    fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
+        SafetensorsFile::to_bytes(self, name)
     }
 }

@@ -6,10 +6,11 @@
 //! `dt_proj` bias that makes Δ = softplus(…) lie roughly in [0.001, 0.1].
 
 use super::shards::INDEX_FILE;
-use super::{write_tensors, NamedTensor, TensorData, TensorSource};
+use super::{write_tensors, Dtype, NamedTensor, TensorData, TensorSource};
 use crate::config::HymbaConfig;
 use crate::error::{Error, Result};
 use crate::matrix::Elements;
+use crate::values::Values;
 use crate::rng::SplitMix64;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -157,6 +158,12 @@ impl TensorSource for RandomWeights {
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         let (shape, data) = self.to_bf16(name)?;
         Ok((shape, Elements::Bf16(data.into())))
+    }
+
+    /// The bf16 values of [`RandomWeights::to_elements`] as their little-endian bytes.
+    fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
+        let (shape, data) = self.to_bf16(name)?;
+        Ok((shape, Dtype::BF16, data.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect::<Vec<u8>>().into()))
     }
 }
 

@@ -339,6 +339,18 @@ impl SafetensorsFile {
         values
     }
 
+    /// Shape, dtype and stored little-endian bytes of any tensor (a quantized matrix's packed
+    /// values): in place in the mapping when the file is mapped, else copied.
+    pub fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
+        let (info, bytes) = self.lookup(name)?;
+        if let Bytes::Mapped(map) = &self.bytes {
+            if let Some(values) = Values::mapped(map.clone(), self.data_start + info.data_offsets.0, bytes.len()) {
+                return Ok((info.shape.clone(), info.dtype, values));
+            }
+        }
+        Ok((info.shape.clone(), info.dtype, bytes.to_vec().into()))
+    }
+
     /// Shape and values of an `I64` or `I32` tensor, as `i64`.
     pub fn to_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let (info, bytes) = self.lookup(name)?;
@@ -646,6 +658,9 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
     I64(&'a [i64]),
+    /// Little-endian bytes of elements of any dtype (a quantized matrix's packed values, a tensor
+    /// copied as stored); their count must be a whole number of elements.
+    Raw(Dtype, &'a [u8]),
 }
 
 impl TensorData<'_> {
@@ -654,6 +669,7 @@ impl TensorData<'_> {
             TensorData::F32(_) => Dtype::F32,
             TensorData::Bf16(_) => Dtype::BF16,
             TensorData::I64(_) => Dtype::I64,
+            TensorData::Raw(dtype, _) => *dtype,
         }
     }
 
@@ -662,6 +678,7 @@ impl TensorData<'_> {
             TensorData::F32(values) => values.len(),
             TensorData::Bf16(values) => values.len(),
             TensorData::I64(values) => values.len(),
+            TensorData::Raw(dtype, bytes) => bytes.len() / dtype.size_in_bytes(),
         }
     }
 
@@ -676,6 +693,7 @@ impl TensorData<'_> {
             TensorData::I64(values) => {
                 values.iter().try_for_each(|v| out.write_all(&v.to_le_bytes()))
             }
+            TensorData::Raw(_, bytes) => out.write_all(bytes),
         }
     }
 }
@@ -727,6 +745,11 @@ fn check_writable(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
         }
         if !seen.insert(*name) {
             return Err(refuse(format!("tensor name '{name}' is given twice")));
+        }
+        if let TensorData::Raw(dtype, bytes) = data {
+            if bytes.len() % dtype.size_in_bytes() != 0 {
+                return Err(refuse(format!("tensor '{name}' has {} bytes, not a whole number of {dtype} elements", bytes.len())));
+            }
         }
         let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if elements != Some(data.len()) {

@@ -25,9 +25,10 @@ use serde_json::{Map, Value};
 
 use super::json_text::brief;
 use crate::json_scan::{count_keys, first_duplicate_key};
-use super::safetensors::{SafetensorsFile, TensorInfo, MAX_METADATA_ENTRIES, MAX_TENSORS};
+use super::safetensors::{Dtype, SafetensorsFile, TensorInfo, MAX_METADATA_ENTRIES, MAX_TENSORS};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matrix::Elements;
+use crate::values::Values;
 
 /// The unsharded checkpoint file.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -205,6 +206,17 @@ impl Checkpoint {
     pub fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)> {
         match self.file_of.get(name) {
             Some(&i) => self.files[i].to_elements(name),
+            None => Err(Error::new(
+                ErrorKind::MissingTensor,
+                format!("{}: the checkpoint has no tensor named '{name}'", self.dir.display()),
+            )),
+        }
+    }
+
+    /// Shape, dtype and stored bytes of any tensor (see [`SafetensorsFile::to_bytes`]).
+    pub fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
+        match self.file_of.get(name) {
+            Some(&i) => self.files[i].to_bytes(name),
             None => Err(Error::new(
                 ErrorKind::MissingTensor,
                 format!("{}: the checkpoint has no tensor named '{name}'", self.dir.display()),

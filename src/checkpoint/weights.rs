@@ -196,8 +196,11 @@ fn name_list<S: AsRef<str>>(names: &[S], separator: &str) -> String {
 }
 
 /// Compare the checkpoint's tensors with `expected`; report every problem by name.
-fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &dyn TensorSource, expected: &[TensorSpec]) -> Result<()> {
-    let wanted: BTreeMap<&str, &[usize]> = expected.iter().map(|t| (t.name.as_str(), &t.shape[..])).collect();
+/// (A quantized checkpoint's matrices are each a values and a scales tensor:
+/// [`super::quantized::stored_tensors`].)
+fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &dyn TensorSource) -> Result<()> {
+    let expected = super::quantized::stored_tensors(cfg);
+    let wanted: BTreeMap<&str, &[usize]> = expected.iter().map(|(name, shape)| (name.as_str(), &shape[..])).collect();
     let missing: Vec<&str> = wanted.keys().copied().filter(|name| ckpt.shape(name).is_none()).collect();
     let unexpected: Vec<String> =
         ckpt.names().into_iter().filter(|name| !wanted.contains_key(name.as_str()) && !cfg.is_unused_tensor(name)).collect();
@@ -228,7 +231,8 @@ fn check_names_and_shapes(cfg: &HymbaConfig, ckpt: &dyn TensorSource, expected: 
 }
 
 impl HymbaWeights {
-    /// Load the weights of `cfg` from the safetensors checkpoint in `dir`.
+    /// Load the weights of `cfg` from the safetensors checkpoint in `dir` (float, or quantized
+    /// when the config says so: see [`super::quantized`]).
     pub fn load(cfg: &HymbaConfig, dir: &Path) -> Result<HymbaWeights> {
         let ckpt = Checkpoint::open_dir(dir)?;
         Self::from_checkpoint(cfg, &ckpt).map_err(|e| e.context(dir.display()))
@@ -238,8 +242,8 @@ impl HymbaWeights {
     /// is finite): matrices kept in their stored dtype, the rest in f32 ([`Storage`]).
     pub fn from_checkpoint(cfg: &HymbaConfig, ckpt: &dyn TensorSource) -> Result<HymbaWeights> {
         let expected = cfg.tensors();
-        check_names_and_shapes(cfg, ckpt, &expected)?;
-        let tensors = Tensors { ckpt, expected: expected.iter().map(|t| (t.name.as_str(), t)).collect() };
+        check_names_and_shapes(cfg, ckpt)?;
+        let tensors = Tensors { ckpt, quantization: cfg.quantization, expected: expected.iter().map(|t| (t.name.as_str(), t)).collect() };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for plan in &cfg.layers {
             let at = Some(plan.index);
@@ -288,6 +292,8 @@ impl HymbaWeights {
 /// checked. Reading a tensor the config does not have gives `None`.
 struct Tensors<'a> {
     ckpt: &'a dyn TensorSource,
+    /// The block format the matrices are stored in, if the config says so.
+    quantization: Option<QuantType>,
     expected: BTreeMap<&'a str, &'a TensorSpec>,
 }
 
@@ -327,6 +333,9 @@ impl Tensors<'_> {
         self.spec(w, layer)
             .map(|t| {
                 debug_assert_eq!(t.spec.storage, Storage::Matrix);
+                if let Some(kind) = self.quantization {
+                    return super::quantized::read_matrix(self.ckpt, kind, t);
+                }
                 let (_, data) = self.ckpt.to_elements(&t.name)?;
                 check_elements_finite(&t.name, &data)?;
                 Matrix::new(t.shape[0], t.shape[1], data).ok_or_else(|| {

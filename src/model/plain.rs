@@ -98,7 +98,9 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// The loaded weights (kept by the fast path in their stored dtype) converted to f32.
+    /// The loaded weights (kept by the fast path in their stored dtype) converted to f32; a
+    /// quantized checkpoint's matrices are dequantized (`w = d·q` per block, see `crate::quant`),
+    /// so the plain pass runs it with the very weights the fast path multiplies.
     pub fn from_loaded(w: &HymbaWeights) -> Weights {
         Weights {
             embed_tokens: matrix_rows(&w.embed_tokens),

@@ -45,7 +45,7 @@ use hymba_ref::cache::HybridCache;
 use hymba_ref::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
-use hymba_ref::config::{HymbaConfig, Storage, TensorSpec};
+use hymba_ref::config::{DecodeRead, HymbaConfig, Storage};
 use hymba_ref::generate::sampling::argmax;
 use hymba_ref::matrix::Rows;
 use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
@@ -53,6 +53,7 @@ use cpu_time::CpuTime;
 use profile::PhaseTimes;
 use hymba_ref::rng::SplitMix64;
 use hymba_ref::{Error, ErrorKind, Result};
+use hymba_ref::quant::QuantType;
 use ndarray::Array2;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -116,6 +117,12 @@ pub struct BenchArgs {
     /// most a compute-bound and a memory-bound phase can gain there).
     #[arg(long)]
     profile: bool,
+    /// Comma-separated weight formats, each measured as its own row: `bf16` (the random weights
+    /// as made), `q8_0`, `q4_0` (quantized after they are made; see docs/QUANTIZATION.md). The
+    /// roofline counts the bytes each format actually reads. With --from-disk, one format: the
+    /// checkpoint on disk is written in it.
+    #[arg(long, value_delimiter = ',', default_value = "bf16")]
+    weights: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -139,6 +146,10 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let batch_sizes = args.batch_sizes.iter().map(|b| parse_batch_size(b, args.cache_budget_gb)).collect::<Result<Vec<_>>>()?;
     let specs = args.configs.iter().map(|name| resolve_config(name)).collect::<Result<Vec<_>>>()?;
+    let formats = args.weights.iter().map(|w| weights_format(w)).collect::<Result<Vec<_>>>()?;
+    if (args.child || args.from_disk || args.child_load.is_some()) && formats.len() != 1 {
+        return Err(Error::usage("--weights", args.weights.join(","), "give one format here (--from-disk writes one checkpoint)"));
+    }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     limits::check_run(&specs, &args)?;
     rayon::ThreadPoolBuilder::new()
@@ -150,7 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return print_stdout(&format!("{}\n", from_disk::child(dir, args.seed)?));
     }
     if args.from_disk {
-        let configs = from_disk::bench_configs(&specs, &args, threads)?;
+        let configs = from_disk::bench_configs(&specs, &args, threads, formats[0])?;
         let report = json!({ "engine": "hymba-ref", "threads": threads, "runs": args.runs, "seed": args.seed, "configs": configs });
         return match args.json {
             true => print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report).expect("JSON"))),
@@ -158,7 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
     }
     if args.child {
-        let configs = specs.iter().map(|spec| bench_config(spec, &args, &batch_sizes)).collect::<Result<Vec<_>>>()?;
+        let configs = specs.iter().map(|spec| bench_config(spec, &args, &batch_sizes, formats[0])).collect::<Result<Vec<_>>>()?;
         print_stdout(&format!("{}\n", json!({ "configs": configs })))?;
         return Ok(());
     }
@@ -175,11 +186,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     let mut configs = Vec::new();
     for spec in &specs {
-        let mut result = run_child(spec, &args, threads)?;
-        if let Some(bw) = &bandwidth {
-            add_roofline(&mut result, bw.median);
+        for format in &formats {
+            let mut result = run_child(spec, &args, threads, *format)?;
+            if let Some(bw) = &bandwidth {
+                add_roofline(&mut result, bw.median);
+            }
+            configs.push(result);
         }
-        configs.push(result);
     }
     let report = json!({
         "engine": "hymba-ref",
@@ -211,6 +224,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
+/// A `--weights` entry: `bf16` (None) or a block format to quantize to; anything else is a usage
+/// error naming the flag.
+fn weights_format(text: &str) -> Result<Option<QuantType>> {
+    match text.trim() {
+        "bf16" => Ok(None),
+        other => crate::load::weights_format(other)
+            .map(Some)
+            .map_err(|_| Error::usage("--weights", text, "expected bf16, q8_0 or q4_0")),
+    }
+}
+
+/// The name of a weight format in reports: `bf16`, `q8_0`, `q4_0`.
+pub fn format_name(format: Option<QuantType>) -> &'static str {
+    format.map_or("bf16", QuantType::name)
+}
+
+/// (bytes the weights hold, bytes one decode step reads), counted from what the model holds:
+/// each matrix in its own format (bf16, or a quantized one's values and scales), every other
+/// tensor in f32. A step reads every tensor but the meta tokens, and of an untied embedding one row.
+fn weight_bytes(cfg: &HymbaConfig, w: &HymbaWeights) -> (u64, f64) {
+    let held = w.matrices();
+    let matrix_params: usize = held.iter().map(|m| m.rows() * m.cols()).sum();
+    let matrix_bytes: usize = held.iter().map(|m| m.bytes()).sum();
+    let matrix_read: usize = (cfg.tensors().iter())
+        .filter(|t| t.spec.storage == Storage::Matrix)
+        .map(|t| match t.spec.decode_read {
+            DecodeRead::EmbeddingRow if !cfg.tie_word_embeddings => cfg.hidden_size,
+            _ => t.elements(),
+        })
+        .sum();
+    let (params, params_read) = (cfg.parameter_count(), cfg.decode_read_parameters());
+    let per_matrix_param = matrix_bytes as f64 / matrix_params as f64;
+    let total = matrix_bytes + 4 * (params - matrix_params);
+    (total as u64, matrix_read as f64 * per_matrix_param + 4.0 * (params_read - matrix_read) as f64)
+}
+
 /// A config to benchmark: its display name and the text of its `config.json`.
 struct ConfigSpec {
     name: String,
@@ -235,7 +284,7 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
 }
 
 /// Run one config in a fresh child process of this binary; its JSON result.
-fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Value> {
+fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize, format: Option<QuantType>) -> Result<Value> {
     let exe = std::env::current_exe().map_err(|e| Error::input(format!("cannot find this program: {e}")))?;
     let contexts: Vec<String> = args.contexts.iter().map(|c| c.to_string()).collect();
     let mut cmd = Command::new(&exe);
@@ -243,6 +292,7 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
         .args(["--threads", &threads.to_string(), "--runs", &args.runs.to_string()])
         .args(["--decode-tokens", &args.decode_tokens.to_string(), "--seed", &args.seed.to_string()])
         .args(["--batch-sizes", &args.batch_sizes.join(",")])
+        .args(["--weights", format_name(format)])
         .args(args.synthetic_cache.then_some("--synthetic-cache"))
         // Any library thread pool that sizes itself from the environment gets the same count.
         .env("RAYON_NUM_THREADS", threads.to_string())
@@ -261,7 +311,7 @@ fn run_child(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Valu
     let out = cmd.output().map_err(|e| Error::io(&exe, "run", e))?;
     if !out.status.success() {
         let hint = if out.status.code().is_none() { "; killed by a signal, perhaps out of memory" } else { "" };
-        return Err(Error::input(format!("benchmarking config {} failed ({}{hint})", spec.name, out.status)));
+        return Err(Error::input(format!("benchmarking config {} ({}) failed ({}{hint})", spec.name, format_name(format), out.status)));
     }
     let value: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::input(format!("config {}: the child printed no valid JSON: {e}", spec.name)))?;
@@ -356,15 +406,6 @@ fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-/// The bytes the weights hold in memory: every matrix at the bytes it is kept in (bf16 from
-/// random weights, or quantized blocks and their scales), the other tensors of the weight table
-/// (vectors, conv kernels, meta tokens, A) as f32.
-fn held_weight_bytes(cfg: &HymbaConfig, weights: &HymbaWeights) -> u64 {
-    let matrices: usize = weights.matrices().iter().map(|m| m.bytes()).sum();
-    let vectors = |t: &TensorSpec| if t.spec.storage == Storage::Matrix { 0 } else { 4 * t.elements() };
-    (matrices + cfg.tensors().iter().map(vectors).sum::<usize>()) as u64
-}
-
 /// Bytes a sequence's cache holds, counted as f32 (K/V rows, conv and scan state).
 fn cache_bytes(cache: &HybridCache) -> u64 {
     cache.allocated_scalars().bytes(ScalarType::F32) as u64
@@ -377,7 +418,7 @@ fn rss_growth(base: Option<u64>) -> Option<u64> {
 }
 
 /// Build one config's model from random weights and time it at every context (child side).
-fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) -> Result<Value> {
+fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize], format: Option<QuantType>) -> Result<Value> {
     let cfg = HymbaConfig::from_json_str(&spec.json)?;
     let source = RandomWeights::new(&cfg, args.seed);
     let (params, params_read) = (cfg.parameter_count() as u64, cfg.decode_read_parameters() as u64);
@@ -388,8 +429,17 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
     let start = Instant::now();
     let weights = HymbaWeights::from_checkpoint(&cfg, &source)?;
     let load_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let (cfg, weights) = match format {
+        Some(kind) => {
+            eprintln!("[bench] {}: quantizing to {kind}", spec.name);
+            crate::load::quantize_at_load(cfg, weights, kind, Path::new(&spec.name))?
+        }
+        None => (cfg, weights),
+    };
+    let quantize_seconds = format.map(|_| start.elapsed().as_secs_f64());
     let weights_rss = rss_growth(rss_base);
-    let weight_bytes = held_weight_bytes(&cfg, &weights);
+    let (weight_bytes, decode_bytes) = weight_bytes(&cfg, &weights);
     let start = Instant::now();
     let model = Hymba::new(cfg.clone(), weights);
     let meta_seconds = start.elapsed().as_secs_f64();
@@ -420,6 +470,7 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
     }
     Ok(json!({
         "name": spec.name,
+        "weights": format_name(format),
         "config": {
             "hidden_size": cfg.hidden_size,
             "num_hidden_layers": cfg.num_hidden_layers,
@@ -438,7 +489,8 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, batch_sizes: &[BatchSize]) 
         "model_rss_bytes": model_rss,
         "weights_only_rss_bytes": weights_rss,
         "bytes_per_param": bytes_per_param,
-        "decode_bytes_per_token": params_read as f64 * bytes_per_param,
+        "decode_bytes_per_token": decode_bytes,
+        "quantize_seconds": quantize_seconds,
         "meta_cache_bytes": meta_cache,
         "load_seconds": load_seconds,
         "meta_tokens_seconds": meta_seconds,
@@ -629,7 +681,10 @@ fn table(report: &Value) -> String {
             let f = |x: f64, digits: usize| if x.is_finite() { format!("{x:.digits$}") } else { "-".into() };
             out += &format!(
                 "{:<10} {:>8.1}M {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10} {:>9}\n",
-                cfg["name"].as_str().unwrap_or("?"),
+                match cfg["weights"].as_str() {
+                    Some(w) if w != "bf16" => format!("{} {w}", cfg["name"].as_str().unwrap_or("?")),
+                    _ => cfg["name"].as_str().unwrap_or("?").to_string(),
+                },
                 num(&cfg["params"]) / 1e6,
                 f(weights / MIB, 1),
                 f(num(&cfg["model_rss_bytes"]) / MIB, 1),

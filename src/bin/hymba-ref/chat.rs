@@ -77,7 +77,7 @@ pub fn warn_without_chat_template(dir: &Path) {
 pub fn run(args: ChatArgs) -> Result<()> {
     args.generation.start_thread_pool()?;
     let dir = model_dir(args.model.as_deref())?;
-    let loaded = load_model(&dir, !args.generation.no_prefix_cache)?;
+    let loaded = load_model(&dir, !args.generation.no_prefix_cache, args.generation.weights)?;
     let model = &loaded.model;
     let tokenizer = load_tokenizer(&dir)?;
     let options = args.generation.options(&dir)?;

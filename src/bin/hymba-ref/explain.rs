@@ -9,7 +9,6 @@ use hymba_ref::explain::html::{to_html, PageInfo};
 use hymba_ref::files::write_output;
 use hymba_ref::explain::json::to_json;
 use hymba_ref::explain::{explain, span_name, Options, Report};
-use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
 use std::fmt::Write;
@@ -38,6 +37,10 @@ pub struct ExplainArgs {
     /// Also score the prompt with each layer's attention, then SSM, branch removed (2 passes per layer).
     #[arg(long)]
     ablate: bool,
+    /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
+    /// docs/QUANTIZATION.md).
+    #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
+    weights: Option<hymba_ref::quant::QuantType>,
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {
@@ -51,7 +54,7 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         ..Options::default()
     };
     let dir = model_dir(args.model.as_deref())?;
-    let model = Hymba::from_dir(&dir)?;
+    let model = crate::load::load_plain(&dir, args.weights)?;
     let cfg = &model.config;
     check_in_model("--layers", options.layers.as_deref(), cfg.num_hidden_layers, "layer")?;
     check_in_model("--heads", options.heads.as_deref(), cfg.num_attention_heads, "attention head")?;

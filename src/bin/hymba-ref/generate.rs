@@ -67,7 +67,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     args.generation.start_thread_pool()?;
     let ids = args.ids.as_ref().map(|ids| ids.0.clone());
     let dir = model_dir(args.model.as_deref())?;
-    let loaded = load_model(&dir, !args.generation.no_prefix_cache)?;
+    let loaded = load_model(&dir, !args.generation.no_prefix_cache, args.generation.weights)?;
     let model = &loaded.model;
     let options = args.generation.options(&dir)?;
     let stops = &args.generation.stop;

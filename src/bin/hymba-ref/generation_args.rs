@@ -48,6 +48,10 @@ pub struct GenerationArgs {
     /// ($XDG_CACHE_HOME/hymba-ref, else ~/.cache/hymba-ref), and do not write it there.
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
+    /// docs/QUANTIZATION.md). The time it takes is shown in the timing line.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
+    pub weights: Option<hymba_ref::quant::QuantType>,
 }
 
 impl GenerationArgs {

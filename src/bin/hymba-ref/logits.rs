@@ -3,7 +3,6 @@
 use crate::args::{model_dir, token_ids, TokenIds};
 use clap::Args;
 use hymba_ref::checkpoint::safetensors::write_f32;
-use hymba_ref::model::Hymba;
 use hymba_ref::{Error, Result};
 use std::path::PathBuf;
 
@@ -25,6 +24,10 @@ pub struct LogitsArgs {
     /// Without it: one full-sequence forward pass.
     #[arg(long, value_name = "K", value_parser = crate::args::count::<1, { crate::args::MAX_TOKENS }>, allow_negative_numbers = true)]
     prefill: Option<usize>,
+    /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
+    /// docs/QUANTIZATION.md). The time it takes is shown in the timing line.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
+    weights: Option<hymba_ref::quant::QuantType>,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
@@ -34,7 +37,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     }
     // Refuse an --out that would never be written (a directory, a dangling link) before the work.
     hymba_ref::files::output_target(&args.out)?;
-    let model = Hymba::from_dir(&model_dir(args.model.as_deref())?)?;
+    let model = crate::load::load_plain(&model_dir(args.model.as_deref())?, args.weights)?;
     model.check_ids(&ids)?;
     let logits = match args.prefill {
         None => model.forward(&ids)?,

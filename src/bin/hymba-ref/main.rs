@@ -20,6 +20,7 @@ mod load;
 mod logits;
 mod perplexity;
 mod serve;
+mod quantize;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Watch one forward pass of a prompt: attention maps and shares, branch balance, SSM memory, the cache.
     Explain(explain::ExplainArgs),
+    /// Write a q8_0 or q4_0 copy of a bf16/f32 checkpoint (a new directory that loads like any other).
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Quantize(args) => quantize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

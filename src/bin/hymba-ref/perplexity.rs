@@ -4,7 +4,6 @@ use crate::args::{count, model_dir, print_stdout, MAX_TOKENS};
 use clap::Args;
 use hymba_ref::files;
 use hymba_ref::eval::{perplexity, windows};
-use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
 use std::io::{IsTerminal, Write};
@@ -26,6 +25,10 @@ pub struct PerplexityArgs {
     /// least context − stride tokens before it (except in the first window).
     #[arg(long, value_name = "S", value_parser = count::<1, MAX_TOKENS>, allow_negative_numbers = true)]
     stride: Option<usize>,
+    /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
+    /// docs/QUANTIZATION.md). The time it takes is shown in the timing line.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
+    weights: Option<hymba_ref::quant::QuantType>,
 }
 
 /// Print the number of scored tokens, the mean NLL (nats/token) and the perplexity.
@@ -37,7 +40,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     }
     let dir = model_dir(args.model.as_deref())?;
     let text = files::read_text_capped(&args.file, files::TEXT)?;
-    let model = Hymba::from_dir(&dir)?;
+    let model = crate::load::load_plain(&dir, args.weights)?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
     tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let ids = tokenizer.encode(&text, true);

@@ -6,11 +6,15 @@
 //! (the first token is the last thing the child computes); the child reports the split (load,
 //! meta prefix, prefill) and its peak RSS. The children's prefix cache is a directory inside the
 //! checkpoint's: the first run computes the prefix and stores it, the later runs read it (a
-//! user's second start). Each is reported apart. The directory is removed afterwards.
+//! user's second start). Each is reported apart. The directory is removed afterwards. With
+//! `--weights q8_0|q4_0` the bf16 checkpoint is quantized to a second directory (as `hymba-ref
+//! quantize` does), which is the one the runs load.
 
 use super::{argmax, cache_bytes, median, memory, random_ids, BenchArgs, ConfigSpec};
 use crate::load::load_model;
+use hymba_ref::checkpoint::quantized::write_quantized;
 use hymba_ref::checkpoint::random::RandomWeights;
+use hymba_ref::quant::QuantType;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::{Error, Result};
 use serde_json::{json, Value};
@@ -31,11 +35,11 @@ impl Drop for ScratchCheckpoint {
 }
 
 /// Measure every config from disk; one JSON value per config.
-pub fn bench_configs(specs: &[ConfigSpec], args: &BenchArgs, threads: usize) -> Result<Vec<Value>> {
-    specs.iter().map(|spec| bench_config(spec, args, threads)).collect()
+pub fn bench_configs(specs: &[ConfigSpec], args: &BenchArgs, threads: usize, format: Option<QuantType>) -> Result<Vec<Value>> {
+    specs.iter().map(|spec| bench_config(spec, args, threads, format)).collect()
 }
 
-fn bench_config(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<Value> {
+fn bench_config(spec: &ConfigSpec, args: &BenchArgs, threads: usize, format: Option<QuantType>) -> Result<Value> {
     let cfg = HymbaConfig::from_json_str(&spec.json)?;
     let name: String = spec.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let dir = ScratchCheckpoint(std::env::temp_dir().join(format!("hymba-ref-bench-{}-{name}", std::process::id())));
@@ -46,6 +50,17 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<V
     let config_path = dir.0.join("config.json");
     std::fs::write(&config_path, &spec.json).map_err(|e| Error::io(&config_path, "write", e))?;
     let write_seconds = start.elapsed().as_secs_f64();
+    // The runs load `dir`, or its quantized copy.
+    let (dir, weight_bytes, quantize_seconds) = match format {
+        None => (dir, weight_bytes, None),
+        Some(kind) => {
+            let quantized = ScratchCheckpoint(dir.0.with_file_name(format!("hymba-ref-bench-{}-{name}-{kind}", std::process::id())));
+            eprintln!("[bench] {}: quantizing it to {kind} in {}", spec.name, quantized.0.display());
+            let start = Instant::now();
+            let bytes = write_quantized(&dir.0, &quantized.0, kind, |_, _, _| {})?;
+            (quantized, bytes, Some(start.elapsed().as_secs_f64()))
+        }
+    };
     warm_page_cache(&dir.0)?;
 
     let mut runs = Vec::new();
@@ -66,7 +81,9 @@ fn bench_config(spec: &ConfigSpec, args: &BenchArgs, threads: usize) -> Result<V
     let (computed, cached): (Vec<&Value>, Vec<&Value>) = runs.iter().partition(|r| r["child"]["prefix_from_cache"] != true);
     Ok(json!({
         "name": spec.name,
+        "weights": super::format_name(format),
         "weight_bytes_on_disk": weight_bytes,
+        "quantize_seconds": quantize_seconds,
         "shards": SHARDS,
         "write_seconds": write_seconds,
         "prefix_computed": summary(&computed),
@@ -128,7 +145,7 @@ fn run_child(dir: &Path, args: &BenchArgs, threads: usize) -> Result<(f64, Value
 
 /// Child side: load `dir` as `generate` does and compute the first token of a one-token prompt.
 pub fn child(dir: &Path, seed: u64) -> Result<Value> {
-    let loaded = load_model(dir, true)?;
+    let loaded = load_model(dir, true, None)?;
     let model = &loaded.model;
     let mut sequence = model.new_sequence();
     let prompt = random_ids(model.config.vocab_size, 1, seed);

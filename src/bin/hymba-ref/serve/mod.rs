@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// this seed) with its tokenizer: for load tests without the checkpoint.
     #[arg(long, value_name = "SEED", hide = true)]
     random_weights: Option<u64>,
+    /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
+    /// docs/QUANTIZATION.md).
+    #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
+    weights: Option<hymba_ref::quant::QuantType>,
 }
 
 /// What every request thread shares.
@@ -202,13 +206,17 @@ fn limit_malloc_arenas() {
 /// The model: the checkpoint's weights (meta prefix from the prefix cache), or `--random-weights`.
 fn load(dir: &Path, args: &ServeArgs) -> Result<(Hymba, String)> {
     let Some(seed) = args.random_weights else {
-        let loaded = load_model(dir, !args.no_prefix_cache)?;
+        let loaded = load_model(dir, !args.no_prefix_cache, args.weights)?;
         let timing = loaded.timing();
         return Ok((loaded.model, timing));
     };
     let start = Instant::now();
     let config = HymbaConfig::from_file(&dir.join("config.json"))?;
     let weights = HymbaWeights::from_checkpoint(&config, &RandomWeights::new(&config, seed))?;
+    let (config, weights) = match args.weights {
+        Some(kind) => crate::load::quantize_at_load(config, weights, kind, dir)?,
+        None => (config, weights),
+    };
     let model = Hymba::new(config, weights);
     Ok((model, format!("random weights (seed {seed}) and meta prefix: {:.3} s", start.elapsed().as_secs_f64())))
 }
