@@ -78,7 +78,7 @@ pub fn read_matrix(ckpt: &dyn TensorSource, kind: QuantType, t: &TensorSpec) -> 
             return Err(mismatch(&scales_name, dtype, Dtype::F16));
         }
     };
-    let q = Quantized::from_parts(kind, rows, cols, values, scales)
+    let q = Quantized::from_parts(kind, rows, cols, &values, &scales)
         .map_err(|e| Error::new(ErrorKind::NonFiniteWeight, format!("tensor '{}' ({kind}): {e}", t.name)))?;
     Ok(Matrix::from_quantized(q))
 }
@@ -162,8 +162,9 @@ fn fill(src: &Path, dir: &Path, kind: QuantType, mut progress: impl FnMut(usize,
             let q = matrix.quantize(kind).map_err(|e| Error::new(ErrorKind::NonFiniteWeight, format!("quantizing {} to {kind}: {e}", t.name)))?;
             let q = q.quantized().expect("just quantized");
             let (values_shape, scales_shape) = stored_shapes(kind, t.shape[0], t.shape[1]);
-            let scales: Vec<u8> = q.scales().iter().flat_map(|d| d.to_bits().to_le_bytes()).collect();
-            stored.push((t.name.clone(), values_dtype(kind), values_shape, q.values().to_vec()));
+            let (values, scales) = q.to_parts(); // the plain row-major layout files keep
+            let scales: Vec<u8> = scales.iter().flat_map(|d| d.to_bits().to_le_bytes()).collect();
+            stored.push((t.name.clone(), values_dtype(kind), values_shape, values));
             stored.push((scales_name(&t.name), Dtype::F16, scales_shape, scales));
         } else {
             let (shape, dtype, bytes) = ckpt.to_bytes(&t.name)?;

@@ -32,7 +32,6 @@ pub mod kernels;
 
 pub use kernels::{dots, dots_with, Kernel};
 
-use crate::values::Values;
 use half::f16;
 use rayon::prelude::*;
 use std::fmt;
@@ -85,18 +84,43 @@ impl fmt::Display for QuantType {
     }
 }
 
-/// A `[rows, cols]` matrix in blocks: `rows · blocks_per_row` scales and, per block,
-/// [`QuantType::block_bytes`] bytes of values, row after row (block b of row r at
-/// `(r · blocks_per_row + b) · block_bytes`).
+/// Weight rows the kernels compute at once (one f32 lane each of a 256-bit register), and so the
+/// rows a tile of [`Quantized`] holds.
+pub const GROUP: usize = 8;
+
+/// Bytes at the start of a tile: the 8 rows' scales, f16.
+pub const TILE_SCALE_BYTES: usize = 2 * GROUP;
+
+/// A `[rows, cols]` matrix in blocks, laid out in memory in the order the kernels read it.
+///
+/// The rows are taken 8 at a time (a *group*; the last one padded with rows of zeros), and a
+/// group's blocks are stored one after another as *tiles*. Tile (g, b) holds block b of rows
+/// `8g..8g + 8`: first their 8 scales, then their packed values interleaved 4 bytes at a time,
+/// bytes 0..4 of each of the 8 rows, then bytes 4..8 of each, and so on:
+///
+/// ```text
+/// tile (g, b) = [ d0 d1 … d7 | r0[0..4] r1[0..4] … r7[0..4] | r0[4..8] … r7[4..8] | … ]
+///                 16 bytes     32 bytes                       32 bytes
+/// ```
+///
+/// (272 bytes a tile in q8_0, 144 in q4_0.) Two things follow. A group is one run of memory read
+/// front to back, which the CPU's prefetchers follow best (8 rows read side by side are 16
+/// streams, values and scales, that they lose track of). And one 32-byte load holds 4 bytes of
+/// each of the 8 rows, so an instruction that adds up 4 adjacent byte products into a 32-bit
+/// lane (`vpdpbusd`), given the input's 4 matching bytes in every lane, leaves row r's partial
+/// sum in lane r: no shuffling to add a block up. llama.cpp repacks its Q4_0 for x86 and Arm the
+/// same way for the same reason.
+///
+/// Files keep the plain row-major layout of [`QuantType`]'s blocks: [`Quantized::from_parts`]
+/// packs it into tiles and [`Quantized::to_parts`] unpacks it; [`Quantized::block`] reads one
+/// row's block in its plain order, for the reference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quantized {
     kind: QuantType,
     rows: usize,
     cols: usize,
-    /// The packed values: q8_0's are `i8` stored as their two's-complement bytes.
-    values: Values<u8>,
-    /// One scale a block. (rows, blocks_per_row)
-    scales: Values<f16>,
+    /// (groups, blocks_per_row, tile_bytes): every tile, group after group.
+    tiles: Vec<u8>,
 }
 
 impl Quantized {
@@ -105,10 +129,17 @@ impl Quantized {
         cols.div_ceil(BLOCK)
     }
 
-    /// The parts of a stored quantized matrix, checked: `values` must hold
-    /// `rows · blocks · block_bytes` bytes and `scales` `rows · blocks` finite values.
-    pub fn from_parts(kind: QuantType, rows: usize, cols: usize, values: Values<u8>, scales: Values<f16>) -> Result<Quantized, String> {
-        let blocks = rows.checked_mul(Self::blocks_per_row(cols)).ok_or("the shape overflows")?;
+    /// Bytes of one tile of `kind`: 8 scales and 8 blocks of values.
+    pub fn tile_bytes(kind: QuantType) -> usize {
+        TILE_SCALE_BYTES + GROUP * kind.block_bytes()
+    }
+
+    /// The parts of a stored quantized matrix, checked and packed into tiles: `values` must hold
+    /// `rows · blocks · block_bytes` bytes (block b of row r at `(r · blocks + b) · block_bytes`)
+    /// and `scales` `rows · blocks` finite values.
+    pub fn from_parts(kind: QuantType, rows: usize, cols: usize, values: &[u8], scales: &[f16]) -> Result<Quantized, String> {
+        let per_row = Self::blocks_per_row(cols);
+        let blocks = rows.checked_mul(per_row).ok_or("the shape overflows")?;
         if scales.len() != blocks {
             return Err(format!("{kind} [{rows}, {cols}] needs {blocks} scales (one per block of {BLOCK}), found {}", scales.len()));
         }
@@ -117,40 +148,58 @@ impl Quantized {
             return Err(format!("{kind} [{rows}, {cols}] needs {bytes} bytes of values ({blocks} blocks), found {}", values.len()));
         }
         if let Some(i) = scales.iter().position(|d| !d.is_finite()) {
-            let per_row = Self::blocks_per_row(cols);
             return Err(format!("scale {i} (row {}, block {}) is {}, not a finite number", i / per_row, i % per_row, scales[i]));
         }
-        Ok(Quantized { kind, rows, cols, values, scales })
+        let row_bytes = per_row * kind.block_bytes();
+        Ok(Self::packed(kind, rows, cols, |g, tiles| {
+            let group = g * GROUP..((g + 1) * GROUP).min(rows);
+            let values: Vec<&[u8]> = group.clone().map(|r| &values[r * row_bytes..(r + 1) * row_bytes]).collect();
+            let scales: Vec<&[f16]> = group.map(|r| &scales[r * per_row..(r + 1) * per_row]).collect();
+            pack_group(kind, &values, &scales, tiles);
+            Ok(())
+        })
+        .expect("packing checked parts cannot fail"))
     }
 
-    /// Quantize a `[rows, cols]` matrix whose row r `row(r, out)` writes in f32 (rows in
-    /// parallel). Fails if a block's scale does not fit an f16 (a weight beyond about 8·10⁶ in
+    /// Quantize a `[rows, cols]` matrix whose row r `row(r, out)` writes in f32 (groups of 8 rows
+    /// in parallel). Fails if a block's scale does not fit an f16 (a weight beyond about 8·10⁶ in
     /// q8_0) or is not finite (a weight that is not).
     pub fn quantize(kind: QuantType, rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Result<Quantized, String> {
-        let blocks = Self::blocks_per_row(cols);
-        let row_bytes = blocks * kind.block_bytes();
-        let mut values = vec![0u8; rows * row_bytes];
-        let mut scales = vec![f16::ZERO; rows * blocks];
-        let rows_done = values.par_chunks_mut(row_bytes.max(1)).zip(scales.par_chunks_mut(blocks.max(1))).enumerate();
-        rows_done.try_for_each_init(
-            || vec![0f32; blocks * BLOCK],
-            |padded, (r, (values, scales))| {
-                row(r, &mut padded[..cols]); // (cols), then zeros to whole blocks
-                for b in 0..blocks {
+        let per_row = Self::blocks_per_row(cols);
+        let row_bytes = per_row * kind.block_bytes();
+        Self::packed(kind, rows, cols, |g, tiles| {
+            let group = g * GROUP..((g + 1) * GROUP).min(rows);
+            let mut values = vec![vec![0u8; row_bytes]; group.len()]; // (rows of the group, blocks · block_bytes)
+            let mut scales = vec![vec![f16::ZERO; per_row]; group.len()]; // (rows of the group, blocks)
+            let mut padded = vec![0f32; per_row * BLOCK]; // (cols), then zeros to whole blocks
+            for (i, r) in group.enumerate() {
+                row(r, &mut padded[..cols]);
+                for b in 0..per_row {
                     let block: &[f32; BLOCK] = padded[b * BLOCK..(b + 1) * BLOCK].try_into().expect("a whole block");
-                    let out = &mut values[b * kind.block_bytes()..(b + 1) * kind.block_bytes()];
-                    scales[b] = match kind {
+                    let out = &mut values[i][b * kind.block_bytes()..(b + 1) * kind.block_bytes()];
+                    let d = match kind {
                         QuantType::Q8_0 => quantize_block_q8_0(block, out),
                         QuantType::Q4_0 => quantize_block_q4_0(block, out),
                     };
-                    if !scales[b].is_finite() {
-                        return Err(format!("row {r}, block {b}: the scale {} is not a finite f16 (a weight is too large or not finite)", scales[b]));
+                    if !d.is_finite() {
+                        return Err(format!("row {r}, block {b}: the scale {d} is not a finite f16 (a weight is too large or not finite)"));
                     }
+                    scales[i][b] = d;
                 }
-                Ok(())
-            },
-        )?;
-        Ok(Quantized { kind, rows, cols, values: values.into(), scales: scales.into() })
+            }
+            let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+            let scales: Vec<&[f16]> = scales.iter().map(Vec::as_slice).collect();
+            pack_group(kind, &values, &scales, tiles);
+            Ok(())
+        })
+    }
+
+    /// A matrix whose group g's tiles `fill(g, tiles)` writes (groups in parallel).
+    fn packed(kind: QuantType, rows: usize, cols: usize, fill: impl Fn(usize, &mut [u8]) -> Result<(), String> + Sync) -> Result<Quantized, String> {
+        let group_bytes = Self::blocks_per_row(cols) * Self::tile_bytes(kind);
+        let mut tiles = vec![0u8; rows.div_ceil(GROUP) * group_bytes];
+        tiles.par_chunks_mut(group_bytes.max(1)).enumerate().try_for_each(|(g, tiles)| fill(g, tiles))?;
+        Ok(Quantized { kind, rows, cols, tiles })
     }
 
     /// [`Quantized::quantize`] of a row-major f32 matrix.
@@ -171,43 +220,81 @@ impl Quantized {
         self.cols
     }
 
-    /// The packed values, block after block. (rows · blocks · block_bytes)
-    pub fn values(&self) -> &[u8] {
-        &self.values
+    /// Group g's tiles (rows `8g..8g + 8`), block after block. (blocks_per_row, tile_bytes)
+    pub fn group(&self, g: usize) -> &[u8] {
+        let group_bytes = Self::blocks_per_row(self.cols) * Self::tile_bytes(self.kind);
+        &self.tiles[g * group_bytes..(g + 1) * group_bytes]
     }
 
-    /// The scales. (rows · blocks)
-    pub fn scales(&self) -> &[f16] {
-        &self.scales
-    }
-
-    /// Bytes held: values and scales.
+    /// Bytes held: the tiles (the last group's padding rows included, at most 7 rows).
     pub fn bytes(&self) -> usize {
-        self.values.len() + 2 * self.scales.len()
+        self.tiles.len()
     }
 
-    /// Row `r`'s blocks: (its packed values, its scales).
-    pub fn row(&self, r: usize) -> (&[u8], &[f16]) {
-        let blocks = Self::blocks_per_row(self.cols);
-        let bytes = blocks * self.kind.block_bytes();
-        (&self.values[r * bytes..(r + 1) * bytes], &self.scales[r * blocks..(r + 1) * blocks])
+    /// Row r's block b in the plain order of [`QuantType`] (the first `block_bytes` bytes of the
+    /// array; q4_0's byte j holds weights j and j + 16), and its scale.
+    pub fn block(&self, r: usize, b: usize) -> ([u8; BLOCK], f16) {
+        let (g, lane) = (r / GROUP, r % GROUP);
+        let tile = &self.group(g)[b * Self::tile_bytes(self.kind)..][..Self::tile_bytes(self.kind)];
+        let d = f16::from_le_bytes([tile[2 * lane], tile[2 * lane + 1]]);
+        let mut bytes = [0u8; BLOCK];
+        for (j, byte) in bytes[..self.kind.block_bytes()].iter_mut().enumerate() {
+            *byte = tile[TILE_SCALE_BYTES + (j / 4) * 4 * GROUP + lane * 4 + j % 4];
+        }
+        (bytes, d)
+    }
+
+    /// The plain row-major parts, as files store them (what [`Quantized::from_parts`] takes):
+    /// (values (rows · blocks · block_bytes), scales (rows · blocks)).
+    pub fn to_parts(&self) -> (Vec<u8>, Vec<f16>) {
+        let (per_row, bytes) = (Self::blocks_per_row(self.cols), self.kind.block_bytes());
+        let mut values = Vec::with_capacity(self.rows * per_row * bytes);
+        let mut scales = Vec::with_capacity(self.rows * per_row);
+        for r in 0..self.rows {
+            for b in 0..per_row {
+                let (block, d) = self.block(r, b);
+                values.extend_from_slice(&block[..bytes]);
+                scales.push(d);
+            }
+        }
+        (values, scales)
     }
 
     /// Weights `first..first + out.len()` of row `r` in f32 (`d · q` or `d · (q − 8)`).
     pub fn dequantize_row_into(&self, r: usize, first: usize, out: &mut [f32]) {
         debug_assert!(first + out.len() <= self.cols);
-        let (values, scales) = self.row(r);
         let mut block = [0f32; BLOCK];
         let mut c = first;
         let mut out = out;
         while !out.is_empty() {
             let (b, k) = (c / BLOCK, c % BLOCK);
-            let bytes = &values[b * self.kind.block_bytes()..(b + 1) * self.kind.block_bytes()];
-            dequantize_block(self.kind, bytes, scales[b], &mut block);
+            let (bytes, d) = self.block(r, b);
+            dequantize_block(self.kind, &bytes[..self.kind.block_bytes()], d, &mut block);
             let n = (BLOCK - k).min(out.len());
             out[..n].copy_from_slice(&block[k..k + n]);
             out = &mut out[n..];
             c += n;
+        }
+    }
+}
+
+/// Write the tiles of one group: `values[i]` and `scales[i]` are row i's plain blocks (up to 8
+/// rows; missing rows are padded with zero scales and zero weights). tiles: (blocks, tile_bytes)
+fn pack_group(kind: QuantType, values: &[&[u8]], scales: &[&[f16]], tiles: &mut [u8]) {
+    debug_assert!(values.len() <= GROUP && values.len() == scales.len());
+    let (bytes, tile_bytes) = (kind.block_bytes(), Quantized::tile_bytes(kind));
+    let zero_weights = match kind {
+        QuantType::Q8_0 => 0x00,
+        QuantType::Q4_0 => 0x88, // q = 8 in both nibbles: a weight of 0
+    };
+    for (b, tile) in tiles.chunks_exact_mut(tile_bytes).enumerate() {
+        for lane in 0..GROUP {
+            let d = scales.get(lane).map_or(f16::ZERO, |s| s[b]);
+            tile[2 * lane..2 * lane + 2].copy_from_slice(&d.to_le_bytes());
+            for j in 0..bytes {
+                let byte = values.get(lane).map_or(zero_weights, |v| v[b * bytes + j]);
+                tile[TILE_SCALE_BYTES + (j / 4) * 4 * GROUP + lane * 4 + j % 4] = byte;
+            }
         }
     }
 }
@@ -261,6 +348,8 @@ pub struct QuantizedRow {
     pub q: Vec<i8>,
     /// (blocks)
     pub d: Vec<f32>,
+    /// Σ q over each block, for the kernels that multiply offset weights (`Σ (w + c)·x − c·Σ x`). (blocks)
+    pub sums: Vec<i32>,
 }
 
 impl QuantizedRow {
@@ -271,14 +360,17 @@ impl QuantizedRow {
         self.q.clear();
         self.q.resize(blocks * BLOCK, 0);
         self.d.clear();
+        self.sums.clear();
         for (b, chunk) in x.chunks(BLOCK).enumerate() {
             let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            for (q, v) in self.q[b * BLOCK..].iter_mut().zip(chunk) {
+            let q = &mut self.q[b * BLOCK..(b + 1) * BLOCK];
+            for (q, v) in q.iter_mut().zip(chunk) {
                 *q = (v * id).round_ties_even() as i8;
             }
             self.d.push(d);
+            self.sums.push(q.iter().map(|&q| q as i32).sum());
         }
     }
 
@@ -287,17 +379,17 @@ impl QuantizedRow {
     }
 }
 
-/// `x · w` for one weight row `w` (its packed values and scales) and an input row quantized by
-/// [`QuantizedRow::quantize`]: per block the exact integer sum `Σ qw·qx`, then over the blocks,
-/// in order, `sum += (dw · dx) · Σ` in f32. The plain truth every fast kernel is tested against.
-pub fn dot_reference(kind: QuantType, x: &QuantizedRow, values: &[u8], scales: &[f16]) -> f32 {
-    debug_assert_eq!(x.blocks(), scales.len());
+/// `x · w_r` for row `r` of `w` and an input row quantized by [`QuantizedRow::quantize`]: per
+/// block the exact integer sum `Σ qw·qx`, then over the blocks, in order, `sum += (dw · dx) · Σ`
+/// in f32. The plain truth every fast kernel is tested against.
+pub fn dot_reference(w: &Quantized, r: usize, x: &QuantizedRow) -> f32 {
+    debug_assert_eq!(x.blocks(), Quantized::blocks_per_row(w.cols()));
     let mut sum = 0f32;
-    for (b, &dw) in scales.iter().enumerate() {
+    for b in 0..x.blocks() {
+        let (qw, dw) = w.block(r, b); // (32) plain bytes, the scale
         let qx = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let qw = &values[b * kind.block_bytes()..(b + 1) * kind.block_bytes()];
-        let isum: i32 = match kind {
-            QuantType::Q8_0 => qx.iter().zip(qw).map(|(&x, &w)| x as i32 * (w as i8) as i32).sum(),
+        let isum: i32 = match w.kind() {
+            QuantType::Q8_0 => qx.iter().zip(qw).map(|(&x, w)| x as i32 * (w as i8) as i32).sum(),
             QuantType::Q4_0 => (0..BLOCK / 2)
                 .map(|j| {
                     let (lo, hi) = ((qw[j] & 0x0F) as i32 - 8, (qw[j] >> 4) as i32 - 8);
@@ -313,8 +405,7 @@ pub fn dot_reference(kind: QuantType, x: &QuantizedRow, values: &[u8], scales: &
 /// `out[r] = x · w_r` for consecutive weight rows `first..first + out.len()` of `w`.
 pub fn dots_reference(w: &Quantized, x: &QuantizedRow, first: usize, out: &mut [f32]) {
     for (r, out) in out.iter_mut().enumerate() {
-        let (values, scales) = w.row(first + r);
-        *out = dot_reference(w.kind, x, values, scales);
+        *out = dot_reference(w, first + r, x);
     }
 }
 
@@ -345,12 +436,12 @@ mod tests {
         let w = sample(rows * cols, 0.3);
         for kind in QuantType::ALL {
             let q = Quantized::quantize_f32(kind, rows, cols, &w).unwrap();
-            assert_eq!(q.values().len(), rows * 4 * kind.block_bytes());
+            assert_eq!(q.bytes(), 4 * Quantized::tile_bytes(kind), "one group of 8 rows (3 padding), 4 blocks");
             let mut back = vec![0f32; cols];
             for r in 0..rows {
                 q.dequantize_row_into(r, 0, &mut back);
                 for (c, (&got, &want)) in back.iter().zip(&w[r * cols..]).enumerate() {
-                    let d = q.row(r).1[c / BLOCK].to_f32().abs();
+                    let d = q.block(r, c / BLOCK).1.to_f32().abs();
                     let step = if kind == QuantType::Q8_0 { 0.5 } else { 1.0 };
                     assert!((got - want).abs() <= d * step + want.abs() * 1e-3, "{kind} row {r} col {c}: {got} for {want}, d = {d}");
                 }
@@ -361,20 +452,45 @@ mod tests {
             }
         }
         let zeros = Quantized::quantize_f32(QuantType::Q4_0, 1, 32, &[0.0; 32]).unwrap();
-        assert!(zeros.scales()[0] == f16::ZERO && zeros.values().iter().all(|&b| b == 0x88));
+        let (values, scales) = zeros.to_parts();
+        assert!(scales == [f16::ZERO] && values.iter().all(|&b| b == 0x88));
+    }
+
+    /// The tile layout as [`Quantized`] draws it: scales first, then 4 bytes of each of the 8
+    /// rows at a time; padding rows of zeros; and back to the plain parts unchanged.
+    #[test]
+    fn tiles_interleave_8_rows_4_bytes_at_a_time_and_unpack_to_the_parts() {
+        let (rows, cols) = (11, 64); // two groups (the second with 5 padding rows), 2 blocks a row
+        for kind in QuantType::ALL {
+            let bytes = kind.block_bytes();
+            let values: Vec<u8> = (0..rows * 2 * bytes).map(|i| (i % 251) as u8).collect();
+            let scales: Vec<f16> = (0..rows * 2).map(|i| f16::from_f32(i as f32)).collect();
+            let q = Quantized::from_parts(kind, rows, cols, &values, &scales).unwrap();
+            assert_eq!(q.bytes(), 2 * 2 * Quantized::tile_bytes(kind));
+            let tile = &q.group(0)[Quantized::tile_bytes(kind)..2 * Quantized::tile_bytes(kind)]; // rows 0..8, block 1
+            for lane in 0..GROUP {
+                assert_eq!(f16::from_le_bytes([tile[2 * lane], tile[2 * lane + 1]]), scales[lane * 2 + 1]);
+                for j in 0..bytes {
+                    let at = TILE_SCALE_BYTES + (j / 4) * 32 + lane * 4 + j % 4;
+                    assert_eq!(tile[at], values[(lane * 2 + 1) * bytes + j], "{kind} row {lane} byte {j}");
+                }
+            }
+            let padding = &q.group(1)[..TILE_SCALE_BYTES]; // rows 8..16, block 0: rows 11.. padded
+            assert!(padding[2 * 3..].iter().all(|&b| b == 0), "{kind}: padding rows have zero scales");
+            assert_eq!(q.to_parts(), (values, scales), "{kind}");
+        }
     }
 
     #[test]
     fn parts_are_checked() {
         let q = Quantized::quantize_f32(QuantType::Q8_0, 2, 40, &sample(80, 0.1)).unwrap();
-        let values: Values<u8> = q.values().to_vec().into();
-        let scales: Values<f16> = q.scales().to_vec().into();
-        assert_eq!(Quantized::from_parts(QuantType::Q8_0, 2, 40, values.clone(), scales.clone()), Ok(q));
-        assert!(Quantized::from_parts(QuantType::Q4_0, 2, 40, values.clone(), scales.clone()).unwrap_err().contains("bytes"));
-        assert!(Quantized::from_parts(QuantType::Q8_0, 3, 40, values.clone(), scales.clone()).unwrap_err().contains("scales"));
+        let (values, scales) = q.to_parts();
+        assert_eq!(Quantized::from_parts(QuantType::Q8_0, 2, 40, &values, &scales), Ok(q));
+        assert!(Quantized::from_parts(QuantType::Q4_0, 2, 40, &values, &scales).unwrap_err().contains("bytes"));
+        assert!(Quantized::from_parts(QuantType::Q8_0, 3, 40, &values, &scales).unwrap_err().contains("scales"));
         let mut bad = scales.to_vec();
         bad[3] = f16::NAN;
-        assert!(Quantized::from_parts(QuantType::Q8_0, 2, 40, values, bad.into()).unwrap_err().contains("scale 3"));
+        assert!(Quantized::from_parts(QuantType::Q8_0, 2, 40, &values, &bad).unwrap_err().contains("scale 3"));
         assert!(Quantized::quantize_f32(QuantType::Q8_0, 1, 2, &[1e7, 1.0]).unwrap_err().contains("f16"));
     }
 
@@ -393,8 +509,7 @@ mod tests {
             let mut w_back = vec![0f32; cols];
             q.dequantize_row_into(0, 0, &mut w_back);
             let want: f64 = w_back.iter().zip(&x_back).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let (values, scales) = q.row(0);
-            let got = dot_reference(kind, &qx, values, scales);
+            let got = dot_reference(&q, 0, &qx);
             assert!((got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{kind}: {got} vs {want}");
             let tolerance = if kind == QuantType::Q8_0 { 0.01 } else { 0.1 };
             assert!((got - exact).abs() <= tolerance * exact.abs().max(10.0), "{kind}: {got} vs exact {exact}");

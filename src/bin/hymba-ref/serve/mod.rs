@@ -133,7 +133,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     tokenizer.check_model_vocab(model.config.vocab_size, &dir)?;
     let config = model.config.clone();
     let max_cache_bytes = match args.max_cache_gb {
-        Some(gb) => (gb as f64 * 1e9) as usize,
+        Some(gb) => (gb * 1e9) as usize,
         None => available_memory().map_or(usize::MAX, |a| usize::try_from(a / 2).unwrap_or(usize::MAX)),
     };
     let capacity = capacity(&config, max_cache_bytes, args.max_batch);
