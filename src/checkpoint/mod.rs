@@ -84,6 +84,11 @@ pub trait TensorSource {
     fn to_elements(&self, name: &str) -> Result<(Vec<usize>, Elements)>;
     /// A tensor's stored little-endian bytes and dtype (a quantized matrix's packed values).
     fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)>;
+    /// `name`'s bytes are about to be copied out whole: a source read in place from a mapped
+    /// file brings them in at once. (Nothing to do for others.)
+    fn about_to_copy(&self, _name: &str) {}
+    /// `name` was copied out whole: a source read in place lets go of its pages.
+    fn done_with(&self, _name: &str) {}
 }
 
 impl TensorSource for Checkpoint {
@@ -101,6 +106,12 @@ impl TensorSource for Checkpoint {
     }
     fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
         Checkpoint::to_bytes(self, name)
+    }
+    fn about_to_copy(&self, name: &str) {
+        Checkpoint::about_to_copy(self, name)
+    }
+    fn done_with(&self, name: &str) {
+        Checkpoint::done_with(self, name)
     }
 }
 
@@ -122,5 +133,11 @@ impl TensorSource for SafetensorsFile {
     }
     fn to_bytes(&self, name: &str) -> Result<(Vec<usize>, Dtype, Values<u8>)> {
         SafetensorsFile::to_bytes(self, name)
+    }
+    fn about_to_copy(&self, name: &str) {
+        SafetensorsFile::about_to_copy(self, name)
+    }
+    fn done_with(&self, name: &str) {
+        SafetensorsFile::done_with(self, name)
     }
 }

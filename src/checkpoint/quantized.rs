@@ -67,6 +67,9 @@ pub fn read_matrix(ckpt: &dyn TensorSource, kind: QuantType, t: &TensorSpec) -> 
             format!("tensor '{name}' is {found}, but config.json says the checkpoint is {kind}, which stores it as {want}"),
         )
     };
+    // The values are copied into tiles ([`Quantized`]'s layout), not read in place: brought in
+    // at once before, and let go of after, so the load peaks near one copy of the weights.
+    ckpt.about_to_copy(&t.name);
     let (_, dtype, values) = ckpt.to_bytes(&t.name)?;
     if dtype != values_dtype(kind) {
         return Err(mismatch(&t.name, dtype, values_dtype(kind)));
@@ -80,6 +83,9 @@ pub fn read_matrix(ckpt: &dyn TensorSource, kind: QuantType, t: &TensorSpec) -> 
     };
     let q = Quantized::from_parts(kind, rows, cols, &values, &scales)
         .map_err(|e| Error::new(ErrorKind::NonFiniteWeight, format!("tensor '{}' ({kind}): {e}", t.name)))?;
+    drop((values, scales));
+    ckpt.done_with(&t.name);
+    ckpt.done_with(&scales_name);
     Ok(Matrix::from_quantized(q))
 }
 

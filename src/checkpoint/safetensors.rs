@@ -377,6 +377,26 @@ impl SafetensorsFile {
         }
     }
 
+    /// For a tensor about to be copied out whole (a quantized matrix, packed into tiles): ask
+    /// the kernel to map all of its pages at once, far cheaper than a page fault for each 4 KiB
+    /// as the copy reaches it. Then [`SafetensorsFile::done_with`] after the copy.
+    pub fn about_to_copy(&self, name: &str) {
+        #[cfg(target_os = "linux")]
+        if let (Bytes::Mapped(map), Some(info)) = (&self.bytes, self.get(name)) {
+            let (begin, end) = info.data_offsets;
+            // A failure (a kernel before 5.14) only means the pages are faulted in one by one.
+            let _ = map.advise_range(memmap2::Advice::PopulateRead, self.data_start + begin, end - begin);
+        }
+    }
+
+    /// A tensor copied out whole is no longer needed in place: its mapped pages leave this
+    /// process's resident memory (see `release`).
+    pub fn done_with(&self, name: &str) {
+        if let Some(info) = self.get(name) {
+            self.release(info);
+        }
+    }
+
     fn lookup(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         match (self.get(name), self.bytes_of(name)) {
             (Some(info), Some(bytes)) => Ok((info, bytes)),

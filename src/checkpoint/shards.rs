@@ -224,6 +224,20 @@ impl Checkpoint {
         }
     }
 
+    /// [`SafetensorsFile::about_to_copy`] on the file holding `name`, if any.
+    pub fn about_to_copy(&self, name: &str) {
+        if let Some(&i) = self.file_of.get(name) {
+            self.files[i].about_to_copy(name);
+        }
+    }
+
+    /// [`SafetensorsFile::done_with`] on the file holding `name`, if any.
+    pub fn done_with(&self, name: &str) {
+        if let Some(&i) = self.file_of.get(name) {
+            self.files[i].done_with(name);
+        }
+    }
+
     /// Bytes of tensor data over all files (headers excluded).
     pub fn total_bytes(&self) -> usize {
         self.files.iter().flat_map(|f| f.tensors()).map(TensorInfo::byte_len).sum()

@@ -288,12 +288,15 @@ fn pack_group(kind: QuantType, values: &[&[u8]], scales: &[&[f16]], tiles: &mut 
         QuantType::Q4_0 => 0x88, // q = 8 in both nibbles: a weight of 0
     };
     for (b, tile) in tiles.chunks_exact_mut(tile_bytes).enumerate() {
+        let (head, body) = tile.split_at_mut(TILE_SCALE_BYTES); // (8) scales, (block_bytes / 4, 8, 4) values
         for lane in 0..GROUP {
-            let d = scales.get(lane).map_or(f16::ZERO, |s| s[b]);
-            tile[2 * lane..2 * lane + 2].copy_from_slice(&d.to_le_bytes());
-            for j in 0..bytes {
-                let byte = values.get(lane).map_or(zero_weights, |v| v[b * bytes + j]);
-                tile[TILE_SCALE_BYTES + (j / 4) * 4 * GROUP + lane * 4 + j % 4] = byte;
+            let (d, block) = match (scales.get(lane), values.get(lane)) {
+                (Some(s), Some(v)) => (s[b], &v[b * bytes..(b + 1) * bytes]),
+                _ => (f16::ZERO, &[zero_weights; BLOCK][..bytes]), // a padding row
+            };
+            head[2 * lane..2 * lane + 2].copy_from_slice(&d.to_le_bytes());
+            for (k, four) in block.chunks_exact(4).enumerate() {
+                body[(k * GROUP + lane) * 4..][..4].copy_from_slice(four);
             }
         }
     }
