@@ -35,6 +35,7 @@ pub use kernels::{dots, dots_with, Kernel};
 use half::f16;
 use rayon::prelude::*;
 use std::fmt;
+use std::ops::Range;
 
 /// Weights per block (and input values per activation block).
 pub const BLOCK: usize = 32;
@@ -151,8 +152,7 @@ impl Quantized {
             return Err(format!("scale {i} (row {}, block {}) is {}, not a finite number", i / per_row, i % per_row, scales[i]));
         }
         let row_bytes = per_row * kind.block_bytes();
-        Ok(Self::packed(kind, rows, cols, |g, tiles| {
-            let group = g * GROUP..((g + 1) * GROUP).min(rows);
+        Ok(Self::packed(kind, rows, cols, |group, tiles| {
             let values: Vec<&[u8]> = group.clone().map(|r| &values[r * row_bytes..(r + 1) * row_bytes]).collect();
             let scales: Vec<&[f16]> = group.map(|r| &scales[r * per_row..(r + 1) * per_row]).collect();
             pack_group(kind, &values, &scales, tiles);
@@ -167,8 +167,7 @@ impl Quantized {
     pub fn quantize(kind: QuantType, rows: usize, cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Result<Quantized, String> {
         let per_row = Self::blocks_per_row(cols);
         let row_bytes = per_row * kind.block_bytes();
-        Self::packed(kind, rows, cols, |g, tiles| {
-            let group = g * GROUP..((g + 1) * GROUP).min(rows);
+        Self::packed(kind, rows, cols, |group, tiles| {
             let mut values = vec![vec![0u8; row_bytes]; group.len()]; // (rows of the group, blocks · block_bytes)
             let mut scales = vec![vec![f16::ZERO; per_row]; group.len()]; // (rows of the group, blocks)
             let mut padded = vec![0f32; per_row * BLOCK]; // (cols), then zeros to whole blocks
@@ -194,11 +193,12 @@ impl Quantized {
         })
     }
 
-    /// A matrix whose group g's tiles `fill(g, tiles)` writes (groups in parallel).
-    fn packed(kind: QuantType, rows: usize, cols: usize, fill: impl Fn(usize, &mut [u8]) -> Result<(), String> + Sync) -> Result<Quantized, String> {
+    /// A matrix whose tiles of each group `fill(its rows, tiles)` writes (groups in parallel;
+    /// the last group's rows stop at `rows`).
+    fn packed(kind: QuantType, rows: usize, cols: usize, fill: impl Fn(Range<usize>, &mut [u8]) -> Result<(), String> + Sync) -> Result<Quantized, String> {
         let group_bytes = Self::blocks_per_row(cols) * Self::tile_bytes(kind);
         let mut tiles = vec![0u8; rows.div_ceil(GROUP) * group_bytes];
-        tiles.par_chunks_mut(group_bytes.max(1)).enumerate().try_for_each(|(g, tiles)| fill(g, tiles))?;
+        tiles.par_chunks_mut(group_bytes.max(1)).enumerate().try_for_each(|(g, tiles)| fill(g * GROUP..((g + 1) * GROUP).min(rows), tiles))?;
         Ok(Quantized { kind, rows, cols, tiles })
     }
 
@@ -239,7 +239,7 @@ impl Quantized {
         let d = f16::from_le_bytes([tile[2 * lane], tile[2 * lane + 1]]);
         let mut bytes = [0u8; BLOCK];
         for (j, byte) in bytes[..self.kind.block_bytes()].iter_mut().enumerate() {
-            *byte = tile[TILE_SCALE_BYTES + (j / 4) * 4 * GROUP + lane * 4 + j % 4];
+            *byte = tile[value_at(lane, j)];
         }
         (bytes, d)
     }
@@ -278,6 +278,12 @@ impl Quantized {
     }
 }
 
+/// Where in a tile byte j of row `lane`'s block sits: after the 8 scales, in runs of 4 bytes,
+/// the 8 rows' bytes 0..4, then their bytes 4..8, and so on. (tile: scales, (block_bytes / 4, 8, 4))
+fn value_at(lane: usize, j: usize) -> usize {
+    TILE_SCALE_BYTES + ((j / 4) * GROUP + lane) * 4 + j % 4
+}
+
 /// Write the tiles of one group: `values[i]` and `scales[i]` are row i's plain blocks (up to 8
 /// rows; missing rows are padded with zero scales and zero weights). tiles: (blocks, tile_bytes)
 fn pack_group(kind: QuantType, values: &[&[u8]], scales: &[&[f16]], tiles: &mut [u8]) {
@@ -288,15 +294,14 @@ fn pack_group(kind: QuantType, values: &[&[u8]], scales: &[&[f16]], tiles: &mut 
         QuantType::Q4_0 => 0x88, // q = 8 in both nibbles: a weight of 0
     };
     for (b, tile) in tiles.chunks_exact_mut(tile_bytes).enumerate() {
-        let (head, body) = tile.split_at_mut(TILE_SCALE_BYTES); // (8) scales, (block_bytes / 4, 8, 4) values
         for lane in 0..GROUP {
             let (d, block) = match (scales.get(lane), values.get(lane)) {
                 (Some(s), Some(v)) => (s[b], &v[b * bytes..(b + 1) * bytes]),
                 _ => (f16::ZERO, &[zero_weights; BLOCK][..bytes]), // a padding row
             };
-            head[2 * lane..2 * lane + 2].copy_from_slice(&d.to_le_bytes());
+            tile[2 * lane..2 * lane + 2].copy_from_slice(&d.to_le_bytes());
             for (k, four) in block.chunks_exact(4).enumerate() {
-                body[(k * GROUP + lane) * 4..][..4].copy_from_slice(four);
+                tile[value_at(lane, 4 * k)..][..4].copy_from_slice(four);
             }
         }
     }
