@@ -162,6 +162,13 @@ impl<'a> HeadKeys<'a> {
         let keys = self.len.min((b + 1) * KEY_BLOCK) - b * KEY_BLOCK;
         self.blocks.index_axis_move(Axis(0), b).slice_move(s![.., ..keys])
     }
+
+    /// Block b as one slice, (dqk, KEY_BLOCK) row-major: component d of the block's key i at
+    /// d·KEY_BLOCK + i, columns past the block's keys unused. What a kernel indexes directly
+    /// (a view per row costs more than the row's arithmetic).
+    pub fn block_slice(&self, b: usize) -> &'a [f32] {
+        self.blocks.index_axis_move(Axis(0), b).to_slice().expect("a block is contiguous") // (dqk·KEY_BLOCK)
+    }
 }
 
 /// Keys and values of one K/V-producing layer. Rows are unordered: each carries its position,

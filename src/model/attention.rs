@@ -8,7 +8,7 @@ use crate::cache::{HeadKeys, KeyBlocks, KEY_BLOCK};
 use crate::config::AttentionSpan;
 use crate::simd::{array_of, axpy, axpy4, best_simd, exp};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
+use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -122,18 +122,20 @@ fn attention_each_query(q: ArrayView3<f32>, k: &KeyBlocks, v: ArrayView3<f32>, m
     debug_assert_eq!((k.dim(), out.dim()), ((s_len, nkv, dqk), (t, nh * dv)));
     let q = q.as_standard_layout();
     let q = q.as_slice().expect("standard layout"); // (T·nh·dqk)
+    let v = v.as_standard_layout(); // the cache's values as they are; other layouts (tests) copied
+    let v_rows = v.as_slice().expect("standard layout"); // (S·nkv·dv)
     let out = out.as_slice_mut().expect("consecutive rows of a standard-layout array"); // (T, nh, dv)
     let heads = heads_per_task(nh / nkv, dv); // query heads of one K/V head, consecutive in q and out
     out.par_chunks_mut(heads * dv).enumerate().for_each(|(task, out)| {
         let (first, row) = (task * heads % nh, task * heads / nh); // the task's first query head
         let g = first / (nh / nkv); // GQA: the K/V head its query heads read
         let keys = k.head(g); // (dqk, S) in blocks
-        let values = contiguous_rows(v.index_axis(Axis(1), g)); // (S, dv)
+        let values = HeadValues::of(v_rows, g, nkv, dv); // (S, dv)
         let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
         let q = &q[task * heads * dqk..(task + 1) * heads * dqk]; // (heads, dqk)
         match key_splits(s_len, dv) {
-            1 => attend(q, keys, values.view(), visible, out), // (heads, dv)
-            splits => attend_split(q, keys, values.view(), visible, splits, out), // (heads, dv)
+            1 => attend(q, keys, values, visible, out), // (heads, dv)
+            splits => attend_split(q, keys, values, visible, splits, out), // (heads, dv)
         }
     });
 }
@@ -190,7 +192,7 @@ fn key_part(s_len: usize, parts: usize, p: usize) -> Range<usize> {
 fn attend_split(
     q: &[f32],
     keys: HeadKeys,
-    values: ArrayView2<f32>,
+    values: HeadValues,
     visible: impl Fn(usize) -> bool + Sync,
     splits: usize,
     out: &mut [f32],
@@ -221,13 +223,26 @@ fn attend_split(
     }
 }
 
-/// `x` itself if each of its rows is contiguous, else a copy that is. The cache's values, (S, dv),
-/// are views; other layouts (in tests) are copied.
-fn contiguous_rows(x: ArrayView2<f32>) -> CowArray<f32, Ix2> {
-    if x.ncols() <= 1 || x.strides()[1] == 1 {
-        x.into()
-    } else {
-        x.as_standard_layout().into_owned().into()
+/// One K/V head's values, (S, dv), inside all the heads' values (S, nkv, dv) row-major: value j
+/// is `data[j·stride..][..dv]`. A slice and plain index arithmetic: the decode kernel reads a
+/// value row per key and head, and building an array view for each cost more than using it.
+#[derive(Debug, Clone, Copy)]
+struct HeadValues<'a> {
+    data: &'a [f32],
+    stride: usize,
+    dv: usize,
+}
+
+impl<'a> HeadValues<'a> {
+    /// Head g of the values `v` (S, nkv, dv), row-major.
+    fn of(v: &'a [f32], g: usize, nkv: usize, dv: usize) -> HeadValues<'a> {
+        debug_assert!(g < nkv && v.len().is_multiple_of(nkv * dv));
+        HeadValues { data: &v[g * dv..], stride: nkv * dv, dv }
+    }
+
+    /// The value of key j. (dv)
+    fn row(&self, j: usize) -> &'a [f32] {
+        &self.data[j * self.stride..j * self.stride + self.dv]
     }
 }
 
@@ -235,18 +250,18 @@ best_simd! {
     /// Query heads that share a K/V head against it: for each head h, `out[h]` = Σⱼ
     /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), keys: (dqk, S) in
     /// blocks, values: (S, dv), out: (heads, dv); rows contiguous.
-    fn attend(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
+    fn attend(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
 
 best_simd! {
     /// [`attend_partial`] on the best vector unit of this CPU.
-    fn attend_part(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32], stats: &mut [(f32, f32)]) = attend_partial
+    fn attend_part(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32], stats: &mut [(f32, f32)]) = attend_partial
 }
 
 /// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys, per head: [`attend_partial`] over
 /// every key, divided by the sum. At most [`MAX_HEADS`] heads ([`heads_per_task`]).
 #[inline(always)]
-fn attend_reference(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
+fn attend_reference(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
     let heads = q.len() / keys.dim();
     debug_assert!(heads <= MAX_HEADS);
     let mut stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
@@ -264,12 +279,13 @@ fn attend_reference(q: &[f32], keys: HeadKeys, values: ArrayView2<f32>, visible:
 /// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and `stats[h]` = (m, Σ exp(sⱼ − m)), without ever holding
 /// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `part` is visible. Heads go one after
 /// another within a block, so each block of keys and values is read from memory once for all of
-/// them. The exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised).
+/// them. The exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised); a block's
+/// maximum and sum go [`LANES`] keys at a time ([`block_max`], [`block_sum`]), not one long chain.
 #[inline(always)]
 fn attend_partial(
     q: &[f32],
     head_keys: HeadKeys,
-    values: ArrayView2<f32>,
+    values: HeadValues,
     visible: impl Fn(usize) -> bool,
     part: Range<usize>,
     out: &mut [f32],
@@ -282,30 +298,36 @@ fn attend_partial(
     stats.fill((f32::NEG_INFINITY, 0.0));
     out.fill(0.0);
     for first in part.clone().step_by(KEY_BLOCK) {
-        let keys = first..(first + KEY_BLOCK).min(part.end); // the block's keys in `part`
-        let k_block = head_keys.block(first / KEY_BLOCK).slice_move(s![.., ..keys.len()]); // (dqk, block)
-        let k_row = |d: usize| k_block.index_axis_move(Axis(0), d).to_slice().expect("contiguous rows"); // (block)
-        let value = |j: usize| values.index_axis_move(Axis(0), j).to_slice().expect("contiguous rows"); // (dv)
-        let mut seen = [false; KEY_BLOCK]; // the same keys are visible to every head
-        for (seen, j) in seen.iter_mut().zip(keys.clone()) {
-            *seen = visible(j);
+        let n = (first + KEY_BLOCK).min(part.end) - first; // the block's keys in `part`
+        // The block's keys any head may see (the mask is the same for all of them), in order.
+        let (mut seen, mut seen_count) = ([0usize; KEY_BLOCK], 0);
+        for i in (0..n).filter(|&i| visible(first + i)) {
+            (seen[seen_count], seen_count) = (i, seen_count + 1);
         }
+        let seen = &seen[..seen_count];
+        if seen.is_empty() {
+            continue;
+        }
+        // Whole rows of KEY_BLOCK columns: the slots past the block's n keys are scored too (a
+        // loop of known length runs in registers) and then masked like any key not seen.
+        let k_block = head_keys.block_slice(first / KEY_BLOCK); // (dqk, KEY_BLOCK)
+        let k_row = |d: usize| -> &[f32; KEY_BLOCK] { k_block[d * KEY_BLOCK..(d + 1) * KEY_BLOCK].try_into().expect("a row") };
         for ((q, out), (max, sum)) in q.chunks(dqk).zip(out.chunks_mut(dv)).zip(stats.iter_mut()) {
-            let mut scores = [0f32; KEY_BLOCK];
-            let scores = &mut scores[..keys.len()]; // (block)
+            let mut scores = [0f32; KEY_BLOCK]; // (KEY_BLOCK)
             let quads = dqk / 4 * 4;
             for d in (0..quads).step_by(4) {
-                axpy4(array_of(|i| q[d + i]), array_of(|i| k_row(d + i)), scores);
+                axpy4(array_of(|i| q[d + i]), array_of(|i| &k_row(d + i)[..]), &mut scores);
             }
             for (d, &q_d) in q.iter().enumerate().skip(quads) {
-                axpy(q_d, k_row(d), scores);
+                axpy(q_d, k_row(d), &mut scores);
             }
-            for (score, &seen) in scores.iter_mut().zip(&seen) {
-                *score = if seen { *score * scale } else { f32::NEG_INFINITY };
+            let mut masked = [f32::NEG_INFINITY; KEY_BLOCK]; // (KEY_BLOCK), −∞ where not seen
+            for &i in seen {
+                masked[i] = scores[i] * scale;
             }
-            let block_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let block_max = block_max(&masked);
             if block_max == f32::NEG_INFINITY {
-                continue; // nothing visible in this block
+                continue; // every score overflowed to −∞: nothing to add
             }
             if block_max > *max {
                 let rescale = exp(*max - block_max); // 0 on the first visible block
@@ -313,28 +335,49 @@ fn attend_partial(
                 out.iter_mut().for_each(|o| *o *= rescale);
                 *max = block_max;
             }
-            let mut probs = [0f32; KEY_BLOCK];
-            for (p, &score) in probs.iter_mut().zip(&*scores) {
+            let mut probs = [0f32; KEY_BLOCK]; // (KEY_BLOCK), 0 where not seen
+            for (p, &score) in probs.iter_mut().zip(&masked) {
                 *p = exp(score - *max); // the whole block at once
             }
-            // out += p_j · v_j over the visible keys in order, four keys a pass over out.
-            let (mut pending, mut n) = ([(0f32, 0usize); 4], 0);
-            for ((&p, &score), j) in probs.iter().zip(&*scores).zip(keys.clone()) {
-                if score > f32::NEG_INFINITY {
-                    *sum += p;
-                    pending[n] = (p, j);
-                    n += 1;
-                    if n == 4 {
-                        axpy4(array_of(|i| pending[i].0), array_of(|i| value(pending[i].1)), out);
-                        n = 0;
-                    }
-                }
+            *sum += block_sum(&probs);
+            // out += p_j · v_j over the seen keys in order, four keys a pass over out.
+            let mut fours = seen.chunks_exact(4);
+            for four in fours.by_ref() {
+                axpy4(array_of(|k| probs[four[k]]), array_of(|k| values.row(first + four[k])), out);
             }
-            for &(p, j) in &pending[..n] {
-                axpy(p, value(j), out);
+            for &i in fours.remainder() {
+                axpy(probs[i], values.row(first + i), out);
             }
         }
     }
+}
+
+/// How many partial results [`block_max`] and [`block_sum`] keep: one AVX-512 register's worth.
+const LANES: usize = 16;
+
+/// The largest of a block's scores, LANES at a time (the maximum does not depend on the order).
+#[inline(always)]
+fn block_max(scores: &[f32; KEY_BLOCK]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in scores.chunks_exact(LANES) {
+        for (m, &s) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(s);
+        }
+    }
+    lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The sum of a block's probabilities: lane l sums the keys ≡ l (mod LANES) in order, then the
+/// lanes are added in lane order: the same bits at every vector width.
+#[inline(always)]
+fn block_sum(probs: &[f32; KEY_BLOCK]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for chunk in probs.chunks_exact(LANES) {
+        for (l, &p) in lanes.iter_mut().zip(chunk) {
+            *l += p;
+        }
+    }
+    lanes.into_iter().fold(0.0, |sum, l| sum + l)
 }
 
 /// Keys `keys` (ascending) of one K/V head, transposed for the product q·Kᵀ: (dqk, S_b), copied
@@ -486,11 +529,12 @@ mod tests {
                 assert!(err < 1e-5, "case {case}, {span:?}, S = {s_len}: max |Δ| vs the plain reference = {err}");
                 // And against the unsplit online softmax, head 0.
                 let keys = KeyBlocks::from_rows(k.view());
-                let values = v.index_axis(Axis(1), 0).as_standard_layout().into_owned();
+                let v_rows = v.as_standard_layout().into_owned().into_raw_vec_and_offset().0; // (S·nkv·dv)
+                let values = HeadValues::of(&v_rows, 0, nkv, dv); // (S, dv)
                 let visible = |j: usize| is_visible(q_pos[0], k_pos[j], span, num_meta);
                 let (mut whole, mut split) = (vec![0.0; dv], vec![0.0; dv]);
-                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values.view(), visible, &mut whole);
-                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values.view(), visible, key_splits(s_len, dv), &mut split);
+                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values, visible, &mut whole);
+                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values, visible, key_splits(s_len, dv), &mut split);
                 let err = whole.iter().zip(&split).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(err < 1e-5, "case {case}, {span:?}: max |Δ| vs attend_reference = {err}");
             }
@@ -504,20 +548,21 @@ mod tests {
         let (heads, dqk, dv, s_len) = (5, 8, 12, KEYS_PER_SPLIT * 3 + 17);
         let f = |rows: usize, cols: usize, k: f32| Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3) as f32 * k).sin() * 2.0);
         let (q, keys, values) = (f(heads, dqk, 0.31), f(s_len, dqk, 0.17), f(s_len, dv, 0.23));
+        let values = HeadValues::of(values.as_slice().unwrap(), 0, 1, dv); // (S, dv)
         let keys = KeyBlocks::from_rows(keys.view().insert_axis(Axis(1))); // (S, 1, dqk)
         let visible = |j: usize| j % 7 != 3;
         let q_rows = |h: std::ops::Range<usize>| q.view().slice_move(s![h, ..]).to_slice().unwrap();
         for splits in [1, key_splits(s_len, dv)] {
             let mut together = vec![0.0; heads * dv];
             match splits {
-                1 => attend(q_rows(0..heads), keys.head(0), values.view(), visible, &mut together),
-                _ => attend_split(q_rows(0..heads), keys.head(0), values.view(), visible, splits, &mut together),
+                1 => attend(q_rows(0..heads), keys.head(0), values, visible, &mut together),
+                _ => attend_split(q_rows(0..heads), keys.head(0), values, visible, splits, &mut together),
             }
             for h in 0..heads {
                 let mut alone = vec![0.0; dv];
                 match splits {
-                    1 => attend(q_rows(h..h + 1), keys.head(0), values.view(), visible, &mut alone),
-                    _ => attend_split(q_rows(h..h + 1), keys.head(0), values.view(), visible, splits, &mut alone),
+                    1 => attend(q_rows(h..h + 1), keys.head(0), values, visible, &mut alone),
+                    _ => attend_split(q_rows(h..h + 1), keys.head(0), values, visible, splits, &mut alone),
                 }
                 assert_eq!(&together[h * dv..(h + 1) * dv], &alone[..], "head {h}, {splits} parts");
             }
