@@ -113,6 +113,16 @@ impl CachePlan {
         producers * self.num_meta_tokens * self.kv_row_elements
     }
 
+    /// Scalars of this cache one decode step reads, besides the weights: each layer's attention
+    /// reads the K/V rows of the layer whose cache it uses (a shared cache is read once per
+    /// layer that uses it), and each layer's SSM heads read their scan and conv states.
+    /// Saturates rather than overflow (a figure for reports only).
+    pub fn decode_read_elements(&self) -> usize {
+        let kv_rows = self.layers.iter().fold(0usize, |sum, l| sum.saturating_add(self.layers[l.plan.kv_producer()].kv_rows));
+        let states = self.size.ssm_state_elements.saturating_add(self.size.conv_state_elements);
+        kv_rows.saturating_mul(self.kv_row_elements).saturating_add(states)
+    }
+
     /// How many times larger the dense-attention equivalent is than the hybrid cache (total
     /// scalars, so the same in any storage type).
     pub fn dense_ratio(&self) -> f64 {
@@ -187,6 +197,13 @@ mod tests {
             assert_eq!(p.kv_meta_elements(), 3 * 2 * 24);
         }
         assert_eq!(CachePlan::new(&cfg, 0).unwrap().layers[2].plan.kv, KvSource::ReuseFrom(1));
+    }
+
+    #[test]
+    fn a_decode_step_reads_each_layers_kv_source_and_every_state() {
+        // Context 20: layers 0..5 attend to the rows of layers 0, 1, 1, 3, 3 (22, 7, 7, 22, 22).
+        let p = CachePlan::new(&config(), 20).unwrap();
+        assert_eq!(p.decode_read_elements(), (22 + 7 + 7 + 22 + 22) * 24 + 5 * 32 * 3 + 5 * 3 * 32);
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //! times the bytes per parameter the weights hold (their bytes, from the weight table: bf16
 //! matrices, f32 vectors; the RSS the built model adds is reported beside them). The roofline is
 //! the measured read bandwidth divided by those bytes: no decode can be faster, so a share above
-//! 100 % is flagged as a bandwidth measurement too low to believe. K/V cache reads are not counted.
+//! 100 % is flagged as a bandwidth measurement too low to believe. A second share counts the
+//! cache a step reads too (`cache_read_bytes_per_step`: each layer's K/V rows and SSM states at
+//! the context, per sequence; [`CachePlan::decode_read_elements`]): at long contexts attention
+//! reads a tenth or more of what the quantized weights take.
 
 mod bandwidth;
 mod cpu_time;
@@ -330,6 +333,9 @@ fn add_roofline(result: &mut Value, bandwidth: f64) {
         for c in contexts {
             if let Some(ms) = c["decode_ms_per_step"].as_f64() {
                 c["roofline_fraction"] = json!(1e3 / ms / roofline);
+                if let Some(cache) = c["cache_read_bytes_per_step"].as_f64() {
+                    c["roofline_with_cache_fraction"] = json!(1e3 / ms / (bandwidth / (bytes + cache)));
+                }
             }
         }
     }
@@ -635,6 +641,7 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
         "decode_tok_per_s": (batch_size * args.decode_tokens) as f64 / d,
         "decode_ms_per_step": d * 1e3 / args.decode_tokens as f64,
         "cache_bytes": cache_size,
+        "cache_read_bytes_per_step": CachePlan::new(&model.config, context)?.decode_read_elements().saturating_mul(ScalarType::F32.bytes() * batch_size),
         "prefill_cpu": prefill_cpu.map(|cpu| cpu.json(prefill.iter().sum(), threads)),
         "decode_cpu": decode_cpu.map(|cpu| cpu.json(decode.iter().sum(), threads)),
         "rss_before_bytes": rss_before,
@@ -667,9 +674,9 @@ fn table(report: &Value) -> String {
         out += &machine::line(&report["machine"]["scaling"]);
     }
     out += &format!(
-        "{:<10} {:>9} {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>9}\n",
+        "{:<10} {:>9} {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>10} {:>9}\n",
         "config", "params", "weights MiB", "RSS MiB", "ctx", "batch", "runs", "prefill tok/s", "decode tok/s", "ms/step",
-        "cache MiB", "peak MiB", "peak/(w+c)", "roofline tok/s", "% roofline", "max batch"
+        "cache MiB", "peak MiB", "peak/(w+c)", "roofline tok/s", "% roofline", "% w+cache", "max batch"
     );
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let mut above_roofline = false;
@@ -679,8 +686,9 @@ fn table(report: &Value) -> String {
             let peak = num(&c["peak_rss_bytes"]);
             // Missing figures (no bandwidth measured, no /proc) print as "-".
             let f = |x: f64, digits: usize| if x.is_finite() { format!("{x:.digits$}") } else { "-".into() };
+            let percent = |x: f64| f(100.0 * x, 1) + if x.is_finite() { "%" } else { "" };
             out += &format!(
-                "{:<10} {:>8.1}M {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10} {:>9}\n",
+                "{:<10} {:>8.1}M {:>11} {:>9} {:>6} {:>5} {:>5} {:>13} {:>12} {:>9} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10} {:>9}\n",
                 match cfg["weights"].as_str() {
                     Some(w) if w != "bf16" => format!("{} {w}", cfg["name"].as_str().unwrap_or("?")),
                     _ => cfg["name"].as_str().unwrap_or("?").to_string(),
@@ -703,13 +711,15 @@ fn table(report: &Value) -> String {
                         above_roofline = true;
                         format!("{:.1}%!", 100.0 * x)
                     }
-                    x => f(100.0 * x, 1) + if x.is_finite() { "%" } else { "" },
+                    x => percent(x),
                 },
+                percent(num(&c["roofline_with_cache_fraction"])),
                 f(num(&c["largest_batch_in_budget"]), 0),
             );
         }
     }
     out += "weights MiB: the bytes the weights hold; RSS MiB: the memory the built model took (it moves between runs)\n";
+    out += "% roofline: of the weights' bytes alone; % w+cache: of the weights' and the cache's bytes a step reads\n";
     if above_roofline {
         out += &format!(
             "! above 100 %: decode read the weights faster than the measured read bandwidth ({}) allows, so that \
@@ -796,6 +806,20 @@ mod tests {
         assert!(over.contains("111.7%!") && over.contains("! above 100 %: decode read the weights faster than the measured read bandwidth (1.00 GB/s)"), "{over}");
         // The weights column is the weights' bytes (2e6 B), RSS its own column (3e6 B).
         assert!(over.contains("        1.9       2.9 "), "{over}");
+    }
+
+    #[test]
+    fn the_roofline_shares_count_the_weights_and_then_the_cache_too() {
+        // 1 GB of weights and 0.1 GB of cache a step at 20 GB/s: at most 20 steps/s on the weights
+        // alone, 18.2 with the cache; 100 ms a step is 50 % and 55 % of those.
+        let mut result = json!({ "decode_bytes_per_token": 1e9, "contexts": [
+            { "decode_ms_per_step": 100.0, "cache_read_bytes_per_step": 1e8 }, { "decode_ms_per_step": 100.0 } ] });
+        add_roofline(&mut result, 20e9);
+        let c = &result["contexts"];
+        assert_eq!(result["roofline_decode_tok_per_s"], json!(20.0));
+        assert!((c[0]["roofline_fraction"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+        assert!((c[0]["roofline_with_cache_fraction"].as_f64().unwrap() - 0.55).abs() < 1e-12);
+        assert!(c[1]["roofline_with_cache_fraction"].is_null(), "no cache figure, no second share");
     }
 
     #[test]
