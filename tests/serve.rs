@@ -5,7 +5,7 @@
 //! server is stopped by its test (SIGTERM, exit 0) or, if the test fails first, killed.
 
 use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::text::generate_text;
+use hymba_ref::generate::text::{generate_text, generate_text_in};
 use hymba_ref::generate::{GenerateOptions, StopReason};
 use hymba_ref::model::Hymba;
 use hymba_ref::serve::client::{self, Connection};
@@ -261,6 +261,44 @@ fn a_prompt_longer_than_one_pass_is_prefilled_in_chunks_with_generate_s_result()
         let reply = server.post("/v1/completions", &long).json();
         assert_eq!(reply["choices"][0]["text"], json!(want));
         assert_eq!(reply["usage"]["completion_tokens"], json!(tokens));
+        assert_eq!(reply["usage"]["prompt_tokens"], json!(1100));
+        assert_eq!(short.join().unwrap().0, short_want);
+    });
+    assert!(server.terminate(Duration::from_secs(10)).success());
+}
+
+/// `--prefill-chunk 100`: the 1,100-id prompt goes in 11 chunks of 100 with decode steps of a
+/// stream between them; its reply is what `generate` gives after a prefill in those same chunks
+/// (`tests/chunked_prefill.rs`: not one call's logits bit for bit, but within rounding), and the
+/// stream's is `generate`'s.
+#[test]
+fn with_a_smaller_prefill_chunk_a_long_prompt_gets_generate_s_reply_after_a_prefill_in_those_chunks() {
+    let reference = Reference::load();
+    let ids: Vec<u32> = (0..1100u32).map(|i| 3 + (i * 37) % 3000).collect();
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        stop_at_eos: true,
+        sampling: SamplingParams { temperature: 0.0, ..reference.defaults },
+    };
+    let mut seq = reference.model.new_sequence();
+    for chunk in ids[..1000].chunks(100) {
+        reference.model.next_token_logits(chunk, &mut seq).unwrap();
+    }
+    let mut want = String::new();
+    let generation = generate_text_in(&reference.model, &reference.tokenizer, &mut seq, &ids[..1000], &ids[1000..], &options, &[], None, |piece| {
+        want.push_str(piece);
+        Ok(())
+    })
+    .unwrap();
+    let mut server = Server::start(&["--prefill-chunk", "100"]);
+    let long = json!({ "prompt": ids, "max_tokens": 12, "temperature": 0 });
+    let short = json!({ "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0, "stream": true });
+    let (short_want, _) = reference.generate(&reference.encode("Once upon a time"), 40, Some(0.0), 0, &[]);
+    std::thread::scope(|s| {
+        let short = s.spawn(|| read_stream(stream(&server, "/v1/completions", &short), false));
+        let reply = server.post("/v1/completions", &long).json();
+        assert_eq!(reply["choices"][0]["text"], json!(want));
+        assert_eq!(reply["usage"]["completion_tokens"], json!(generation.tokens.len()));
         assert_eq!(reply["usage"]["prompt_tokens"], json!(1100));
         assert_eq!(short.join().unwrap().0, short_want);
     });

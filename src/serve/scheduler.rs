@@ -5,14 +5,15 @@
 //!   take the jobs that arrived; drop those whose client went away (queued, prefilling, decoding)
 //!   if nothing is prefilling: the queue's first job starts, if the batch has room and its cache
 //!       at prompt + max_tokens fits beside the members' (one job always runs)
-//!   prefill one chunk of it (one pass, ≤ MAX_ROWS_PER_PASS rows); after its last chunk, sample
-//!       its first token and add it to the batch
+//!   prefill one chunk of it (one pass, ≤ prefill_chunk ≤ MAX_ROWS_PER_PASS rows); after its
+//!       last chunk, sample its first token and add it to the batch
 //!   one decode step of every member: sample each row, hand the text to its client, leave on
 //!       EOS, a stop string, max_tokens, or a client that is gone
 //! ```
 //!
-//! A prompt is cut into chunks exactly where one call over the whole prompt would cut its
-//! passes ([`rows_per_pass`]), so the prefill gives the logits `generate` gets. Each member keeps
+//! By default a prompt is cut into chunks exactly where one call over the whole prompt would cut
+//! its passes ([`rows_per_pass`]), so the prefill gives the logits `generate` gets, bit for bit;
+//! a smaller [`SchedulerLimits::prefill_chunk`] gives them within rounding. Each member keeps
 //! `generate`'s own per-sequence state ([`Decoder`]: sampler, EOS, max tokens) and text layer
 //! ([`TextSink`]: streaming decode, stop strings), so its tokens and text are what `generate`
 //! gives for the same prompt and options.
@@ -91,6 +92,12 @@ pub struct SchedulerLimits {
     pub max_cache_bytes: usize,
     /// The most jobs waiting to start.
     pub max_queue: usize,
+    /// The most prompt ids one prefill chunk feeds (between two decode steps), at most
+    /// [`MAX_ROWS_PER_PASS`]; a prompt is cut in even chunks ([`rows_per_pass`]). At
+    /// [`MAX_ROWS_PER_PASS`] the chunks are the passes of one call over the whole prompt, and the
+    /// logits `generate`'s bit for bit; smaller chunks let decodes run more often beside a long
+    /// prompt, and give its logits within rounding only (`tests/chunked_prefill.rs`).
+    pub prefill_chunk: usize,
 }
 
 /// The answer to [`Scheduler::submit`].
@@ -197,7 +204,7 @@ struct Prefill {
     job: Job,
     seq: Sequence,
     fed: usize,
-    /// Ids per chunk: one pass each, cut where one call over the whole prompt would cut.
+    /// Ids per chunk: one pass each, at most [`SchedulerLimits::prefill_chunk`], even.
     chunk: usize,
     start: Instant,
     cache_bound: usize,
@@ -304,7 +311,7 @@ impl<'t> Work<'t> {
         self.leave_queue(1);
         let mut seq = self.model.new_sequence();
         seq.reserve((job.prompt.len() + job.options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
-        let chunk = rows_per_pass(job.prompt.len(), MAX_ROWS_PER_PASS);
+        let chunk = rows_per_pass(job.prompt.len(), self.limits.prefill_chunk.clamp(1, MAX_ROWS_PER_PASS));
         self.prefill = Some(Prefill { job, seq, fed: 0, chunk, start: Instant::now(), cache_bound: bound });
     }
 

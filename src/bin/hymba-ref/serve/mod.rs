@@ -26,6 +26,7 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::{HymbaConfig, RopeScaling};
 use hymba_ref::generate::sampling::SamplingParams;
+use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
 use hymba_ref::model::Hymba;
 use hymba_ref::serve::scheduler::cache_bound;
 use hymba_ref::serve::{Event, Job, Scheduler, SchedulerLimits, Submit};
@@ -72,6 +73,14 @@ pub struct ServeArgs {
     /// The most requests waiting to start; more get 503 with Retry-After.
     #[arg(long, value_name = "Q", default_value_t = 64, value_parser = count::<1, 1_000_000>, allow_negative_numbers = true)]
     max_queue: usize,
+    /// The most prompt tokens prefilled between two decode steps of the running requests (a long
+    /// prompt is cut in even chunks of at most this many). At 512, one pass, the chunks are the
+    /// passes `generate` runs, so replies equal its replies bit for bit; fewer let running streams
+    /// go on more often beside a long prompt, but give its logits within float rounding only
+    /// (about 1e-6), so a greedy reply to a prompt longer than N may differ from `generate`'s
+    /// where two tokens nearly tie.
+    #[arg(long, value_name = "N", default_value_t = MAX_ROWS_PER_PASS, value_parser = count::<1, { MAX_ROWS_PER_PASS as u64 }>, allow_negative_numbers = true)]
+    prefill_chunk: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise); /health stays open.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
@@ -145,7 +154,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => available_memory().map_or(usize::MAX, |a| usize::try_from(a / 2).unwrap_or(usize::MAX)),
     };
     let capacity = capacity(&config, max_cache_bytes, args.max_batch);
-    let limits = SchedulerLimits { max_batch: args.max_batch, max_cache_bytes, max_queue: args.max_queue };
+    let limits = SchedulerLimits { max_batch: args.max_batch, max_cache_bytes, max_queue: args.max_queue, prefill_chunk: args.prefill_chunk };
     let tokenizer = Arc::new(tokenizer);
 
     let mut listening = Listening::bind(&args.host, args.port, Duration::from_secs_f64(args.client_timeout))?;
