@@ -251,8 +251,13 @@ fn a_prompt_longer_than_one_pass_is_prefilled_in_chunks_with_generate_s_result()
     let reference = Reference::load();
     let ids: Vec<u32> = (0..1100u32).map(|i| 3 + (i * 37) % 3000).collect(); // three passes of ≤ 512
     let (want, tokens) = reference.generate(&ids, 12, Some(0.0), 0, &[]);
-    let mut server = Server::start(&[]);
-    // A short request decoding beside it the whole time.
+    long_prompt_beside_a_stream(&reference, &[], &ids, &want, tokens);
+}
+
+/// A server started with `flags` answers the greedy 12-token request for `ids` with `want`
+/// (`tokens` tokens), while a short stream decodes beside it the whole time and gets `generate`'s.
+fn long_prompt_beside_a_stream(reference: &Reference, flags: &[&str], ids: &[u32], want: &str, tokens: usize) {
+    let mut server = Server::start(flags);
     let long = json!({ "prompt": ids, "max_tokens": 12, "temperature": 0 });
     let short = json!({ "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0, "stream": true });
     let (short_want, _) = reference.generate(&reference.encode("Once upon a time"), 40, Some(0.0), 0, &[]);
@@ -261,7 +266,7 @@ fn a_prompt_longer_than_one_pass_is_prefilled_in_chunks_with_generate_s_result()
         let reply = server.post("/v1/completions", &long).json();
         assert_eq!(reply["choices"][0]["text"], json!(want));
         assert_eq!(reply["usage"]["completion_tokens"], json!(tokens));
-        assert_eq!(reply["usage"]["prompt_tokens"], json!(1100));
+        assert_eq!(reply["usage"]["prompt_tokens"], json!(ids.len()));
         assert_eq!(short.join().unwrap().0, short_want);
     });
     assert!(server.terminate(Duration::from_secs(10)).success());
@@ -290,19 +295,7 @@ fn with_a_smaller_prefill_chunk_a_long_prompt_gets_generate_s_reply_after_a_pref
         Ok(())
     })
     .unwrap();
-    let mut server = Server::start(&["--prefill-chunk", "100"]);
-    let long = json!({ "prompt": ids, "max_tokens": 12, "temperature": 0 });
-    let short = json!({ "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0, "stream": true });
-    let (short_want, _) = reference.generate(&reference.encode("Once upon a time"), 40, Some(0.0), 0, &[]);
-    std::thread::scope(|s| {
-        let short = s.spawn(|| read_stream(stream(&server, "/v1/completions", &short), false));
-        let reply = server.post("/v1/completions", &long).json();
-        assert_eq!(reply["choices"][0]["text"], json!(want));
-        assert_eq!(reply["usage"]["completion_tokens"], json!(generation.tokens.len()));
-        assert_eq!(reply["usage"]["prompt_tokens"], json!(1100));
-        assert_eq!(short.join().unwrap().0, short_want);
-    });
-    assert!(server.terminate(Duration::from_secs(10)).success());
+    long_prompt_beside_a_stream(&reference, &["--prefill-chunk", "100"], &ids, &want, generation.tokens.len());
 }
 
 #[test]
