@@ -22,9 +22,9 @@ use crate::cache_plan::{CachePlan, ScalarType};
 use crate::config::HymbaConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::text::TextSink;
-use crate::generate::{Decoder, Flow, GenerateOptions, Next, StopReason, RESERVE_TOKENS_LIMIT};
+use crate::generate::{Decoder, Decoding, Flow, GenerateOptions, Left, Next, StopReason, RESERVE_TOKENS_LIMIT};
 use crate::model::pass::{rows_per_pass, MAX_ROWS_PER_PASS};
-use crate::model::{Batch, Hymba, Sequence, SequenceId};
+use crate::model::{Hymba, Sequence};
 use crate::tokenizer::Tokenizer;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -210,18 +210,16 @@ struct Prefill {
     cache_bound: usize,
 }
 
-/// A job in the batch.
-struct Member<'t> {
+/// What the scheduler keeps beside a decoding job's [`Decoder`].
+struct Client<'t> {
     job: Job,
-    id: SequenceId,
-    decoder: Decoder<OnToken<'t>>,
     sink: Sink<'t>,
     cache_bound: usize,
 }
 
 /// The scheduler thread: see the module's loop.
 fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Receiver<Job>, shared: &Shared) {
-    let mut work = Work { model, tokenizer, limits, shared, queue: VecDeque::new(), prefill: None, batch: Batch::new(), members: Vec::new(), next_ids: Vec::new() };
+    let mut work = Work { model, tokenizer, limits, shared, queue: VecDeque::new(), prefill: None, decoding: Decoding::new() };
     loop {
         if work.is_idle() {
             match jobs.recv_timeout(Duration::from_millis(20)) {
@@ -238,12 +236,11 @@ fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Rece
         work.start_next_prefill();
         work.prefill_chunk();
         work.decode_step();
-        shared.running.store(work.members.len() + usize::from(work.prefill.is_some()), Ordering::SeqCst);
+        shared.running.store(work.decoding.len() + usize::from(work.prefill.is_some()), Ordering::SeqCst);
     }
 }
 
-/// Everything the scheduler holds: the queue, the job being prefilled, the batch and its members
-/// (`next_ids[i]` is what member i is fed at the next step).
+/// Everything the scheduler holds: the queue, the job being prefilled, the jobs decoding.
 struct Work<'t> {
     model: &'t Hymba,
     tokenizer: &'t Tokenizer,
@@ -251,14 +248,12 @@ struct Work<'t> {
     shared: &'t Shared,
     queue: VecDeque<Job>,
     prefill: Option<Prefill>,
-    batch: Batch,
-    members: Vec<Member<'t>>,
-    next_ids: Vec<u32>,
+    decoding: Decoding<Client<'t>, OnToken<'t>>,
 }
 
 impl<'t> Work<'t> {
     fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.prefill.is_none() && self.members.is_empty()
+        self.queue.is_empty() && self.prefill.is_none() && self.decoding.is_empty()
     }
 
     fn leave_queue(&self, jobs: usize) {
@@ -272,9 +267,8 @@ impl<'t> Work<'t> {
         for job in self.queue.drain(..).chain(self.prefill.take().map(|p| p.job)) {
             let _ = job.events.send(Event::Failed(shutting_down()));
         }
-        for member in self.members.drain(..) {
-            let seq = self.batch.remove(member.id).expect("a member of the batch");
-            finish(member.job, member.decoder, member.sink, StopReason::MaxNewTokens, &seq);
+        for Left { owner, decoder, seq, .. } in self.decoding.remove_where(|_| true) {
+            finish(owner.job, decoder, owner.sink, StopReason::MaxNewTokens, &seq);
         }
         self.shared.running.store(0, Ordering::SeqCst);
     }
@@ -288,13 +282,7 @@ impl<'t> Work<'t> {
         if self.prefill.as_ref().is_some_and(|p| gone(&p.job)) {
             self.prefill = None;
         }
-        for i in (0..self.members.len()).rev() {
-            if gone(&self.members[i].job) {
-                let member = self.members.remove(i);
-                self.next_ids.remove(i);
-                self.batch.remove(member.id);
-            }
-        }
+        self.decoding.remove_where(|client| gone(&client.job));
     }
 
     /// When nothing is prefilling, the queue's first job starts if the batch has room for it and
@@ -302,9 +290,9 @@ impl<'t> Work<'t> {
     fn start_next_prefill(&mut self) {
         let Some(job) = self.queue.front().filter(|_| self.prefill.is_none()) else { return };
         let bound = cache_bound(&self.model.config, job.prompt.len(), job.options.max_new_tokens);
-        let reserved = self.members.iter().fold(0usize, |sum, m| sum.saturating_add(m.cache_bound));
-        let fits = self.members.is_empty() || reserved.saturating_add(bound) <= self.limits.max_cache_bytes;
-        if self.members.len() >= self.limits.max_batch || !fits {
+        let reserved = self.decoding.owners().fold(0usize, |sum, c| sum.saturating_add(c.cache_bound));
+        let fits = self.decoding.is_empty() || reserved.saturating_add(bound) <= self.limits.max_cache_bytes;
+        if self.decoding.len() >= self.limits.max_batch || !fits {
             return;
         }
         let job = self.queue.pop_front().expect("a front job");
@@ -334,40 +322,23 @@ impl<'t> Work<'t> {
                 Ok((decoder, sink, Next::Stop(reason))) => finish(p.job, decoder, sink, reason, &p.seq),
                 Ok((decoder, sink, Next::Feed(id))) => {
                     let Prefill { job, seq, cache_bound, .. } = p;
-                    self.members.push(Member { job, id: self.batch.add(seq), decoder, sink, cache_bound });
-                    self.next_ids.push(id);
+                    self.decoding.join(seq, decoder, id, Client { job, sink, cache_bound });
                 }
             },
         }
     }
 
-    /// One decode step of every member; each reads its row, then feeds its next id or leaves.
+    /// One decode step of every member; those that stopped leave with their answer.
     fn decode_step(&mut self) {
-        if self.members.is_empty() {
+        if self.decoding.is_empty() {
             return;
         }
-        self.shared.peak_batch.fetch_max(self.members.len(), Ordering::SeqCst);
-        let step = self.batch.step(self.model, &self.next_ids).map(|logits| logits.to_owned()); // (B, V)
-        let mut left = Vec::new();
-        for (i, member) in self.members.iter_mut().enumerate() {
-            let next = match &step {
-                Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
-                Err(e) => Err(Error::new(e.kind, e.message.clone())),
-            };
-            match next {
-                Ok(Next::Feed(id)) => self.next_ids[i] = id,
-                Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
-                Err(e) => left.push((i, Err(e))),
-            }
-        }
-        for (i, outcome) in left.into_iter().rev() {
-            let member = self.members.remove(i);
-            self.next_ids.remove(i);
-            let seq = self.batch.remove(member.id).expect("a member of the batch");
+        self.shared.peak_batch.fetch_max(self.decoding.len(), Ordering::SeqCst);
+        for Left { owner, decoder, seq, outcome } in self.decoding.step(self.model) {
             match outcome {
-                Ok(reason) => finish(member.job, member.decoder, member.sink, reason, &seq),
+                Ok(reason) => finish(owner.job, decoder, owner.sink, reason, &seq),
                 Err(e) => {
-                    let _ = member.job.events.send(Event::Failed(e)); // fails too if the client is gone
+                    let _ = owner.job.events.send(Event::Failed(e)); // fails too if the client is gone
                 }
             }
         }
