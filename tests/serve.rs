@@ -339,7 +339,8 @@ fn read_until_closed(mut socket: TcpStream, what: &str) -> Vec<u8> {
     }
 }
 
-/// `--client-timeout 1`: a client that sends half a request head, one that sends half a body, an
+/// `--client-timeout 1`: a client that sends half a request head, one that sends half a body (408
+/// when the body is one the server reads, past 1 KiB), an
 /// idle keep-alive connection and a stream whose client stopped reading are each closed once
 /// they stall that long, the stream's sequence leaves the batch, and meanwhile requests are
 /// answered as `generate` answers them, one of them streaming for longer than the timeout.
@@ -353,6 +354,8 @@ fn stalled_or_idle_clients_time_out_without_holding_others_back() {
     assert!(stalled.next_event().unwrap().is_some());
     let head = stall_after(server.addr, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Ty");
     let body = stall_after(server.addr, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{\"prompt\"");
+    // tiny_http reads a body of up to 1 KiB itself, a longer one is ours to read: 408.
+    let long_body = stall_after(server.addr, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Length: 5000\r\n\r\n{\"prompt\"");
     let mut idle = BufReader::new(stall_after(server.addr, b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"));
     let mut length = None;
     loop {
@@ -384,6 +387,9 @@ fn stalled_or_idle_clients_time_out_without_holding_others_back() {
     // The stalled and idle connections were closed (the stalled head or body with nothing sent).
     assert_eq!(read_until_closed(head, "half a head"), b"");
     assert_eq!(read_until_closed(body, "half a body"), b"");
+    let answer = String::from_utf8(read_until_closed(long_body, "half a long body")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
     assert_eq!(read_until_closed(idle.into_inner(), "idle keep-alive"), b"");
     // The stream that stopped reading: its writes timed out, its sequence left the batch, and the
     // connection was closed with the events written so far, without [DONE].
