@@ -215,17 +215,18 @@ fn client_timeout(text: &str) -> std::result::Result<f64, String> {
 /// every connection.
 ///
 /// tiny_http has no timeout setting and never shows us a connection's socket. But Linux copies
-/// the listening socket's SO_RCVTIMEO, SO_SNDTIMEO and SO_SNDBUF into every socket it accepts (checked with
-/// getsockopt on an accepted socket, and by `tests/serve.rs`), so setting them on the listener
+/// the listening socket's SO_RCVTIMEO, SO_SNDTIMEO and SO_SNDBUF into every socket it accepts
+/// (checked with getsockopt on an accepted socket, and by `tests/serve.rs`), so setting them on the listener
 /// gives tiny_http's reads (a request's head, its body, the next request of a keep-alive
 /// connection) and our writes (a stream's events) a timeout on every connection: a read that
 /// waits longer fails, tiny_http closes the connection; a write that waits longer fails, the
 /// stream is cancelled. The catch: SO_RCVTIMEO also bounds `accept` on the listener itself, and
 /// tiny_http's accept thread stops at its first error. So the main loop connects to the listener
 /// every quarter of the timeout (`wake`: an empty connection tiny_http accepts and closes), and
-/// accept never waits a whole timeout; should it still time out (the process was stopped longer
-/// than that), a new tiny_http server takes over the same listener, and the old one is kept to
-/// hand on the requests of the connections it accepted.
+/// accept never waits a whole timeout; should it still time out (the main loop held up that long:
+/// a stopped process does not count, its accept is interrupted and restarted), a new tiny_http
+/// server takes over the same listener, and the old one is kept to hand on the requests of the
+/// connections it accepted.
 struct Listening {
     listener: TcpListener,
     server: Server,
