@@ -1,17 +1,18 @@
 //! `hymba-ref serve` on a loopback port the OS picks (`--port 0`, read from the startup line),
 //! with the bundled demo model: replies equal `generate`'s, alone or among 15 others; streams;
-//! a client that leaves; every class of bad request; the API key; shutdown on SIGTERM. Each
+//! a client that leaves; clients that stall or idle past `--client-timeout`; every class of bad
+//! request; the API key; shutdown on SIGTERM. Each
 //! server is stopped by its test (SIGTERM, exit 0) or, if the test fails first, killed.
 
 use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::text::generate_text;
+use hymba_ref::generate::text::{generate_text, generate_text_in};
 use hymba_ref::generate::{GenerateOptions, StopReason};
 use hymba_ref::model::Hymba;
 use hymba_ref::serve::client::{self, Connection};
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -250,8 +251,13 @@ fn a_prompt_longer_than_one_pass_is_prefilled_in_chunks_with_generate_s_result()
     let reference = Reference::load();
     let ids: Vec<u32> = (0..1100u32).map(|i| 3 + (i * 37) % 3000).collect(); // three passes of ≤ 512
     let (want, tokens) = reference.generate(&ids, 12, Some(0.0), 0, &[]);
-    let mut server = Server::start(&[]);
-    // A short request decoding beside it the whole time.
+    long_prompt_beside_a_stream(&reference, &[], &ids, &want, tokens);
+}
+
+/// A server started with `flags` answers the greedy 12-token request for `ids` with `want`
+/// (`tokens` tokens), while a short stream decodes beside it the whole time and gets `generate`'s.
+fn long_prompt_beside_a_stream(reference: &Reference, flags: &[&str], ids: &[u32], want: &str, tokens: usize) {
+    let mut server = Server::start(flags);
     let long = json!({ "prompt": ids, "max_tokens": 12, "temperature": 0 });
     let short = json!({ "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0, "stream": true });
     let (short_want, _) = reference.generate(&reference.encode("Once upon a time"), 40, Some(0.0), 0, &[]);
@@ -260,10 +266,36 @@ fn a_prompt_longer_than_one_pass_is_prefilled_in_chunks_with_generate_s_result()
         let reply = server.post("/v1/completions", &long).json();
         assert_eq!(reply["choices"][0]["text"], json!(want));
         assert_eq!(reply["usage"]["completion_tokens"], json!(tokens));
-        assert_eq!(reply["usage"]["prompt_tokens"], json!(1100));
+        assert_eq!(reply["usage"]["prompt_tokens"], json!(ids.len()));
         assert_eq!(short.join().unwrap().0, short_want);
     });
     assert!(server.terminate(Duration::from_secs(10)).success());
+}
+
+/// `--prefill-chunk 100`: the 1,100-id prompt goes in 11 chunks of 100 with decode steps of a
+/// stream between them; its reply is what `generate` gives after a prefill in those same chunks
+/// (`tests/chunked_prefill.rs`: not one call's logits bit for bit, but within rounding), and the
+/// stream's is `generate`'s.
+#[test]
+fn with_a_smaller_prefill_chunk_a_long_prompt_gets_generate_s_reply_after_a_prefill_in_those_chunks() {
+    let reference = Reference::load();
+    let ids: Vec<u32> = (0..1100u32).map(|i| 3 + (i * 37) % 3000).collect();
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        stop_at_eos: true,
+        sampling: SamplingParams { temperature: 0.0, ..reference.defaults },
+    };
+    let mut seq = reference.model.new_sequence();
+    for chunk in ids[..1000].chunks(100) {
+        reference.model.next_token_logits(chunk, &mut seq).unwrap();
+    }
+    let mut want = String::new();
+    let generation = generate_text_in(&reference.model, &reference.tokenizer, &mut seq, &ids[..1000], &ids[1000..], &options, &[], None, |piece| {
+        want.push_str(piece);
+        Ok(())
+    })
+    .unwrap();
+    long_prompt_beside_a_stream(&reference, &["--prefill-chunk", "100"], &ids, &want, generation.tokens.len());
 }
 
 #[test]
@@ -283,6 +315,112 @@ fn a_client_that_leaves_mid_stream_frees_its_sequence() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The server goes on serving.
+    let reply = server.post("/v1/completions", &json!({ "prompt": "Hi", "max_tokens": 3 }));
+    assert_eq!(reply.head.status, 200);
+    assert!(server.terminate(Duration::from_secs(10)).success());
+}
+
+/// A raw connection that sends `bytes` and then nothing; its reads wait at most `TIMEOUT`.
+fn stall_after(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    socket.write_all(bytes).unwrap();
+    socket
+}
+
+/// Read `socket` to its end: what the server sent before it closed the connection. Panics if
+/// the server keeps it open for `TIMEOUT`.
+fn read_until_closed(mut socket: TcpStream, what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    match socket.read_to_end(&mut got) {
+        Ok(_) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+        Err(e) => panic!("{what}: the server did not close the connection ({e}); read {} bytes", got.len()),
+    }
+}
+
+/// `--client-timeout 1`: a client that sends half a request head, one that sends half a body (408
+/// when the body is one the server reads, past 1 KiB), an
+/// idle keep-alive connection and a stream whose client stopped reading are each closed once
+/// they stall that long, the stream's sequence leaves the batch, and meanwhile requests are
+/// answered as `generate` answers them, one of them streaming for longer than the timeout.
+#[test]
+fn stalled_or_idle_clients_time_out_without_holding_others_back() {
+    let reference = Reference::load();
+    let mut server = Server::start(&["--client-timeout", "1"]);
+    // A stream whose client reads its head and first event, then nothing.
+    let endless = json!({ "prompt": "Once upon a time", "max_tokens": 20000, "ignore_eos": true, "stream": true, "temperature": 1.0 });
+    let mut stalled = stream(&server, "/v1/completions", &endless);
+    assert!(stalled.next_event().unwrap().is_some());
+    let head = stall_after(server.addr, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Ty");
+    let body = stall_after(server.addr, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{\"prompt\"");
+    // tiny_http reads a body of up to 1 KiB itself, a longer one is ours to read: 408.
+    let long_body = stall_after(server.addr, b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Length: 5000\r\n\r\n{\"prompt\"");
+    let mut idle = BufReader::new(stall_after(server.addr, b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"));
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        idle.read_line(&mut line).unwrap();
+        if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = Some(n.trim().parse::<usize>().unwrap());
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut health = vec![0; length.expect("a content-length")];
+    idle.read_exact(&mut health).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&health).unwrap()["status"], json!("ok"), "the keep-alive connection's one answer");
+
+    // Meanwhile: a reply, and a stream read as it comes that lasts longer than the timeout.
+    let prompt = reference.encode("There are two kinds of people");
+    let (want, _) = reference.generate(&prompt, 30, Some(0.0), 0, &[]);
+    let reply = server.post("/v1/completions", &json!({ "prompt": "There are two kinds of people", "max_tokens": 30, "temperature": 0 }));
+    assert_eq!(reply.json()["choices"][0]["text"], json!(want));
+    let (want, tokens) = reference.generate(&reference.encode("Once upon a time"), 400, Some(0.0), 0, &[]);
+    let start = Instant::now();
+    let long = json!({ "prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": true });
+    let (text, _, usage) = read_stream(stream(&server, "/v1/completions", &long), false);
+    assert_eq!((text, usage["completion_tokens"].clone()), (want, json!(tokens)));
+    eprintln!("a stream of {tokens} tokens took {:.1} s beside the stalled clients", start.elapsed().as_secs_f64());
+
+    // The stalled and idle connections were closed (the stalled head or body with nothing sent).
+    assert_eq!(read_until_closed(head, "half a head"), b"");
+    assert_eq!(read_until_closed(body, "half a body"), b"");
+    let answer = String::from_utf8(read_until_closed(long_body, "half a long body")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert_eq!(read_until_closed(idle.into_inner(), "idle keep-alive"), b"");
+    // The stream that stopped reading: its writes timed out, its sequence left the batch, and the
+    // connection was closed with the events written so far, without [DONE].
+    let start = Instant::now();
+    while server.health()["running"] != json!(0) {
+        assert!(start.elapsed() < TIMEOUT, "the stalled stream's sequence is still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut events = 0;
+    while let Some(event) = stalled.next_event().unwrap() {
+        assert!(event != "[DONE]", "the stalled stream was not cut: it ended with [DONE] after {events} events");
+        events += 1;
+    }
+    assert!(events < 20000, "{events} events");
+    assert!(server.terminate(Duration::from_secs(10)).success());
+}
+
+/// tiny_http's accept on the listening socket times out like every read (`--client-timeout`):
+/// the server wakes it in time, idle or after being stopped (SIGSTOP) for longer than the timeout.
+/// (A stop interrupts accept, which std restarts; the fresh server for an accept that did time out
+/// is tested in the binary's unit tests.)
+#[test]
+fn a_server_paused_past_the_client_timeout_still_accepts() {
+    let mut server = Server::start(&["--client-timeout", "0.5"]);
+    std::thread::sleep(Duration::from_millis(1500)); // idle: accept would have timed out thrice
+    assert_eq!(server.health()["status"], json!("ok"));
+    let signal = |name: &str| assert!(Command::new("kill").args([name, &server.child.id().to_string()]).status().unwrap().success());
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(1500));
+    signal("-CONT");
+    assert_eq!(server.health()["status"], json!("ok"));
     let reply = server.post("/v1/completions", &json!({ "prompt": "Hi", "max_tokens": 3 }));
     assert_eq!(reply.head.status, 200);
     assert!(server.terminate(Duration::from_secs(10)).success());

@@ -16,7 +16,8 @@
 //! [`generate_batch`] (and [`text::generate_text_batch`]) run several prompts together in one
 //! [`Batch`] (continuous batching: each prompt joins after its own prefill and leaves when it
 //! stops), each with its own cache and sampler: a prompt's result is exactly what [`generate`]
-//! gives for it alone.
+//! gives for it alone. Its decode step ([`Decoding`]: one step of every member, each sampling
+//! from its row and feeding its next id or leaving) is the server's too ([`crate::serve`]).
 
 pub mod conversation;
 pub mod sampling;
@@ -198,6 +199,98 @@ impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
     }
 }
 
+/// Sequences decoding together in one [`Batch`], each with its [`Decoder`], what its owner keeps
+/// beside it (`T`), and the id it is fed at the next step: the decode loop of [`generate_batch`]
+/// and of the server's scheduler ([`crate::serve`]), one step at a time.
+pub(crate) struct Decoding<T, C> {
+    batch: Batch,
+    /// In the batch's order: member i reads row i of a step's logits.
+    members: Vec<Member<T, C>>,
+    next_ids: Vec<u32>,
+}
+
+struct Member<T, C> {
+    owner: T,
+    id: SequenceId,
+    decoder: Decoder<C>,
+}
+
+/// A member that left the batch: its owner's part, its decoder and sequence (for
+/// [`Decoder::finish`]), and why it stopped, or the error that ended it.
+pub(crate) struct Left<T, C> {
+    pub owner: T,
+    pub decoder: Decoder<C>,
+    pub seq: Sequence,
+    pub outcome: Result<StopReason>,
+}
+
+impl<T, C: FnMut(u32) -> Result<Flow>> Decoding<T, C> {
+    pub(crate) fn new() -> Self {
+        Decoding { batch: Batch::new(), members: Vec::new(), next_ids: Vec::new() }
+    }
+
+    /// `seq`, prefilled, joins; `first` is the id its decoder chose after the prefill.
+    pub(crate) fn join(&mut self, seq: Sequence, decoder: Decoder<C>, first: u32, owner: T) {
+        self.members.push(Member { owner, id: self.batch.add(seq), decoder });
+        self.next_ids.push(first);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub(crate) fn owners(&self) -> impl Iterator<Item = &T> {
+        self.members.iter().map(|m| &m.owner)
+    }
+
+    /// Bytes of K/V and SSM state the members' caches hold (as f32).
+    pub(crate) fn cache_bytes(&self) -> usize {
+        self.batch.cache_bytes()
+    }
+
+    /// One decode step of every member; each reads its row of the logits and feeds its next id,
+    /// or leaves (returned, in batch order). A failed step (a non-finite logit) ends every member.
+    pub(crate) fn step(&mut self, model: &Hymba) -> Vec<Left<T, C>> {
+        let step = self.batch.step(model, &self.next_ids).map(|logits| logits.to_owned()); // (B, V)
+        let mut left = Vec::new();
+        for (i, member) in self.members.iter_mut().enumerate() {
+            let next = match &step {
+                Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
+                Err(e) => Err(Error::new(e.kind, e.message.clone())),
+            };
+            match next {
+                Ok(Next::Feed(id)) => self.next_ids[i] = id,
+                Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
+                Err(e) => left.push((i, Err(e))),
+            }
+        }
+        let mut gone: Vec<Left<T, C>> = left.into_iter().rev().map(|(i, outcome)| self.remove(i, outcome)).collect();
+        gone.reverse();
+        gone
+    }
+
+    /// The members whose owner `leaves` picks leave now, wherever they are in their reply (their
+    /// outcome: stopped from outside, [`StopReason::Callback`]).
+    pub(crate) fn remove_where(&mut self, leaves: impl Fn(&T) -> bool) -> Vec<Left<T, C>> {
+        let picked: Vec<usize> = (0..self.members.len()).filter(|&i| leaves(&self.members[i].owner)).collect();
+        let mut gone: Vec<Left<T, C>> = picked.into_iter().rev().map(|i| self.remove(i, Ok(StopReason::Callback))).collect();
+        gone.reverse();
+        gone
+    }
+
+    /// Member `i` leaves the batch, the others keep their order.
+    fn remove(&mut self, i: usize, outcome: Result<StopReason>) -> Left<T, C> {
+        let Member { owner, id, decoder } = self.members.remove(i);
+        self.next_ids.remove(i);
+        let seq = self.batch.remove(id).expect("a member of the batch");
+        Left { owner, decoder, seq, outcome }
+    }
+}
+
 /// Feed `prompt` to `seq` (the prefill, watched by `observer` if any), K/V room reserved for
 /// every token it may reach; the logits after the prompt, and the prefill's wall time.
 fn prefill(
@@ -296,12 +389,10 @@ impl BatchStats {
     }
 }
 
-/// A prompt being decoded in the batch of [`generate_batch`].
-struct Member<C> {
+/// What [`generate_batch`] keeps beside a prompt's decoder: which prompt it is, and its cache at
+/// its longest ([`CachePlan`]), what it counts against the memory bound.
+struct Joined {
     prompt: usize,
-    id: SequenceId,
-    decoder: Decoder<C>,
-    /// Its cache at its longest ([`CachePlan`]): what it counts against the memory bound.
     cache_bound: usize,
 }
 
@@ -322,53 +413,36 @@ pub fn generate_batch<C: FnMut(u32) -> Result<Flow>>(
     let start = Instant::now();
     let mut results: Vec<Option<Result<Generation>>> = prompts.iter().map(|_| None).collect();
     let mut stats = BatchStats::default();
-    let (mut batch, mut members, mut waiting) = (Batch::new(), Vec::<Member<C>>::new(), 0..prompts.len());
-    let mut next_ids: Vec<u32> = Vec::new(); // in batch order, like `members`
+    let (mut decoding, mut waiting) = (Decoding::<Joined, C>::new(), 0..prompts.len());
     loop {
         // Join: prompts in order, while the batch has room.
-        while members.len() < batching.max_batch {
+        while decoding.len() < batching.max_batch {
             let Some(prompt) = waiting.clone().next() else { break };
             let bound = cache_bound(model, &prompts[prompt], options);
-            let reserved: usize = members.iter().map(|m| m.cache_bound).sum();
+            let reserved: usize = decoding.owners().map(|m| m.cache_bound).sum();
             let fits = batching.max_cache_bytes.is_none_or(|max| reserved.saturating_add(bound) <= max);
-            if !fits && !members.is_empty() {
+            if !fits && !decoding.is_empty() {
                 break;
             }
             waiting.next();
             match join(model, &prompts[prompt], options, make_on_token(prompt)) {
-                Ok((seq, decoder, Next::Feed(id))) => {
-                    members.push(Member { prompt, id: batch.add(seq), decoder, cache_bound: bound });
-                    next_ids.push(id);
-                }
+                Ok((seq, decoder, Next::Feed(id))) => decoding.join(seq, decoder, id, Joined { prompt, cache_bound: bound }),
                 Ok((seq, decoder, Next::Stop(reason))) => results[prompt] = Some(Ok(decoder.finish(reason, &seq))),
                 Err(e) => results[prompt] = Some(Err(e)),
             }
         }
-        if members.is_empty() {
+        if decoding.is_empty() {
             break;
         }
-        stats.peak_batch = stats.peak_batch.max(members.len());
-        // One step of every member, then each looks at its row: feed its next id, or leave.
-        let step = batch.step(model, &next_ids).map(|logits| logits.to_owned());
+        stats.peak_batch = stats.peak_batch.max(decoding.len());
+        // One step of every member; those that stopped leave.
+        let left = decoding.step(model);
         stats.steps += 1;
-        stats.peak_cache_bytes = stats.peak_cache_bytes.max(batch.cache_bytes());
-        let mut left = Vec::new();
-        for (i, member) in members.iter_mut().enumerate() {
-            let next = match &step {
-                Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
-                Err(e) => Err(Error::new(e.kind, e.message.clone())),
-            };
-            match next {
-                Ok(Next::Feed(id)) => next_ids[i] = id,
-                Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
-                Err(e) => left.push((i, Err(e))),
-            }
-        }
-        for (i, outcome) in left.into_iter().rev() {
-            let member = members.remove(i);
-            next_ids.remove(i);
-            let seq = batch.remove(member.id).expect("a member of the batch");
-            results[member.prompt] = Some(outcome.map(|reason| member.decoder.finish(reason, &seq)));
+        // The caches after the step, those of the members that just left included.
+        let leaving: usize = left.iter().map(|l| l.seq.cache.allocated_scalars().bytes(ScalarType::F32)).sum();
+        stats.peak_cache_bytes = stats.peak_cache_bytes.max(decoding.cache_bytes() + leaving);
+        for Left { owner, decoder, seq, outcome } in left {
+            results[owner.prompt] = Some(outcome.map(|reason| decoder.finish(reason, &seq)));
         }
     }
     let results: Vec<Result<Generation>> = results.into_iter().map(|r| r.expect("every prompt ran")).collect();

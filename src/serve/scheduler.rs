@@ -5,14 +5,15 @@
 //!   take the jobs that arrived; drop those whose client went away (queued, prefilling, decoding)
 //!   if nothing is prefilling: the queue's first job starts, if the batch has room and its cache
 //!       at prompt + max_tokens fits beside the members' (one job always runs)
-//!   prefill one chunk of it (one pass, ≤ MAX_ROWS_PER_PASS rows); after its last chunk, sample
-//!       its first token and add it to the batch
+//!   prefill one chunk of it (one pass, ≤ prefill_chunk ≤ MAX_ROWS_PER_PASS rows); after its
+//!       last chunk, sample its first token and add it to the batch
 //!   one decode step of every member: sample each row, hand the text to its client, leave on
 //!       EOS, a stop string, max_tokens, or a client that is gone
 //! ```
 //!
-//! A prompt is cut into chunks exactly where one call over the whole prompt would cut its
-//! passes ([`rows_per_pass`]), so the prefill gives the logits `generate` gets. Each member keeps
+//! By default a prompt is cut into chunks exactly where one call over the whole prompt would cut
+//! its passes ([`rows_per_pass`]), so the prefill gives the logits `generate` gets, bit for bit;
+//! a smaller [`SchedulerLimits::prefill_chunk`] gives them within rounding. Each member keeps
 //! `generate`'s own per-sequence state ([`Decoder`]: sampler, EOS, max tokens) and text layer
 //! ([`TextSink`]: streaming decode, stop strings), so its tokens and text are what `generate`
 //! gives for the same prompt and options.
@@ -21,9 +22,9 @@ use crate::cache_plan::{CachePlan, ScalarType};
 use crate::config::HymbaConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::generate::text::TextSink;
-use crate::generate::{Decoder, Flow, GenerateOptions, Next, StopReason, RESERVE_TOKENS_LIMIT};
+use crate::generate::{Decoder, Decoding, Flow, GenerateOptions, Left, Next, StopReason, RESERVE_TOKENS_LIMIT};
 use crate::model::pass::{rows_per_pass, MAX_ROWS_PER_PASS};
-use crate::model::{Batch, Hymba, Sequence, SequenceId};
+use crate::model::{Hymba, Sequence};
 use crate::tokenizer::Tokenizer;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -91,6 +92,12 @@ pub struct SchedulerLimits {
     pub max_cache_bytes: usize,
     /// The most jobs waiting to start.
     pub max_queue: usize,
+    /// The most prompt ids one prefill chunk feeds (between two decode steps), at most
+    /// [`MAX_ROWS_PER_PASS`]; a prompt is cut in even chunks ([`rows_per_pass`]). At
+    /// [`MAX_ROWS_PER_PASS`] the chunks are the passes of one call over the whole prompt, and the
+    /// logits `generate`'s bit for bit; smaller chunks let decodes run more often beside a long
+    /// prompt, and give its logits within rounding only (`tests/chunked_prefill.rs`).
+    pub prefill_chunk: usize,
 }
 
 /// The answer to [`Scheduler::submit`].
@@ -197,24 +204,22 @@ struct Prefill {
     job: Job,
     seq: Sequence,
     fed: usize,
-    /// Ids per chunk: one pass each, cut where one call over the whole prompt would cut.
+    /// Ids per chunk: one pass each, at most [`SchedulerLimits::prefill_chunk`], even.
     chunk: usize,
     start: Instant,
     cache_bound: usize,
 }
 
-/// A job in the batch.
-struct Member<'t> {
+/// What the scheduler keeps beside a decoding job's [`Decoder`].
+struct Client<'t> {
     job: Job,
-    id: SequenceId,
-    decoder: Decoder<OnToken<'t>>,
     sink: Sink<'t>,
     cache_bound: usize,
 }
 
 /// The scheduler thread: see the module's loop.
 fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Receiver<Job>, shared: &Shared) {
-    let mut work = Work { model, tokenizer, limits, shared, queue: VecDeque::new(), prefill: None, batch: Batch::new(), members: Vec::new(), next_ids: Vec::new() };
+    let mut work = Work { model, tokenizer, limits, shared, queue: VecDeque::new(), prefill: None, decoding: Decoding::new() };
     loop {
         if work.is_idle() {
             match jobs.recv_timeout(Duration::from_millis(20)) {
@@ -231,12 +236,11 @@ fn run(model: &Hymba, tokenizer: &Tokenizer, limits: SchedulerLimits, jobs: Rece
         work.start_next_prefill();
         work.prefill_chunk();
         work.decode_step();
-        shared.running.store(work.members.len() + usize::from(work.prefill.is_some()), Ordering::SeqCst);
+        shared.running.store(work.decoding.len() + usize::from(work.prefill.is_some()), Ordering::SeqCst);
     }
 }
 
-/// Everything the scheduler holds: the queue, the job being prefilled, the batch and its members
-/// (`next_ids[i]` is what member i is fed at the next step).
+/// Everything the scheduler holds: the queue, the job being prefilled, the jobs decoding.
 struct Work<'t> {
     model: &'t Hymba,
     tokenizer: &'t Tokenizer,
@@ -244,14 +248,12 @@ struct Work<'t> {
     shared: &'t Shared,
     queue: VecDeque<Job>,
     prefill: Option<Prefill>,
-    batch: Batch,
-    members: Vec<Member<'t>>,
-    next_ids: Vec<u32>,
+    decoding: Decoding<Client<'t>, OnToken<'t>>,
 }
 
 impl<'t> Work<'t> {
     fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.prefill.is_none() && self.members.is_empty()
+        self.queue.is_empty() && self.prefill.is_none() && self.decoding.is_empty()
     }
 
     fn leave_queue(&self, jobs: usize) {
@@ -265,9 +267,8 @@ impl<'t> Work<'t> {
         for job in self.queue.drain(..).chain(self.prefill.take().map(|p| p.job)) {
             let _ = job.events.send(Event::Failed(shutting_down()));
         }
-        for member in self.members.drain(..) {
-            let seq = self.batch.remove(member.id).expect("a member of the batch");
-            finish(member.job, member.decoder, member.sink, StopReason::MaxNewTokens, &seq);
+        for Left { owner, decoder, seq, .. } in self.decoding.remove_where(|_| true) {
+            finish(owner.job, decoder, owner.sink, StopReason::MaxNewTokens, &seq);
         }
         self.shared.running.store(0, Ordering::SeqCst);
     }
@@ -281,13 +282,7 @@ impl<'t> Work<'t> {
         if self.prefill.as_ref().is_some_and(|p| gone(&p.job)) {
             self.prefill = None;
         }
-        for i in (0..self.members.len()).rev() {
-            if gone(&self.members[i].job) {
-                let member = self.members.remove(i);
-                self.next_ids.remove(i);
-                self.batch.remove(member.id);
-            }
-        }
+        self.decoding.remove_where(|client| gone(&client.job));
     }
 
     /// When nothing is prefilling, the queue's first job starts if the batch has room for it and
@@ -295,16 +290,16 @@ impl<'t> Work<'t> {
     fn start_next_prefill(&mut self) {
         let Some(job) = self.queue.front().filter(|_| self.prefill.is_none()) else { return };
         let bound = cache_bound(&self.model.config, job.prompt.len(), job.options.max_new_tokens);
-        let reserved = self.members.iter().fold(0usize, |sum, m| sum.saturating_add(m.cache_bound));
-        let fits = self.members.is_empty() || reserved.saturating_add(bound) <= self.limits.max_cache_bytes;
-        if self.members.len() >= self.limits.max_batch || !fits {
+        let reserved = self.decoding.owners().fold(0usize, |sum, c| sum.saturating_add(c.cache_bound));
+        let fits = self.decoding.is_empty() || reserved.saturating_add(bound) <= self.limits.max_cache_bytes;
+        if self.decoding.len() >= self.limits.max_batch || !fits {
             return;
         }
         let job = self.queue.pop_front().expect("a front job");
         self.leave_queue(1);
         let mut seq = self.model.new_sequence();
         seq.reserve((job.prompt.len() + job.options.max_new_tokens).min(RESERVE_TOKENS_LIMIT));
-        let chunk = rows_per_pass(job.prompt.len(), MAX_ROWS_PER_PASS);
+        let chunk = rows_per_pass(job.prompt.len(), self.limits.prefill_chunk.clamp(1, MAX_ROWS_PER_PASS));
         self.prefill = Some(Prefill { job, seq, fed: 0, chunk, start: Instant::now(), cache_bound: bound });
     }
 
@@ -327,40 +322,23 @@ impl<'t> Work<'t> {
                 Ok((decoder, sink, Next::Stop(reason))) => finish(p.job, decoder, sink, reason, &p.seq),
                 Ok((decoder, sink, Next::Feed(id))) => {
                     let Prefill { job, seq, cache_bound, .. } = p;
-                    self.members.push(Member { job, id: self.batch.add(seq), decoder, sink, cache_bound });
-                    self.next_ids.push(id);
+                    self.decoding.join(seq, decoder, id, Client { job, sink, cache_bound });
                 }
             },
         }
     }
 
-    /// One decode step of every member; each reads its row, then feeds its next id or leaves.
+    /// One decode step of every member; those that stopped leave with their answer.
     fn decode_step(&mut self) {
-        if self.members.is_empty() {
+        if self.decoding.is_empty() {
             return;
         }
-        self.shared.peak_batch.fetch_max(self.members.len(), Ordering::SeqCst);
-        let step = self.batch.step(self.model, &self.next_ids).map(|logits| logits.to_owned()); // (B, V)
-        let mut left = Vec::new();
-        for (i, member) in self.members.iter_mut().enumerate() {
-            let next = match &step {
-                Ok(logits) => member.decoder.next(logits.row(i).as_slice().expect("contiguous logits")),
-                Err(e) => Err(Error::new(e.kind, e.message.clone())),
-            };
-            match next {
-                Ok(Next::Feed(id)) => self.next_ids[i] = id,
-                Ok(Next::Stop(reason)) => left.push((i, Ok(reason))),
-                Err(e) => left.push((i, Err(e))),
-            }
-        }
-        for (i, outcome) in left.into_iter().rev() {
-            let member = self.members.remove(i);
-            self.next_ids.remove(i);
-            let seq = self.batch.remove(member.id).expect("a member of the batch");
+        self.shared.peak_batch.fetch_max(self.decoding.len(), Ordering::SeqCst);
+        for Left { owner, decoder, seq, outcome } in self.decoding.step(self.model) {
             match outcome {
-                Ok(reason) => finish(member.job, member.decoder, member.sink, reason, &seq),
+                Ok(reason) => finish(owner.job, decoder, owner.sink, reason, &seq),
                 Err(e) => {
-                    let _ = member.job.events.send(Event::Failed(e)); // fails too if the client is gone
+                    let _ = owner.job.events.send(Event::Failed(e)); // fails too if the client is gone
                 }
             }
         }

@@ -15,7 +15,7 @@
 
 mod api;
 
-use crate::args::{count, model_dir, positive, threads};
+use crate::args::{count, model_dir, number_where, positive, threads};
 use crate::available_memory::available_memory;
 use crate::generate::load_tokenizer;
 use crate::generation_args::past_trained_length;
@@ -26,6 +26,7 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::{HymbaConfig, RopeScaling};
 use hymba_ref::generate::sampling::SamplingParams;
+use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
 use hymba_ref::model::Hymba;
 use hymba_ref::serve::scheduler::cache_bound;
 use hymba_ref::serve::{Event, Job, Scheduler, SchedulerLimits, Submit};
@@ -33,6 +34,8 @@ use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, ErrorKind, Result};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -70,6 +73,14 @@ pub struct ServeArgs {
     /// The most requests waiting to start; more get 503 with Retry-After.
     #[arg(long, value_name = "Q", default_value_t = 64, value_parser = count::<1, 1_000_000>, allow_negative_numbers = true)]
     max_queue: usize,
+    /// The most prompt tokens prefilled between two decode steps of the running requests (a long
+    /// prompt is cut in even chunks of at most this many). At 512, one pass, the chunks are the
+    /// passes `generate` runs, so replies equal its replies bit for bit; fewer let running streams
+    /// go on more often beside a long prompt, but give its logits within float rounding only
+    /// (about 1e-6), so a greedy reply to a prompt longer than N may differ from `generate`'s
+    /// where two tokens nearly tie.
+    #[arg(long, value_name = "N", default_value_t = MAX_ROWS_PER_PASS, value_parser = count::<1, { MAX_ROWS_PER_PASS as u64 }>, allow_negative_numbers = true)]
+    prefill_chunk: usize,
     /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise); /health stays open.
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
@@ -88,6 +99,12 @@ pub struct ServeArgs {
     /// docs/QUANTIZATION.md).
     #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
     weights: Option<hymba_ref::quant::QuantType>,
+    /// Close a connection whose client sends nothing for this long (a request's head or body
+    /// stalled halfway, an idle keep-alive connection) or reads nothing for this long (a stream
+    /// whose client stopped reading: its request is cancelled, its sequence leaves the batch).
+    /// The time a reply takes to generate is not counted.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = client_timeout, allow_negative_numbers = true)]
+    client_timeout: f64,
 }
 
 /// What every request thread shares.
@@ -137,12 +154,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => available_memory().map_or(usize::MAX, |a| usize::try_from(a / 2).unwrap_or(usize::MAX)),
     };
     let capacity = capacity(&config, max_cache_bytes, args.max_batch);
-    let limits = SchedulerLimits { max_batch: args.max_batch, max_cache_bytes, max_queue: args.max_queue };
+    let limits = SchedulerLimits { max_batch: args.max_batch, max_cache_bytes, max_queue: args.max_queue, prefill_chunk: args.prefill_chunk };
     let tokenizer = Arc::new(tokenizer);
 
-    let server = Server::http((args.host.as_str(), args.port))
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot listen on --host {} --port {}: {e}", args.host, args.port)))?;
-    let addr = server.server_addr().to_ip().map_or_else(|| format!("{}:{}", args.host, args.port), |a| a.to_string());
+    let mut listening = Listening::bind(&args.host, args.port, Duration::from_secs_f64(args.client_timeout))?;
+    let addr = listening.addr;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -174,14 +190,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
 
     while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => dispatch(request, &state),
-            Ok(None) => {}
-            Err(e) => return Err(Error::new(ErrorKind::Io, format!("the server stopped accepting: {e}"))),
+        if let Some(request) = listening.next_request(Duration::from_millis(100))? {
+            dispatch(request, &state);
         }
     }
     eprintln!("shutting down: no new connections; ending {} running and {} waiting requests", state.scheduler.running(), state.scheduler.waiting());
-    drop(server);
+    drop(listening);
     state.scheduler.shut_down();
     let deadline = Instant::now() + SHUTDOWN_WAIT;
     while state.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -189,6 +203,108 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     eprintln!("stopped");
     Ok(())
+}
+
+/// The value parser of `--client-timeout`: seconds, from 0.01 (a socket timeout of 0 would mean
+/// none) to a day.
+fn client_timeout(text: &str) -> std::result::Result<f64, String> {
+    number_where(text, |v| (0.01..=86_400.0).contains(&v), "from 0.01 to 86400")
+}
+
+/// The listening socket and the tiny_http server accepting on it, with `--client-timeout` on
+/// every connection.
+///
+/// tiny_http has no timeout setting and never shows us a connection's socket. But Linux copies
+/// the listening socket's SO_RCVTIMEO, SO_SNDTIMEO and SO_SNDBUF into every socket it accepts
+/// (checked with getsockopt on an accepted socket, and by `tests/serve.rs`), so setting them on the listener
+/// gives tiny_http's reads (a request's head, its body, the next request of a keep-alive
+/// connection) and our writes (a stream's events) a timeout on every connection: a read that
+/// waits longer fails, tiny_http closes the connection; a write that waits longer fails, the
+/// stream is cancelled. The catch: SO_RCVTIMEO also bounds `accept` on the listener itself, and
+/// tiny_http's accept thread stops at its first error. So the main loop connects to the listener
+/// every quarter of the timeout (`wake`: an empty connection tiny_http accepts and closes), and
+/// accept never waits a whole timeout; should it still time out (the main loop held up that long:
+/// a stopped process does not count, its accept is interrupted and restarted), a new tiny_http
+/// server takes over the same listener, and the old one is kept to hand on the requests of the
+/// connections it accepted.
+struct Listening {
+    listener: TcpListener,
+    server: Server,
+    /// Servers whose accept thread stopped; their connections' requests still arrive.
+    retired: Vec<Server>,
+    addr: SocketAddr,
+    wake_every: Duration,
+    last_wake: Instant,
+}
+
+impl Listening {
+    fn bind(host: &str, port: u16, timeout: Duration) -> Result<Listening> {
+        let cannot = |e: &dyn std::fmt::Display| Error::new(ErrorKind::Io, format!("cannot listen on --host {host} --port {port}: {e}"));
+        let listener = TcpListener::bind((host, port)).map_err(|e| cannot(&e))?;
+        set_socket_options(&listener, timeout).map_err(|e| cannot(&e))?;
+        let addr = listener.local_addr().map_err(|e| cannot(&e))?;
+        let server = Server::from_listener(listener.try_clone().map_err(|e| cannot(&e))?, None).map_err(|e| cannot(&e))?;
+        Ok(Listening { listener, server, retired: Vec::new(), addr, wake_every: timeout / 4, last_wake: Instant::now() })
+    }
+
+    /// The next request, if one arrives within `wait`.
+    fn next_request(&mut self, wait: Duration) -> Result<Option<Request>> {
+        if self.last_wake.elapsed() >= self.wake_every {
+            self.wake();
+        }
+        for old in &self.retired {
+            if let Ok(Some(request)) = old.try_recv() {
+                return Ok(Some(request));
+            }
+        }
+        match self.server.recv_timeout(wait.min(self.wake_every)) {
+            Ok(request) => Ok(request),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                let listener = self.listener.try_clone().map_err(|e| Error::new(ErrorKind::Io, format!("cannot accept connections: {e}")))?;
+                let server = Server::from_listener(listener, None).map_err(|e| Error::new(ErrorKind::Io, format!("cannot accept connections: {e}")))?;
+                self.retired.push(std::mem::replace(&mut self.server, server));
+                eprintln!("accept timed out (no wake-up within --client-timeout): accepting on a fresh thread");
+                Ok(None)
+            }
+            Err(e) => Err(Error::new(ErrorKind::Io, format!("the server stopped accepting: {e}"))),
+        }
+    }
+
+    /// An empty connection to the listener: tiny_http's accept returns, and waits anew.
+    fn wake(&mut self) {
+        let mut to = self.addr;
+        if to.ip().is_unspecified() {
+            to.set_ip(match to {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&to, self.wake_every); // dropped at once: tiny_http reads its end
+        self.last_wake = Instant::now();
+    }
+}
+
+/// A connection's send buffer (Linux doubles it for its bookkeeping), instead of the kernel's
+/// automatic sizing of up to 4 MB (tcp_wmem): at about 170 bytes a streamed token, 4 MB is
+/// minutes of tokens a client that stopped reading would leave unread before a write blocks and
+/// can time out; 64 KiB is a few hundred tokens, and more than a reply needs at loopback speed.
+const SEND_BUFFER_BYTES: libc::c_int = 64 * 1024;
+
+/// Set on the listening socket what its accepted sockets inherit: SO_RCVTIMEO and SO_SNDTIMEO
+/// (reads and writes fail after waiting `timeout`) and SO_SNDBUF ([`SEND_BUFFER_BYTES`]).
+fn set_socket_options(socket: &TcpListener, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as libc::suseconds_t };
+    let set = |option: libc::c_int, value: *const libc::c_void, size: usize| {
+        // SAFETY: a live socket descriptor, and a value of the size passed.
+        match unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, option, value, size as libc::socklen_t) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    let timeval = (&tv as *const libc::timeval).cast();
+    set(libc::SO_RCVTIMEO, timeval, std::mem::size_of::<libc::timeval>())?;
+    set(libc::SO_SNDTIMEO, timeval, std::mem::size_of::<libc::timeval>())?;
+    set(libc::SO_SNDBUF, (&SEND_BUFFER_BYTES as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>())
 }
 
 /// glibc gives threads their own malloc arenas (up to 8 per core) and keeps what each one freed:
@@ -325,7 +441,12 @@ fn read_body(request: &mut Request) -> std::result::Result<Vec<u8>, ApiError> {
         .as_reader()
         .take(MAX_BODY_BYTES as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, "invalid_request_error", format!("cannot read the request body: {e}")))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                ApiError::new(408, "request_timeout", "the request body stopped arriving (--client-timeout)")
+            }
+            _ => ApiError::new(400, "invalid_request_error", format!("cannot read the request body: {e}")),
+        })?;
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
@@ -475,3 +596,33 @@ fn models(state: &State) -> Value {
     json!({ "object": "list", "data": [{ "id": state.model_name, "object": "model", "created": created, "owned_by": "hymba-ref" }] })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Left without wake-ups for longer than its timeout, tiny_http's accept times out and its
+    /// accept thread stops; `next_request` then starts a fresh server on the same listener, and
+    /// a request sent after that is received.
+    #[test]
+    fn after_accept_timed_out_a_fresh_server_takes_the_listener_over() {
+        let mut listening = Listening::bind("127.0.0.1", 0, Duration::from_millis(50)).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // no wake-ups: accept times out
+        let addr = listening.addr;
+        let client = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            hymba_ref::serve::client::get(addr, "/health", &[], Duration::from_secs(10)).map(|r| r.head.status)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let request = loop {
+            assert!(Instant::now() < deadline, "no request arrived");
+            if let Some(request) = listening.next_request(Duration::from_millis(20)).unwrap() {
+                break request;
+            }
+        };
+        assert_eq!(listening.retired.len(), 1, "the server whose accept timed out was replaced");
+        assert_eq!(request.url(), "/health");
+        request.respond(Response::empty(204)).unwrap();
+        assert_eq!(client.join().unwrap().unwrap(), 204);
+    }
+}
