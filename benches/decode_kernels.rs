@@ -23,11 +23,11 @@
 //! Medians of repeated calls on the current rayon pool (`RAYON_NUM_THREADS` sets its size).
 
 use half::bf16;
-use hymba_ref::cache::KvCache;
+use hymba_ref::state::cache::KvCache;
 use hymba_ref::config::AttentionSpan;
-use hymba_ref::matrix::{Elements, Matrix};
+use hymba_ref::kernels::matrix::{Elements, Matrix};
 use hymba_ref::model::attention::{attention_heads, Mask};
-use hymba_ref::quant::{self, Kernel, QuantType, QuantizedRow};
+use hymba_ref::kernels::quant::{self, Kernel, QuantType, QuantizedRow};
 use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 use std::time::Instant;

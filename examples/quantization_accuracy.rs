@@ -18,10 +18,10 @@
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
-use hymba_ref::matrix::Matrix;
+use hymba_ref::kernels::matrix::Matrix;
 use hymba_ref::model::Hymba;
-use hymba_ref::quant::QuantType;
-use hymba_ref::rng::SplitMix64;
+use hymba_ref::kernels::quant::QuantType;
+use hymba_ref::base::rng::SplitMix64;
 use hymba_ref::tokenizer::Tokenizer;
 use ndarray::{Array2, ArrayView1};
 use serde_json::{json, Value};

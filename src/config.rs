@@ -7,8 +7,8 @@
 //! computed here, so the model code never looks at raw config values again, and the config never
 //! changes after it is built.
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::quant::QuantType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::kernels::quant::QuantType;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::path::Path;
@@ -451,8 +451,8 @@ impl HymbaConfig {
 
     /// Read and validate `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<HymbaConfig> {
-        let bytes = crate::files::read_capped(path, crate::files::CONFIG)?;
-        let text = crate::files::utf8(bytes, &path.display().to_string()).map_err(|e| Error::config(e.message))?;
+        let bytes = crate::base::files::read_capped(path, crate::base::files::CONFIG)?;
+        let text = crate::base::files::utf8(bytes, &path.display().to_string()).map_err(|e| Error::config(e.message))?;
         Self::from_json_str(&text).map_err(|e| e.context(path.display()))
     }
 
@@ -460,7 +460,7 @@ impl HymbaConfig {
     pub fn from_json_str(text: &str) -> Result<HymbaConfig> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("not valid JSON: {e}")))?;
-        if let Some(key) = crate::json_scan::first_duplicate_key(text) {
+        if let Some(key) = crate::base::json_scan::first_duplicate_key(text) {
             return Err(Error::config(format!("the key `{key}` appears twice in one object (refusing to guess which one is meant)")));
         }
         let obj = value.as_object().ok_or_else(|| Error::config("expected a JSON object"))?;
@@ -701,7 +701,7 @@ fn check_size(cfg: &HymbaConfig) -> Result<()> {
 }
 
 /// The `quantization` object a quantized checkpoint's config.json carries: `type` must name a
-/// [`QuantType`] and `block_size` be [`crate::quant::BLOCK`]; any other key is refused (a format
+/// [`QuantType`] and `block_size` be [`crate::kernels::quant::BLOCK`]; any other key is refused (a format
 /// we do not know is never guessed at).
 fn parse_quantization(f: &Fields) -> Result<Option<QuantType>> {
     const KEY: &str = "quantization";
@@ -717,8 +717,8 @@ fn parse_quantization(f: &Fields) -> Result<Option<QuantType>> {
     };
     match obj.get("block_size") {
         None => return Err(Fields::missing(&format!("{KEY}.block_size"))),
-        Some(b) if b.as_u64() == Some(crate::quant::BLOCK as u64) => {}
-        Some(b) => return Err(unsupported(&format!("{KEY}.block_size"), b, &format!("{kind} blocks hold {} weights", crate::quant::BLOCK))),
+        Some(b) if b.as_u64() == Some(crate::kernels::quant::BLOCK as u64) => {}
+        Some(b) => return Err(unsupported(&format!("{KEY}.block_size"), b, &format!("{kind} blocks hold {} weights", crate::kernels::quant::BLOCK))),
     }
     Ok(Some(kind))
 }

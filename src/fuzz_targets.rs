@@ -17,10 +17,10 @@ use crate::checkpoint::safetensors::{Dtype, SafetensorsFile};
 use crate::checkpoint::shards::parse_index;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::{HymbaConfig, KvSource};
-use crate::error::{Error, ErrorKind};
+use crate::base::error::{Error, ErrorKind};
 use crate::model::Hymba;
-use crate::json_scan::first_duplicate_key;
-use crate::generate::sampling::SamplingParams;
+use crate::base::json_scan::first_duplicate_key;
+use crate::features::generate::sampling::SamplingParams;
 use crate::tokenizer::{AddedTokens, Segment, StreamDecoder, Tokenizer, MAX_ADDED_TOKEN_BYTES};
 
 /// The body of a fuzz target.
@@ -199,7 +199,7 @@ pub fn quantized_loader(data: &[u8]) {
     let Some((&selector, file)) = data.split_first() else { return };
     let configs = loader_configs();
     let mut cfg = configs[selector as usize % configs.len()].clone();
-    cfg.quantization = Some(crate::quant::QuantType::ALL[(selector as usize >> 1) % 2]);
+    cfg.quantization = Some(crate::kernels::quant::QuantType::ALL[(selector as usize >> 1) % 2]);
     let Ok(file) = SafetensorsFile::from_bytes(file.to_vec(), "fuzz.safetensors") else { return };
     match HymbaWeights::from_checkpoint(&cfg, &file) {
         Ok(weights) => run_model(Hymba::new(cfg, weights), selector & 0x80 != 0),

@@ -54,59 +54,47 @@
 //! `matmul_t_reference`, `dot_reference`), tested against the fast one of the unsuffixed name.
 //!
 //! ## Map of the crate
+//! The directories of `src/` are the layers of the engine, each using only those above it in
+//! this list (no import runs upward, and there is no import cycle among the files of `src/`):
+//! - [`base`]: what knows nothing of Hymba: the [`Error`] type, careful file access
+//!   ([`base::files`]: every file read is a regular file with a size cap per kind; outputs never
+//!   replace anything but a regular file), a scanner for untrusted JSON, a PRNG, the reusable
+//!   output buffers every tensor-producing function writes into ([`base::buffer`]), how
+//!   parallel work is cut into tasks, and tensor values owned or read in place from a file's
+//!   memory mapping ([`base::values`]).
+//! - [`kernels`]: weight matrices kept in their stored dtype, bf16 staying bf16, and `x · Wᵀ`
+//!   ([`kernels::matrix`]); weights quantized in blocks of 32 (q8_0, q4_0) and their integer
+//!   products ([`kernels::quant`]); the few vector loops underneath ([`kernels::simd`]), chosen
+//!   at run time for the CPU's widest unit with bit-identical results.
 //! - [`config`]: `config.json` → validated [`config::HymbaConfig`] with a per-layer
 //!   [`config::LayerPlan`] (global or window; owns K/V or reuses layer j).
+//! - [`state`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`
+//!   ([`state::cache`]) and its size predicted from the config ([`state::cache_plan`]).
 //! - [`checkpoint`]: our safetensors reader, shards, and the weights loader.
-//! - [`matrix`]: weight matrices kept in their stored dtype (bf16 stays bf16) and `x · Wᵀ`.
-//! - [`values`]: tensor values owned, or read in place from the checkpoint's memory mapping.
-//! - [`quant`]: weights quantized in blocks of 32 (q8_0, q4_0) and their integer products.
-//! - [`simd`]: the few inner loops decoding lives in (dot products, axpy), compiled for AVX-512 / AVX2
-//!   when the CPU has them, with bit-identical results.
-//! - [`buffer`]: `shaped`, the reusable output buffers every tensor-producing function writes into.
+//! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
+//!   streaming decode, the Instruct chat format.
 //! - [`model`]: the forward pass, one file per concept: a [`model::Sequence`] (its cache and
 //!   scratch), one path through the layers for a batch of segments ([`model::pass`]), thin entry
 //!   points on [`model::Hymba`], and an optional [`model::LayerObserver`] that sees every layer.
-//! - [`tokenizer`]: Llama-2 SentencePiece BPE from `tokenizer.json` or `tokenizer.model`,
-//!   streaming decode, the Instruct chat format.
-//! - [`cache`]: the hybrid cache (K/V with positions, conv state, SSM state) passed `&mut`; it
-//!   depends on the config alone.
-//!
-//! No module imports upward: `simd`, `buffer`, `tasks`, `json_scan`, `matrix`, `config`, `cache`,
-//! `cache_plan`, `checkpoint`, `tokenizer` use nothing from `model`; `config` uses nothing from
-//! `checkpoint`; and there is no import cycle among the files of `src/`.
-//! - [`generate`]: sampling, the generation loop (streaming, stop conditions), batched generation.
-//! - [`eval`]: token-level NLL and perplexity of a text, in sliding windows.
-//! - [`prefix_cache`]: the state after the meta tokens, kept on disk once per model.
-//! - [`files`]: every file read is a regular file with a size cap per kind; outputs never replace
-//!   anything but a regular file.
-//! - [`explain`]: one prompt's forward pass watched layer by layer (attention maps and shares,
-//!   branch balance, SSM memory, ablation, the cache), as JSON or a self-contained page.
+//! - [`features`]: what users do with the model: sampling and the generation loop
+//!   ([`features::generate`]), NLL and perplexity in sliding windows ([`features::eval`]), one
+//!   prompt's forward pass watched layer by layer ([`features::explain`]), and the
+//!   OpenAI-compatible server's scheduler ([`features::serve`]), and the state after the meta
+//!   tokens kept on disk once per model ([`features::prefix_cache`]).
+//! - The command line, `src/bin/hymba-ref/`, parses flags and calls the library.
 
-pub mod buffer;
-pub mod cache;
-pub mod cache_plan;
+pub mod base;
 pub mod checkpoint;
 pub mod config;
-pub mod error;
-pub mod eval;
-pub mod explain;
-pub mod files;
+pub mod features;
 #[doc(hidden)]
 pub mod fuzz_targets;
-pub mod generate;
-pub(crate) mod json_scan;
-pub mod matrix;
+pub mod kernels;
 pub mod model;
-pub mod prefix_cache;
-pub mod quant;
-pub mod rng;
-pub mod serve;
-pub mod simd;
-pub mod tasks;
+pub mod state;
 pub mod tokenizer;
-pub mod values;
 
-pub use error::{Error, ErrorKind, Result};
+pub use base::error::{Error, ErrorKind, Result};
 
 /// The small demo model bundled with the repository (`reference/demo-model`, trained by
 /// `reference/train_demo.py`; see its `MODEL_CARD.md`): the commands' default `--model`.

@@ -5,7 +5,7 @@
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
-use hymba_ref::generate::sampling::argmax;
+use hymba_ref::features::generate::sampling::argmax;
 use hymba_ref::model::{Batch, Hymba, SequenceId};
 use proptest::prelude::*;
 use serde_json::json;

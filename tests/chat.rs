@@ -4,10 +4,10 @@
 
 mod common;
 use common::cli_with_stdin;
-use hymba_ref::generate::conversation::Conversation;
-use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::text::generate_text;
-use hymba_ref::generate::GenerateOptions;
+use hymba_ref::features::generate::conversation::Conversation;
+use hymba_ref::features::generate::sampling::SamplingParams;
+use hymba_ref::features::generate::text::generate_text;
+use hymba_ref::features::generate::GenerateOptions;
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Prefill in chunks, as the server does it (`src/serve/scheduler.rs`): a prompt fed to a
+//! Prefill in chunks, as the server does it (`src/features/serve/scheduler.rs`): a prompt fed to a
 //! sequence in several calls against one call over the whole prompt (what `generate` does).
 //!
 //! Cut where one call cuts its passes (`rows_per_pass`), the chunks run the same passes, so the

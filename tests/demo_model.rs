@@ -3,7 +3,7 @@
 //! held-out perplexity to 1e-7 relative (measured ≤ 3e-8), and greedy continuations token for token.
 
 use hymba_ref::config::AttentionSpan;
-use hymba_ref::eval::{perplexity, windows};
+use hymba_ref::features::eval::{perplexity, windows};
 use hymba_ref::model::Hymba;
 use hymba_ref::tokenizer::Tokenizer;
 use serde_json::Value;

@@ -6,10 +6,10 @@
 mod common;
 
 use hymba_ref::config::AttentionSpan;
-use hymba_ref::explain::ablation::{mean_log_prob, without_branches, Branch};
-use hymba_ref::explain::html::{to_html, PageInfo};
-use hymba_ref::explain::json::to_json;
-use hymba_ref::explain::{explain, Options, Report};
+use hymba_ref::features::explain::ablation::{mean_log_prob, without_branches, Branch};
+use hymba_ref::features::explain::html::{to_html, PageInfo};
+use hymba_ref::features::explain::json::to_json;
+use hymba_ref::features::explain::{explain, Options, Report};
 use hymba_ref::model::attention::is_visible;
 use hymba_ref::model::{plain, Hymba, LayerTrace};
 use ndarray::{Array2, Array3};

@@ -14,7 +14,7 @@ use hymba_ref::checkpoint::safetensors::write_f32;
 use hymba_ref::checkpoint::TensorSource;
 use hymba_ref::checkpoint::quantized::write_quantized;
 use hymba_ref::fuzz_targets::{loader_configs, LOADER_CONFIGS, TARGETS};
-use hymba_ref::quant::QuantType;
+use hymba_ref::kernels::quant::QuantType;
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -5,11 +5,11 @@ mod common;
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
-use hymba_ref::cache_plan::{CachePlan, ScalarType};
+use hymba_ref::state::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::config::HymbaConfig;
-use hymba_ref::generate::sampling::{argmax, SamplingParams};
-use hymba_ref::generate::stop::StopChecker;
-use hymba_ref::generate::{generate, generate_batch, BatchOptions, Flow, GenerateOptions, Generation, StopReason};
+use hymba_ref::features::generate::sampling::{argmax, SamplingParams};
+use hymba_ref::features::generate::stop::StopChecker;
+use hymba_ref::features::generate::{generate, generate_batch, BatchOptions, Flow, GenerateOptions, Generation, StopReason};
 use hymba_ref::model::Hymba;
 use hymba_ref::ErrorKind;
 use serde_json::json;
@@ -227,7 +227,7 @@ mod cli {
     use super::*;
     use hymba_ref::checkpoint::safetensors::write_f32;
     use hymba_ref::checkpoint::TensorSource;
-    use hymba_ref::generate::text::generate_text;
+    use hymba_ref::features::generate::text::generate_text;
     use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
     use std::io::Write;
     use std::path::{Path, PathBuf};

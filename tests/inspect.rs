@@ -4,7 +4,7 @@
 
 mod common;
 use common::shared_dir;
-use hymba_ref::cache_plan::{CachePlan, CacheSize};
+use hymba_ref::state::cache_plan::{CachePlan, CacheSize};
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
@@ -190,7 +190,7 @@ fn config_strategy() -> impl Strategy<Value = Value> {
 }
 
 /// The cache after `context` tokens holds exactly what the plan predicts, layer by layer.
-fn check_cache(model: &Hymba, cache: &hymba_ref::cache::HybridCache, context: usize) -> Result<(), TestCaseError> {
+fn check_cache(model: &Hymba, cache: &hymba_ref::state::cache::HybridCache, context: usize) -> Result<(), TestCaseError> {
     let plan = CachePlan::new(&model.config, context).unwrap();
     prop_assert_eq!(cache.allocated_scalars(), plan.size, "context {}", context);
     let rows: Vec<usize> = cache.kv.iter().map(|kv| kv.as_ref().map_or(0, |kv| kv.len())).collect();

@@ -3,9 +3,9 @@
 //! attention.
 
 use half::{bf16, f16};
-use hymba_ref::cache::KeyBlocks;
+use hymba_ref::state::cache::KeyBlocks;
 use hymba_ref::checkpoint::weights::Linear;
-use hymba_ref::matrix::{Elements, Matrix, Rows};
+use hymba_ref::kernels::matrix::{Elements, Matrix, Rows};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax, Mask};
 use hymba_ref::model::norm::rms_norm;

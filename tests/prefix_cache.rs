@@ -7,7 +7,7 @@ use common::{fixtures_dir, TempDir};
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::model::Hymba;
-use hymba_ref::prefix_cache::{weights_key, CachedModel, PrefixCache};
+use hymba_ref::features::prefix_cache::{weights_key, CachedModel, PrefixCache};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! distributions stay close (mean KL divergence) and mostly pick the same token.
 
 use hymba_ref::model::Hymba;
-use hymba_ref::quant::QuantType;
+use hymba_ref::kernels::quant::QuantType;
 use hymba_ref::tokenizer::Tokenizer;
 use ndarray::{Array2, ArrayView1};
 use std::path::PathBuf;

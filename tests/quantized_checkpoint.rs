@@ -11,7 +11,7 @@ use hymba_ref::checkpoint::{write_tensors, Dtype, SafetensorsFile, TensorData};
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::model::plain;
 use hymba_ref::model::Hymba;
-use hymba_ref::quant::QuantType;
+use hymba_ref::kernels::quant::QuantType;
 use hymba_ref::{Error, ErrorKind};
 use ndarray::Array2;
 use std::fs;
@@ -312,7 +312,7 @@ fn quantized_demo_perplexity_is_within_the_targets() {
     let weights = HymbaWeights::load(&cfg, &dir).unwrap();
     let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo/heldout.txt")).unwrap();
     let ids = hymba_ref::tokenizer::Tokenizer::from_dir(&dir).unwrap().encode(&text, true);
-    let ppl = |model: &Hymba| hymba_ref::eval::perplexity(model, &ids, 512, 256, |_, _, _| {}).unwrap().perplexity();
+    let ppl = |model: &Hymba| hymba_ref::features::eval::perplexity(model, &ids, 512, 256, |_, _, _| {}).unwrap().perplexity();
     let float = ppl(&Hymba::new(cfg.clone(), weights.clone()));
     for (kind, target) in [(QuantType::Q8_0, 1.005), (QuantType::Q4_0, 1.05)] {
         let mut qcfg = cfg.clone();

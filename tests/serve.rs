@@ -4,11 +4,11 @@
 //! request; the API key; shutdown on SIGTERM. Each
 //! server is stopped by its test (SIGTERM, exit 0) or, if the test fails first, killed.
 
-use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::text::{generate_text, generate_text_in};
-use hymba_ref::generate::{GenerateOptions, StopReason};
+use hymba_ref::features::generate::sampling::SamplingParams;
+use hymba_ref::features::generate::text::{generate_text, generate_text_in};
+use hymba_ref::features::generate::{GenerateOptions, StopReason};
 use hymba_ref::model::Hymba;
-use hymba_ref::serve::client::{self, Connection};
+use hymba_ref::features::serve::client::{self, Connection};
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -13,8 +13,8 @@
 //!     serve-load --addr 127.0.0.1:8080 --clients 16 --requests 16 --prompt-tokens 128 --max-tokens 64 --vocab 32001
 
 use clap::Parser;
-use hymba_ref::rng::SplitMix64;
-use hymba_ref::serve::client;
+use hymba_ref::base::rng::SplitMix64;
+use hymba_ref::features::serve::client;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;

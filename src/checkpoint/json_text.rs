@@ -1,5 +1,5 @@
 //! Quoting JSON values in error messages, cut to a readable length. (Scanning untrusted JSON
-//! for repeated keys and counting its entries is [`crate::json_scan`], below this module, since
+//! for repeated keys and counting its entries is [`crate::base::json_scan`], below this module, since
 //! `config` needs it too.)
 
 use serde_json::Value;

@@ -26,10 +26,10 @@ pub use safetensors::{
 };
 pub use shards::{parse_index, Checkpoint, ShardIndex};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::matrix::Elements;
-use crate::values::Values;
-use crate::simd::bf16_to_f32;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::kernels::matrix::Elements;
+use crate::base::values::Values;
+use crate::kernels::simd::bf16_to_f32;
 use rayon::prelude::*;
 
 /// Ok if every value is finite; else a [`ErrorKind::NonFiniteWeight`] error naming tensor `name`,

@@ -15,9 +15,9 @@
 
 use super::{Dtype, TensorData, TensorSource};
 use crate::config::{HymbaConfig, Storage, TensorSpec};
-use crate::error::{Error, ErrorKind, Result};
-use crate::matrix::Matrix;
-use crate::quant::{QuantType, Quantized, BLOCK};
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::kernels::matrix::Matrix;
+use crate::kernels::quant::{QuantType, Quantized, BLOCK};
 use std::path::{Path, PathBuf};
 
 /// The name of a quantized matrix's scales tensor.
@@ -75,7 +75,7 @@ pub fn read_matrix(ckpt: &dyn TensorSource, kind: QuantType, t: &TensorSpec) -> 
         return Err(mismatch(&t.name, dtype, values_dtype(kind)));
     }
     let scales = match ckpt.to_elements(&scales_name)? {
-        (_, crate::matrix::Elements::F16(scales)) => scales,
+        (_, crate::kernels::matrix::Elements::F16(scales)) => scales,
         _ => {
             let (_, dtype, _) = ckpt.to_bytes(&scales_name)?;
             return Err(mismatch(&scales_name, dtype, Dtype::F16));
@@ -147,7 +147,7 @@ pub fn write_quantized(src: &Path, out: &Path, kind: QuantType, progress: impl F
 /// Write the quantized checkpoint's files into the (new, empty) directory `dir`.
 fn fill(src: &Path, dir: &Path, kind: QuantType, mut progress: impl FnMut(usize, usize, &str)) -> Result<u64> {
     let config_path = src.join("config.json");
-    let config_text = crate::files::read_text_capped(&config_path, crate::files::CONFIG)?;
+    let config_text = crate::base::files::read_text_capped(&config_path, crate::base::files::CONFIG)?;
     let cfg = HymbaConfig::from_json_str(&config_text).map_err(|e| e.context(config_path.display()))?;
     if cfg.quantization.is_some() {
         return Err(Error::input(format!("{}: the checkpoint is already quantized; quantize a bf16 or f32 checkpoint", src.display())));

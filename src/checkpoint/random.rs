@@ -8,10 +8,10 @@
 use super::shards::INDEX_FILE;
 use super::{write_tensors, Dtype, NamedTensor, TensorData, TensorSource};
 use crate::config::HymbaConfig;
-use crate::error::{Error, Result};
-use crate::matrix::Elements;
-use crate::values::Values;
-use crate::rng::SplitMix64;
+use crate::base::error::{Error, Result};
+use crate::kernels::matrix::Elements;
+use crate::base::values::Values;
+use crate::base::rng::SplitMix64;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;

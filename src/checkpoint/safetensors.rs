@@ -50,18 +50,18 @@ use std::path::Path;
 
 use half::{bf16, f16};
 
-use crate::matrix::Elements;
+use crate::kernels::matrix::Elements;
 use memmap2::Mmap;
 use std::sync::Arc;
-use crate::values::{Plain, Values};
+use crate::base::values::{Plain, Values};
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::json_text::{brief, brief_text};
-use crate::json_scan::{count_keys, first_duplicate_key};
-use crate::error::{Error, ErrorKind, Result};
+use crate::base::json_scan::{count_keys, first_duplicate_key};
+use crate::base::error::{Error, ErrorKind, Result};
 
 /// The largest header accepted, as in the reference implementation: 100 MB.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -243,7 +243,7 @@ struct Header {
 impl SafetensorsFile {
     /// Memory-map and validate the file at `path`; errors name the path.
     pub fn open(path: &Path) -> Result<Self> {
-        let (file, _) = crate::files::open_regular(path, crate::files::WEIGHTS)?;
+        let (file, _) = crate::base::files::open_regular(path, crate::base::files::WEIGHTS)?;
         // SAFETY: the mapping is read-only. As with every mmap, another process truncating or
         // rewriting the file while we hold it could change or remove the bytes under us; model
         // files are not modified in place (our own writer replaces files by renaming).
@@ -734,7 +734,7 @@ pub fn write_f32(path: &Path, tensors: &[(&str, &[usize], &[f32])]) -> Result<()
 /// directory, flushed to disk, then renamed over `path` (a symbolic link is resolved first and
 /// kept). On failure no partial output is left and an existing `path` is untouched. A pipe or
 /// character device (`/dev/stdout`) is written through; anything else is refused (see
-/// [`crate::files::write_output`]). As in the reference writer, tensors are laid out by decreasing element size, then
+/// [`crate::base::files::write_output`]). As in the reference writer, tensors are laid out by decreasing element size, then
 /// by name, after a header padded with spaces to a multiple of 8 bytes, so each tensor's data is
 /// aligned to its element size.
 pub fn write_tensors(
@@ -748,7 +748,7 @@ pub fn write_tensors(
         b.2.dtype().size_in_bytes().cmp(&a.2.dtype().size_in_bytes()).then(a.0.cmp(b.0))
     });
     let header = header_bytes(&order, metadata);
-    crate::files::write_output(path, |mut out| {
+    crate::base::files::write_output(path, |mut out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
         order.iter().try_for_each(|(_, _, data)| data.write_le(&mut out))

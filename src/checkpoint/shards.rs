@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::json_text::brief;
-use crate::json_scan::{count_keys, first_duplicate_key};
+use crate::base::json_scan::{count_keys, first_duplicate_key};
 use super::safetensors::{Dtype, SafetensorsFile, TensorInfo, MAX_METADATA_ENTRIES, MAX_TENSORS};
-use crate::error::{Error, ErrorKind, Result};
-use crate::matrix::Elements;
-use crate::values::Values;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::kernels::matrix::Elements;
+use crate::base::values::Values;
 
 /// The unsharded checkpoint file.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -152,7 +152,7 @@ impl Checkpoint {
 
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
         let origin = index_path.display().to_string();
-        let bytes = crate::files::read_capped(index_path, crate::files::SHARD_INDEX)?;
+        let bytes = crate::base::files::read_capped(index_path, crate::base::files::SHARD_INDEX)?;
         let text =
             std::str::from_utf8(&bytes).map_err(|_| index_error(&origin, "is not valid UTF-8"))?;
         let index = parse_index(text, &origin)?;

@@ -10,9 +10,9 @@ use super::shards::Checkpoint;
 use super::{check_elements_finite, check_finite, TensorSource};
 use crate::config::weights::*;
 use crate::config::{HymbaConfig, Storage, TensorSpec, WeightSpec};
-use crate::error::{Error, ErrorKind, Result};
-use crate::matrix::{Matrix, Rows};
-use crate::quant::QuantType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::kernels::matrix::{Matrix, Rows};
+use crate::kernels::quant::QuantType;
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -150,7 +150,7 @@ impl HymbaWeights {
         all
     }
 
-    /// Every matrix that decoding reads quantized to `kind` (see [`crate::quant`]): in_proj,
+    /// Every matrix that decoding reads quantized to `kind` (see [`crate::kernels::quant`]): in_proj,
     /// x_proj, dt_proj, out_proj, the MLP, the embedding and lm_head. Norms, the conv, A, D,
     /// biases and the meta tokens stay in f32: they are a few percent of the bytes and the error
     /// would land where the model is most sensitive. Fails naming the tensor whose block scale

@@ -4,9 +4,9 @@
 //! There is no output projection: the heads are concatenated to width nh·dv = D and fused with
 //! the SSM heads (see `fusion`).
 
-use crate::cache::{HeadKeys, KeyBlocks, KEY_BLOCK};
+use crate::state::cache::{HeadKeys, KeyBlocks, KEY_BLOCK};
 use crate::config::AttentionSpan;
-use crate::simd::{array_of, axpy, axpy4, best_simd, exp};
+use crate::kernels::simd::{array_of, axpy, axpy4, best_simd, exp};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView3, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
@@ -279,7 +279,7 @@ fn attend_reference(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl
 /// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and `stats[h]` = (m, Σ exp(sⱼ − m)), without ever holding
 /// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `part` is visible. Heads go one after
 /// another within a block, so each block of keys and values is read from memory once for all of
-/// them. The exponentials are [`crate::simd::exp`]'s (a block's at once, vectorised); a block's
+/// them. The exponentials are [`crate::kernels::simd::exp`]'s (a block's at once, vectorised); a block's
 /// maximum and sum go [`LANES`] keys at a time ([`block_max`], [`block_sum`]), not one long chain.
 #[inline(always)]
 fn attend_partial(
@@ -506,7 +506,7 @@ mod tests {
     /// random shapes, windows and shuffled key positions.
     #[test]
     fn split_keys_equal_the_reference() {
-        let mut rng = crate::rng::SplitMix64(13);
+        let mut rng = crate::base::rng::SplitMix64(13);
         let mut below = |n: usize| (rng.next_u64() % n as u64) as usize;
         for case in 0..12 {
             let (nh, nkv, dqk, dv) = ([2, 4][below(2)], 1 + below(2), 4 * (1 + below(3)), 1 + below(40));

@@ -15,16 +15,16 @@
 //! products add in the order of a one-row product, so every sequence's logits are bit for bit
 //! those it gets decoding alone (tested), whoever else is in the batch.
 //!
-//! [`Rows::OnePerSequence`]: crate::matrix::Rows::OnePerSequence
+//! [`Rows::OnePerSequence`]: crate::kernels::matrix::Rows::OnePerSequence
 
 use super::hymba::Hymba;
 use super::pass::Scratch;
 use super::profile::Profile;
 use super::segment::{Keep, Segment};
 use super::sequence::Sequence;
-use crate::cache::HybridCache;
-use crate::cache_plan::ScalarType;
-use crate::error::{Error, Result};
+use crate::state::cache::HybridCache;
+use crate::state::cache_plan::ScalarType;
+use crate::base::error::{Error, Result};
 use ndarray::ArrayView2;
 
 /// A member of a [`Batch`], for as long as it stays.

@@ -4,7 +4,7 @@
 
 use super::trace::{LayerObserver, LayerTrace};
 use super::Hymba;
-use crate::error::Result;
+use crate::base::error::Result;
 use ndarray::{Array2, ArrayView2, Axis};
 
 /// What one layer computes over a whole forward pass (meta rows included), for golden tests.

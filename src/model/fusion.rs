@@ -3,7 +3,7 @@
 
 use super::norm::inv_rms;
 use super::parallel::for_each_row;
-use crate::buffer::shaped;
+use crate::base::buffer::shaped;
 use ndarray::{Array2, ArrayView1, ArrayView2, Zip};
 
 /// `(RMSNorm(attn; β1) + RMSNorm(ssm; β2)) / 2`, over the full width D. (T, D), (T, D) → (T, D)

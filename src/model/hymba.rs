@@ -9,11 +9,11 @@ use super::profile::Phase;
 use super::segment::{Keep, Segment};
 use super::sequence::Sequence;
 use super::trace::LayerObserver;
-use crate::cache::HybridCache;
+use crate::state::cache::HybridCache;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
-use crate::error::{Error, ErrorKind, Result};
-use crate::matrix::Rows;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::kernels::matrix::Rows;
 use ndarray::{concatenate, s, Array2, ArrayView1, ArrayView2, Axis};
 use std::path::Path;
 
@@ -43,7 +43,7 @@ impl Hymba {
     }
 
     /// A model whose state after the meta tokens is already known (e.g. read back from a
-    /// [`crate::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
+    /// [`crate::features::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
     /// these weights.
     pub fn with_meta_prefix(config: HymbaConfig, weights: HymbaWeights, prefix: HybridCache) -> Hymba {
         debug_assert_eq!(prefix.next_position, config.num_memory_tokens);
@@ -110,7 +110,7 @@ impl Hymba {
     }
 
     /// `logits = normed · lm_headᵀ` into `out`, refusing non-finite results; `rows` says what the
-    /// rows are ([`crate::matrix::Matrix::matmul_t_of`]). (T, H) → (T, V)
+    /// rows are ([`crate::kernels::matrix::Matrix::matmul_t_of`]). (T, H) → (T, V)
     pub fn lm_head<'o>(&self, normed: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
         let logits = self.weights.lm_head().matmul_t_of(normed, rows, out);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {

@@ -10,7 +10,7 @@
 //! A layer processes the T rows of a pass (see [`super::pass`]): consecutive rows of one or more
 //! sequences at known absolute positions. Everything row-wise (norms, projections, fusion, MLP)
 //! runs over all T rows at once; attention and the SSM's conv and scan run per sequence, against
-//! that sequence's own [`crate::cache::HybridCache`]. A full forward pass is one sequence on a fresh cache;
+//! that sequence's own [`crate::state::cache::HybridCache`]. A full forward pass is one sequence on a fresh cache;
 //! decoding is a prefill followed by one-row passes — the same code.
 
 use super::attention::{attention_heads, Mask};
@@ -22,7 +22,7 @@ use super::profile::{Phase, Profile};
 use super::segment::Pass;
 use super::rope::apply_rope;
 use super::ssm::{ssm_heads, SsmBuffers};
-use crate::buffer::shaped;
+use crate::base::buffer::shaped;
 use crate::checkpoint::weights::LayerWeights;
 use crate::config::{HymbaConfig, LayerPlan};
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut3, Axis};
@@ -91,7 +91,7 @@ pub struct Layer<'l> {
     pub w: &'l LayerWeights,
 }
 
-/// What the attention heads write (see [`crate::buffer`]).
+/// What the attention heads write (see [`crate::base::buffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct AttentionBuffers {
     /// (T, nh, dqk): queries after q_norm and RoPE
@@ -103,7 +103,7 @@ pub struct AttentionBuffers {
 }
 
 /// Everything one layer pass writes besides the caches and the residual stream (see
-/// [`crate::buffer`]). One set serves every layer, since layers run one after another.
+/// [`crate::base::buffer`]). One set serves every layer, since layers run one after another.
 #[derive(Debug, Clone, Default)]
 pub struct LayerBuffers {
     /// (T, H): the normalised input of the mixer, then of the MLP

@@ -1,12 +1,12 @@
 //! The per-layer MLP (`moe.experts.0`: the released model builds exactly one expert).
 
 use super::profile::{Phase, Profile};
-use crate::simd::times_silu;
+use crate::kernels::simd::times_silu;
 use crate::checkpoint::weights::MlpWeights;
-use crate::matrix::{Matrix, Rows};
+use crate::kernels::matrix::{Matrix, Rows};
 use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut2, Axis};
 
-/// The MLP's intermediate activations (see [`crate::buffer`]).
+/// The MLP's intermediate activations (see [`crate::base::buffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct MlpBuffers {
     /// (2, T, F): up(h) and gate(h) (silu); up becomes up ⊙ SiLU(gate)
@@ -16,7 +16,7 @@ pub struct MlpBuffers {
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-/// `rows` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]); `profile` times the
+/// `rows` says what the rows are ([`crate::kernels::matrix::Matrix::matmul_t_of`]); `profile` times the
 /// products, each with its activation: the tasks of a product apply it to the block they
 /// computed ([`Matrix::matmul_t_then`]).
 pub fn mlp<'o>(

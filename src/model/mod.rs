@@ -3,7 +3,7 @@
 //! Functions that produce a tensor write it into an `out` buffer supplied by the caller and
 //! return a view of it: `let h = rms_norm(x, w, eps, &mut buf.h); // (T, H)`. The buffers live
 //! with the sequence ([`Sequence`]: its cache and its scratch) and are reshaped only when a shape
-//! changes ([`crate::buffer::shaped`]), so a decode step, whose shapes repeat, allocates nothing.
+//! changes ([`crate::base::buffer::shaped`]), so a decode step, whose shapes repeat, allocates nothing.
 //!
 //! - [`hymba`]: the model and its entry points (`forward`, `next_token_logits`, …), thin
 //!   wrappers around [`pass`], the one path through the layers: a batch of segments (rows of one

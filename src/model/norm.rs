@@ -1,9 +1,9 @@
 //! RMSNorm, used everywhere in Hymba: before each layer, inside the SSM heads (on Δ, B, C),
 //! on each attention head (`kq_norm`), on each branch before fusion, and at the end.
 
-use crate::buffer::shaped;
+use crate::base::buffer::shaped;
 use super::parallel::for_each_row;
-use crate::simd::dot;
+use crate::kernels::simd::dot;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
 /// `RMSNorm(x; w) = x / sqrt(mean(x²) + eps) * w`, applied to each row of `x`, into `out`.

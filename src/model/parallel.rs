@@ -30,7 +30,7 @@ pub fn for_each_row<D: RemoveAxis>(
 }
 
 /// `f(row)` for every row of `x` (T, width), each as a slice (for the vectorised functions of
-/// [`crate::simd`]): over tasks of rows when T ≥ [`PARALLEL_ROWS`].
+/// [`crate::kernels::simd`]): over tasks of rows when T ≥ [`PARALLEL_ROWS`].
 pub fn map_rows(x: ArrayViewMut2<f32>, f: impl Fn(&mut [f32]) + Sync + Send) {
     for_each_row(x, |_, mut row| f(row.as_slice_mut().expect("a row of a standard-layout array")));
 }

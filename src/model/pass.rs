@@ -1,7 +1,7 @@
 //! The one path through the layers, used by every entry point of [`super::Hymba`].
 //!
 //! A call runs a batch of **segments**: each segment is consecutive new rows of one sequence,
-//! extending that sequence's [`crate::cache::HybridCache`]. Prefill is one segment of n rows, a
+//! extending that sequence's [`crate::state::cache::HybridCache`]. Prefill is one segment of n rows, a
 //! decode step one segment of 1 row, a batched decode step B segments of 1 row. The rows of all segments are
 //! stacked into one (T, H) residual stream and go through the layers together, in passes of at
 //! most [`MAX_ROWS_PER_PASS`] rows, evened out ([`rows_per_pass`]; a long segment is split across passes: its cache carries
@@ -22,10 +22,10 @@ use super::profile::{Phase, Profile};
 use super::rope::RopeAngles;
 use super::segment::{Keep, Part, Pass, Segment};
 use super::trace::{LayerObserver, LayerTrace};
-use crate::buffer::shaped;
+use crate::base::buffer::shaped;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
-use crate::matrix::Rows;
+use crate::kernels::matrix::Rows;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
@@ -53,7 +53,7 @@ struct Planned {
     first_kept: usize,
 }
 
-/// The buffers of a call (see [`crate::buffer`]), reused from call to call: a sequence keeps one
+/// The buffers of a call (see [`crate::base::buffer`]), reused from call to call: a sequence keeps one
 /// ([`super::Sequence`]); a batch of sequences shares one. Not state: nothing in it is read before
 /// it is written.
 #[derive(Debug, Clone, Default)]
@@ -257,7 +257,7 @@ fn input_rows(w: &HymbaWeights, planned: &Planned, ids: &[u32], fed: Range<usize
 mod tests {
     use super::*;
     use crate::checkpoint::random::RandomWeights;
-    use crate::cache::{HybridCache, KvCache};
+    use crate::state::cache::{HybridCache, KvCache};
 
     fn model(rope: &str) -> (HymbaConfig, HymbaWeights) {
         let config = serde_json::json!({

@@ -24,7 +24,7 @@
 
 use crate::checkpoint::weights::{HymbaWeights, Linear as LoadedLinear};
 use crate::config::{AttentionSpan, HymbaConfig, KqNorm, KvSource, LayerPlan, MlpActivation, RopeScaling};
-use crate::matrix::Matrix;
+use crate::kernels::matrix::Matrix;
 use ndarray::Array2;
 
 /// A matrix as a list of rows: `x[t]` is row `t`. The shape is in a comment where it is made.
@@ -99,7 +99,7 @@ pub struct Weights {
 
 impl Weights {
     /// The loaded weights (kept by the fast path in their stored dtype) converted to f32; a
-    /// quantized checkpoint's matrices are dequantized (`w = d·q` per block, see `crate::quant`),
+    /// quantized checkpoint's matrices are dequantized (`w = d·q` per block, see `crate::kernels::quant`),
     /// so the plain pass runs it with the very weights the fast path multiplies.
     pub fn from_loaded(w: &HymbaWeights) -> Weights {
         Weights {

@@ -8,7 +8,7 @@
 //! profile of its own ([`Profile::fork`], [`Profile::join`]): their phases' times then overlap,
 //! by [`Profile::overlap_seconds`] in all.
 
-use crate::matrix::Rows;
+use crate::kernels::matrix::Rows;
 use std::time::{Duration, Instant};
 
 /// The phases of a pass. Every timed region of the layers belongs to exactly one.

@@ -9,7 +9,7 @@
 //! of the model's behaviour, so we reproduce it rather than computing angles in f64.
 
 use super::parallel::for_each_row;
-use crate::buffer::shaped;
+use crate::base::buffer::shaped;
 use ndarray::{Array2, ArrayView2, ArrayViewMut3, Axis};
 use std::ops::Range;
 

@@ -2,8 +2,8 @@
 //! rows of one sequence; a pass stacks the rows of its segments into one (T, H) array.
 
 use super::rope::RopeAngles;
-use crate::cache::{HybridCache, SsmState};
-use crate::matrix::Rows;
+use crate::state::cache::{HybridCache, SsmState};
+use crate::kernels::matrix::Rows;
 use ndarray::{ArrayViewMut, Axis, RemoveAxis, Slice};
 use rayon::prelude::*;
 use std::ops::Range;

@@ -2,7 +2,7 @@
 //! layer, SSM and conv state, the next position) and the scratch buffers its passes write into.
 
 use super::pass::Scratch;
-use crate::cache::HybridCache;
+use crate::state::cache::HybridCache;
 use crate::config::HymbaConfig;
 
 /// One sequence: what it carries from one call to the next (`cache`), and the activations of its

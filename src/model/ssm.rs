@@ -10,19 +10,19 @@
 //! y  = y ⊙ SiLU(z)
 //! ```
 //!
-//! The state carried between calls is explicit ([`crate::cache::SsmState`]): the last K−1 conv inputs and the
+//! The state carried between calls is explicit ([`crate::state::cache::SsmState`]): the last K−1 conv inputs and the
 //! D × N scan state, so a sequence can be processed in chunks (prefill, then single steps).
 
 use super::norm::rms_norm;
 use super::parallel::{for_each_row, map_rows};
-use crate::tasks::items_per_task;
+use crate::base::tasks::items_per_task;
 use super::profile::{Phase, Profile};
 use super::segment::{for_each_part, rows_kind, Part};
-use crate::cache::SsmState;
-use crate::buffer::shaped;
+use crate::state::cache::SsmState;
+use crate::base::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
-use crate::simd::{array_of, best_simd, exp, silu_in_place, softplus_in_place, times_silu};
+use crate::kernels::simd::{array_of, best_simd, exp, silu_in_place, softplus_in_place, times_silu};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -124,7 +124,7 @@ pub fn selective_scan_reference(x: ScanInputs, state: &mut Array2<f32>) -> Array
 /// The same scan, fused per channel and run in parallel over blocks of channels: each channel
 /// keeps its N-dimensional state in its row of `state` and walks through time once. Per channel
 /// the arithmetic is that of [`selective_scan_reference`], in the same order, except that the
-/// decays `exp(Δ·A)` come from [`crate::simd::exp`] (within 1 ulp, vectorised) rather than
+/// decays `exp(Δ·A)` come from [`crate::kernels::simd::exp`] (within 1 ulp, vectorised) rather than
 /// libm's: tested equal to the reference within 1e-6. Each task then calls `then(channels, y)`
 /// on the columns of y it scanned (the SSM heads gate them there, in parallel).
 /// `x` as [`ScanInputs`]; state: (D, N) → y (T, D)
@@ -239,7 +239,7 @@ fn maybe_rms_norm<'a>(
     }
 }
 
-/// The SSM heads' intermediate activations (see [`crate::buffer`]).
+/// The SSM heads' intermediate activations (see [`crate::base::buffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct SsmBuffers {
     /// (T, D)
@@ -319,7 +319,7 @@ pub fn ssm_heads<'o>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::softplus;
+    use crate::kernels::simd::softplus;
     use ndarray::array;
 
     #[test]

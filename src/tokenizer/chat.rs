@@ -18,7 +18,7 @@
 //! text (`▁<`, `extra`, `_`, `id`, …). The rendered string is then encoded with a BOS, like any
 //! prompt.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 

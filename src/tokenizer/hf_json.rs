@@ -22,8 +22,8 @@ use super::added_tokens::MAX_ADDED_TOKEN_BYTES;
 use super::bpe::{Merge, MergeTable};
 use super::normalizer::{Normalizer, Step};
 use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
-use crate::json_scan::{count_values, first_duplicate_key};
-use crate::error::Result;
+use crate::base::json_scan::{count_values, first_duplicate_key};
+use crate::base::error::Result;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 

@@ -53,8 +53,8 @@ pub mod stream;
 pub use chat::{render_chat, ChatMessage, Role};
 pub use stream::StreamDecoder;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::files;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::files;
 pub(crate) use added_tokens::{AddedTokens, Segment, MAX_ADDED_TOKEN_BYTES};
 use bpe::{FastMap, MergeTable};
 use normalizer::{Normalizer, SPACE_SYMBOL};

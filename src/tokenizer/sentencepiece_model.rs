@@ -42,7 +42,7 @@
 use super::bpe::{FastMap, Merge, MergeTable};
 use super::normalizer::Normalizer;
 use super::{byte_piece_ids, pieces_by_id, tokenizer_error, words_are_independent, AddedTokens, Tokenizer};
-use crate::error::Result;
+use crate::base::error::Result;
 use std::collections::HashMap;
 
 type ProtoResult<T> = std::result::Result<T, String>;

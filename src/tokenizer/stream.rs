@@ -17,7 +17,7 @@
 //! the bytes that cannot be part of a valid character, one U+FFFD each.
 
 use super::{byte_value, push_piece_text, Tokenizer};
-use crate::error::Result;
+use crate::base::error::Result;
 
 /// Turns ids into text incrementally; see the [module docs](self).
 #[derive(Debug, Clone)]

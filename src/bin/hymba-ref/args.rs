@@ -4,7 +4,7 @@
 //! parser, so clap names the flag and exits with 2; one that is wrong only next to another
 //! (`--prefill` past the number of ids) is an [`ErrorKind::Usage`] error, which also exits 2.
 
-use hymba_ref::{files, Error, ErrorKind, Result};
+use hymba_ref::{base::files, Error, ErrorKind, Result};
 use std::path::{Path, PathBuf};
 
 /// Token ids given on the command line: `1,15043,3186`, or the JSON array `tokenize` prints,

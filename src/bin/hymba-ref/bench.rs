@@ -44,19 +44,19 @@ mod regions;
 use crate::args::{count, counted, positive, print_stdout, MAX_TOKENS};
 use crate::configs;
 use clap::Args;
-use hymba_ref::cache::HybridCache;
-use hymba_ref::cache_plan::{CachePlan, ScalarType};
+use hymba_ref::state::cache::HybridCache;
+use hymba_ref::state::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::{DecodeRead, HymbaConfig, Storage};
-use hymba_ref::generate::sampling::argmax;
-use hymba_ref::matrix::Rows;
+use hymba_ref::features::generate::sampling::argmax;
+use hymba_ref::kernels::matrix::Rows;
 use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
 use cpu_time::CpuTime;
 use profile::PhaseTimes;
-use hymba_ref::rng::SplitMix64;
+use hymba_ref::base::rng::SplitMix64;
 use hymba_ref::{Error, ErrorKind, Result};
-use hymba_ref::quant::QuantType;
+use hymba_ref::kernels::quant::QuantType;
 use ndarray::Array2;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -281,7 +281,7 @@ fn resolve_config(name: &str) -> Result<ConfigSpec> {
         let problem = format!("neither a built-in config ({}) nor an existing config.json file", configs::NAMES.join(", "));
         return Err(Error::usage("--configs", name, problem));
     }
-    let text = hymba_ref::files::read_text_capped(path, hymba_ref::files::CONFIG)?;
+    let text = hymba_ref::base::files::read_text_capped(path, hymba_ref::base::files::CONFIG)?;
     HymbaConfig::from_json_str(&text).map_err(|e| e.context(path.display()))?;
     Ok(ConfigSpec { name: name.to_string(), json: text })
 }

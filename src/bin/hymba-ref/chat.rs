@@ -15,7 +15,7 @@ use crate::generate::{decode_summary, load_tokenizer, stdout_error};
 use crate::generation_args::{warn_past_trained_length, GenerationArgs};
 use crate::load::load_model;
 use clap::Args;
-use hymba_ref::generate::conversation::{Conversation, Turn};
+use hymba_ref::features::generate::conversation::{Conversation, Turn};
 use hymba_ref::{Error, ErrorKind, Result};
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ const HELP: &str = "commands: /reset starts the conversation over (the system me
 /// `tokenizer_config.json`: it was not trained to chat (not an Instruct model), so its replies
 /// only continue the text of the chat format.
 pub fn warn_without_chat_template(dir: &Path) {
-    let config = hymba_ref::files::read_text_capped(&dir.join("tokenizer_config.json"), hymba_ref::files::CONFIG);
+    let config = hymba_ref::base::files::read_text_capped(&dir.join("tokenizer_config.json"), hymba_ref::base::files::CONFIG);
     let template = config.ok().and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
     if template.is_some_and(|config| config["chat_template"].is_string()) {
         return;

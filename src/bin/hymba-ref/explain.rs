@@ -1,14 +1,14 @@
 //! `hymba-ref explain`: one forward pass of a prompt, watched layer by layer (see
-//! [`hymba_ref::explain`]): attention shares and maps, branch balance, SSM memory, the cache,
+//! [`hymba_ref::features::explain`]): attention shares and maps, branch balance, SSM memory, the cache,
 //! and with `--ablate` each branch's importance. A text summary, `--json` for every number,
 //! `--html FILE` for a page with the maps and charts.
 
 use crate::args::{model_dir, print_stdout};
 use clap::Args;
-use hymba_ref::explain::html::{to_html, PageInfo};
-use hymba_ref::files::write_output;
-use hymba_ref::explain::json::to_json;
-use hymba_ref::explain::{explain, span_name, Options, Report};
+use hymba_ref::features::explain::html::{to_html, PageInfo};
+use hymba_ref::base::files::write_output;
+use hymba_ref::features::explain::json::to_json;
+use hymba_ref::features::explain::{explain, span_name, Options, Report};
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
 use std::fmt::Write;
@@ -40,7 +40,7 @@ pub struct ExplainArgs {
     /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
     /// docs/QUANTIZATION.md).
     #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
-    weights: Option<hymba_ref::quant::QuantType>,
+    weights: Option<hymba_ref::kernels::quant::QuantType>,
 }
 
 pub fn run(args: ExplainArgs) -> Result<()> {

@@ -6,8 +6,8 @@
 use crate::args::{count, number_where, MAX_TOKENS};
 use clap::{ArgAction, Args};
 use hymba_ref::config::{HymbaConfig, RopeScaling};
-use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::GenerateOptions;
+use hymba_ref::features::generate::sampling::SamplingParams;
+use hymba_ref::features::generate::GenerateOptions;
 use hymba_ref::{Error, Result};
 use std::path::Path;
 
@@ -51,7 +51,7 @@ pub struct GenerationArgs {
     /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
     /// docs/QUANTIZATION.md). The time it takes is shown in the timing line.
     #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
-    pub weights: Option<hymba_ref::quant::QuantType>,
+    pub weights: Option<hymba_ref::kernels::quant::QuantType>,
 }
 
 impl GenerationArgs {

@@ -6,7 +6,7 @@
 use crate::args::{model_dir, print_stdout};
 use crate::configs;
 use clap::Args;
-use hymba_ref::cache_plan::{CachePlan, CacheSize, LayerCache, ScalarType};
+use hymba_ref::state::cache_plan::{CachePlan, CacheSize, LayerCache, ScalarType};
 use hymba_ref::config::{weights, AttentionSpan, HymbaConfig, KvSource, TensorSpec, WeightSpec};
 use hymba_ref::Result;
 use serde_json::{json, Value};

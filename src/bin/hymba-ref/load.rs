@@ -5,8 +5,8 @@
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::model::Hymba;
-use hymba_ref::prefix_cache::PrefixCache;
-use hymba_ref::quant::QuantType;
+use hymba_ref::features::prefix_cache::PrefixCache;
+use hymba_ref::kernels::quant::QuantType;
 use hymba_ref::{Error, ErrorKind, Result};
 use std::path::Path;
 use std::time::Instant;

@@ -27,7 +27,7 @@ pub struct LogitsArgs {
     /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
     /// docs/QUANTIZATION.md). The time it takes is shown in the timing line.
     #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
-    weights: Option<hymba_ref::quant::QuantType>,
+    weights: Option<hymba_ref::kernels::quant::QuantType>,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
@@ -36,7 +36,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         return Err(Error::usage("--prefill", k, format!("must be at most the number of --ids ({})", ids.len())));
     }
     // Refuse an --out that would never be written (a directory, a dangling link) before the work.
-    hymba_ref::files::output_target(&args.out)?;
+    hymba_ref::base::files::output_target(&args.out)?;
     let model = crate::load::load_plain(&model_dir(args.model.as_deref())?, args.weights)?;
     model.check_ids(&ids)?;
     let logits = match args.prefill {

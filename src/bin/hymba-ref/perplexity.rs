@@ -2,8 +2,8 @@
 
 use crate::args::{count, model_dir, print_stdout, MAX_TOKENS};
 use clap::Args;
-use hymba_ref::files;
-use hymba_ref::eval::{perplexity, windows};
+use hymba_ref::base::files;
+use hymba_ref::features::eval::{perplexity, windows};
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, Result};
 use std::io::{IsTerminal, Write};
@@ -28,7 +28,7 @@ pub struct PerplexityArgs {
     /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
     /// docs/QUANTIZATION.md). The time it takes is shown in the timing line.
     #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
-    weights: Option<hymba_ref::quant::QuantType>,
+    weights: Option<hymba_ref::kernels::quant::QuantType>,
 }
 
 /// Print the number of scored tokens, the mean NLL (nats/token) and the perplexity.

@@ -4,7 +4,7 @@
 use crate::args::model_dir;
 use clap::Args;
 use hymba_ref::checkpoint::quantized::write_quantized;
-use hymba_ref::quant::QuantType;
+use hymba_ref::kernels::quant::QuantType;
 use hymba_ref::{Error, Result};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

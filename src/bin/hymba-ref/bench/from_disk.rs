@@ -14,7 +14,7 @@ use super::{argmax, cache_bytes, median, memory, random_ids, BenchArgs, ConfigSp
 use crate::load::load_model;
 use hymba_ref::checkpoint::quantized::write_quantized;
 use hymba_ref::checkpoint::random::RandomWeights;
-use hymba_ref::quant::QuantType;
+use hymba_ref::kernels::quant::QuantType;
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::{Error, Result};
 use serde_json::{json, Value};

@@ -9,7 +9,7 @@
 //! per prefilled token (projections, MLP, logits and the SSM scan's `D·N` per token).
 
 use crate::available_memory::available_memory;
-use hymba_ref::cache_plan::{CachePlan, ScalarType};
+use hymba_ref::state::cache_plan::{CachePlan, ScalarType};
 use hymba_ref::config::HymbaConfig;
 use hymba_ref::{Error, Result};
 

@@ -7,7 +7,7 @@
 //! phase, over the pass's t₁, gives each phase's part of s (the parts add up to s): its share of
 //! the serial time that is left.
 
-use hymba_ref::matrix::Rows;
+use hymba_ref::kernels::matrix::Rows;
 use hymba_ref::model::profile::LONG_STRETCH;
 use hymba_ref::model::{Phase, Profile};
 use serde_json::{json, Value};

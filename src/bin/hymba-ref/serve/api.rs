@@ -7,9 +7,9 @@
 //! (`presence_penalty: 0`, `echo: false`, ...), which some clients always send.
 
 use hymba_ref::config::HymbaConfig;
-use hymba_ref::generate::sampling::SamplingParams;
-use hymba_ref::generate::GenerateOptions;
-use hymba_ref::serve::Finished;
+use hymba_ref::features::generate::sampling::SamplingParams;
+use hymba_ref::features::generate::GenerateOptions;
+use hymba_ref::features::serve::Finished;
 use hymba_ref::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use serde_json::{json, Map, Value};
 

@@ -4,7 +4,7 @@
 //! main thread:    tiny_http accepts ─► request ─► a thread per request (at most max_batch + max_queue + 32)
 //! request thread: route, key, body (≤ 1 MiB), parse + tokenize (api) ─► Job ─► scheduler queue
 //!                 stream each Event as a server-sent event, or answer once at the end
-//! scheduler:      owns the model and one Batch (hymba_ref::serve::scheduler)
+//! scheduler:      owns the model and one Batch (hymba_ref::features::serve::scheduler)
 //! SIGINT/SIGTERM: stop accepting; the scheduler ends every job (running ones get their text so
 //!                 far and finish_reason "length", waiting ones 503); exit 0
 //! ```
@@ -25,11 +25,11 @@ use clap::Args;
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::{HymbaConfig, RopeScaling};
-use hymba_ref::generate::sampling::SamplingParams;
+use hymba_ref::features::generate::sampling::SamplingParams;
 use hymba_ref::model::pass::MAX_ROWS_PER_PASS;
 use hymba_ref::model::Hymba;
-use hymba_ref::serve::scheduler::cache_bound;
-use hymba_ref::serve::{Event, Job, Scheduler, SchedulerLimits, Submit};
+use hymba_ref::features::serve::scheduler::cache_bound;
+use hymba_ref::features::serve::{Event, Job, Scheduler, SchedulerLimits, Submit};
 use hymba_ref::tokenizer::Tokenizer;
 use hymba_ref::{Error, ErrorKind, Result};
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ pub struct ServeArgs {
     /// Quantize the (bf16 or f32) weights at load to this block format: q8_0 or q4_0 (see
     /// docs/QUANTIZATION.md).
     #[arg(long, value_name = "FORMAT", value_parser = crate::load::weights_format)]
-    weights: Option<hymba_ref::quant::QuantType>,
+    weights: Option<hymba_ref::kernels::quant::QuantType>,
     /// Close a connection whose client sends nothing for this long (a request's head or body
     /// stalled halfway, an idle keep-alive connection) or reads nothing for this long (a stream
     /// whose client stopped reading: its request is cancelled, its sequence leaves the batch).
@@ -611,7 +611,7 @@ mod tests {
         let addr = listening.addr;
         let client = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            hymba_ref::serve::client::get(addr, "/health", &[], Duration::from_secs(10)).map(|r| r.head.status)
+            hymba_ref::features::serve::client::get(addr, "/health", &[], Duration::from_secs(10)).map(|r| r.head.status)
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         let request = loop {

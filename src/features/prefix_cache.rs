@@ -29,13 +29,13 @@
 //! never see a half-written file). Values round-trip exactly, so a model built from the file
 //! gives bit-identical logits (tested).
 
-use crate::cache::HybridCache;
+use crate::state::cache::HybridCache;
 use crate::checkpoint::shards::{INDEX_FILE, SINGLE_FILE};
 use crate::checkpoint::{check_finite, parse_index, write_tensors, NamedTensor, SafetensorsFile, TensorData};
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::model::Hymba;
-use crate::error::{Error, ErrorKind, Result};
+use crate::base::error::{Error, ErrorKind, Result};
 use ndarray::Array2;
 use std::io::Read;
 use std::path::{Path, PathBuf};

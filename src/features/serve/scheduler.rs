@@ -1,4 +1,4 @@
-//! One thread owns the model and one [`Batch`]; jobs arrive from any thread and leave when done.
+//! One thread owns the model and one [`Batch`](crate::model::Batch); jobs arrive from any thread and leave when done.
 //!
 //! ```text
 //! loop:
@@ -18,11 +18,11 @@
 //! ([`TextSink`]: streaming decode, stop strings), so its tokens and text are what `generate`
 //! gives for the same prompt and options.
 
-use crate::cache_plan::{CachePlan, ScalarType};
+use crate::state::cache_plan::{CachePlan, ScalarType};
 use crate::config::HymbaConfig;
-use crate::error::{Error, ErrorKind, Result};
-use crate::generate::text::TextSink;
-use crate::generate::{Decoder, Decoding, Flow, GenerateOptions, Left, Next, StopReason, RESERVE_TOKENS_LIMIT};
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::features::generate::text::TextSink;
+use crate::features::generate::{Decoder, Decoding, Flow, GenerateOptions, Left, Next, StopReason, RESERVE_TOKENS_LIMIT};
 use crate::model::pass::{rows_per_pass, MAX_ROWS_PER_PASS};
 use crate::model::{Hymba, Sequence};
 use crate::tokenizer::Tokenizer;

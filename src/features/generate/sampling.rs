@@ -18,9 +18,9 @@
 //! Tokens are ranked by logit, highest first, ties to the lower id. Steps 4–6 each keep a prefix
 //! of that ranking, so the kept set is always a prefix of it.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use std::path::Path;
-use crate::rng::SplitMix64;
+use crate::base::rng::SplitMix64;
 
 /// How to pick each token. [`SamplingParams::default`] is greedy with no penalty.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,11 +52,11 @@ impl SamplingParams {
     /// applies either way. No file means greedy; a malformed file is an error naming it.
     pub fn from_generation_config(dir: &Path) -> Result<SamplingParams> {
         let path = dir.join("generation_config.json");
-        match crate::files::read_optional(&path, crate::files::CONFIG)? {
+        match crate::base::files::read_optional(&path, crate::base::files::CONFIG)? {
             None => Ok(SamplingParams::default()),
             Some(bytes) => {
                 let origin = path.display().to_string();
-                let text = crate::files::utf8(bytes, &origin)?;
+                let text = crate::base::files::utf8(bytes, &origin)?;
                 SamplingParams::from_generation_config_text(&text, &origin)
             }
         }
@@ -68,7 +68,7 @@ impl SamplingParams {
     pub fn from_generation_config_text(text: &str, origin: &str) -> Result<SamplingParams> {
         let bad = |what: String| Error::input(format!("{origin}: {what}"));
         let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        if let Some(key) = crate::json_scan::first_duplicate_key(text) {
+        if let Some(key) = crate::base::json_scan::first_duplicate_key(text) {
             return Err(bad(format!("the key `{key}` appears twice in one object")));
         }
         let serde_json::Value::Object(fields) = &json else {

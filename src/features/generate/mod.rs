@@ -17,15 +17,15 @@
 //! [`Batch`] (continuous batching: each prompt joins after its own prefill and leaves when it
 //! stops), each with its own cache and sampler: a prompt's result is exactly what [`generate`]
 //! gives for it alone. Its decode step ([`Decoding`]: one step of every member, each sampling
-//! from its row and feeding its next id or leaving) is the server's too ([`crate::serve`]).
+//! from its row and feeding its next id or leaving) is the server's too ([`crate::features::serve`]).
 
 pub mod conversation;
 pub mod sampling;
 pub mod stop;
 pub mod text;
 
-use crate::cache_plan::{CachePlan, ScalarType};
-use crate::error::{Error, Result};
+use crate::state::cache_plan::{CachePlan, ScalarType};
+use crate::base::error::{Error, Result};
 use crate::model::{Batch, Hymba, LayerObserver, Sequence, SequenceId};
 use sampling::{Sampler, SamplingParams};
 use std::time::Instant;
@@ -123,7 +123,7 @@ pub(crate) enum Next {
 }
 
 /// One sequence's side of the loop, the same alone ([`generate`]) and in a batch
-/// ([`generate_batch`], and the server's scheduler, [`crate::serve`]): sampling, the stop rules,
+/// ([`generate_batch`], and the server's scheduler, [`crate::features::serve`]): sampling, the stop rules,
 /// the callback, the counts.
 pub(crate) struct Decoder<C> {
     sampler: Sampler,
@@ -201,7 +201,7 @@ impl<C: FnMut(u32) -> Result<Flow>> Decoder<C> {
 
 /// Sequences decoding together in one [`Batch`], each with its [`Decoder`], what its owner keeps
 /// beside it (`T`), and the id it is fed at the next step: the decode loop of [`generate_batch`]
-/// and of the server's scheduler ([`crate::serve`]), one step at a time.
+/// and of the server's scheduler ([`crate::features::serve`]), one step at a time.
 pub(crate) struct Decoding<T, C> {
     batch: Batch,
     /// In the batch's order: member i reads row i of a step's logits.

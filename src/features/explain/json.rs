@@ -3,7 +3,7 @@
 use super::attention::{AttentionMap, Shares};
 use super::stats::Summary;
 use super::{LayerReport, Report};
-use crate::cache_plan::{CacheSize, ScalarType};
+use crate::state::cache_plan::{CacheSize, ScalarType};
 use crate::config::{AttentionSpan, KvSource};
 use serde_json::{json, Value};
 

@@ -22,7 +22,7 @@
 use super::text::generate_text_in;
 use super::{GenerateOptions, Generation};
 use crate::model::Sequence;
-use crate::error::Result;
+use crate::base::error::Result;
 use crate::model::Hymba;
 use crate::tokenizer::{render_chat, ChatMessage, Role, Tokenizer};
 use std::time::Instant;

@@ -15,7 +15,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::base::error::{Error, ErrorKind, Result};
 
 /// A kind of input file and the most bytes one may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -304,7 +304,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::dot_reference;
+    use crate::kernels::quant::dot_reference;
     use ndarray::Array2;
 
     fn sample(n: usize, salt: f32) -> Vec<f32> {

@@ -23,7 +23,7 @@ pub mod json;
 pub mod memory;
 pub mod stats;
 
-use crate::cache_plan::CachePlan;
+use crate::state::cache_plan::CachePlan;
 use crate::config::{AttentionSpan, HymbaConfig, KvSource};
 use crate::model::Hymba;
 use crate::{Error, Result};

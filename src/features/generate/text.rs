@@ -5,7 +5,7 @@
 use super::stop::{Checked, StopChecker};
 use super::{generate_batch, generate_in, BatchOptions, BatchStats, Flow, GenerateOptions, Generation};
 use crate::model::{LayerObserver, Sequence};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::model::Hymba;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use std::cell::RefCell;

@@ -8,7 +8,7 @@
 //! the plainest reading of removing heads. Doubling the surviving branch instead (as if the layer
 //! had been built with one head type) would change a second thing at the same time.
 
-use crate::eval::token_nll;
+use crate::features::eval::token_nll;
 use crate::model::Hymba;
 use ndarray::ArrayView2;
 
@@ -29,7 +29,7 @@ pub struct LayerAblation {
 
 /// `model` with the branches in `removed` ((layer, branch) pairs, layers in range) dropped from
 /// their layers' fusion. The copy shares every weight matrix with `model` (see
-/// [`crate::matrix::Matrix`]): only the weight vectors are copied.
+/// [`crate::kernels::matrix::Matrix`]): only the weight vectors are copied.
 pub fn without_branches(model: &Hymba, removed: &[(usize, Branch)]) -> Hymba {
     let mut weights = model.weights.clone();
     for &(layer, branch) in removed {

@@ -42,12 +42,12 @@
 //! computes two products of one shape in one region, the same columns of both in each task
 //! (a gated MLP's up and gate, gated there).
 
-use crate::simd::{accumulate_dot_tile, array_of, best_simd, bf16_to_f32, dot, dots_bf16, finish_dot_bf16, sum_lanes, Lanes};
-use crate::quant::{self, QuantType, Quantized, QuantizedRow};
-use crate::values::Values;
+use crate::kernels::simd::{accumulate_dot_tile, array_of, best_simd, bf16_to_f32, dot, dots_bf16, finish_dot_bf16, sum_lanes, Lanes};
+use crate::kernels::quant::{self, QuantType, Quantized, QuantizedRow};
+use crate::base::values::Values;
 use half::{bf16, f16};
-use crate::buffer::shaped;
-use crate::tasks::items_per_task;
+use crate::base::buffer::shaped;
+use crate::base::tasks::items_per_task;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
@@ -464,7 +464,7 @@ struct TileScratch {
 const PAIR_TILE_ROWS: usize = 4;
 const _: () = assert!(2 * PAIR_TILE_ROWS <= PANEL_INPUTS * TILE_ROWS, "a pair tile's sums fit TileScratch::pairs");
 
-/// [`each_pair`] with [`dot_bf16_reference`](crate::simd::dot_bf16_reference) for bf16 weights, bit-identical, in
+/// [`each_pair`] with [`dot_bf16_reference`](crate::kernels::simd::dot_bf16_reference) for bf16 weights, bit-identical, in
 /// groups of [`TILE_ROWS`] weight rows ([`PAIR_TILE_ROWS`] for two inputs; single rows at the end).
 #[inline(always)]
 fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
@@ -489,7 +489,7 @@ fn matvecs_bf16_blocks(x: &[f32], w: &[bf16], mut out: ArrayViewMut2<f32>) {
 /// `R` weight rows (`w`, R·cols) against every input row, into columns `first..first + R` of
 /// `out`: per panel of inputs, the weights widened to f32 a block at a time (or in registers,
 /// for a small panel), then [`accumulate_dot_tile`] over tiles of inputs ([`tile_and_rest`]), then
-/// each pair's sum finished as [`dot_bf16_reference`](crate::simd::dot_bf16_reference) finishes it.
+/// each pair's sum finished as [`dot_bf16_reference`](crate::kernels::simd::dot_bf16_reference) finishes it.
 #[inline(always)]
 fn row_group<const R: usize>(x: &[f32], w: &[bf16], first: usize, scratch: &mut TileScratch, out: &mut ArrayViewMut2<f32>) {
     let cols = w.len() / R;

@@ -1,5 +1,5 @@
 //! How work is cut into the tasks of a parallel region: a helper the weight products
-//! ([`crate::matrix`]) and the model's parallel loops ([`crate::model::parallel`]) share. It lives
+//! ([`crate::kernels::matrix`]) and the model's parallel loops ([`crate::model::parallel`]) share. It lives
 //! below both, so that `matrix` imports nothing from `model`.
 
 /// How many of `items` equal items (weight rows, channels) each task of a parallel region takes,

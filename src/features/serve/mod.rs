@@ -12,7 +12,7 @@
 //! prefilled in chunks of at most one pass (512 rows, or fewer: `--prefill-chunk`), so a long
 //! prompt holds the running decodes back by one chunk at most, joins the
 //! [`crate::model::Batch`] after its last chunk, and leaves at the step it stops. Sampling, stop strings and streaming decode are `generate`'s own code
-//! ([`crate::generate`]), so a request's text is what `generate` gives for the same prompt and
+//! ([`crate::features::generate`]), so a request's text is what `generate` gives for the same prompt and
 //! settings, alone or among others (each row of a batch step is bit for bit a solo step).
 //!
 //! [`client`] is a minimal HTTP/1.1 client for loopback tests and the load generator.

@@ -5,7 +5,7 @@
 use super::attention::AttentionMap;
 use super::memory::HALF_LIFE_BUCKETS;
 use super::{span_name, LayerReport, Report};
-use crate::cache_plan::ScalarType;
+use crate::state::cache_plan::ScalarType;
 use crate::config::{AttentionSpan, KvSource};
 use std::fmt::Write;
 
@@ -315,7 +315,7 @@ fn cache_section(page: &mut String, report: &Report) {
         report.cache.dense_ratio().max(1.0 / report.cache.dense_ratio()),
         if report.cache.dense_ratio() >= 1.0 { "smaller" } else { "larger (short prompts pay for the fixed SSM state and meta rows)" }
     );
-    let sizes = |s: &crate::cache_plan::CacheSize| {
+    let sizes = |s: &crate::state::cache_plan::CacheSize| {
         vec![mib(s.kv_cache_elements), mib(s.ssm_state_elements), mib(s.conv_state_elements)]
     };
     let rows = vec![("Hymba".to_string(), sizes(hybrid)), ("dense attention".to_string(), sizes(dense))];

@@ -12,7 +12,7 @@
 //! beside the sequence's scratch buffers); a full forward pass is the same code run on a fresh
 //! cache. This module depends on the config alone.
 
-use crate::cache_plan::CacheSize;
+use crate::state::cache_plan::CacheSize;
 use crate::config::{AttentionSpan, HymbaConfig, LayerPlan};
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis, ShapeBuilder};
 
@@ -333,7 +333,7 @@ impl HybridCache {
         HybridCache { kv, ssm, next_position: 0 }
     }
 
-    /// The scalars this cache holds now, split as [`crate::cache_plan::CachePlan`] predicts them.
+    /// The scalars this cache holds now, split as [`crate::state::cache_plan::CachePlan`] predicts them.
     pub fn allocated_scalars(&self) -> CacheSize {
         CacheSize {
             kv_cache_elements: self.kv.iter().flatten().map(KvCache::scalars).sum(),

@@ -5,7 +5,7 @@
 //! settles it. When a stop string appears, the text before it is released and the stop string
 //! and everything after it are dropped.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// Watches streamed text for any of a set of stop strings.
 #[derive(Debug, Clone)]

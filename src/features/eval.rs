@@ -11,7 +11,7 @@
 //! `context − stride` tokens of left context, and no token is scored twice.
 //! `reference/perplexity.py` computes the same windows and numbers with the PyTorch reference.
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::model::Hymba;
 use ndarray::{s, ArrayView1};
 

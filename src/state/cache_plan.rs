@@ -14,11 +14,11 @@
 //! [`HybridCache::allocated_scalars`] counts what a real cache holds; the tests check that it
 //! equals [`CachePlan::new`]'s prediction after every chunk.
 //!
-//! [`HybridCache`]: crate::cache::HybridCache
-//! [`HybridCache::allocated_scalars`]: crate::cache::HybridCache::allocated_scalars
+//! [`HybridCache`]: crate::state::cache::HybridCache
+//! [`HybridCache::allocated_scalars`]: crate::state::cache::HybridCache::allocated_scalars
 
 use crate::config::{AttentionSpan, HymbaConfig, LayerPlan};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// A storage type for cached scalars (the engine itself keeps f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
