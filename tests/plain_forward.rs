@@ -35,7 +35,7 @@ fn plain_incremental(cfg: &HymbaConfig, w: &Weights, ids: &[u32], prefill: usize
 }
 
 /// Whether a pass over `ids` goes past a `dynamic_ntk` model's orig_max, where a cached decode
-/// cannot equal the full pass (SPEC, RoPE) and the fast path's meta prefix, rotated on its own,
+/// cannot equal the full pass (docs/MODEL.md §8) and the fast path's meta prefix, rotated on its own,
 /// differs from the plain prefill of meta + prompt together.
 fn past_dynamic_ntk(cfg: &HymbaConfig, len: usize) -> bool {
     matches!(cfg.rope.map(|r| r.scaling),

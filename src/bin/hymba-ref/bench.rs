@@ -806,7 +806,8 @@ mod tests {
 
     #[test]
     fn released_shape_parameter_count() {
-        // SPEC: Hymba-1.5B has 1,522.8M parameters; the meta tokens are not read when decoding.
+        // docs/MODEL.md §2: Hymba-1.5B has 1,522.8M parameters; the meta tokens are not read when
+        // decoding (their K/V and states are computed once, §5.1).
         let cfg = HymbaConfig::from_json_str(BUILTIN_CONFIGS[2].1).unwrap();
         let (total, read) = (cfg.parameter_count(), cfg.decode_read_parameters());
         assert_eq!((total as f64 / 1e5).round() / 10.0, 1522.8);
