@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 use hymba_ref::cache::KeyBlocks;
 use hymba_ref::checkpoint::weights::Linear;
-use hymba_ref::matrix::{Elements, Matrix, Rows};
+use hymba_ref::matrix::{Elements, Matrix, RowKind};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax, Mask};
 use hymba_ref::model::norm::rms_norm;
@@ -63,7 +63,7 @@ proptest! {
         let w = weight.to_f32(); // the values actually stored
         let linear = Linear { weight, bias: bias.clone() };
         let mut y = Array2::zeros((0, 0));
-        linear.forward(x.view(), Rows::Chunk, &mut y);
+        linear.forward(x.view(), RowKind::Chunk, &mut y);
         prop_assert_eq!(y.dim(), (t, out));
         for r in 0..t {
             for c in 0..out {

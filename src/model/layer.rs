@@ -133,7 +133,7 @@ pub fn hymba_layer(layer: Layer, hidden: &mut Array2<f32>, pass: &mut Pass, buf:
     use Phase::{Elementwise, Weights};
 
     let h = profile.time(Elementwise, || rms_norm(hidden.view(), w.input_layernorm.view(), eps, &mut buf.h)); // (T, H)
-    let projected = profile.time(Weights, || w.mamba.in_proj.forward(h, pass.rows, &mut buf.projected)); // (T, P)
+    let projected = profile.time(Weights, || w.mamba.in_proj.forward(h, pass.kind, &mut buf.projected)); // (T, P)
     let split = split_in_proj(cfg, plan, projected);
 
     // The attention heads and the SSM heads run side by side, as the figure draws them: the
@@ -154,11 +154,11 @@ pub fn hymba_layer(layer: Layer, hidden: &mut Array2<f32>, pass: &mut Pass, buf:
     let fused_heads = profile.time(Elementwise, || fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads)); // (T, D)
     // The SSM states go back to their sequences once the fusion has read the SSM heads' output.
     pass.put_back_ssm_states(plan.index, &mut buf.ssm_buffers.states);
-    let mixer_output = profile.time(Weights, || w.mamba.out_proj.forward(fused_heads, pass.rows, &mut buf.mixer_output)); // (T, H)
+    let mixer_output = profile.time(Weights, || w.mamba.out_proj.forward(fused_heads, pass.kind, &mut buf.mixer_output)); // (T, H)
     profile.time(Elementwise, || zip_with(hidden.view_mut(), mixer_output, |h, m| *h += m)); // residual
 
     let h2 = profile.time(Elementwise, || rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h)); // (T, H)
-    let mlp = mlp(h2, pass.rows, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp, profile); // (T, H)
+    let mlp = mlp(h2, pass.kind, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp, profile); // (T, H)
     profile.time(Elementwise, || zip_with(hidden.view_mut(), mlp, |h, m| *h += m)); // residual
 }
 

@@ -3,7 +3,7 @@
 use super::profile::{Phase, Profile};
 use crate::simd::times_silu;
 use crate::checkpoint::weights::MlpWeights;
-use crate::matrix::{Matrix, Rows};
+use crate::matrix::{Matrix, RowKind};
 use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut2, Axis};
 
 /// The MLP's intermediate activations (see [`crate::buffer`]).
@@ -16,12 +16,12 @@ pub struct MlpBuffers {
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-/// `rows` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]); `profile` times the
+/// `kind` says what the rows are ([`crate::matrix::Matrix::matmul_t_of`]); `profile` times the
 /// products, each with its activation: the tasks of a product apply it to the block they
 /// computed ([`Matrix::matmul_t_then`]).
 pub fn mlp<'o>(
     h: ArrayView2<f32>,
-    rows: Rows,
+    kind: RowKind,
     w: &MlpWeights,
     buf: &mut MlpBuffers,
     out: &'o mut Array2<f32>,
@@ -32,7 +32,7 @@ pub fn mlp<'o>(
             // up and gate read the same input: both products in one parallel region, each task
             // computing the same columns of both, then gating them: up ⊙ SiLU(gate)
             profile.time(Phase::Weights, || {
-                Matrix::pair_matmul_t_then(&w.up_proj, gate, h, rows, &mut buf.up_gate, |mut up, gate| {
+                Matrix::pair_matmul_t_then(&w.up_proj, gate, h, kind, &mut buf.up_gate, |mut up, gate| {
                     for (mut up, gate) in up.rows_mut().into_iter().zip(gate.rows()) {
                         times_silu(up.as_slice_mut().expect("contiguous"), gate.as_slice().expect("contiguous"));
                     }
@@ -42,8 +42,8 @@ pub fn mlp<'o>(
         }
         None => {
             let relu2 = |_, mut up: ArrayViewMut2<f32>| up.mapv_inplace(|v| v.max(0.0).powi(2));
-            profile.time(Phase::Weights, || w.up_proj.matmul_t_then(h, rows, &mut buf.up, relu2)) // (T, F)
+            profile.time(Phase::Weights, || w.up_proj.matmul_t_then(h, kind, &mut buf.up, relu2)) // (T, F)
         }
     }; // (T, F)
-    profile.time(Phase::Weights, || w.down_proj.matmul_t_of(act, rows, out)) // (T, H)
+    profile.time(Phase::Weights, || w.down_proj.matmul_t_of(act, kind, out)) // (T, H)
 }

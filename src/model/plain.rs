@@ -27,8 +27,9 @@ use crate::config::{AttentionSpan, HymbaConfig, KqNorm, KvSource, LayerPlan, Mlp
 use crate::matrix::Matrix;
 use ndarray::Array2;
 
-/// A matrix as a list of rows: `x[t]` is row `t`. The shape is in a comment where it is made.
-pub type Rows = Vec<Vec<f32>>;
+/// A matrix as a list of vectors, one per row: `x[t]` is row `t`. The shape is in a comment where
+/// it is made.
+pub type Vectors = Vec<Vec<f32>>;
 
 // ---------------------------------------------------------------------------------------------
 // Weights
@@ -38,7 +39,7 @@ pub type Rows = Vec<Vec<f32>>;
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`
-    pub weight: Rows,
+    pub weight: Vectors,
     /// `[out]`
     pub bias: Option<Vec<f32>>,
 }
@@ -51,11 +52,11 @@ pub struct LayerWeights {
     /// `mamba.in_proj` `[P, H]`: rows q `[H]` | k `[nkv·dqk]` | v `[nkv·dv]` (K/V producers only) | x `[D]` | z `[D]`
     pub in_proj: Linear,
     /// `mamba.self_attn.q_norm.weight`, `[dqk]` (`rms`) or one row per query head (`perhead-rms`)
-    pub q_norm: Option<Rows>,
+    pub q_norm: Option<Vectors>,
     /// `mamba.self_attn.k_norm.weight`, `[dqk]` or one row per K/V head; unused in reusing layers
-    pub k_norm: Option<Rows>,
+    pub k_norm: Option<Vectors>,
     /// `mamba.conv1d.weight` `[D, 1, K]` as `[D, K]`
-    pub conv1d_weight: Rows,
+    pub conv1d_weight: Vectors,
     /// `mamba.conv1d.bias` `[D]` (if `mamba_conv_bias`)
     pub conv1d_bias: Option<Vec<f32>>,
     /// `mamba.x_proj.0.weight` `[R + 2N, D]`, no bias
@@ -67,7 +68,7 @@ pub struct LayerWeights {
     /// `mamba.dt_proj.0` `[D, R]` + bias `[D]`
     pub dt_proj: Linear,
     /// A = −exp(`mamba.A_log.0`) `[D, N]` (the loader computes it)
-    pub a: Rows,
+    pub a: Vectors,
     /// `mamba.D.0` `[D]`: the skip connection
     pub d: Vec<f32>,
     /// `mamba.pre_avg_layernorm1.weight`, `…2.weight` `[D]`: the paper's β1, β2
@@ -87,14 +88,14 @@ pub struct LayerWeights {
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// `model.embed_tokens.weight` `[V, H]`
-    pub embed_tokens: Rows,
+    pub embed_tokens: Vectors,
     /// `model.memory_tokens` `[M, H]`: the learned meta tokens
-    pub memory_tokens: Rows,
+    pub memory_tokens: Vectors,
     pub layers: Vec<LayerWeights>,
     /// `model.final_layernorm.weight` `[H]`
     pub final_layernorm: Vec<f32>,
     /// `lm_head.weight` `[V, H]`; a copy of the embedding when `tie_word_embeddings`
-    pub lm_head: Rows,
+    pub lm_head: Vectors,
 }
 
 impl Weights {
@@ -140,11 +141,11 @@ impl Weights {
     }
 }
 
-fn matrix_rows(m: &Matrix) -> Rows {
+fn matrix_rows(m: &Matrix) -> Vectors {
     array_rows(&m.to_f32())
 }
 
-fn array_rows(a: &Array2<f32>) -> Rows {
+fn array_rows(a: &Array2<f32>) -> Vectors {
     a.rows().into_iter().map(|row| row.to_vec()).collect()
 }
 
@@ -164,13 +165,13 @@ pub struct Cache {
     /// Positions processed so far, meta tokens included: the position of the next row.
     pub len: usize,
     /// Per layer, the rotated keys of every position (S, nkv, dqk); empty in a layer that reuses K/V.
-    pub keys: Vec<Vec<Rows>>,
+    pub keys: Vec<Vec<Vectors>>,
     /// Per layer, the values of every position (S, nkv, dv); empty in a layer that reuses K/V.
-    pub values: Vec<Vec<Rows>>,
+    pub values: Vec<Vec<Vectors>>,
     /// Per layer, the last K−1 inputs of the conv (K−1, D): zeros before the first row.
-    pub conv: Vec<Rows>,
+    pub conv: Vec<Vectors>,
     /// Per layer, the selective scan's state (D, N): zeros before the first row.
-    pub ssm: Vec<Rows>,
+    pub ssm: Vec<Vectors>,
 }
 
 impl Cache {
@@ -190,13 +191,13 @@ impl Cache {
 /// The full forward pass: logits for every token of `ids`. ids → (n, V)
 ///
 /// Panics if an id is not below the vocabulary size (the fast path checks user input first).
-pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Rows {
+pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Vectors {
     prefill(cfg, w, ids).1
 }
 
 /// The full forward pass that starts a sequence: returns its cache (for [`step`]) and the logits
 /// of every token of `ids`. ids → (Cache, (n, V))
-pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
+pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Vectors) {
     let m = cfg.num_memory_tokens;
     // §3.1 X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
     //    token position M. They do not depend on the prompt; the fast path runs them once per
@@ -232,7 +233,7 @@ fn embed(cfg: &HymbaConfig, w: &Weights, id: u32) -> Vec<f32> {
 }
 
 /// §3.2–3.8 Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
-fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: Option<f64>) -> Rows {
+fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Vectors, base: Option<f64>) -> Vectors {
     let positions: Vec<usize> = (cache.len..cache.len + x.len()).collect(); // (T)
     for (plan, lw) in cfg.layers.iter().zip(&w.layers) {
         x = layer(cfg, plan, lw, x, &positions, base, cache); // (T, H)
@@ -242,8 +243,8 @@ fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: 
 }
 
 /// §3.9 `logits = RMSNorm(X; final_layernorm) · lm_headᵀ`. (T, H) → (T, V)
-fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Rows {
-    let normed: Rows = x.iter().map(|row| rms_norm(row, &w.final_layernorm, cfg.rms_norm_eps)).collect(); // (T, H)
+fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Vectors {
+    let normed: Vectors = x.iter().map(|row| rms_norm(row, &w.final_layernorm, cfg.rms_norm_eps)).collect(); // (T, H)
     normed.iter().map(|row| matvec(&w.lm_head, row)).collect() // (T, V)
 }
 
@@ -256,23 +257,23 @@ fn layer(
     cfg: &HymbaConfig,
     plan: &LayerPlan,
     w: &LayerWeights,
-    x: Rows,
+    x: Vectors,
     positions: &[usize],
     base: Option<f64>,
     cache: &mut Cache,
-) -> Rows {
+) -> Vectors {
     let (eps, d) = (cfg.rms_norm_eps, cfg.d_inner());
     debug_assert!(x.iter().all(|row| row.len() == cfg.hidden_size));
 
     // §3.2 h = RMSNorm(X; input_layernorm); Z = h · in_projᵀ (+ bias)
-    let h: Rows = x.iter().map(|row| rms_norm(row, &w.input_layernorm, eps)).collect(); // (T, H)
+    let h: Vectors = x.iter().map(|row| rms_norm(row, &w.input_layernorm, eps)).collect(); // (T, H)
     let zxbc = apply(&w.in_proj, &h); // (T, P)
 
     // §3.2 Split Z's columns in checkpoint order: q, then k and v unless the layer reuses K/V,
     //          then the SSM input x, then the gate z.
     let mut at = 0;
     let mut take = |width: usize| {
-        let block: Rows = zxbc.iter().map(|row| row[at..at + width].to_vec()).collect(); // (T, width)
+        let block: Vectors = zxbc.iter().map(|row| row[at..at + width].to_vec()).collect(); // (T, width)
         at += width;
         block
     };
@@ -287,7 +288,7 @@ fn layer(
     let ssm = ssm_heads(cfg, w, &ssm_x, &z, &mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (T, D)
 
     // §3.7 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
-    let fused: Rows = attn
+    let fused: Vectors = attn
         .iter()
         .zip(&ssm)
         .map(|(a, s)| {
@@ -299,15 +300,15 @@ fn layer(
     let x = add(&x, &apply(&w.out_proj, &fused)); // (T, H): residual
 
     // §3.8 MLP, residual.
-    let h2: Rows = x.iter().map(|row| rms_norm(row, &w.pre_moe_layernorm, eps)).collect(); // (T, H)
+    let h2: Vectors = x.iter().map(|row| rms_norm(row, &w.pre_moe_layernorm, eps)).collect(); // (T, H)
     add(&x, &mlp(cfg, w, &h2)) // (T, H)
 }
 
 /// The one MLP the released model builds (`moe.experts.0`, whatever `num_experts` says).
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Rows) -> Rows {
+fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Vectors) -> Vectors {
     let up = apply(&w.up_proj, h); // (T, F)
-    let act: Rows = match cfg.mlp_hidden_act {
+    let act: Vectors = match cfg.mlp_hidden_act {
         MlpActivation::Silu => {
             let gate = apply(w.gate_proj.as_ref().expect("a silu MLP has gate_proj"), h); // (T, F)
             zip_rows(&gate, &up, |g, u| silu(g) * u) // (T, F)
@@ -328,18 +329,18 @@ fn attention_heads(
     cfg: &HymbaConfig,
     plan: &LayerPlan,
     w: &LayerWeights,
-    q: &Rows,
-    kv: Option<(Rows, Rows)>,
+    q: &Vectors,
+    kv: Option<(Vectors, Vectors)>,
     positions: &[usize],
     base: Option<f64>,
     cache: &mut Cache,
-) -> Rows {
+) -> Vectors {
     let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let (dqk, dv, m) = (cfg.head_dim_qk(), cfg.head_dim_v(), cfg.num_memory_tokens);
     let eps = cfg.rms_norm_eps;
 
     // Queries: split into heads, q_norm, RoPE.
-    let q: Vec<Rows> = q
+    let q: Vec<Vectors> = q
         .iter()
         .zip(positions)
         .map(|(row, &p)| prepare_heads(cfg, row, nh, w.q_norm.as_ref(), p, base, eps)) // (nh, dqk)
@@ -403,11 +404,11 @@ fn prepare_heads(
     cfg: &HymbaConfig,
     row: &[f32],
     heads: usize,
-    norm: Option<&Rows>,
+    norm: Option<&Vectors>,
     p: usize,
     base: Option<f64>,
     eps: f32,
-) -> Rows {
+) -> Vectors {
     let mut out = split_heads(row, heads); // (heads, dqk)
     for (h, head) in out.iter_mut().enumerate() {
         if let Some(norm) = norm {
@@ -425,7 +426,7 @@ fn prepare_heads(
 }
 
 /// (heads·dim) → (heads, dim)
-fn split_heads(row: &[f32], heads: usize) -> Rows {
+fn split_heads(row: &[f32], heads: usize) -> Vectors {
     row.chunks(row.len() / heads).map(|head| head.to_vec()).collect()
 }
 
@@ -474,7 +475,7 @@ fn rope_base(cfg: &HymbaConfig, seq_len: usize) -> Option<f64> {
 
 /// The SSM heads of one layer: the input x (T, D) and gate z (T, D) → y (T, D), advancing the
 /// layer's conv state (K−1, D) and scan state (D, N).
-fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Rows, z: &Rows, conv_state: &mut Rows, scan: &mut Rows) -> Rows {
+fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Vectors, z: &Vectors, conv_state: &mut Vectors, scan: &mut Vectors) -> Vectors {
     let (d, n, r, k) = (cfg.d_inner(), cfg.mamba_d_state, cfg.mamba_dt_rank, cfg.mamba_d_conv);
     let eps = cfg.rms_norm_eps;
     let t = x.len();
@@ -483,7 +484,7 @@ fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Rows, z: &Rows, conv_state
     // inputs before this pass from the conv state.
     let mut padded = conv_state.clone(); // (K−1, D)
     padded.extend(x.iter().cloned()); // (K−1+T, D): row K−1+t is x_t
-    let u: Rows = (0..t)
+    let u: Vectors = (0..t)
         .map(|ti| {
             (0..d)
                 .map(|c| {
@@ -550,12 +551,12 @@ fn affine(l: &Linear, x: &[f32]) -> Vec<f32> {
 }
 
 /// A linear map on every row: `x · Wᵀ (+ b)`. (T, in) → (T, out)
-fn apply(l: &Linear, x: &Rows) -> Rows {
+fn apply(l: &Linear, x: &Vectors) -> Vectors {
     x.iter().map(|row| affine(l, row)).collect()
 }
 
 /// `W·x`, W `[out, in]`. (in) → (out)
-fn matvec(weight: &Rows, x: &[f32]) -> Vec<f32> {
+fn matvec(weight: &Vectors, x: &[f32]) -> Vec<f32> {
     weight.iter().map(|w_row| dot(w_row, x)).collect()
 }
 
@@ -565,12 +566,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Elementwise `a + b`. (T, width), (T, width) → (T, width)
-fn add(a: &Rows, b: &Rows) -> Rows {
+fn add(a: &Vectors, b: &Vectors) -> Vectors {
     zip_rows(a, b, |a, b| a + b)
 }
 
 /// Elementwise `f(a, b)`. (T, width), (T, width) → (T, width)
-fn zip_rows(a: &Rows, b: &Rows, f: impl Fn(f32, f32) -> f32) -> Rows {
+fn zip_rows(a: &Vectors, b: &Vectors, f: impl Fn(f32, f32) -> f32) -> Vectors {
     a.iter().zip(b).map(|(a, b)| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()).collect()
 }
 

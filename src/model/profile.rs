@@ -8,7 +8,7 @@
 //! profile of its own ([`Profile::fork`], [`Profile::join`]): their phases' times then overlap,
 //! by [`Profile::overlap_seconds`] in all.
 
-use crate::matrix::Rows;
+use crate::matrix::RowKind;
 use std::time::{Duration, Instant};
 
 /// The phases of a pass. Every timed region of the layers belongs to exactly one.
@@ -60,12 +60,12 @@ impl Phase {
 
     /// How the phase's code uses the threads, for a pass of `rows` rows of the kind `kind` (a
     /// statement about the code, kept next to it; the measured speed-up says how well it works).
-    pub fn threading(self, kind: Rows, rows: usize) -> &'static str {
+    pub fn threading(self, kind: RowKind, rows: usize) -> &'static str {
         let parallel_rows = rows >= super::parallel::PARALLEL_ROWS;
         match (self, kind) {
             (Phase::Weights | Phase::Attention | Phase::Scan, _) => "parallel",
             (Phase::Output, _) => "norm serial, lm_head parallel",
-            (Phase::KvCache | Phase::Conv, Rows::OnePerSequence) if rows > 1 => "parallel over sequences",
+            (Phase::KvCache | Phase::Conv, RowKind::OnePerSequence) if rows > 1 => "parallel over sequences",
             (Phase::KvCache, _) => "one thread",
             (Phase::Conv | Phase::Elementwise, _) if parallel_rows => "parallel over rows",
             (Phase::Conv | Phase::Elementwise, _) => "one thread",

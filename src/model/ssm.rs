@@ -17,7 +17,7 @@ use super::norm::rms_norm;
 use super::parallel::{for_each_row, map_rows};
 use crate::tasks::items_per_task;
 use super::profile::{Phase, Profile};
-use super::segment::{for_each_part, rows_kind, Part};
+use super::segment::{for_each_part, row_kind, Part};
 use crate::cache::SsmState;
 use crate::buffer::shaped;
 use crate::checkpoint::weights::MambaWeights;
@@ -271,7 +271,7 @@ pub fn ssm_heads<'o>(
     buf: &'o mut SsmBuffers,
     profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
-    let kind = rows_kind(parts);
+    let kind = row_kind(parts);
     let SsmBuffers { states, y: out, .. } = buf;
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());

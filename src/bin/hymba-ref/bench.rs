@@ -47,7 +47,7 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::{DecodeRead, HymbaConfig, Storage};
 use hymba_ref::generate::sampling::argmax;
-use hymba_ref::matrix::Rows;
+use hymba_ref::matrix::RowKind;
 use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
 use cpu_time::CpuTime;
 use profile::PhaseTimes;
@@ -615,10 +615,10 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
         let region = regions::region_cost();
-        let decode = profile::summary(&decode_1, &decode_n, threads, Rows::OnePerSequence, batch_size, region);
+        let decode = profile::summary(&decode_1, &decode_n, threads, RowKind::OnePerSequence, batch_size, region);
         let mut summaries = json!({ "threads": threads, "decode": decode });
         if !prefill_n.is_empty() {
-            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, Rows::Chunk, rows, region);
+            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, RowKind::Chunk, rows, region);
         }
         summaries
     });
