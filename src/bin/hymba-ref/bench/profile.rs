@@ -65,13 +65,11 @@ fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
     PhaseTimes { total: field(&|r| r.total), phases, overlap: field(&|r| r.overlap), ..first }
 }
 
-/// The parallel regions a call opens: the timed sections of the phases that run in parallel
-/// (each such section is one region; the MLP's up and gate, joined, count as one).
+/// The parallel regions a call opens: each phase's timed sections times the regions a section
+/// of it opens ([`Phase::parallel_regions`]: one for most, none for one-thread work, more for the
+/// SSM heads and the MLP, timed whole).
 fn parallel_regions_per_call(times: &PhaseTimes, kind: RowKind, rows: usize) -> f64 {
-    let regions: u64 = (Phase::ALL.iter().zip(times.sections))
-        .filter(|(phase, _)| phase.threading(kind, rows) != "one thread")
-        .map(|(_, sections)| sections)
-        .sum();
+    let regions: u64 = (Phase::ALL.iter().zip(times.sections)).map(|(phase, sections)| sections * phase.parallel_regions(kind, rows)).sum();
     regions as f64 / times.calls.max(1) as f64
 }
 
@@ -214,7 +212,7 @@ mod tests {
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
-        assert_eq!(names, ["weights", "elementwise"], "phases with no time are left out, `other` is 0 here");
+        assert_eq!(names, ["projections", "elementwise"], "phases with no time are left out, `other` is 0 here");
         assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert_eq!((phases[0]["sections_per_call"].as_f64(), phases[1]["sections_per_call"].as_f64()), (Some(3.0), Some(5.0)));
@@ -225,7 +223,7 @@ mod tests {
         let s = summary(std::slice::from_ref(&one), &[overlapped], 2, RowKind::Chunk, 512, None);
         let phases = s["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
-        assert_eq!(names, ["weights", "attention", "elementwise", "overlap"], "`other` is 0 again");
+        assert_eq!(names, ["projections", "attention", "elementwise", "overlap"], "`other` is 0 again");
         assert_eq!((phases[3]["seconds_n_threads"].as_f64(), phases[3]["speedup"].as_f64()), (Some(-1.0), None));
         let shares: f64 = phases.iter().map(|p| p["serial_share"].as_f64().unwrap()).sum();
         assert!((shares - s["serial_share"].as_f64().unwrap()).abs() < 1e-12, "{s}");
@@ -237,7 +235,7 @@ mod tests {
 
     #[test]
     fn synchronisation_is_the_parallel_regions_times_what_one_costs() {
-        // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
+        // 4 decode steps of one row, 0.8 s in all: per step 10 projections and 2 attention
         // regions (parallel), 3 K/V appends or evictions and 30 element-wise sections (one
         // thread: not regions).
         // 3 regions a step start a long stretch after the one before.
@@ -259,5 +257,17 @@ mod tests {
         // work on one thread.
         let batch = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, RowKind::OnePerSequence, 4, region);
         assert_eq!(batch["parallel_regions_per_call"].as_f64(), Some(15.0));
+        // The SSM heads and the MLP are timed whole, a section a layer each: 5 layers a step.
+        // Decoding one sequence, an SSM section opens x_proj, dt_proj and the scan (its conv and
+        // SiLU on one thread), an MLP section its two products: 48 / 4 + 5 · (3 + 2) = 37.
+        let whole = PhaseTimes { sections: [40, 8, 12, 20, 20, 120, 0], ..times };
+        let s = summary(std::slice::from_ref(&whole), std::slice::from_ref(&whole), 16, RowKind::OnePerSequence, 1, region);
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(37.0));
+        // A batch of 4: its conv runs across the sequences, one region more a layer.
+        let s = summary(std::slice::from_ref(&whole), std::slice::from_ref(&whole), 16, RowKind::OnePerSequence, 4, region);
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(15.0 + 5.0 * (4.0 + 2.0)));
+        // A prefill of 512 rows: the conv and the SiLU over rows too, two more.
+        let s = summary(std::slice::from_ref(&whole), std::slice::from_ref(&whole), 16, RowKind::Chunk, 512, region);
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(42.0 + 5.0 * (5.0 + 2.0)));
     }
 }
