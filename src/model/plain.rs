@@ -232,13 +232,14 @@ fn embed(cfg: &HymbaConfig, w: &Weights, id: u32) -> Vec<f32> {
     w.embed_tokens[id as usize].clone() // (H)
 }
 
-/// §3.2–3.8 Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
+/// §3.2–3.8 Every layer in turn on the rows `x`, the next rows of the sequence in `cache`: they
+/// take positions `cache.len`, `cache.len + 1`, … (T, H) → (T, H)
 fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Vectors, base: Option<f64>) -> Vectors {
-    let positions: Vec<usize> = (cache.len..cache.len + x.len()).collect(); // (T)
-    for (plan, lw) in cfg.layers.iter().zip(&w.layers) {
-        x = layer(cfg, plan, lw, x, &positions, base, cache); // (T, H)
+    let t = x.len();
+    for (plan, w) in cfg.layers.iter().zip(&w.layers) {
+        x = layer(Layer { cfg, plan, w }, x, base, cache); // (T, H)
     }
-    cache.len += positions.len();
+    cache.len += t;
     x
 }
 
@@ -252,16 +253,20 @@ fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Vectors {
 // One layer
 // ---------------------------------------------------------------------------------------------
 
-/// One hybrid-head layer on the rows `x` at `positions`, reading and extending `cache`. (T, H) → (T, H)
-fn layer(
-    cfg: &HymbaConfig,
-    plan: &LayerPlan,
-    w: &LayerWeights,
-    x: Vectors,
-    positions: &[usize],
-    base: Option<f64>,
-    cache: &mut Cache,
-) -> Vectors {
+/// One layer as its functions see it: the config, the layer's plan (global or window; owns K/V or
+/// reuses layer j) and its weights.
+#[derive(Debug, Clone, Copy)]
+struct Layer<'a> {
+    cfg: &'a HymbaConfig,
+    plan: &'a LayerPlan,
+    w: &'a LayerWeights,
+}
+
+/// One hybrid-head layer on the rows `x`, the next rows of the sequence in `cache` (positions
+/// `cache.len`, … as [`layers`] says), with the call's RoPE `base`, reading and extending
+/// `cache`. (T, H) → (T, H)
+fn layer(layer: Layer, x: Vectors, base: Option<f64>, cache: &mut Cache) -> Vectors {
+    let Layer { cfg, plan, w } = layer;
     let (eps, d) = (cfg.rms_norm_eps, cfg.d_inner());
     debug_assert!(x.iter().all(|row| row.len() == cfg.hidden_size));
 
@@ -284,8 +289,8 @@ fn layer(
     debug_assert_eq!(at, cfg.in_proj_rows(plan));
 
     // §3.3–3.5 Attention heads ∥ §3.6 SSM heads, on the same input.
-    let attn = attention_heads(cfg, plan, w, &q, kv, positions, base, cache); // (T, D)
-    let ssm = ssm_heads(cfg, w, &ssm_x, &z, &mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (T, D)
+    let attn = attention_heads(layer, &q, kv, base, cache); // (T, D)
+    let ssm = ssm_heads(layer, &ssm_x, &z, cache); // (T, D)
 
     // §3.7 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
     let fused: Vectors = attn
@@ -324,32 +329,24 @@ fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Vectors) -> Vectors {
 
 /// The attention heads of one layer: q (T, nh·dqk) and, in a K/V producer, k (T, nkv·dqk) and
 /// v (T, nkv·dv) → the heads concatenated (T, nh·dv) = (T, D). There is no output projection.
-#[allow(clippy::too_many_arguments)]
-fn attention_heads(
-    cfg: &HymbaConfig,
-    plan: &LayerPlan,
-    w: &LayerWeights,
-    q: &Vectors,
-    kv: Option<(Vectors, Vectors)>,
-    positions: &[usize],
-    base: Option<f64>,
-    cache: &mut Cache,
-) -> Vectors {
+/// The rows are the next of the sequence in `cache`; `base` is the call's RoPE base.
+fn attention_heads(layer: Layer, q: &Vectors, kv: Option<(Vectors, Vectors)>, base: Option<f64>, cache: &mut Cache) -> Vectors {
+    let Layer { cfg, plan, w } = layer;
     let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let (dqk, dv, m) = (cfg.head_dim_qk(), cfg.head_dim_v(), cfg.num_memory_tokens);
-    let eps = cfg.rms_norm_eps;
+    let positions: Vec<usize> = (cache.len..cache.len + q.len()).collect(); // (T)
 
     // Queries: split into heads, q_norm, RoPE.
     let q: Vec<Vectors> = q
         .iter()
-        .zip(positions)
-        .map(|(row, &p)| prepare_heads(cfg, row, nh, w.q_norm.as_ref(), p, base, eps)) // (nh, dqk)
+        .zip(&positions)
+        .map(|(row, &p)| prepare_heads(cfg, row, w.q_norm.as_ref(), p, base)) // (nh, dqk)
         .collect(); // (T, nh, dqk)
 
     // A K/V producer: k_norm and RoPE on its new keys, which go with its values into its cache.
     if let Some((k, v)) = kv {
-        for ((k_row, v_row), &p) in k.iter().zip(&v).zip(positions) {
-            let keys = prepare_heads(cfg, k_row, nkv, w.k_norm.as_ref(), p, base, eps); // (nkv, dqk)
+        for ((k_row, v_row), &p) in k.iter().zip(&v).zip(&positions) {
+            let keys = prepare_heads(cfg, k_row, w.k_norm.as_ref(), p, base); // (nkv, dqk)
             cache.keys[plan.index].push(keys);
             cache.values[plan.index].push(split_heads(v_row, nkv)); // (nkv, dv)
         }
@@ -367,7 +364,7 @@ fn attention_heads(
     // index's property, also when it reuses a window layer's K/V.
     let group = nh / nkv; // query heads per K/V head (GQA)
     let mut out = Vec::with_capacity(q.len());
-    for (q_heads, &i) in q.iter().zip(positions) {
+    for (q_heads, &i) in q.iter().zip(&positions) {
         let visible: Vec<usize> = (0..=i).filter(|&j| allowed(plan.attention, i, j, m)).collect(); // (S_i): the keys query i sees
         let mut row = Vec::with_capacity(nh * dv); // (nh·dv)
         for (head, q_head) in q_heads.iter().enumerate() {
@@ -399,16 +396,10 @@ fn allowed(span: AttentionSpan, i: usize, j: usize, m: usize) -> bool {
 }
 
 /// One row of q or k (heads·dqk) at position `p` → (heads, dqk): split into heads, RMSNorm each
-/// head if `kq_norm` is set (before RoPE), then rotate each head by RoPE if the model has it.
-fn prepare_heads(
-    cfg: &HymbaConfig,
-    row: &[f32],
-    heads: usize,
-    norm: Option<&Vectors>,
-    p: usize,
-    base: Option<f64>,
-    eps: f32,
-) -> Vectors {
+/// head with `norm` if `kq_norm` is set (before RoPE), then rotate each head by RoPE with `base`
+/// if the model has it.
+fn prepare_heads(cfg: &HymbaConfig, row: &[f32], norm: Option<&Vectors>, p: usize, base: Option<f64>) -> Vectors {
+    let (heads, eps) = (row.len() / cfg.head_dim_qk(), cfg.rms_norm_eps);
     let mut out = split_heads(row, heads); // (heads, dqk)
     for (h, head) in out.iter_mut().enumerate() {
         if let Some(norm) = norm {
@@ -474,8 +465,10 @@ fn rope_base(cfg: &HymbaConfig, seq_len: usize) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 
 /// The SSM heads of one layer: the input x (T, D) and gate z (T, D) → y (T, D), advancing the
-/// layer's conv state (K−1, D) and scan state (D, N).
-fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Vectors, z: &Vectors, conv_state: &mut Vectors, scan: &mut Vectors) -> Vectors {
+/// layer's conv state (K−1, D) and scan state (D, N) in `cache`.
+fn ssm_heads(layer: Layer, x: &Vectors, z: &Vectors, cache: &mut Cache) -> Vectors {
+    let Layer { cfg, plan, w } = layer;
+    let (conv_state, scan) = (&mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (K−1, D), (D, N)
     let (d, n, r, k) = (cfg.d_inner(), cfg.mamba_d_state, cfg.mamba_dt_rank, cfg.mamba_d_conv);
     let eps = cfg.rms_norm_eps;
     let t = x.len();
