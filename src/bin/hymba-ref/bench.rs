@@ -102,7 +102,7 @@ pub struct BenchArgs {
     /// Buffer size for the read-bandwidth measurement (0: skip it).
     #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = count::<0, MAX_TOKENS>, allow_negative_numbers = true)]
     bandwidth_mib: usize,
-    /// Also time each phase of a pass (weights, attention, kv cache, conv, scan, elementwise,
+    /// Also time each phase of a pass (projections, attention, kv cache, ssm, mlp, elementwise,
     /// output) in the timed prefill and in the timed batch's decode steps, and in the same prefill
     /// and batch decode run on one thread before each run; report each phase's speed-up and the
     /// serial share of the pass (Amdahl). The decode profile is of the batch (one row per
