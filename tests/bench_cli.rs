@@ -83,22 +83,24 @@ fn bench_profile_reports_every_phase_at_one_and_two_threads_of_the_timed_prefill
         assert!(p["serial_share"].is_number(), "{kind}: a serial share from 2 threads");
         let phases = p["phases"].as_array().expect("phases");
         let names: Vec<&str> = phases.iter().map(|x| x["phase"].as_str().unwrap()).collect();
-        for phase in ["weights", "attention", "kv cache", "conv", "scan", "elementwise", "output"] {
+        for phase in ["projections", "attention", "kv cache", "ssm", "mlp", "elementwise", "output"] {
             let at = names.iter().position(|n| *n == phase).unwrap_or_else(|| panic!("{kind}: no {phase} in {names:?}"));
             positive(&phases[at]["seconds_1_thread"], &format!("{kind} {phase} at 1 thread"));
             positive(&phases[at]["seconds_n_threads"], &format!("{kind} {phase} at 2 threads"));
         }
         let parts: f64 = phases.iter().map(|x| x["seconds_1_thread"].as_f64().unwrap()).sum();
         assert!((parts - one).abs() < 1e-6, "{kind}: the phases and `other` add up to the call ({parts} vs {one})");
-        // Per pass, per layer (small has 4): 6 weight products (in_proj, x_proj, dt_proj, out_proj, up ∥
-        // gate, down), one attention and one scan region; then the output's norm and lm_head.
+        // Per pass, per layer (small has 4): 2 projections (in_proj, out_proj), one attention
+        // region, the SSM heads and the MLP, each timed whole; then the output's norm and lm_head.
         // The K/V upkeep: an append in each of the 3 producers (layer 2 reuses layer 1's K/V), and
         // the evictions after the pass.
         let sections = |phase: &str| phases[names.iter().position(|n| *n == phase).unwrap()]["sections_per_call"].as_f64();
-        for (phase, per_pass) in [("weights", 24.0), ("attention", 4.0), ("kv cache", 4.0), ("scan", 4.0), ("output", 1.0)] {
+        for (phase, per_pass) in [("projections", 8.0), ("attention", 4.0), ("kv cache", 4.0), ("ssm", 4.0), ("mlp", 4.0), ("output", 1.0)] {
             assert_eq!(sections(phase), Some(per_pass), "{kind}: {phase} sections a call (one pass)");
         }
         let regions = positive(&p["parallel_regions_per_call"], kind);
+        // At least the projections' 8, attention's 4, the SSM heads' 3 a layer (x_proj, dt_proj, the
+        // scan), the MLP's 2 a layer and lm_head's 1.
         assert!(regions >= 33.0, "{kind}: at least the parallel phases' {regions} regions");
         let after_long = p["parallel_regions_after_long_stretch_per_call"].as_f64().expect("regions after a long stretch");
         assert!((0.0..=regions).contains(&after_long), "{kind}: {after_long} of {regions} regions");

@@ -34,7 +34,7 @@ fn check_set(name: &str) {
         let got = logits.slice(ndarray::s![logits.nrows() - want.shape()[0].., ..]);
         assert_close(&format!("{name}/gen{gen}.full_logits"), got, &want, TOL, 0.0);
         // The cached path (prefill the prompt, then one token at a time) gives the same logits,
-        // also past M + W where the released decode drifts (SPEC, "Known discrepancy").
+        // also past M + W where the released decode drifts (docs/MODEL.md §8).
         let prompt_len = ids.len() - goldens.ids(&format!("gen{gen}.tokens")).len();
         let incremental = model.forward_incremental(&ids, prompt_len).unwrap();
         let got = incremental.slice(ndarray::s![incremental.nrows() - want.shape()[0].., ..]);

@@ -1,7 +1,7 @@
-//! The decoding invariant (SPEC, "Incremental decoding"): prefill of any prefix followed by
+//! The decoding invariant (docs/MODEL.md §5.4): prefill of any prefix followed by
 //! single-token steps gives the full-forward logits at every position, far past M + W, on random
 //! small configs covering meta tokens or none, a window or none, GQA, both K/V-sharing forms and
-//! every RoPE type (dynamic_ntk only within orig_max, where SPEC says decode can equal forward).
+//! every RoPE type (dynamic_ntk only within orig_max, where docs/MODEL.md §5.4 says decode can equal forward).
 
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;

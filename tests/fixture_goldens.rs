@@ -35,7 +35,7 @@ fn check_fixture(name: &str) {
         assert_close(&key("logits".into()), trace.logits.view(), &want, ATOL, RTOL);
 
         // Cached decoding: prefill half, then one token at a time. dynamic_ntk past orig_max is
-        // the one case where decode cannot equal the full forward (SPEC, RoPE).
+        // the one case where decode cannot equal the full forward (docs/MODEL.md §8).
         let past_dynamic = matches!(model.config.rope.map(|r| r.scaling),
             Some(RopeScaling::DynamicNtk { orig_max_position_embeddings: o }) if model.config.num_memory_tokens + ids.len() > o);
         if !past_dynamic {

@@ -33,7 +33,7 @@ fn config_dir(name: &str, config: &Value) -> PathBuf {
     dir
 }
 
-/// The released Hymba-1.5B at 8K: the numbers (SPEC, "Incremental decoding").
+/// The released Hymba-1.5B at 8K: the numbers (docs/MODEL.md §5.5).
 #[test]
 #[ignore = "needs ../shared"]
 fn hymba_1_5b_at_8k() {

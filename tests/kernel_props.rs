@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 use hymba_ref::state::cache::KeyBlocks;
 use hymba_ref::checkpoint::weights::Linear;
-use hymba_ref::kernels::matrix::{Elements, Matrix, Rows};
+use hymba_ref::kernels::matrix::{Elements, Matrix, RowKind};
 use hymba_ref::config::AttentionSpan;
 use hymba_ref::model::attention::{attention_heads, attention_heads_reference, is_visible, masked_softmax, Mask};
 use hymba_ref::model::norm::rms_norm;
@@ -63,7 +63,7 @@ proptest! {
         let w = weight.to_f32(); // the values actually stored
         let linear = Linear { weight, bias: bias.clone() };
         let mut y = Array2::zeros((0, 0));
-        linear.forward(x.view(), Rows::Chunk, &mut y);
+        linear.forward(x.view(), RowKind::Chunk, &mut y);
         prop_assert_eq!(y.dim(), (t, out));
         for r in 0..t {
             for c in 0..out {
@@ -223,7 +223,8 @@ proptest! {
         let v = fill((s_len, nkv, dv), 3);
         // The blocked kernel the model runs, or the plain one it is tested against.
         let attend = if reference { attention_heads_reference } else { attention_heads_owned };
-        let out = attend(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
+        let mask = Mask::new(&q_positions, &k_positions, span, num_meta);
+        let out = attend(q.view(), k.view(), v.view(), mask);
         prop_assert_eq!(out.dim(), (t, nh * dv));
 
         let hidden_from_all = |j: usize| q_positions.iter().all(|&i| !visible_oracle(i, k_positions[j], span, num_meta));
@@ -236,7 +237,7 @@ proptest! {
                 changed += 1;
             }
         }
-        let out2 = attend(q.view(), k2.view(), v2.view(), &q_positions, &k_positions, span, num_meta);
+        let out2 = attend(q.view(), k2.view(), v2.view(), mask);
         for (a, b) in out.iter().zip(out2.iter()) {
             prop_assert!((a - b).abs() <= 1e-6, "{a} vs {b} after changing {changed} hidden keys");
         }
@@ -247,17 +248,9 @@ proptest! {
 }
 
 /// [`attention_heads`] into a new array, the keys in blocks as a cache holds them.
-fn attention_heads_owned(
-    q: ArrayView3<f32>,
-    k: ArrayView3<f32>,
-    v: ArrayView3<f32>,
-    q_positions: &[usize],
-    k_positions: &[usize],
-    span: AttentionSpan,
-    num_meta: usize,
-) -> Array2<f32> {
+fn attention_heads_owned(q: ArrayView3<f32>, k: ArrayView3<f32>, v: ArrayView3<f32>, mask: Mask) -> Array2<f32> {
     let mut out = Array2::zeros((q.dim().0, q.dim().1 * v.dim().2)); // (T, nh·dv)
-    attention_heads(q, &KeyBlocks::from_rows(k), v, Mask::new(q_positions, k_positions, span, num_meta), out.view_mut());
+    attention_heads(q, &KeyBlocks::from_rows(k), v, mask, out.view_mut());
     out
 }
 
@@ -271,7 +264,8 @@ fn each_query_row_ignores_its_own_hidden_keys() {
     let q = Array3::from_shape_fn((t, 2, 3), |(a, b, c)| ((a * 3 + b * 5 + c) % 7) as f32 * 0.3 - 1.0);
     let k = Array3::from_shape_fn((s_len, 1, 3), |(a, _, c)| ((a * 5 + c * 3) % 11) as f32 * 0.2 - 1.0);
     let v = Array3::from_shape_fn((s_len, 1, 2), |(a, _, c)| (a * 2 + c) as f32);
-    let out = attention_heads_owned(q.view(), k.view(), v.view(), &q_positions, &k_positions, span, num_meta);
+    let mask = Mask::new(&q_positions, &k_positions, span, num_meta);
+    let out = attention_heads_owned(q.view(), k.view(), v.view(), mask);
     for (row, &i) in q_positions.iter().enumerate() {
         let (mut k2, mut v2) = (k.clone(), v.clone());
         for (j, &p) in k_positions.iter().enumerate() {
@@ -280,7 +274,7 @@ fn each_query_row_ignores_its_own_hidden_keys() {
                 v2.index_axis_mut(Axis(0), j).fill(-1e6);
             }
         }
-        let out2 = attention_heads_owned(q.view(), k2.view(), v2.view(), &q_positions, &k_positions, span, num_meta);
+        let out2 = attention_heads_owned(q.view(), k2.view(), v2.view(), mask);
         let diff = (&out.row(row) - &out2.row(row)).iter().fold(0f32, |m, d| m.max(d.abs()));
         assert!(diff <= 1e-6, "query {i}: {diff}");
     }

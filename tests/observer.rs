@@ -5,7 +5,7 @@
 use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::HymbaConfig;
-use hymba_ref::model::attention::attention_heads_reference;
+use hymba_ref::model::attention::{attention_heads_reference, Mask};
 use hymba_ref::model::{Hymba, Keep, LayerTrace, Scratch, Segment};
 use ndarray::s;
 
@@ -27,8 +27,8 @@ fn attention_mismatch(model: &Hymba, t: &LayerTrace) -> f32 {
     for (part, kv) in t.parts.iter().zip(&t.kv) {
         let rows = part.rows.clone();
         let q = t.q.slice(s![rows.clone(), .., ..]);
-        let want = attention_heads_reference(q, kv.keys.view(), kv.values, &t.positions[rows.clone()], kv.positions,
-            t.plan.attention, model.config.num_memory_tokens);
+        let mask = Mask::new(&t.positions[rows.clone()], kv.positions, t.plan.attention, model.config.num_memory_tokens);
+        let want = attention_heads_reference(q, kv.keys.view(), kv.values, mask);
         let got = t.attn.slice(s![rows, ..]);
         worst = worst.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
     }

@@ -10,7 +10,7 @@
 mod common;
 use common::{assert_close, fixtures_dir, shared_dir, Goldens};
 use hymba_ref::config::{HymbaConfig, RopeScaling};
-use hymba_ref::model::plain::{self, Rows, Weights};
+use hymba_ref::model::plain::{self, Vectors, Weights};
 use hymba_ref::model::Hymba;
 use ndarray::{s, Array2, ArrayD};
 use std::path::Path;
@@ -20,13 +20,13 @@ const GOLDEN: (f32, f32) = (1e-4, 0.0);
 /// (atol, rtol) between two f32 computations of the same pass.
 const SAME: (f32, f32) = (2e-5, 1e-5);
 
-fn array(rows: &Rows) -> Array2<f32> {
+fn array(rows: &Vectors) -> Array2<f32> {
     let width = rows.first().map_or(0, Vec::len);
     Array2::from_shape_vec((rows.len(), width), rows.concat()).expect("rows of equal width")
 }
 
 /// Plain prefill of `ids[..prefill]`, then one plain step per remaining id. → (n, V)
-fn plain_incremental(cfg: &HymbaConfig, w: &Weights, ids: &[u32], prefill: usize) -> Rows {
+fn plain_incremental(cfg: &HymbaConfig, w: &Weights, ids: &[u32], prefill: usize) -> Vectors {
     let (mut cache, mut logits) = plain::prefill(cfg, w, &ids[..prefill]);
     for &id in &ids[prefill..] {
         logits.push(plain::step(cfg, w, &mut cache, id));
@@ -35,7 +35,7 @@ fn plain_incremental(cfg: &HymbaConfig, w: &Weights, ids: &[u32], prefill: usize
 }
 
 /// Whether a pass over `ids` goes past a `dynamic_ntk` model's orig_max, where a cached decode
-/// cannot equal the full pass (SPEC, RoPE) and the fast path's meta prefix, rotated on its own,
+/// cannot equal the full pass (docs/MODEL.md §8) and the fast path's meta prefix, rotated on its own,
 /// differs from the plain prefill of meta + prompt together.
 fn past_dynamic_ntk(cfg: &HymbaConfig, len: usize) -> bool {
     matches!(cfg.rope.map(|r| r.scaling),

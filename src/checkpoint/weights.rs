@@ -11,7 +11,7 @@ use super::{check_elements_finite, check_finite, TensorSource};
 use crate::config::weights::*;
 use crate::config::{HymbaConfig, Storage, TensorSpec, WeightSpec};
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::kernels::matrix::{Matrix, Rows};
+use crate::kernels::matrix::{Matrix, RowKind};
 use crate::kernels::quant::QuantType;
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
@@ -26,9 +26,9 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// (T, in) → (T, out); `rows` says what the rows are ([`Matrix::matmul_t_of`]).
-    pub fn forward<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        self.forward_then(x, rows, out, |_| {})
+    /// (T, in) → (T, out); `kind` says what the rows are ([`Matrix::matmul_t_of`]).
+    pub fn forward<'o>(&self, x: ArrayView2<f32>, kind: RowKind, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        self.forward_then(x, kind, out, |_| {})
     }
 
     /// [`Linear::forward`], then `f` on each output row's values, in the product's tasks
@@ -37,13 +37,13 @@ impl Linear {
     pub fn forward_then<'o>(
         &self,
         x: ArrayView2<f32>,
-        rows: Rows,
+        kind: RowKind,
         out: &'o mut Array2<f32>,
         f: impl Fn(&mut [f32]) + Sync + Send,
     ) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.weight.cols());
         let bias = self.bias.as_ref().map(|b| b.as_slice().expect("a contiguous vector"));
-        self.weight.matmul_t_then(x, rows, out, |first, mut block| {
+        self.weight.matmul_t_then(x, kind, out, |first, mut block| {
             for mut row in block.rows_mut() {
                 let row = row.as_slice_mut().expect("a block of a row is contiguous"); // (block)
                 if let Some(bias) = bias {
@@ -390,7 +390,7 @@ mod tests {
             w.matmul_t(x.view(), &mut want);
             let want = (want + linear.bias.as_ref().unwrap()).mapv(|v| v * v - 1.0); // (T, 300)
             let mut got = Array2::zeros((0, 0));
-            linear.forward_then(x.view(), Rows::Chunk, &mut got, |row| row.iter_mut().for_each(|v| *v = *v * *v - 1.0));
+            linear.forward_then(x.view(), RowKind::Chunk, &mut got, |row| row.iter_mut().for_each(|v| *v = *v * *v - 1.0));
             assert_eq!(got, want, "T = {}", x.nrows());
         }
     }

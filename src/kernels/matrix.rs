@@ -121,7 +121,7 @@ pub struct Matrix {
 
 /// What the rows of `x` in a product are, which decides how it is computed (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Rows {
+pub enum RowKind {
     /// Consecutive rows of one sequence (a prompt, or one decode step): [`Matrix::matmul_t`].
     #[default]
     Chunk,
@@ -208,9 +208,9 @@ impl Matrix {
         self.rows_f32(0, self.rows)
     }
 
-    /// How a product of x with `t` rows (as `rows` says) splits into tasks on `threads` threads,
+    /// How a product of x with `t` rows (as `kind` says) splits into tasks on `threads` threads,
     /// for `matrices` products of this shape computed together ([`Matrix::pair_matmul_t_then`]).
-    fn split(&self, t: usize, rows: Rows, matrices: usize, threads: usize) -> Split {
+    fn split(&self, t: usize, kind: RowKind, matrices: usize, threads: usize) -> Split {
         // One-row and row-wise tasks: at least MIN_TASK_BYTES of weights, in whole rounds, or,
         // where the weights are fewer than that a thread, a share for every thread (at least
         // MIN_SHARED_TASK_BYTES).
@@ -219,29 +219,29 @@ impl Matrix {
         // Quantized weights in whole groups of 8 rows, the tiles their kernels compute.
         let whole = if self.quantized().is_some() { quant::GROUP } else { 1 };
         let streamed = || items_per_task(self.rows, min_bytes.div_ceil(row_bytes), threads).next_multiple_of(whole);
-        match (t, rows) {
+        match (t, kind) {
             (1, _) => Split::OneRow { block: streamed() },
-            (_, Rows::OnePerSequence) => Split::RowWise { block: streamed() },
-            (_, Rows::Chunk) => gemm_tiles(t, self.rows, threads),
+            (_, RowKind::OnePerSequence) => Split::RowWise { block: streamed() },
+            (_, RowKind::Chunk) => gemm_tiles(t, self.rows, threads),
         }
     }
 
     /// `x · Wᵀ` into `out`: (T, cols) → (T, rows). One row: a dot product per weight row, weight
     /// rows split across threads, so the weights stream from memory once; more rows: GEMM.
     pub fn matmul_t<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        self.matmul_t_of(x, Rows::Chunk, out)
+        self.matmul_t_of(x, RowKind::Chunk, out)
     }
 
     /// `x · Wᵀ` with every row of `x` computed exactly as [`Matrix::matmul_t`] computes a single
     /// row: bit-identical to calling it row by row, but each block of weight rows is read from
     /// memory once for all B rows (a batch of sequences decoding together). (B, cols) → (B, rows)
     pub fn matmul_t_rowwise<'o>(&self, x: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        self.matmul_t_of(x, Rows::OnePerSequence, out)
+        self.matmul_t_of(x, RowKind::OnePerSequence, out)
     }
 
-    /// `x · Wᵀ` computed as `rows` asks. (T, cols) → (T, rows)
-    pub fn matmul_t_of<'o>(&self, x: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
-        self.matmul_t_then(x, rows, out, |_, _| {})
+    /// `x · Wᵀ` computed as `kind` asks. (T, cols) → (T, rows)
+    pub fn matmul_t_of<'o>(&self, x: ArrayView2<f32>, kind: RowKind, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        self.matmul_t_then(x, kind, out, |_, _| {})
     }
 
     /// [`Matrix::matmul_t_of`], each task then calling `then(c, block)` on the block of `out` it
@@ -251,13 +251,13 @@ impl Matrix {
     pub fn matmul_t_then<'o>(
         &self,
         x: ArrayView2<f32>,
-        rows: Rows,
+        kind: RowKind,
         out: &'o mut Array2<f32>,
         then: impl Fn(usize, ArrayViewMut2<f32>) + Sync + Send,
     ) -> ArrayView2<'o, f32> {
         let out = shaped(out, (x.nrows(), self.rows)); // (T, rows)
         let one = out.view_mut().insert_axis(Axis(0)); // (1, T, rows)
-        products_then([self], x, rows, one, |first, block| then(first, block.index_axis_move(Axis(0), 0)));
+        products_then([self], x, kind, one, |first, block| then(first, block.index_axis_move(Axis(0), 0)));
         out.view()
     }
 
@@ -269,12 +269,12 @@ impl Matrix {
         a: &Matrix,
         b: &Matrix,
         x: ArrayView2<f32>,
-        rows: Rows,
+        kind: RowKind,
         out: &mut Array3<f32>,
         then: impl Fn(ArrayViewMut2<f32>, ArrayViewMut2<f32>) + Sync + Send,
     ) {
         let out = shaped(out, (2, x.nrows(), a.rows)); // (2, T, rows)
-        products_then([a, b], x, rows, out.view_mut(), |_, block| {
+        products_then([a, b], x, kind, out.view_mut(), |_, block| {
             let (a, b) = block.split_at(Axis(0), 1); // (1, T, block) each
             then(a.index_axis_move(Axis(0), 0), b.index_axis_move(Axis(0), 0));
         });
@@ -381,7 +381,7 @@ enum Split {
 fn products_then<const N: usize>(
     ws: [&Matrix; N],
     x: ArrayView2<f32>,
-    rows: Rows,
+    kind: RowKind,
     mut out: ArrayViewMut3<f32>,
     then: impl Fn(usize, ArrayViewMut3<f32>) + Sync + Send,
 ) {
@@ -391,7 +391,7 @@ fn products_then<const N: usize>(
     if t == 0 {
         return;
     }
-    let split = w.split(t, rows, N, rayon::current_num_threads());
+    let split = w.split(t, kind, N, rayon::current_num_threads());
     // Once for every task: a view unless x is strided (a column block of a wider array), as the
     // streamed kernels read x as one slice.
     let x = x.as_standard_layout(); // (T, cols)
@@ -706,14 +706,14 @@ mod tests {
         let as_bf16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
         for w in [Matrix::from_f32(w32.clone()), Matrix::new(150, 37, Elements::Bf16(as_bf16.into())).unwrap()] {
             // One row, a batch row-wise, GEMM, and GEMM with the rows of x split too.
-            for (t, rows) in [(1, Rows::Chunk), (1, Rows::OnePerSequence), (5, Rows::OnePerSequence), (70, Rows::Chunk), (200, Rows::Chunk)] {
+            for (t, kind) in [(1, RowKind::Chunk), (1, RowKind::OnePerSequence), (5, RowKind::OnePerSequence), (70, RowKind::Chunk), (200, RowKind::Chunk)] {
                 let x = sample(t, 37, 0.9);
                 let (mut want, mut got) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-                w.matmul_t_of(x.view(), rows, &mut want);
+                w.matmul_t_of(x.view(), kind, &mut want);
                 finish(0, want.view_mut());
-                w.matmul_t_then(x.view(), rows, &mut got, finish);
+                w.matmul_t_then(x.view(), kind, &mut got, finish);
                 let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
-                assert!(same, "T = {t}, {rows:?}: the product then the function differs from the tasks finishing their blocks");
+                assert!(same, "T = {t}, {kind:?}: the product then the function differs from the tasks finishing their blocks");
             }
         }
     }
@@ -723,18 +723,18 @@ mod tests {
         let (a32, b32) = (sample(150, 37, 0.4), sample(150, 37, 1.3));
         let bf = |m: &Array2<f32>| Matrix::new(150, 37, Elements::Bf16(m.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>().into())).unwrap();
         for (a, b) in [(Matrix::from_f32(a32.clone()), Matrix::from_f32(b32.clone())), (bf(&a32), bf(&b32))] {
-            for (t, rows) in [(1, Rows::Chunk), (3, Rows::OnePerSequence), (70, Rows::Chunk), (200, Rows::Chunk)] {
+            for (t, kind) in [(1, RowKind::Chunk), (3, RowKind::OnePerSequence), (70, RowKind::Chunk), (200, RowKind::Chunk)] {
                 let x = sample(t, 37, 0.5);
                 let (mut want_a, mut want_b) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-                a.matmul_t_of(x.view(), rows, &mut want_a);
-                b.matmul_t_of(x.view(), rows, &mut want_b);
+                a.matmul_t_of(x.view(), kind, &mut want_a);
+                b.matmul_t_of(x.view(), kind, &mut want_b);
                 want_a.zip_mut_with(&want_b, |a, &b| *a = *a * 2.0 - b * b);
                 let mut got = Array3::zeros((0, 0, 0));
-                Matrix::pair_matmul_t_then(&a, &b, x.view(), rows, &mut got, |mut a, b| {
+                Matrix::pair_matmul_t_then(&a, &b, x.view(), kind, &mut got, |mut a, b| {
                     a.zip_mut_with(&b, |a, &b| *a = *a * 2.0 - b * b);
                 });
                 let same = got.index_axis(Axis(0), 0).iter().zip(&want_a).all(|(g, w)| g.to_bits() == w.to_bits());
-                assert!(same && got.index_axis(Axis(0), 1) == want_b, "T = {t}, {rows:?}: the pair differs from the products apart");
+                assert!(same && got.index_axis(Axis(0), 1) == want_b, "T = {t}, {kind:?}: the pair differs from the products apart");
             }
         }
     }
@@ -750,7 +750,7 @@ mod tests {
         for (name, rows, cols, matrices) in shapes {
             let w = Matrix::new(rows, cols, Elements::Bf16(vec![bf16::ZERO; rows * cols].into())).unwrap();
             for threads in [2, 3, 4, 8, 16, 32] {
-                for (t, kind) in [(1, Rows::Chunk), (4, Rows::OnePerSequence)] {
+                for (t, kind) in [(1, RowKind::Chunk), (4, RowKind::OnePerSequence)] {
                     let (Split::OneRow { block } | Split::RowWise { block }) = w.split(t, kind, matrices, threads) else {
                         panic!("{name}: a decode step's product is one-row or row-wise")
                     };
@@ -780,7 +780,7 @@ mod tests {
                 for batch in [1, 3, 16] {
                     let x = sample(batch, cols, 1.1);
                     let mut got = Array2::zeros((0, 0));
-                    w.matmul_t_of(x.view(), if batch == 1 { Rows::Chunk } else { Rows::OnePerSequence }, &mut got);
+                    w.matmul_t_of(x.view(), if batch == 1 { RowKind::Chunk } else { RowKind::OnePerSequence }, &mut got);
                     for (b, got) in got.rows().into_iter().enumerate() {
                         let mut qx = QuantizedRow::default();
                         qx.quantize(x.row(b).as_slice().unwrap());

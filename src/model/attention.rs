@@ -406,16 +406,9 @@ fn gather_head<'a>(x: ArrayView3<'a, f32>, g: usize, keys: &[usize]) -> CowArray
 }
 
 /// The plain version of [`attention_heads`]: every query against every key, then the mask.
-/// The truth the blocked version is tested against. Same shapes.
-pub fn attention_heads_reference(
-    q: ArrayView3<f32>,
-    k: ArrayView3<f32>,
-    v: ArrayView3<f32>,
-    q_positions: &[usize],
-    k_positions: &[usize],
-    span: AttentionSpan,
-    num_meta: usize,
-) -> Array2<f32> {
+/// The truth the blocked version is tested against. Same shapes, but k as plain rows (S, nkv, dqk).
+pub fn attention_heads_reference(q: ArrayView3<f32>, k: ArrayView3<f32>, v: ArrayView3<f32>, mask: Mask) -> Array2<f32> {
+    let Mask { q_positions, k_positions, span, num_meta } = mask;
     let (t, nh, dqk) = q.dim();
     let dv = v.dim().2;
     let group = nh / k.dim().1;
@@ -495,7 +488,7 @@ mod tests {
                 let (k, v, k_pos) = (k.slice(s![..10 + t, .., ..]), v.slice(s![..10 + t, .., ..]), &k_pos[..]);
                 let mut fast = Array2::zeros((rows, nh * dv));
                 attention_heads(q, &KeyBlocks::from_rows(k), v, Mask::new(q_pos, k_pos, span, 3), fast.view_mut());
-                let slow = attention_heads_reference(q, k, v, q_pos, k_pos, span, 3);
+                let slow = attention_heads_reference(q, k, v, Mask::new(q_pos, k_pos, span, 3));
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "{span:?}, {rows} queries: max |Δ| = {err}");
             }
@@ -524,7 +517,7 @@ mod tests {
             for span in [AttentionSpan::Global, AttentionSpan::SlidingWindow(1 + below(s_len)), AttentionSpan::SlidingWindow(3)] {
                 let mut fast = Array2::zeros((1, nh * dv));
                 attention_heads(q.view(), &KeyBlocks::from_rows(k.view()), v.view(), Mask::new(&q_pos, &k_pos, span, num_meta), fast.view_mut());
-                let slow = attention_heads_reference(q.view(), k.view(), v.view(), &q_pos, &k_pos, span, num_meta);
+                let slow = attention_heads_reference(q.view(), k.view(), v.view(), Mask::new(&q_pos, &k_pos, span, num_meta));
                 let err = (&fast - &slow).iter().fold(0f32, |m, d| m.max(d.abs()));
                 assert!(err < 1e-5, "case {case}, {span:?}, S = {s_len}: max |Δ| vs the plain reference = {err}");
                 // And against the unsplit online softmax, head 0.

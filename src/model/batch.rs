@@ -10,12 +10,12 @@
 //!
 //! A step is one pass of B one-row segments ([`super::pass`]): the row-wise work (norms,
 //! projections, fusion, MLP, `lm_head`) runs over the B rows at once, and its products read each
-//! weight block from memory once for all of them ([`Rows::OnePerSequence`]); attention and the
+//! weight block from memory once for all of them ([`RowKind::OnePerSequence`]); attention and the
 //! SSM's conv and scan run per sequence, on its own cache, position and window. Each row's
 //! products add in the order of a one-row product, so every sequence's logits are bit for bit
 //! those it gets decoding alone (tested), whoever else is in the batch.
 //!
-//! [`Rows::OnePerSequence`]: crate::kernels::matrix::Rows::OnePerSequence
+//! [`RowKind::OnePerSequence`]: crate::kernels::matrix::RowKind::OnePerSequence
 
 use super::hymba::Hymba;
 use super::pass::Scratch;

@@ -4,21 +4,18 @@
 use super::norm::inv_rms;
 use super::parallel::for_each_row;
 use crate::base::buffer::shaped;
-use ndarray::{Array2, ArrayView1, ArrayView2, Zip};
+use super::layer::Layer;
+use ndarray::{Array2, ArrayView2, Zip};
 
-/// `(RMSNorm(attn; β1) + RMSNorm(ssm; β2)) / 2`, over the full width D. (T, D), (T, D) → (T, D)
+/// `(RMSNorm(attn; β1) + RMSNorm(ssm; β2)) / 2`, over the full width D, β1 and β2 being `layer`'s
+/// `pre_avg_layernorm1/2`. (T, D), (T, D) → (T, D)
 ///
 /// One pass over each row: the RMS of both branches' rows first, then the average, element by
 /// element, with the arithmetic of [`super::norm::rms_norm`] on each branch (the same results as
 /// normalising each branch on its own, without writing one out and reading it back).
-pub fn fuse_heads<'o>(
-    attn: ArrayView2<f32>,
-    ssm: ArrayView2<f32>,
-    beta1: ArrayView1<f32>,
-    beta2: ArrayView1<f32>,
-    eps: f32,
-    out: &'o mut Array2<f32>,
-) -> ArrayView2<'o, f32> {
+pub fn fuse_heads<'o>(layer: Layer, attn: ArrayView2<f32>, ssm: ArrayView2<f32>, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+    let (w, eps) = (&layer.w.mamba, layer.cfg.rms_norm_eps);
+    let (beta1, beta2) = (w.pre_avg_layernorm1.view(), w.pre_avg_layernorm2.view()); // (D) each
     debug_assert_eq!((attn.dim(), beta1.len(), beta2.len()), (ssm.dim(), attn.ncols(), attn.ncols()));
     let out = shaped(out, attn.dim()); // (T, D)
     for_each_row(out.view_mut(), |t, out_row| {

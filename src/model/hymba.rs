@@ -13,7 +13,7 @@ use crate::state::cache::HybridCache;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::kernels::matrix::Rows;
+use crate::kernels::matrix::RowKind;
 use ndarray::{concatenate, s, Array2, ArrayView1, ArrayView2, Axis};
 use std::path::Path;
 
@@ -43,7 +43,7 @@ impl Hymba {
     }
 
     /// A model whose state after the meta tokens is already known (e.g. read back from a
-    /// [`crate::features::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
+    /// [`crate::state::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
     /// these weights.
     pub fn with_meta_prefix(config: HymbaConfig, weights: HymbaWeights, prefix: HybridCache) -> Hymba {
         debug_assert_eq!(prefix.next_position, config.num_memory_tokens);
@@ -97,10 +97,10 @@ impl Hymba {
     /// The final norm and `lm_head` of the rows the last [`Hymba::run`] kept, into the scratch,
     /// refusing non-finite logits. → (K, V)
     pub fn kept_logits<'s>(&self, scratch: &'s mut Scratch) -> Result<ArrayView2<'s, f32>> {
-        let (kept, rows, normed, logits, profile) = scratch.kept_and_outputs();
+        let (kept, kind, normed, logits, profile) = scratch.kept_and_outputs();
         profile.time(Phase::Output, || {
             let normed = self.final_norm(kept, normed); // (K, H)
-            self.lm_head(normed, rows, logits) // (K, V)
+            self.lm_head(normed, kind, logits) // (K, V)
         })
     }
 
@@ -109,10 +109,10 @@ impl Hymba {
         rms_norm(hidden, self.weights.final_layernorm.view(), self.config.rms_norm_eps, out)
     }
 
-    /// `logits = normed · lm_headᵀ` into `out`, refusing non-finite results; `rows` says what the
+    /// `logits = normed · lm_headᵀ` into `out`, refusing non-finite results; `kind` says what the
     /// rows are ([`crate::kernels::matrix::Matrix::matmul_t_of`]). (T, H) → (T, V)
-    pub fn lm_head<'o>(&self, normed: ArrayView2<f32>, rows: Rows, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
-        let logits = self.weights.lm_head().matmul_t_of(normed, rows, out);
+    pub fn lm_head<'o>(&self, normed: ArrayView2<f32>, kind: RowKind, out: &'o mut Array2<f32>) -> Result<ArrayView2<'o, f32>> {
+        let logits = self.weights.lm_head().matmul_t_of(normed, kind, out);
         if let Some((i, _)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             let (row, col) = (i / logits.ncols(), i % logits.ncols());
             return Err(Error::new(
@@ -126,7 +126,7 @@ impl Hymba {
     /// Final norm and lm_head for rows of a finished pass, in new arrays. (T, H) → (T, V)
     pub fn logits(&self, hidden: ArrayView2<f32>) -> Result<Array2<f32>> {
         let (mut normed, mut logits) = (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-        self.lm_head(self.final_norm(hidden, &mut normed), Rows::Chunk, &mut logits)?;
+        self.lm_head(self.final_norm(hidden, &mut normed), RowKind::Chunk, &mut logits)?;
         Ok(logits)
     }
 

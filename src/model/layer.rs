@@ -25,7 +25,7 @@ use super::ssm::{ssm_heads, SsmBuffers};
 use crate::base::buffer::shaped;
 use crate::checkpoint::weights::LayerWeights;
 use crate::config::{HymbaConfig, LayerPlan};
-use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut3, Axis};
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 
 /// The column blocks of `in_proj`'s output, in checkpoint order. Each is (T, width).
 pub struct InProjSplit<'a> {
@@ -124,16 +124,16 @@ pub struct LayerBuffers {
 }
 
 /// Run `layer` on the rows `hidden` (T, H) of a pass (at the pass's absolute positions), in place
-/// (`hidden` becomes the layer's output), extending each sequence's cache. `profile` times each
-/// phase when it records.
+/// (`hidden` becomes the layer's output), extending each sequence's cache. Each step is timed as
+/// its [`Phase`] here, at its boundary, when `profile` records; the steps themselves never see it.
 pub fn hymba_layer(layer: Layer, hidden: &mut Array2<f32>, pass: &mut Pass, buf: &mut LayerBuffers, profile: &mut Profile) {
     let Layer { cfg, plan, w } = layer;
-    let (t, eps) = (hidden.nrows(), cfg.rms_norm_eps);
+    let (t, eps, kind) = (hidden.nrows(), cfg.rms_norm_eps, pass.kind);
     debug_assert_eq!((hidden.dim(), pass.positions.len()), ((t, cfg.hidden_size), t));
-    use Phase::{Elementwise, Weights};
+    use Phase::{Elementwise, Mlp, Projections, Ssm};
 
     let h = profile.time(Elementwise, || rms_norm(hidden.view(), w.input_layernorm.view(), eps, &mut buf.h)); // (T, H)
-    let projected = profile.time(Weights, || w.mamba.in_proj.forward(h, pass.rows, &mut buf.projected)); // (T, P)
+    let projected = profile.time(Projections, || w.mamba.in_proj.forward(h, kind, &mut buf.projected)); // (T, P)
     let split = split_in_proj(cfg, plan, projected);
 
     // The attention heads and the SSM heads run side by side, as the figure draws them: the
@@ -146,28 +146,26 @@ pub fn hymba_layer(layer: Layer, hidden: &mut Array2<f32>, pass: &mut Pass, buf:
     let mut ssm_profile = profile.fork();
     let (attn, ssm) = rayon::join(
         || attention_branch(layer, &split, pass, &mut buf.attention, profile), // (T, D)
-        || ssm_heads(split.x, split.z, &w.mamba, eps, parts, &mut buf.ssm_buffers, &mut ssm_profile), // (T, D)
+        || ssm_profile.time(Ssm, || ssm_heads(layer, split.x, split.z, parts, &mut buf.ssm_buffers)), // (T, D)
     );
     profile.join(ssm_profile);
 
-    let (beta1, beta2) = (w.mamba.pre_avg_layernorm1.view(), w.mamba.pre_avg_layernorm2.view());
-    let fused_heads = profile.time(Elementwise, || fuse_heads(attn, ssm, beta1, beta2, eps, &mut buf.fused_heads)); // (T, D)
+    let fused_heads = profile.time(Elementwise, || fuse_heads(layer, attn, ssm, &mut buf.fused_heads)); // (T, D)
     // The SSM states go back to their sequences once the fusion has read the SSM heads' output.
     pass.put_back_ssm_states(plan.index, &mut buf.ssm_buffers.states);
-    let mixer_output = profile.time(Weights, || w.mamba.out_proj.forward(fused_heads, pass.rows, &mut buf.mixer_output)); // (T, H)
+    let mixer_output = profile.time(Projections, || w.mamba.out_proj.forward(fused_heads, kind, &mut buf.mixer_output)); // (T, H)
     profile.time(Elementwise, || zip_with(hidden.view_mut(), mixer_output, |h, m| *h += m)); // residual
 
     let h2 = profile.time(Elementwise, || rms_norm(hidden.view(), w.pre_moe_layernorm.view(), eps, &mut buf.h)); // (T, H)
-    let mlp = mlp(h2, pass.rows, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp, profile); // (T, H)
+    let mlp = profile.time(Mlp, || mlp(h2, kind, &w.moe_expert0, &mut buf.mlp_buffers, &mut buf.mlp)); // (T, H)
     profile.time(Elementwise, || zip_with(hidden.view_mut(), mlp, |h, m| *h += m)); // residual
 }
 
-/// The attention heads over the rows of a pass. q (and, in a producer, k) are split into heads
-/// and normalised, and q rotated, for all rows (each row by its sequence's RoPE angles); then
-/// per sequence: a producer rotates its new keys and appends them with their values to the
-/// sequence's cache, and its queries attend to that cache (a reusing layer reads its producer's
-/// cache, which already holds this pass's rows).
-/// → (T, D)
+/// The attention heads over the rows of a pass, each step timed as its [`Phase`]: q (and, in a
+/// producer, k) split into heads and normalised, and q rotated, for all rows (each row by its
+/// sequence's RoPE angles); a producer's new keys and values appended to each sequence's cache
+/// ([`append_keys_values`]); then each sequence's queries attend to its cache
+/// ([`attend_caches`]). → (T, D)
 fn attention_branch<'o>(
     layer: Layer,
     split: &InProjSplit,
@@ -175,45 +173,52 @@ fn attention_branch<'o>(
     buf: &'o mut AttentionBuffers,
     profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
-    let (Layer { cfg, plan, w }, positions) = (layer, pass.positions);
+    let Layer { cfg, w, .. } = layer;
     let AttentionBuffers { q: q_buf, k: k_buf, attn: out } = buf;
     let (nh, nkv, eps) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps);
-    let (attn_w, elementwise) = (&w.mamba.self_attn, Phase::Elementwise);
-    let mut q = profile.time(elementwise, || split_heads(split.q, nh, attn_w.q_norm.as_ref(), eps, q_buf)); // (T, nh, dqk)
-    let k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, attn_w.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
-    let out = shaped(out, (split.q.nrows(), cfg.d_inner())); // (T, D)
-    let producer = plan.kv_producer();
+    let (norms, elementwise) = (&w.mamba.self_attn, Phase::Elementwise);
+    let mut q = profile.time(elementwise, || split_heads(split.q, nh, norms.q_norm.as_ref(), eps, q_buf)); // (T, nh, dqk)
+    let k = profile.time(elementwise, || split.k.map(|k| split_heads(k, nkv, norms.k_norm.as_ref(), eps, k_buf))); // (T, nkv, dqk)
     // RoPE: every row of q is rotated by its own angles (its sequence's base), all rows at once.
-    let rope = pass.rope; // (T, dqk/2): the angles of the pass's rows
     if cfg.rope.is_some() {
-        let (cos, sin) = rope.rows(0..split.q.nrows()); // (T, dqk/2) each
+        let (cos, sin) = pass.rope.rows(0..split.q.nrows()); // (T, dqk/2) each
         profile.time(elementwise, || apply_rope(q.view_mut(), cos, sin));
     }
-    // A producer: per sequence, rotate its new keys and append them, with their values, to its
-    // cache (in parallel across the sequences of a batched decode step: one thread's work each).
     if let (Some(k), Some(v)) = (k, split.v) {
-        profile.time(Phase::KvCache, || {
-            pass.for_each_part(k, |part, cache, mut k| {
-                let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
-                if cfg.rope.is_some() {
-                    let (cos, sin) = rope.rows(rows.clone()); // (T_s, dqk/2) each
-                    apply_rope(k.view_mut(), cos, sin); // (T_s, nkv, dqk)
-                }
-                let k = k.into_shape_with_order((rows.len(), cfg.k_width())).expect("contiguous"); // (T_s, nkv·dqk)
-                let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
-                kv.append(k.view(), v.slice(s![rows, ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
-            })
-        });
+        profile.time(Phase::KvCache, || append_keys_values(layer, k, v, pass));
     }
-    // Then each sequence's queries attend to its cache.
-    let q = q.view();
-    profile.time(Phase::Attention, || {
-        pass.for_each_part(out.view_mut(), |part, cache, out| {
-            let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
-            let (q, at) = (q.slice(s![part.rows.clone(), .., ..]), &positions[part.rows.clone()]); // (T_s, nh, dqk)
-            let mask = Mask::new(at, kv.positions(), plan.attention, cfg.num_memory_tokens);
-            attention_heads(q, kv.keys(), kv.values(), mask, out) // (T_s, D)
-        })
+    profile.time(Phase::Attention, || attend_caches(layer, q.view(), pass, out)) // (T, D)
+}
+
+/// A producer's new keys and values: per sequence, its rows of k rotated by their RoPE angles and
+/// appended, with their values, to the sequence's cache (in parallel across the sequences of a
+/// batched decode step: one thread's work each). k: (T, nkv, dqk), v: (T, nkv·dv)
+fn append_keys_values(layer: Layer, k: ArrayViewMut3<f32>, v: ArrayView2<f32>, pass: &mut Pass) {
+    let (Layer { cfg, plan, .. }, positions, rope) = (layer, pass.positions, pass.rope);
+    let producer = plan.kv_producer();
+    pass.for_each_part(k, |part, cache, mut k| {
+        let (rows, at) = (part.rows.clone(), &positions[part.rows.clone()]);
+        if cfg.rope.is_some() {
+            let (cos, sin) = rope.rows(rows.clone()); // (T_s, dqk/2) each
+            apply_rope(k.view_mut(), cos, sin); // (T_s, nkv, dqk)
+        }
+        let k = k.into_shape_with_order((rows.len(), cfg.k_width())).expect("contiguous"); // (T_s, nkv·dqk)
+        let kv = cache.kv[producer].as_mut().expect("a producer has a K/V cache");
+        kv.append(k.view(), v.slice(s![rows, ..]), at); // (T_s, nkv·dqk), (T_s, nkv·dv)
+    })
+}
+
+/// Each sequence's queries q (T, nh, dqk) against its cache (its producer's, which already holds
+/// this pass's rows), under the layer's mask. → (T, D)
+fn attend_caches<'o>(layer: Layer, q: ArrayView3<f32>, pass: &mut Pass, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+    let (Layer { cfg, plan, .. }, positions) = (layer, pass.positions);
+    let producer = plan.kv_producer();
+    let out = shaped(out, (q.dim().0, cfg.d_inner())); // (T, D)
+    pass.for_each_part(out.view_mut(), |part, cache, out| {
+        let kv = cache.kv[producer].as_ref().expect("K/V of the producer");
+        let (q, at) = (q.slice(s![part.rows.clone(), .., ..]), &positions[part.rows.clone()]); // (T_s, nh, dqk)
+        let mask = Mask::new(at, kv.positions(), plan.attention, cfg.num_memory_tokens);
+        attention_heads(q, kv.keys(), kv.values(), mask, out) // (T_s, D)
     });
     out.view()
 }

@@ -1,9 +1,8 @@
 //! The per-layer MLP (`moe.experts.0`: the released model builds exactly one expert).
 
-use super::profile::{Phase, Profile};
 use crate::kernels::simd::times_silu;
 use crate::checkpoint::weights::MlpWeights;
-use crate::kernels::matrix::{Matrix, Rows};
+use crate::kernels::matrix::{Matrix, RowKind};
 use ndarray::{Array2, Array3, ArrayView2, ArrayViewMut2, Axis};
 
 /// The MLP's intermediate activations (see [`crate::base::buffer`]).
@@ -16,34 +15,30 @@ pub struct MlpBuffers {
 }
 
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-/// `rows` says what the rows are ([`crate::kernels::matrix::Matrix::matmul_t_of`]); `profile` times the
-/// products, each with its activation: the tasks of a product apply it to the block they
-/// computed ([`Matrix::matmul_t_then`]).
+/// `kind` says what the rows are ([`crate::kernels::matrix::Matrix::matmul_t_of`]). The tasks of a
+/// product apply its activation to the block they computed ([`Matrix::matmul_t_then`]).
 pub fn mlp<'o>(
     h: ArrayView2<f32>,
-    rows: Rows,
+    kind: RowKind,
     w: &MlpWeights,
     buf: &mut MlpBuffers,
     out: &'o mut Array2<f32>,
-    profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
     let act = match &w.gate_proj {
         Some(gate) => {
             // up and gate read the same input: both products in one parallel region, each task
             // computing the same columns of both, then gating them: up ⊙ SiLU(gate)
-            profile.time(Phase::Weights, || {
-                Matrix::pair_matmul_t_then(&w.up_proj, gate, h, rows, &mut buf.up_gate, |mut up, gate| {
-                    for (mut up, gate) in up.rows_mut().into_iter().zip(gate.rows()) {
-                        times_silu(up.as_slice_mut().expect("contiguous"), gate.as_slice().expect("contiguous"));
-                    }
-                })
+            Matrix::pair_matmul_t_then(&w.up_proj, gate, h, kind, &mut buf.up_gate, |mut up, gate| {
+                for (mut up, gate) in up.rows_mut().into_iter().zip(gate.rows()) {
+                    times_silu(up.as_slice_mut().expect("contiguous"), gate.as_slice().expect("contiguous"));
+                }
             });
             buf.up_gate.index_axis(Axis(0), 0) // (T, F)
         }
         None => {
             let relu2 = |_, mut up: ArrayViewMut2<f32>| up.mapv_inplace(|v| v.max(0.0).powi(2));
-            profile.time(Phase::Weights, || w.up_proj.matmul_t_then(h, rows, &mut buf.up, relu2)) // (T, F)
+            w.up_proj.matmul_t_then(h, kind, &mut buf.up, relu2) // (T, F)
         }
     }; // (T, F)
-    profile.time(Phase::Weights, || w.down_proj.matmul_t_of(act, rows, out)) // (T, H)
+    w.down_proj.matmul_t_of(act, kind, out) // (T, H)
 }

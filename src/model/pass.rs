@@ -25,7 +25,7 @@ use super::trace::{LayerObserver, LayerTrace};
 use crate::base::buffer::shaped;
 use crate::checkpoint::weights::HymbaWeights;
 use crate::config::HymbaConfig;
-use crate::kernels::matrix::Rows;
+use crate::kernels::matrix::RowKind;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
@@ -74,7 +74,7 @@ pub struct Scratch {
     /// (K, H): the kept final hidden rows, segment after segment
     kept: Array2<f32>,
     /// What the kept rows are: one per sequence when every segment keeps only its last row
-    kept_rows: Rows,
+    kept_kind: RowKind,
     /// (K, H), (K, V): the kept rows after the final norm, and their logits
     normed: Array2<f32>,
     logits: Array2<f32>,
@@ -91,8 +91,8 @@ impl Scratch {
 
     /// The kept rows and what they are, with the buffers for them after the final norm (K, H),
     /// their logits (K, V), and the profile.
-    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, Rows, &mut Array2<f32>, &mut Array2<f32>, &mut Profile) {
-        (self.kept.view(), self.kept_rows, &mut self.normed, &mut self.logits, &mut self.profile)
+    pub(crate) fn kept_and_outputs(&mut self) -> (ArrayView2<'_, f32>, RowKind, &mut Array2<f32>, &mut Array2<f32>, &mut Profile) {
+        (self.kept.view(), self.kept_kind, &mut self.normed, &mut self.logits, &mut self.profile)
     }
 
     /// The time per phase of the calls since profiling started ([`Scratch::profile_mut`]).
@@ -170,9 +170,9 @@ fn plan_segments(cfg: &HymbaConfig, segments: &[Segment], scratch: &mut Scratch)
         };
     }
     shaped(&mut scratch.kept, (kept, cfg.hidden_size));
-    scratch.kept_rows = match segments.iter().all(|s| s.keep == Keep::LastRow) {
-        true => Rows::OnePerSequence,
-        false => Rows::Chunk,
+    scratch.kept_kind = match segments.iter().all(|s| s.keep == Keep::LastRow) {
+        true => RowKind::OnePerSequence,
+        false => RowKind::Chunk,
     };
 }
 

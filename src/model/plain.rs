@@ -27,8 +27,9 @@ use crate::config::{AttentionSpan, HymbaConfig, KqNorm, KvSource, LayerPlan, Mlp
 use crate::kernels::matrix::Matrix;
 use ndarray::Array2;
 
-/// A matrix as a list of rows: `x[t]` is row `t`. The shape is in a comment where it is made.
-pub type Rows = Vec<Vec<f32>>;
+/// A matrix as a list of vectors, one per row: `x[t]` is row `t`. The shape is in a comment where
+/// it is made.
+pub type Vectors = Vec<Vec<f32>>;
 
 // ---------------------------------------------------------------------------------------------
 // Weights
@@ -38,7 +39,7 @@ pub type Rows = Vec<Vec<f32>>;
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`
-    pub weight: Rows,
+    pub weight: Vectors,
     /// `[out]`
     pub bias: Option<Vec<f32>>,
 }
@@ -51,11 +52,11 @@ pub struct LayerWeights {
     /// `mamba.in_proj` `[P, H]`: rows q `[H]` | k `[nkv·dqk]` | v `[nkv·dv]` (K/V producers only) | x `[D]` | z `[D]`
     pub in_proj: Linear,
     /// `mamba.self_attn.q_norm.weight`, `[dqk]` (`rms`) or one row per query head (`perhead-rms`)
-    pub q_norm: Option<Rows>,
+    pub q_norm: Option<Vectors>,
     /// `mamba.self_attn.k_norm.weight`, `[dqk]` or one row per K/V head; unused in reusing layers
-    pub k_norm: Option<Rows>,
+    pub k_norm: Option<Vectors>,
     /// `mamba.conv1d.weight` `[D, 1, K]` as `[D, K]`
-    pub conv1d_weight: Rows,
+    pub conv1d_weight: Vectors,
     /// `mamba.conv1d.bias` `[D]` (if `mamba_conv_bias`)
     pub conv1d_bias: Option<Vec<f32>>,
     /// `mamba.x_proj.0.weight` `[R + 2N, D]`, no bias
@@ -67,7 +68,7 @@ pub struct LayerWeights {
     /// `mamba.dt_proj.0` `[D, R]` + bias `[D]`
     pub dt_proj: Linear,
     /// A = −exp(`mamba.A_log.0`) `[D, N]` (the loader computes it)
-    pub a: Rows,
+    pub a: Vectors,
     /// `mamba.D.0` `[D]`: the skip connection
     pub d: Vec<f32>,
     /// `mamba.pre_avg_layernorm1.weight`, `…2.weight` `[D]`: the paper's β1, β2
@@ -87,14 +88,14 @@ pub struct LayerWeights {
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// `model.embed_tokens.weight` `[V, H]`
-    pub embed_tokens: Rows,
+    pub embed_tokens: Vectors,
     /// `model.memory_tokens` `[M, H]`: the learned meta tokens
-    pub memory_tokens: Rows,
+    pub memory_tokens: Vectors,
     pub layers: Vec<LayerWeights>,
     /// `model.final_layernorm.weight` `[H]`
     pub final_layernorm: Vec<f32>,
     /// `lm_head.weight` `[V, H]`; a copy of the embedding when `tie_word_embeddings`
-    pub lm_head: Rows,
+    pub lm_head: Vectors,
 }
 
 impl Weights {
@@ -140,11 +141,11 @@ impl Weights {
     }
 }
 
-fn matrix_rows(m: &Matrix) -> Rows {
+fn matrix_rows(m: &Matrix) -> Vectors {
     array_rows(&m.to_f32())
 }
 
-fn array_rows(a: &Array2<f32>) -> Rows {
+fn array_rows(a: &Array2<f32>) -> Vectors {
     a.rows().into_iter().map(|row| row.to_vec()).collect()
 }
 
@@ -164,13 +165,13 @@ pub struct Cache {
     /// Positions processed so far, meta tokens included: the position of the next row.
     pub len: usize,
     /// Per layer, the rotated keys of every position (S, nkv, dqk); empty in a layer that reuses K/V.
-    pub keys: Vec<Vec<Rows>>,
+    pub keys: Vec<Vec<Vectors>>,
     /// Per layer, the values of every position (S, nkv, dv); empty in a layer that reuses K/V.
-    pub values: Vec<Vec<Rows>>,
+    pub values: Vec<Vec<Vectors>>,
     /// Per layer, the last K−1 inputs of the conv (K−1, D): zeros before the first row.
-    pub conv: Vec<Rows>,
+    pub conv: Vec<Vectors>,
     /// Per layer, the selective scan's state (D, N): zeros before the first row.
-    pub ssm: Vec<Rows>,
+    pub ssm: Vec<Vectors>,
 }
 
 impl Cache {
@@ -190,13 +191,13 @@ impl Cache {
 /// The full forward pass: logits for every token of `ids`. ids → (n, V)
 ///
 /// Panics if an id is not below the vocabulary size (the fast path checks user input first).
-pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Rows {
+pub fn forward(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> Vectors {
     prefill(cfg, w, ids).1
 }
 
 /// The full forward pass that starts a sequence: returns its cache (for [`step`]) and the logits
 /// of every token of `ids`. ids → (Cache, (n, V))
-pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Rows) {
+pub fn prefill(cfg: &HymbaConfig, w: &Weights, ids: &[u32]) -> (Cache, Vectors) {
     let m = cfg.num_memory_tokens;
     // §3.1 X = [memory_tokens ; embed[ids]]: the M meta tokens take positions 0..M, the first
     //    token position M. They do not depend on the prompt; the fast path runs them once per
@@ -231,19 +232,20 @@ fn embed(cfg: &HymbaConfig, w: &Weights, id: u32) -> Vec<f32> {
     w.embed_tokens[id as usize].clone() // (H)
 }
 
-/// §3.2–3.8 Every layer in turn on the rows `x`, the next rows of the sequence in `cache`. (T, H) → (T, H)
-fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Rows, base: Option<f64>) -> Rows {
-    let positions: Vec<usize> = (cache.len..cache.len + x.len()).collect(); // (T)
-    for (plan, lw) in cfg.layers.iter().zip(&w.layers) {
-        x = layer(cfg, plan, lw, x, &positions, base, cache); // (T, H)
+/// §3.2–3.8 Every layer in turn on the rows `x`, the next rows of the sequence in `cache`: they
+/// take positions `cache.len`, `cache.len + 1`, … (T, H) → (T, H)
+fn layers(cfg: &HymbaConfig, w: &Weights, cache: &mut Cache, mut x: Vectors, base: Option<f64>) -> Vectors {
+    let t = x.len();
+    for (plan, w) in cfg.layers.iter().zip(&w.layers) {
+        x = layer(Layer { cfg, plan, w }, x, base, cache); // (T, H)
     }
-    cache.len += positions.len();
+    cache.len += t;
     x
 }
 
 /// §3.9 `logits = RMSNorm(X; final_layernorm) · lm_headᵀ`. (T, H) → (T, V)
-fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Rows {
-    let normed: Rows = x.iter().map(|row| rms_norm(row, &w.final_layernorm, cfg.rms_norm_eps)).collect(); // (T, H)
+fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Vectors {
+    let normed: Vectors = x.iter().map(|row| rms_norm(row, &w.final_layernorm, cfg.rms_norm_eps)).collect(); // (T, H)
     normed.iter().map(|row| matvec(&w.lm_head, row)).collect() // (T, V)
 }
 
@@ -251,28 +253,32 @@ fn lm_head(cfg: &HymbaConfig, w: &Weights, x: &[Vec<f32>]) -> Rows {
 // One layer
 // ---------------------------------------------------------------------------------------------
 
-/// One hybrid-head layer on the rows `x` at `positions`, reading and extending `cache`. (T, H) → (T, H)
-fn layer(
-    cfg: &HymbaConfig,
-    plan: &LayerPlan,
-    w: &LayerWeights,
-    x: Rows,
-    positions: &[usize],
-    base: Option<f64>,
-    cache: &mut Cache,
-) -> Rows {
+/// One layer as its functions see it: the config, the layer's plan (global or window; owns K/V or
+/// reuses layer j) and its weights.
+#[derive(Debug, Clone, Copy)]
+struct Layer<'a> {
+    cfg: &'a HymbaConfig,
+    plan: &'a LayerPlan,
+    w: &'a LayerWeights,
+}
+
+/// One hybrid-head layer on the rows `x`, the next rows of the sequence in `cache` (positions
+/// `cache.len`, … as [`layers`] says), with the call's RoPE `base`, reading and extending
+/// `cache`. (T, H) → (T, H)
+fn layer(layer: Layer, x: Vectors, base: Option<f64>, cache: &mut Cache) -> Vectors {
+    let Layer { cfg, plan, w } = layer;
     let (eps, d) = (cfg.rms_norm_eps, cfg.d_inner());
     debug_assert!(x.iter().all(|row| row.len() == cfg.hidden_size));
 
     // §3.2 h = RMSNorm(X; input_layernorm); Z = h · in_projᵀ (+ bias)
-    let h: Rows = x.iter().map(|row| rms_norm(row, &w.input_layernorm, eps)).collect(); // (T, H)
+    let h: Vectors = x.iter().map(|row| rms_norm(row, &w.input_layernorm, eps)).collect(); // (T, H)
     let zxbc = apply(&w.in_proj, &h); // (T, P)
 
     // §3.2 Split Z's columns in checkpoint order: q, then k and v unless the layer reuses K/V,
     //          then the SSM input x, then the gate z.
     let mut at = 0;
     let mut take = |width: usize| {
-        let block: Rows = zxbc.iter().map(|row| row[at..at + width].to_vec()).collect(); // (T, width)
+        let block: Vectors = zxbc.iter().map(|row| row[at..at + width].to_vec()).collect(); // (T, width)
         at += width;
         block
     };
@@ -283,11 +289,11 @@ fn layer(
     debug_assert_eq!(at, cfg.in_proj_rows(plan));
 
     // §3.3–3.5 Attention heads ∥ §3.6 SSM heads, on the same input.
-    let attn = attention_heads(cfg, plan, w, &q, kv, positions, base, cache); // (T, D)
-    let ssm = ssm_heads(cfg, w, &ssm_x, &z, &mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (T, D)
+    let attn = attention_heads(layer, &q, kv, base, cache); // (T, D)
+    let ssm = ssm_heads(layer, &ssm_x, &z, cache); // (T, D)
 
     // §3.7 Fusion (paper eq. 3): each branch RMS-normalised with its own scale β1, β2, averaged.
-    let fused: Rows = attn
+    let fused: Vectors = attn
         .iter()
         .zip(&ssm)
         .map(|(a, s)| {
@@ -299,15 +305,15 @@ fn layer(
     let x = add(&x, &apply(&w.out_proj, &fused)); // (T, H): residual
 
     // §3.8 MLP, residual.
-    let h2: Rows = x.iter().map(|row| rms_norm(row, &w.pre_moe_layernorm, eps)).collect(); // (T, H)
+    let h2: Vectors = x.iter().map(|row| rms_norm(row, &w.pre_moe_layernorm, eps)).collect(); // (T, H)
     add(&x, &mlp(cfg, w, &h2)) // (T, H)
 }
 
 /// The one MLP the released model builds (`moe.experts.0`, whatever `num_experts` says).
 /// silu: `down(SiLU(gate(h)) ⊙ up(h))`; relu2: `down(relu(up(h))²)`. (T, H) → (T, H)
-fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Rows) -> Rows {
+fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Vectors) -> Vectors {
     let up = apply(&w.up_proj, h); // (T, F)
-    let act: Rows = match cfg.mlp_hidden_act {
+    let act: Vectors = match cfg.mlp_hidden_act {
         MlpActivation::Silu => {
             let gate = apply(w.gate_proj.as_ref().expect("a silu MLP has gate_proj"), h); // (T, F)
             zip_rows(&gate, &up, |g, u| silu(g) * u) // (T, F)
@@ -323,32 +329,24 @@ fn mlp(cfg: &HymbaConfig, w: &LayerWeights, h: &Rows) -> Rows {
 
 /// The attention heads of one layer: q (T, nh·dqk) and, in a K/V producer, k (T, nkv·dqk) and
 /// v (T, nkv·dv) → the heads concatenated (T, nh·dv) = (T, D). There is no output projection.
-#[allow(clippy::too_many_arguments)]
-fn attention_heads(
-    cfg: &HymbaConfig,
-    plan: &LayerPlan,
-    w: &LayerWeights,
-    q: &Rows,
-    kv: Option<(Rows, Rows)>,
-    positions: &[usize],
-    base: Option<f64>,
-    cache: &mut Cache,
-) -> Rows {
+/// The rows are the next of the sequence in `cache`; `base` is the call's RoPE base.
+fn attention_heads(layer: Layer, q: &Vectors, kv: Option<(Vectors, Vectors)>, base: Option<f64>, cache: &mut Cache) -> Vectors {
+    let Layer { cfg, plan, w } = layer;
     let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let (dqk, dv, m) = (cfg.head_dim_qk(), cfg.head_dim_v(), cfg.num_memory_tokens);
-    let eps = cfg.rms_norm_eps;
+    let positions: Vec<usize> = (cache.len..cache.len + q.len()).collect(); // (T)
 
     // Queries: split into heads, q_norm, RoPE.
-    let q: Vec<Rows> = q
+    let q: Vec<Vectors> = q
         .iter()
-        .zip(positions)
-        .map(|(row, &p)| prepare_heads(cfg, row, nh, w.q_norm.as_ref(), p, base, eps)) // (nh, dqk)
+        .zip(&positions)
+        .map(|(row, &p)| prepare_heads(cfg, row, w.q_norm.as_ref(), p, base)) // (nh, dqk)
         .collect(); // (T, nh, dqk)
 
     // A K/V producer: k_norm and RoPE on its new keys, which go with its values into its cache.
     if let Some((k, v)) = kv {
-        for ((k_row, v_row), &p) in k.iter().zip(&v).zip(positions) {
-            let keys = prepare_heads(cfg, k_row, nkv, w.k_norm.as_ref(), p, base, eps); // (nkv, dqk)
+        for ((k_row, v_row), &p) in k.iter().zip(&v).zip(&positions) {
+            let keys = prepare_heads(cfg, k_row, w.k_norm.as_ref(), p, base); // (nkv, dqk)
             cache.keys[plan.index].push(keys);
             cache.values[plan.index].push(split_heads(v_row, nkv)); // (nkv, dv)
         }
@@ -366,7 +364,7 @@ fn attention_heads(
     // index's property, also when it reuses a window layer's K/V.
     let group = nh / nkv; // query heads per K/V head (GQA)
     let mut out = Vec::with_capacity(q.len());
-    for (q_heads, &i) in q.iter().zip(positions) {
+    for (q_heads, &i) in q.iter().zip(&positions) {
         let visible: Vec<usize> = (0..=i).filter(|&j| allowed(plan.attention, i, j, m)).collect(); // (S_i): the keys query i sees
         let mut row = Vec::with_capacity(nh * dv); // (nh·dv)
         for (head, q_head) in q_heads.iter().enumerate() {
@@ -398,16 +396,10 @@ fn allowed(span: AttentionSpan, i: usize, j: usize, m: usize) -> bool {
 }
 
 /// One row of q or k (heads·dqk) at position `p` → (heads, dqk): split into heads, RMSNorm each
-/// head if `kq_norm` is set (before RoPE), then rotate each head by RoPE if the model has it.
-fn prepare_heads(
-    cfg: &HymbaConfig,
-    row: &[f32],
-    heads: usize,
-    norm: Option<&Rows>,
-    p: usize,
-    base: Option<f64>,
-    eps: f32,
-) -> Rows {
+/// head with `norm` if `kq_norm` is set (before RoPE), then rotate each head by RoPE with `base`
+/// if the model has it.
+fn prepare_heads(cfg: &HymbaConfig, row: &[f32], norm: Option<&Vectors>, p: usize, base: Option<f64>) -> Vectors {
+    let (heads, eps) = (row.len() / cfg.head_dim_qk(), cfg.rms_norm_eps);
     let mut out = split_heads(row, heads); // (heads, dqk)
     for (h, head) in out.iter_mut().enumerate() {
         if let Some(norm) = norm {
@@ -425,7 +417,7 @@ fn prepare_heads(
 }
 
 /// (heads·dim) → (heads, dim)
-fn split_heads(row: &[f32], heads: usize) -> Rows {
+fn split_heads(row: &[f32], heads: usize) -> Vectors {
     row.chunks(row.len() / heads).map(|head| head.to_vec()).collect()
 }
 
@@ -473,8 +465,10 @@ fn rope_base(cfg: &HymbaConfig, seq_len: usize) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 
 /// The SSM heads of one layer: the input x (T, D) and gate z (T, D) → y (T, D), advancing the
-/// layer's conv state (K−1, D) and scan state (D, N).
-fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Rows, z: &Rows, conv_state: &mut Rows, scan: &mut Rows) -> Rows {
+/// layer's conv state (K−1, D) and scan state (D, N) in `cache`.
+fn ssm_heads(layer: Layer, x: &Vectors, z: &Vectors, cache: &mut Cache) -> Vectors {
+    let Layer { cfg, plan, w } = layer;
+    let (conv_state, scan) = (&mut cache.conv[plan.index], &mut cache.ssm[plan.index]); // (K−1, D), (D, N)
     let (d, n, r, k) = (cfg.d_inner(), cfg.mamba_d_state, cfg.mamba_dt_rank, cfg.mamba_d_conv);
     let eps = cfg.rms_norm_eps;
     let t = x.len();
@@ -483,7 +477,7 @@ fn ssm_heads(cfg: &HymbaConfig, w: &LayerWeights, x: &Rows, z: &Rows, conv_state
     // inputs before this pass from the conv state.
     let mut padded = conv_state.clone(); // (K−1, D)
     padded.extend(x.iter().cloned()); // (K−1+T, D): row K−1+t is x_t
-    let u: Rows = (0..t)
+    let u: Vectors = (0..t)
         .map(|ti| {
             (0..d)
                 .map(|c| {
@@ -550,12 +544,12 @@ fn affine(l: &Linear, x: &[f32]) -> Vec<f32> {
 }
 
 /// A linear map on every row: `x · Wᵀ (+ b)`. (T, in) → (T, out)
-fn apply(l: &Linear, x: &Rows) -> Rows {
+fn apply(l: &Linear, x: &Vectors) -> Vectors {
     x.iter().map(|row| affine(l, row)).collect()
 }
 
 /// `W·x`, W `[out, in]`. (in) → (out)
-fn matvec(weight: &Rows, x: &[f32]) -> Vec<f32> {
+fn matvec(weight: &Vectors, x: &[f32]) -> Vec<f32> {
     weight.iter().map(|w_row| dot(w_row, x)).collect()
 }
 
@@ -565,12 +559,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Elementwise `a + b`. (T, width), (T, width) → (T, width)
-fn add(a: &Rows, b: &Rows) -> Rows {
+fn add(a: &Vectors, b: &Vectors) -> Vectors {
     zip_rows(a, b, |a, b| a + b)
 }
 
 /// Elementwise `f(a, b)`. (T, width), (T, width) → (T, width)
-fn zip_rows(a: &Rows, b: &Rows, f: impl Fn(f32, f32) -> f32) -> Rows {
+fn zip_rows(a: &Vectors, b: &Vectors, f: impl Fn(f32, f32) -> f32) -> Vectors {
     a.iter().zip(b).map(|(a, b)| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()).collect()
 }
 

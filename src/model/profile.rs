@@ -2,34 +2,37 @@
 //! layers (summed over layers and passes), so `hymba-ref bench --profile` can show which phases
 //! scale with threads and which run on one.
 //!
-//! A profile is a value, kept in the call's [`super::Scratch`] and passed down the pass `&mut`.
-//! It is off by default; off, [`Profile::time`] only calls its closure (no clock read, nothing
+//! A profile is a value, kept in the call's [`super::Scratch`] and passed to the pass and its
+//! layers `&mut`, which time each phase at its boundary: the functions of the model's concepts
+//! (norms, attention, SSM, fusion, MLP) never see it. It is off by default; off, [`Profile::time`] only calls its closure (no clock read, nothing
 //! allocated). A layer's attention and SSM branches run side by side, the SSM branch timed by a
 //! profile of its own ([`Profile::fork`], [`Profile::join`]): their phases' times then overlap,
 //! by [`Profile::overlap_seconds`] in all.
 
-use crate::kernels::matrix::Rows;
+use crate::kernels::matrix::RowKind;
 use std::time::{Duration, Instant};
 
-/// The phases of a pass. Every timed region of the layers belongs to exactly one.
+/// The phases of a pass. Every timed region of the layers belongs to exactly one. The layer times
+/// each step of its figure as a whole, at its boundary (see [`super::layer::hymba_layer`]): the
+/// SSM heads and the MLP are one phase each, not their inner products and loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The weight products: in_proj, x_proj, dt_proj, out_proj, the MLP (matvec or GEMM, bf16
-    /// widened on the fly inside them, not timed apart), with the element-wise work their tasks
-    /// finish (biases, Δ's softplus, the MLP's SiLU gate or relu²).
-    Weights,
+    /// The layer's input and output projections, in_proj and out_proj (matvec or GEMM, bf16
+    /// widened on the fly inside them, not timed apart), with the bias their tasks add.
+    Projections,
     /// Attention scores, softmax and the weighted sum of values.
     Attention,
     /// The K/V caches' upkeep: a producer's new keys rotated and appended, with their values,
     /// to each sequence's cache, and the rows evicted from window caches after a pass.
     KvCache,
-    /// The SSM's causal depthwise conv.
-    Conv,
-    /// The SSM's selective scan, with the y ⊙ SiLU(z) gate its tasks finish.
-    Scan,
+    /// The SSM heads, whole: the causal conv and its SiLU, x_proj and the Δ/B/C norms, dt_proj
+    /// and Δ's softplus, the selective scan and its y ⊙ SiLU(z) gate.
+    Ssm,
+    /// The MLP, whole: its products (up and gate together, then down) and the activation their
+    /// tasks apply (SiLU gate or relu²).
+    Mlp,
     /// Everything else element- or row-wise: embeddings, RMSNorms, head split, q/k norm, RoPE
-    /// (its angles once a pass, the rotation of q), the SiLU after the conv, fusion, residual
-    /// adds.
+    /// (its angles once a pass, the rotation of q), fusion, residual adds.
     Elementwise,
     /// The final norm and `lm_head` of the kept rows.
     Output,
@@ -37,38 +40,60 @@ pub enum Phase {
 
 impl Phase {
     pub const ALL: [Phase; 7] =
-        [Phase::Weights, Phase::Attention, Phase::KvCache, Phase::Conv, Phase::Scan, Phase::Elementwise, Phase::Output];
+        [Phase::Projections, Phase::Attention, Phase::KvCache, Phase::Ssm, Phase::Mlp, Phase::Elementwise, Phase::Output];
 
     pub fn name(self) -> &'static str {
         match self {
-            Phase::Weights => "weights",
+            Phase::Projections => "projections",
             Phase::Attention => "attention",
             Phase::KvCache => "kv cache",
-            Phase::Conv => "conv",
-            Phase::Scan => "scan",
+            Phase::Ssm => "ssm",
+            Phase::Mlp => "mlp",
             Phase::Elementwise => "elementwise",
             Phase::Output => "output",
         }
     }
 
-    /// Whether every section of the phase is a parallel region, whatever the pass: the weight
-    /// products, attention and the scan. (The K/V upkeep, the conv and the element-wise work run
-    /// on one thread in decoding one sequence; the output's norm comes before its parallel product.)
+    /// Whether every section of the phase starts with a parallel region, whatever the pass: the
+    /// projections, attention and the MLP. (The K/V upkeep, the SSM's conv and the element-wise
+    /// work run on one thread in decoding one sequence; the output's norm comes before its
+    /// parallel product.)
     pub fn always_parallel(self) -> bool {
-        matches!(self, Phase::Weights | Phase::Attention | Phase::Scan)
+        matches!(self, Phase::Projections | Phase::Attention | Phase::Mlp)
     }
 
     /// How the phase's code uses the threads, for a pass of `rows` rows of the kind `kind` (a
     /// statement about the code, kept next to it; the measured speed-up says how well it works).
-    pub fn threading(self, kind: Rows, rows: usize) -> &'static str {
+    pub fn threading(self, kind: RowKind, rows: usize) -> &'static str {
         let parallel_rows = rows >= super::parallel::PARALLEL_ROWS;
-        match (self, kind) {
-            (Phase::Weights | Phase::Attention | Phase::Scan, _) => "parallel",
-            (Phase::Output, _) => "norm serial, lm_head parallel",
-            (Phase::KvCache | Phase::Conv, Rows::OnePerSequence) if rows > 1 => "parallel over sequences",
-            (Phase::KvCache, _) => "one thread",
-            (Phase::Conv | Phase::Elementwise, _) if parallel_rows => "parallel over rows",
-            (Phase::Conv | Phase::Elementwise, _) => "one thread",
+        let one_per_sequence = kind == RowKind::OnePerSequence && rows > 1;
+        match self {
+            Phase::Projections | Phase::Attention | Phase::Mlp => "parallel",
+            Phase::Output => "norm serial, lm_head parallel",
+            Phase::Ssm if parallel_rows => "parallel",
+            Phase::Ssm if one_per_sequence => "parallel, conv over sequences",
+            Phase::Ssm => "parallel, conv one thread",
+            Phase::KvCache if one_per_sequence => "parallel over sequences",
+            Phase::KvCache => "one thread",
+            Phase::Elementwise if parallel_rows => "parallel over rows",
+            Phase::Elementwise => "one thread",
+        }
+    }
+
+    /// The parallel regions (a fork and a join of the threads) one timed section of the phase
+    /// opens, for a pass of `rows` rows of the kind `kind`: one for a product, the attention of
+    /// the pass's parts, the K/V upkeep across sequences or a row-wise loop over many rows; none
+    /// for one-thread work; and for the phases timed whole, the MLP's two products, and the
+    /// SSM's x_proj, dt_proj and scan, with its conv and SiLU when they run in parallel. (The
+    /// SSM's Δ/B/C norms, in configs that have them, add regions over many rows: not counted.)
+    pub fn parallel_regions(self, kind: RowKind, rows: usize) -> u64 {
+        let parallel_rows = rows >= super::parallel::PARALLEL_ROWS;
+        let parallel_conv = parallel_rows || (kind == RowKind::OnePerSequence && rows > 1);
+        match self {
+            Phase::Mlp => 2,
+            Phase::Ssm => 3 + u64::from(parallel_conv) + u64::from(parallel_rows),
+            _ if self.threading(kind, rows) == "one thread" => 0,
+            _ => 1,
         }
     }
 }
@@ -84,8 +109,8 @@ pub const LONG_STRETCH: Duration = Duration::from_micros(15);
 pub struct Profile {
     on: bool,
     seconds: [f64; Phase::ALL.len()],
-    /// Timed sections per phase: in a parallel phase, each is a parallel region (a fork and a
-    /// join of the threads), which is what synchronisation costs are counted in.
+    /// Timed sections per phase: each opens [`Phase::parallel_regions`] parallel regions (a fork
+    /// and a join of the threads), which is what synchronisation costs are counted in.
     sections: [u64; Phase::ALL.len()],
     /// Sections of the [`Phase::always_parallel`] phases that began more than [`LONG_STRETCH`]
     /// after the previous one ended: regions that likely had to wake the threads.
@@ -214,16 +239,16 @@ mod tests {
     #[test]
     fn records_only_when_on() {
         let mut off = Profile::default();
-        assert_eq!(off.time(Phase::Scan, || 7), 7);
-        assert_eq!((off.seconds(Phase::Scan), off.sections(Phase::Scan)), (0.0, 0));
+        assert_eq!(off.time(Phase::Ssm, || 7), 7);
+        assert_eq!((off.seconds(Phase::Ssm), off.sections(Phase::Ssm)), (0.0, 0));
         let mut on = Profile::recording();
-        on.time(Phase::Scan, || std::thread::sleep(std::time::Duration::from_millis(2)));
-        on.time(Phase::Scan, || ());
-        assert!(on.seconds(Phase::Scan) >= 0.002, "{on:?}");
-        assert_eq!((on.sections(Phase::Scan), on.sections(Phase::Weights)), (2, 0));
+        on.time(Phase::Ssm, || std::thread::sleep(std::time::Duration::from_millis(2)));
+        on.time(Phase::Ssm, || ());
+        assert!(on.seconds(Phase::Ssm) >= 0.002, "{on:?}");
+        assert_eq!((on.sections(Phase::Ssm), on.sections(Phase::Projections)), (2, 0));
         assert_eq!(on.seconds(Phase::Attention), 0.0);
         on.clear();
-        assert!(on.is_on() && on.seconds(Phase::Scan) == 0.0 && on.sections(Phase::Scan) == 0);
+        assert!(on.is_on() && on.seconds(Phase::Ssm) == 0.0 && on.sections(Phase::Ssm) == 0);
     }
 
     /// A parallel region that starts more than LONG_STRETCH after the last one ended counts; one
@@ -234,16 +259,16 @@ mod tests {
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
         let mut p = Profile::recording();
-        p.record(Phase::Weights, at(0), at(1)); // the first region: nothing before it to measure
+        p.record(Phase::Projections, at(0), at(1)); // the first region: nothing before it to measure
         p.record(Phase::Attention, at(2), at(3)); // right after
         p.record(Phase::Elementwise, at(3), at(40)); // one-thread work in between
-        p.record(Phase::Scan, at(41), at(42)); // after a long stretch
-        p.record(Phase::Weights, at(100), at(101)); // after untimed work, which counts as much
-        p.record(Phase::Conv, at(101), at(140)); // one-thread work: not a region
+        p.record(Phase::Mlp, at(41), at(42)); // after a long stretch
+        p.record(Phase::Projections, at(100), at(101)); // after untimed work, which counts as much
+        p.record(Phase::KvCache, at(101), at(140)); // one-thread work: not a region
         assert_eq!(p.regions_after_long_stretch(), 2);
         p.clear();
         assert_eq!(p.regions_after_long_stretch(), 0);
-        p.record(Phase::Scan, at(500), at(501)); // the first region after a clear: nothing before it
+        p.record(Phase::Mlp, at(500), at(501)); // the first region after a clear: nothing before it
         assert_eq!(p.regions_after_long_stretch(), 0);
     }
 
@@ -258,12 +283,12 @@ mod tests {
             s.spawn(|| p.time(Phase::Attention, || pause(ms(100))));
             s.spawn(|| {
                 pause(ms(20)); // one-thread work in this branch, while the other's region runs
-                branch.time(Phase::Scan, || pause(ms(30)));
+                branch.time(Phase::Ssm, || pause(ms(30)));
             });
         });
         p.join(branch);
-        assert!(p.seconds(Phase::Attention) >= 0.100 && p.seconds(Phase::Scan) >= 0.030, "{p:?}");
-        assert_eq!((p.sections(Phase::Attention), p.sections(Phase::Scan)), (1, 1));
+        assert!(p.seconds(Phase::Attention) >= 0.100 && p.seconds(Phase::Ssm) >= 0.030, "{p:?}");
+        assert_eq!((p.sections(Phase::Attention), p.sections(Phase::Ssm)), (1, 1));
         // The scan's 30 ms ran inside the attention's 100: about 30 ms overlapped (less the time
         // the threads took to start, which counts in the branches' wall time but in no phase).
         assert!(p.overlap_seconds() > 0.015 && p.overlap_seconds() < 0.060, "{p:?}");
@@ -284,14 +309,14 @@ mod tests {
         let at = |us: u64| t0 + Duration::from_micros(us);
         for (attention_ends, counted) in [(60_000, 0), (10_000, 1)] {
             let mut p = Profile::recording();
-            p.record(Phase::Weights, at(0), at(1)); // the last region before the branches
+            p.record(Phase::Projections, at(0), at(1)); // the last region before the branches
             let mut branch = p.fork();
             p.record(Phase::Attention, at(5), at(attention_ends));
-            branch.record(Phase::Scan, at(20_000), at(25_000)); // 20 ms after its branch's last region
+            branch.record(Phase::Mlp, at(20_000), at(25_000)); // 20 ms after its branch's last region
             p.join(branch);
             assert_eq!(p.regions_after_long_stretch(), counted, "attention until {attention_ends} µs");
             let after = attention_ends.max(25_000) + 2;
-            p.record(Phase::Weights, at(after), at(after + 1)); // right after the branches
+            p.record(Phase::Projections, at(after), at(after + 1)); // right after the branches
             assert_eq!(p.regions_after_long_stretch(), counted);
         }
     }

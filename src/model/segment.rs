@@ -3,7 +3,7 @@
 
 use super::rope::RopeAngles;
 use crate::state::cache::{HybridCache, SsmState};
-use crate::kernels::matrix::Rows;
+use crate::kernels::matrix::RowKind;
 use ndarray::{ArrayViewMut, Axis, RemoveAxis, Slice};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -56,14 +56,14 @@ pub struct Pass<'p, 'a> {
     pub(crate) positions: &'p [usize],
     /// (T, dqk/2): the rows' RoPE angles (rows of parts without RoPE unset)
     pub(crate) rope: &'p RopeAngles,
-    /// What the pass's rows are for the projections: [`Rows::OnePerSequence`] when every part is
+    /// What the pass's rows are for the projections: [`RowKind::OnePerSequence`] when every part is
     /// one row (a batched decode step: each row's products then equal its sequence's alone).
-    pub(crate) rows: Rows,
+    pub(crate) kind: RowKind,
 }
 
 impl<'p, 'a> Pass<'p, 'a> {
     pub(crate) fn new(segments: &'p mut [Segment<'a>], parts: &'p [Part], positions: &'p [usize], rope: &'p RopeAngles) -> Pass<'p, 'a> {
-        Pass { segments, parts, positions, rope, rows: rows_kind(parts) }
+        Pass { segments, parts, positions, rope, kind: row_kind(parts) }
     }
 
     /// Each part of the pass, in row order, with the cache of its sequence.
@@ -83,13 +83,13 @@ impl<'p, 'a> Pass<'p, 'a> {
         mut out: ArrayViewMut<f32, D>,
         f: impl Fn(&Part, &mut HybridCache, ArrayViewMut<f32, D>) + Sync + Send,
     ) {
-        let (parts, rows) = (self.parts, self.rows);
-        match rows {
-            Rows::OnePerSequence => {
+        let (parts, kind) = (self.parts, self.kind);
+        match kind {
+            RowKind::OnePerSequence => {
                 let segments = self.one_segment_a_part();
-                for_each_part(parts, rows, segments, out, |part, segment, out| f(part, segment.cache, out));
+                for_each_part(parts, kind, segments, out, |part, segment, out| f(part, segment.cache, out));
             }
-            Rows::Chunk => {
+            RowKind::Chunk => {
                 for (part, cache) in self.parts_mut() {
                     f(part, cache, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
                 }
@@ -101,12 +101,12 @@ impl<'p, 'a> Pass<'p, 'a> {
     /// when every part is one row of its own sequence, as [`Pass::for_each_part`].
     pub fn for_each_cache(&mut self, f: impl Fn(&Part, &mut HybridCache) + Sync + Send) {
         let parts = self.parts;
-        match self.rows {
-            Rows::OnePerSequence => {
+        match self.kind {
+            RowKind::OnePerSequence => {
                 let segments = self.one_segment_a_part();
                 segments.par_iter_mut().zip(parts.par_iter()).for_each(|(segment, part)| f(part, segment.cache));
             }
-            Rows::Chunk => self.parts_mut().for_each(|(part, cache)| f(part, cache)),
+            RowKind::Chunk => self.parts_mut().for_each(|(part, cache)| f(part, cache)),
         }
     }
 
@@ -138,13 +138,13 @@ impl<'p, 'a> Pass<'p, 'a> {
     }
 }
 
-/// What the rows of a pass made of `parts` are for the projections: [`Rows::OnePerSequence`] when
+/// What the rows of a pass made of `parts` are for the projections: [`RowKind::OnePerSequence`] when
 /// every part is one row (a batched decode step: each row's products then equal its sequence's
-/// alone), else [`Rows::Chunk`].
-pub fn rows_kind(parts: &[Part]) -> Rows {
+/// alone), else [`RowKind::Chunk`].
+pub fn row_kind(parts: &[Part]) -> RowKind {
     match parts.iter().all(|p| p.rows.len() == 1) {
-        true => Rows::OnePerSequence,
-        false => Rows::Chunk,
+        true => RowKind::OnePerSequence,
+        false => RowKind::Chunk,
     }
 }
 
@@ -155,19 +155,19 @@ pub fn rows_kind(parts: &[Part]) -> Rows {
 /// otherwise. Either way each part's work is the same.
 pub fn for_each_part<T: Send, D: RemoveAxis>(
     parts: &[Part],
-    rows: Rows,
+    kind: RowKind,
     items: &mut [T],
     mut out: ArrayViewMut<f32, D>,
     f: impl Fn(&Part, &mut T, ArrayViewMut<f32, D>) + Sync + Send,
 ) {
     debug_assert_eq!(parts.len(), items.len());
-    match rows {
-        Rows::OnePerSequence => {
+    match kind {
+        RowKind::OnePerSequence => {
             (items.par_iter_mut().zip(parts.par_iter()))
                 .zip(out.axis_chunks_iter_mut(Axis(0), 1).into_par_iter())
                 .for_each(|((item, part), out)| f(part, item, out));
         }
-        Rows::Chunk => {
+        RowKind::Chunk => {
             for (part, item) in parts.iter().zip(items) {
                 f(part, item, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
             }

@@ -16,11 +16,10 @@
 use super::norm::rms_norm;
 use super::parallel::{for_each_row, map_rows};
 use crate::base::tasks::items_per_task;
-use super::profile::{Phase, Profile};
-use super::segment::{for_each_part, rows_kind, Part};
+use super::layer::Layer;
+use super::segment::{for_each_part, row_kind, Part};
 use crate::state::cache::SsmState;
 use crate::base::buffer::shaped;
-use crate::checkpoint::weights::MambaWeights;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use crate::kernels::simd::{array_of, best_simd, exp, silu_in_place, softplus_in_place, times_silu};
 use rayon::prelude::*;
@@ -258,60 +257,55 @@ pub struct SsmBuffers {
     pub(crate) y: Array2<f32>,
 }
 
-/// The SSM heads of a layer over the rows of a pass: x, z (T, D) → y (T, D) in `buf.y`, advancing
-/// the layer's [`SsmState`] of each part's sequence (`buf.states[i]` is part i's). The conv and the scan run per
-/// sequence, on its rows and its state; the projections between them run over all rows at once,
-/// as the products of a pass of `kind`.
+/// The SSM heads of `layer` over the rows of a pass: x, z (T, D) → y (T, D) in `buf.y`,
+/// advancing the layer's [`SsmState`] of each part's sequence (`buf.states[i]` is part i's). The
+/// conv and the scan run per sequence, on its rows and its state; the projections between them
+/// run over all rows at once, as the products of a pass of those parts ([`row_kind`]).
 pub fn ssm_heads<'o>(
+    layer: Layer,
     x: ArrayView2<f32>,
     z: ArrayView2<f32>,
-    w: &MambaWeights,
-    eps: f32,
     parts: &[Part],
     buf: &'o mut SsmBuffers,
-    profile: &mut Profile,
 ) -> ArrayView2<'o, f32> {
-    let kind = rows_kind(parts);
+    let (w, eps, kind) = (&layer.w.mamba, layer.cfg.rms_norm_eps, row_kind(parts));
     let SsmBuffers { states, y: out, .. } = buf;
     let (r, n) = (w.dt_proj.weight.cols(), w.a.ncols());
+
+    // u = SiLU(conv(x) + conv_bias), each sequence's conv continuing from its history
     let bias = w.conv1d_bias.as_ref().map(|b| b.view());
     let u = shaped(&mut buf.u, x.dim()); // (T, D)
-    profile.time(Phase::Conv, || {
-        for_each_part(parts, kind, states, u.view_mut(), |part, state, u| {
-            let x = x.slice(s![part.rows.clone(), ..]); // (T_s, D)
-            causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv, u) // (T_s, D)
-        })
+    for_each_part(parts, kind, states, u.view_mut(), |part, state, u| {
+        let x = x.slice(s![part.rows.clone(), ..]); // (T_s, D)
+        causal_conv1d(x, w.conv1d_weight.view(), bias, &mut state.conv, u) // (T_s, D)
     });
-    profile.time(Phase::Elementwise, || map_rows(u.view_mut(), silu_in_place));
+    map_rows(u.view_mut(), silu_in_place);
     let u = buf.u.view(); // (T, D)
 
-    let dt_b_c = profile.time(Phase::Weights, || w.x_proj.matmul_t_of(u, kind, &mut buf.dt_b_c)); // (T, R + 2N)
-    let (dt, b, c) = profile.time(Phase::Elementwise, || {
-        let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
-        let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
-        let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
-        (dt, b, c)
-    });
+    // [dt | B | C] = u · x_projᵀ, each normalised if the config says so
+    let dt_b_c = w.x_proj.matmul_t_of(u, kind, &mut buf.dt_b_c); // (T, R + 2N)
+    let dt = maybe_rms_norm(dt_b_c.slice_move(s![.., ..r]), &w.dt_layernorm, eps, &mut buf.dt); // (T, R)
+    let b = maybe_rms_norm(dt_b_c.slice_move(s![.., r..r + n]), &w.b_layernorm, eps, &mut buf.b); // (T, N)
+    let c = maybe_rms_norm(dt_b_c.slice_move(s![.., r + n..]), &w.c_layernorm, eps, &mut buf.c); // (T, N)
 
     // Δ = softplus(dt · dt_projᵀ + dt_bias), each task of the product finishing its channels
-    profile.time(Phase::Weights, || w.dt_proj.forward_then(dt, kind, &mut buf.delta, softplus_in_place)); // (T, D)
+    let delta = w.dt_proj.forward_then(dt, kind, &mut buf.delta, softplus_in_place); // (T, D)
+
+    // The scan, per sequence from its state: y = (C·s + D·u) ⊙ SiLU(z)
     let y = shaped(out, x.dim()); // (T, D)
-    let delta = buf.delta.view(); // (T, D)
-    profile.time(Phase::Scan, || {
-        for_each_part(parts, kind, states, y.view_mut(), |part, state, y| {
-            let rows = part.rows.clone();
-            let (u, delta) = (u.slice(s![rows.clone(), ..]), delta.slice(s![rows.clone(), ..])); // (T_s, D)
-            let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..])); // (T_s, N)
-            let z = z.slice(s![rows, ..]); // (T_s, D)
-            // y = (C·s + D·u) ⊙ SiLU(z), each task gating the channels it scanned
-            let gate = |channels: Range<usize>, mut y: ArrayViewMut2<f32>| {
-                for (mut y, z) in y.rows_mut().into_iter().zip(z.slice(s![.., channels]).rows()) {
-                    times_silu(y.as_slice_mut().expect("contiguous"), z.as_slice().expect("contiguous"));
-                }
-            };
-            let x = ScanInputs { u, delta, a: w.a.view(), b, c, d: w.d.view() };
-            selective_scan(x, &mut state.scan, y, gate) // (T_s, D)
-        })
+    for_each_part(parts, kind, states, y.view_mut(), |part, state, y| {
+        let rows = part.rows.clone();
+        let (u, delta) = (u.slice(s![rows.clone(), ..]), delta.slice(s![rows.clone(), ..])); // (T_s, D)
+        let (b, c) = (b.slice(s![rows.clone(), ..]), c.slice(s![rows.clone(), ..])); // (T_s, N)
+        let z = z.slice(s![rows, ..]); // (T_s, D)
+        // each task gating the channels it scanned
+        let gate = |channels: Range<usize>, mut y: ArrayViewMut2<f32>| {
+            for (mut y, z) in y.rows_mut().into_iter().zip(z.slice(s![.., channels]).rows()) {
+                times_silu(y.as_slice_mut().expect("contiguous"), z.as_slice().expect("contiguous"));
+            }
+        };
+        let x = ScanInputs { u, delta, a: w.a.view(), b, c, d: w.d.view() };
+        selective_scan(x, &mut state.scan, y, gate) // (T_s, D)
     });
     y.view()
 }

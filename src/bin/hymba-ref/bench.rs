@@ -50,7 +50,7 @@ use hymba_ref::checkpoint::random::RandomWeights;
 use hymba_ref::checkpoint::weights::HymbaWeights;
 use hymba_ref::config::{DecodeRead, HymbaConfig, Storage};
 use hymba_ref::features::generate::sampling::argmax;
-use hymba_ref::kernels::matrix::Rows;
+use hymba_ref::kernels::matrix::RowKind;
 use hymba_ref::model::{Batch, Hymba, Profile, Sequence};
 use cpu_time::CpuTime;
 use profile::PhaseTimes;
@@ -105,7 +105,7 @@ pub struct BenchArgs {
     /// Buffer size for the read-bandwidth measurement (0: skip it).
     #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = count::<0, MAX_TOKENS>, allow_negative_numbers = true)]
     bandwidth_mib: usize,
-    /// Also time each phase of a pass (weights, attention, kv cache, conv, scan, elementwise,
+    /// Also time each phase of a pass (projections, attention, kv cache, ssm, mlp, elementwise,
     /// output) in the timed prefill and in the timed batch's decode steps, and in the same prefill
     /// and batch decode run on one thread before each run; report each phase's speed-up and the
     /// serial share of the pass (Amdahl). The decode profile is of the batch (one row per
@@ -621,10 +621,10 @@ fn bench_context(model: &Hymba, spec: &ConfigSpec, args: &BenchArgs, context: us
     // prefilled: no prefill profile.
     let profile = args.profile.then(|| {
         let region = regions::region_cost();
-        let decode = profile::summary(&decode_1, &decode_n, threads, Rows::OnePerSequence, batch_size, region);
+        let decode = profile::summary(&decode_1, &decode_n, threads, RowKind::OnePerSequence, batch_size, region);
         let mut summaries = json!({ "threads": threads, "decode": decode });
         if !prefill_n.is_empty() {
-            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, Rows::Chunk, rows, region);
+            summaries["prefill"] = profile::summary(&prefill_1, &prefill_n, threads, RowKind::Chunk, rows, region);
         }
         summaries
     });
@@ -830,7 +830,8 @@ mod tests {
 
     #[test]
     fn released_shape_parameter_count() {
-        // SPEC: Hymba-1.5B has 1,522.8M parameters; the meta tokens are not read when decoding.
+        // docs/MODEL.md §2: Hymba-1.5B has 1,522.8M parameters; the meta tokens are not read when
+        // decoding (their K/V and states are computed once, §5.1).
         let cfg = HymbaConfig::from_json_str(BUILTIN_CONFIGS[2].1).unwrap();
         let (total, read) = (cfg.parameter_count(), cfg.decode_read_parameters());
         assert_eq!((total as f64 / 1e5).round() / 10.0, 1522.8);

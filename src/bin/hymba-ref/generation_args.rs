@@ -126,7 +126,7 @@ pub fn past_trained_length(cfg: &HymbaConfig, tokens: usize) -> Option<String> {
             "+ {m} meta tokens make {positions} positions, past orig_max_position_embeddings = {orig}. \
              Generation goes on; from there the RoPE base grows with the length (dynamic NTK) while \
              cached keys keep the rotation they got, so tokens past it differ from what one full \
-             forward pass over the same text would give (SPEC, RoPE)."
+             forward pass over the same text would give (docs/MODEL.md §4 and §8)."
         )),
         _ => None,
     }

@@ -1,7 +1,7 @@
 //! `hymba-ref inspect`: what a config implies, without loading weights. Model dimensions, the
 //! per-layer plan (global or window attention, own or reused K/V), the parameter count, and the
 //! cache a sequence needs at a given context (K/V, SSM and conv state, in scalars and in bf16 /
-//! f32 bytes) next to the dense-attention equivalent (SPEC, "Incremental decoding").
+//! f32 bytes) next to the dense-attention equivalent (docs/MODEL.md §5.5).
 
 use crate::args::{model_dir, print_stdout};
 use crate::configs;

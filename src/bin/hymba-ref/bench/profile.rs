@@ -7,7 +7,7 @@
 //! phase, over the pass's t₁, gives each phase's part of s (the parts add up to s): its share of
 //! the serial time that is left.
 
-use hymba_ref::kernels::matrix::Rows;
+use hymba_ref::kernels::matrix::RowKind;
 use hymba_ref::model::profile::LONG_STRETCH;
 use hymba_ref::model::{Phase, Profile};
 use serde_json::{json, Value};
@@ -65,13 +65,11 @@ fn median_times(runs: &[PhaseTimes]) -> PhaseTimes {
     PhaseTimes { total: field(&|r| r.total), phases, overlap: field(&|r| r.overlap), ..first }
 }
 
-/// The parallel regions a call opens: the timed sections of the phases that run in parallel
-/// (each such section is one region; the MLP's up and gate, joined, count as one).
-fn parallel_regions_per_call(times: &PhaseTimes, kind: Rows, rows: usize) -> f64 {
-    let regions: u64 = (Phase::ALL.iter().zip(times.sections))
-        .filter(|(phase, _)| phase.threading(kind, rows) != "one thread")
-        .map(|(_, sections)| sections)
-        .sum();
+/// The parallel regions a call opens: each phase's timed sections times the regions a section
+/// of it opens ([`Phase::parallel_regions`]: one for most, none for one-thread work, more for the
+/// SSM heads and the MLP, timed whole).
+fn parallel_regions_per_call(times: &PhaseTimes, kind: RowKind, rows: usize) -> f64 {
+    let regions: u64 = (Phase::ALL.iter().zip(times.sections)).map(|(phase, sections)| sections * phase.parallel_regions(kind, rows)).sum();
     regions as f64 / times.calls.max(1) as f64
 }
 
@@ -82,7 +80,7 @@ fn parallel_regions_per_call(times: &PhaseTimes, kind: Rows, rows: usize) -> f64
 /// parallel regions times that, as a fraction of its time, with the pool's idle threads awake at
 /// each region and with them asleep (the truth is between: a region after a long stretch of
 /// one-thread work wakes them).
-pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: Rows, rows: usize, region: Option<RegionCost>) -> Value {
+pub fn summary(one: &[PhaseTimes], many: &[PhaseTimes], threads: usize, kind: RowKind, rows: usize, region: Option<RegionCost>) -> Value {
     let (one, many) = (&median_times(one), &median_times(many));
     let mut phases: Vec<Value> = Phase::ALL
         .iter()
@@ -209,12 +207,12 @@ mod tests {
         let sections = [3, 0, 0, 0, 0, 5, 0];
         let one = PhaseTimes { total: 10.0, phases: [8.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
         let two = PhaseTimes { total: 6.0, phases: [4.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0], sections, after_long_stretch: 0, overlap: 0.0, calls: 1 };
-        let s = summary(std::slice::from_ref(&one), std::slice::from_ref(&two), 2, Rows::Chunk, 512, None);
+        let s = summary(std::slice::from_ref(&one), std::slice::from_ref(&two), 2, RowKind::Chunk, 512, None);
         assert!((s["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert!((s["speedup"].as_f64().unwrap() - 10.0 / 6.0).abs() < 1e-12);
         let phases = s["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
-        assert_eq!(names, ["weights", "elementwise"], "phases with no time are left out, `other` is 0 here");
+        assert_eq!(names, ["projections", "elementwise"], "phases with no time are left out, `other` is 0 here");
         assert_eq!(phases[0]["serial_share"].as_f64(), Some(0.0));
         assert!((phases[1]["serial_share"].as_f64().unwrap() - 0.2).abs() < 1e-12);
         assert_eq!((phases[0]["sections_per_call"].as_f64(), phases[1]["sections_per_call"].as_f64()), (Some(3.0), Some(5.0)));
@@ -222,28 +220,28 @@ mod tests {
         // Branches side by side: 7 s of phases in 6 s, 1 s of them at once. The overlap is a
         // row of its own, negative, so that the rows still add up to the call and its shares to s.
         let overlapped = PhaseTimes { phases: [4.5, 1.0, 0.0, 0.0, 0.0, 1.5, 0.0], overlap: 1.0, ..two.clone() };
-        let s = summary(std::slice::from_ref(&one), &[overlapped], 2, Rows::Chunk, 512, None);
+        let s = summary(std::slice::from_ref(&one), &[overlapped], 2, RowKind::Chunk, 512, None);
         let phases = s["phases"].as_array().unwrap();
         let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
-        assert_eq!(names, ["weights", "attention", "elementwise", "overlap"], "`other` is 0 again");
+        assert_eq!(names, ["projections", "attention", "elementwise", "overlap"], "`other` is 0 again");
         assert_eq!((phases[3]["seconds_n_threads"].as_f64(), phases[3]["speedup"].as_f64()), (Some(-1.0), None));
         let shares: f64 = phases.iter().map(|p| p["serial_share"].as_f64().unwrap()).sum();
         assert!((shares - s["serial_share"].as_f64().unwrap()).abs() < 1e-12, "{s}");
         let text = table("1.5b", &json!({ "profile": { "threads": 2, "prefill": s } }));
         assert!(text.contains("overlap      attention and SSM side by side        0.0000      -1.0000"), "{text}");
         // One thread only: no share can be inferred.
-        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, Rows::Chunk, 512, None)["serial_share"].is_null());
+        assert!(summary(std::slice::from_ref(&one), std::slice::from_ref(&one), 1, RowKind::Chunk, 512, None)["serial_share"].is_null());
     }
 
     #[test]
     fn synchronisation_is_the_parallel_regions_times_what_one_costs() {
-        // 4 decode steps of one row, 0.8 s in all: per step 10 weight products and 2 attention
+        // 4 decode steps of one row, 0.8 s in all: per step 10 projections and 2 attention
         // regions (parallel), 3 K/V appends or evictions and 30 element-wise sections (one
         // thread: not regions).
         // 3 regions a step start a long stretch after the one before.
         let times = PhaseTimes { total: 0.8, phases: [0.5, 0.1, 0.02, 0.0, 0.0, 0.1, 0.0], sections: [40, 8, 12, 0, 0, 120, 0], after_long_stretch: 12, overlap: 0.0, calls: 4 };
         let region = Some(RegionCost { awake: 20e-6, after_idle: 50e-6 });
-        let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 1, region);
+        let s = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, RowKind::OnePerSequence, 1, region);
         assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(12.0));
         // 12 regions × 20 µs (or 50 µs, the threads asleep) over 0.2 s a step
         assert!((s["synchronisation_share"].as_f64().unwrap() - 12.0 * 20e-6 / 0.2).abs() < 1e-12, "{s}");
@@ -253,11 +251,23 @@ mod tests {
         assert!((s["synchronisation_share_estimate"].as_f64().unwrap() - (9.0 * 20e-6 + 3.0 * 50e-6) / 0.2).abs() < 1e-12, "{s}");
         assert!(table("1.5b", &json!({ "profile": { "threads": 16, "decode": s } })).contains("20.0 µs with the idle threads awake, 50.0 µs after"));
         // A prefill of 512 rows runs its element-wise work in parallel: those sections count.
-        let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::Chunk, 512, region);
+        let prefill = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, RowKind::Chunk, 512, region);
         assert_eq!(prefill["parallel_regions_per_call"].as_f64(), Some(42.0));
         // A batch of 4 runs its K/V upkeep in parallel across its sequences, its element-wise
         // work on one thread.
-        let batch = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, Rows::OnePerSequence, 4, region);
+        let batch = summary(std::slice::from_ref(&times), std::slice::from_ref(&times), 16, RowKind::OnePerSequence, 4, region);
         assert_eq!(batch["parallel_regions_per_call"].as_f64(), Some(15.0));
+        // The SSM heads and the MLP are timed whole, a section a layer each: 5 layers a step.
+        // Decoding one sequence, an SSM section opens x_proj, dt_proj and the scan (its conv and
+        // SiLU on one thread), an MLP section its two products: 48 / 4 + 5 · (3 + 2) = 37.
+        let whole = PhaseTimes { sections: [40, 8, 12, 20, 20, 120, 0], ..times };
+        let s = summary(std::slice::from_ref(&whole), std::slice::from_ref(&whole), 16, RowKind::OnePerSequence, 1, region);
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(37.0));
+        // A batch of 4: its conv runs across the sequences, one region more a layer.
+        let s = summary(std::slice::from_ref(&whole), std::slice::from_ref(&whole), 16, RowKind::OnePerSequence, 4, region);
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(15.0 + 5.0 * (4.0 + 2.0)));
+        // A prefill of 512 rows: the conv and the SiLU over rows too, two more.
+        let s = summary(std::slice::from_ref(&whole), std::slice::from_ref(&whole), 16, RowKind::Chunk, 512, region);
+        assert_eq!(s["parallel_regions_per_call"].as_f64(), Some(42.0 + 5.0 * (5.0 + 2.0)));
     }
 }
