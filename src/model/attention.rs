@@ -129,13 +129,12 @@ fn attention_each_query(q: ArrayView3<f32>, k: &KeyBlocks, v: ArrayView3<f32>, m
     out.par_chunks_mut(heads * dv).enumerate().for_each(|(task, out)| {
         let (first, row) = (task * heads % nh, task * heads / nh); // the task's first query head
         let g = first / (nh / nkv); // GQA: the K/V head its query heads read
-        let keys = k.head(g); // (dqk, S) in blocks
-        let values = HeadValues::of(v_rows, g, nkv, dv); // (S, dv)
+        let kv = KvHead { keys: k.head(g), values: HeadValues::of(v_rows, g, nkv, dv) }; // (dqk, S) in blocks, (S, dv)
         let visible = |j: usize| is_visible(q_positions[row], k_positions[j], span, num_meta);
         let q = &q[task * heads * dqk..(task + 1) * heads * dqk]; // (heads, dqk)
         match key_splits(s_len, dv) {
-            1 => attend(q, keys, values, visible, out), // (heads, dv)
-            splits => attend_split(q, keys, values, visible, splits, out), // (heads, dv)
+            1 => attend(q, kv, visible, out), // (heads, dv)
+            splits => attend_split(q, kv, visible, splits, out), // (heads, dv)
         }
     });
 }
@@ -169,7 +168,7 @@ fn key_splits(s_len: usize, dv: usize) -> usize {
 /// sum of exp(sⱼ − max) (`stats`), and Σ exp(sⱼ − max)·vⱼ (`out`, not yet divided by the sum).
 #[derive(Clone, Copy)]
 struct Partial {
-    stats: [(f32, f32); MAX_HEADS],
+    stats: Stats,
     out: [f32; MAX_HEADS_DV],
 }
 
@@ -189,15 +188,8 @@ fn key_part(s_len: usize, parts: usize, p: usize) -> Range<usize> {
 /// than threads. Each part is [`attend_part`]; each head's parts are merged in order, each
 /// rescaled to the common maximum: out = Σ_p e^(m_p − m)·o_p / Σ_p e^(m_p − m)·sum_p. Tested
 /// against [`attend_reference`]. q: (heads, dqk), out: (heads, dv)
-fn attend_split(
-    q: &[f32],
-    keys: HeadKeys,
-    values: HeadValues,
-    visible: impl Fn(usize) -> bool + Sync,
-    splits: usize,
-    out: &mut [f32],
-) {
-    let (s_len, heads) = (keys.len(), q.len() / keys.dim());
+fn attend_split(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool + Sync, splits: usize, out: &mut [f32]) {
+    let (s_len, heads) = (kv.keys.len(), q.len() / kv.keys.dim());
     let dv = out.len() / heads;
     debug_assert!(heads <= MAX_HEADS && out.len() <= MAX_HEADS_DV);
     let parts = splits.min(s_len.div_ceil(KEY_BLOCK)).max(1); // no part is empty
@@ -206,7 +198,7 @@ fn attend_split(
     let partials = &mut partials[..parts];
     partials.par_iter_mut().enumerate().for_each(|(p, partial)| {
         let part = key_part(s_len, parts, p);
-        attend_part(q, keys, values, &visible, part, &mut partial.out[..out.len()], &mut partial.stats[..heads]);
+        partial.stats = attend_part(q, kv, &visible, part, &mut partial.out[..out.len()]);
     });
     for (h, out) in out.chunks_mut(dv).enumerate() {
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
@@ -246,56 +238,60 @@ impl<'a> HeadValues<'a> {
     }
 }
 
+/// One K/V head as the decode kernels read it: its keys, (dqk, S) in blocks, and its values, (S, dv).
+#[derive(Debug, Clone, Copy)]
+struct KvHead<'a> {
+    keys: HeadKeys<'a>,
+    values: HeadValues<'a>,
+}
+
+/// Per query head, what the online softmax keeps of a part of the keys: (running maximum m,
+/// Σ exp(sⱼ − m)); only the first `heads` entries are used.
+type Stats = [(f32, f32); MAX_HEADS];
+
 best_simd! {
     /// Query heads that share a K/V head against it: for each head h, `out[h]` = Σⱼ
-    /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), keys: (dqk, S) in
-    /// blocks, values: (S, dv), out: (heads, dv); rows contiguous.
-    fn attend(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
+    /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), out: (heads, dv);
+    /// rows contiguous.
+    fn attend(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
 
 best_simd! {
     /// [`attend_partial`] on the best vector unit of this CPU.
-    fn attend_part(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32], stats: &mut [(f32, f32)]) = attend_partial
+    fn attend_part(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32]) -> Stats = attend_partial
 }
 
 /// `out` = Σⱼ softmax(q·kⱼ / √dqk)ⱼ · vⱼ over all visible keys, per head: [`attend_partial`] over
 /// every key, divided by the sum. At most [`MAX_HEADS`] heads ([`heads_per_task`]).
 #[inline(always)]
-fn attend_reference(q: &[f32], keys: HeadKeys, values: HeadValues, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
-    let heads = q.len() / keys.dim();
+fn attend_reference(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) {
+    let heads = q.len() / kv.keys.dim();
     debug_assert!(heads <= MAX_HEADS);
-    let mut stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
-    attend_partial(q, keys, values, visible, 0..keys.len(), out, &mut stats[..heads]);
+    let stats = attend_partial(q, kv, visible, 0..kv.keys.len(), out);
     for (out, &(_, sum)) in out.chunks_mut(out.len() / heads).zip(&stats) {
         out.iter_mut().for_each(|o| *o /= sum); // sum ≥ 1: a query always sees itself
     }
 }
 
 /// Over the keys in `part` only (it starts at a block of [`KEY_BLOCK`] keys), for each query head
-/// h of `q` (heads, dqk) that share `head_keys` and `values`: scores a block of keys at a time,
+/// h of `q` (heads, dqk) that share the K/V head `kv`: scores a block of keys at a time,
 /// as the cache stores them, Σ_d q[h, d]·Kᵀ[d, block] (each term a vector operation over the
 /// block), then the online softmax (as in FlashAttention): whenever a block raises a head's
 /// running maximum m, what it summed so far is rescaled by exp(m_old − m_new).
-/// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and `stats[h]` = (m, Σ exp(sⱼ − m)), without ever holding
+/// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and returns (m, Σ exp(sⱼ − m)) per head, without ever holding
 /// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `part` is visible. Heads go one after
 /// another within a block, so each block of keys and values is read from memory once for all of
 /// them. The exponentials are [`crate::kernels::simd::exp`]'s (a block's at once, vectorised); a block's
 /// maximum and sum go [`LANES`] keys at a time ([`block_max`], [`block_sum`]), not one long chain.
 #[inline(always)]
-fn attend_partial(
-    q: &[f32],
-    head_keys: HeadKeys,
-    values: HeadValues,
-    visible: impl Fn(usize) -> bool,
-    part: Range<usize>,
-    out: &mut [f32],
-    stats: &mut [(f32, f32)],
-) {
+fn attend_partial(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32]) -> Stats {
+    let KvHead { keys: head_keys, values } = kv;
     debug_assert!(part.start.is_multiple_of(KEY_BLOCK) && part.end <= head_keys.len());
     let dqk = head_keys.dim();
-    let (heads, scale) = (stats.len(), 1.0 / (dqk as f32).sqrt());
+    let (heads, scale) = (q.len() / dqk, 1.0 / (dqk as f32).sqrt());
+    debug_assert!(heads <= MAX_HEADS);
     let dv = out.len() / heads;
-    stats.fill((f32::NEG_INFINITY, 0.0));
+    let mut stats: Stats = [(f32::NEG_INFINITY, 0.0); MAX_HEADS];
     out.fill(0.0);
     for first in part.clone().step_by(KEY_BLOCK) {
         let n = (first + KEY_BLOCK).min(part.end) - first; // the block's keys in `part`
@@ -312,7 +308,7 @@ fn attend_partial(
         // loop of known length runs in registers) and then masked like any key not seen.
         let k_block = head_keys.block_slice(first / KEY_BLOCK); // (dqk, KEY_BLOCK)
         let k_row = |d: usize| -> &[f32; KEY_BLOCK] { k_block[d * KEY_BLOCK..(d + 1) * KEY_BLOCK].try_into().expect("a row") };
-        for ((q, out), (max, sum)) in q.chunks(dqk).zip(out.chunks_mut(dv)).zip(stats.iter_mut()) {
+        for ((q, out), (max, sum)) in q.chunks(dqk).zip(out.chunks_mut(dv)).zip(stats[..heads].iter_mut()) {
             let mut scores = [0f32; KEY_BLOCK]; // (KEY_BLOCK)
             let quads = dqk / 4 * 4;
             for d in (0..quads).step_by(4) {
@@ -350,6 +346,7 @@ fn attend_partial(
             }
         }
     }
+    stats
 }
 
 /// How many partial results [`block_max`] and [`block_sum`] keep: one AVX-512 register's worth.
@@ -523,11 +520,11 @@ mod tests {
                 // And against the unsplit online softmax, head 0.
                 let keys = KeyBlocks::from_rows(k.view());
                 let v_rows = v.as_standard_layout().into_owned().into_raw_vec_and_offset().0; // (S·nkv·dv)
-                let values = HeadValues::of(&v_rows, 0, nkv, dv); // (S, dv)
+                let kv = KvHead { keys: keys.head(0), values: HeadValues::of(&v_rows, 0, nkv, dv) }; // (dqk, S), (S, dv)
                 let visible = |j: usize| is_visible(q_pos[0], k_pos[j], span, num_meta);
                 let (mut whole, mut split) = (vec![0.0; dv], vec![0.0; dv]);
-                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values, visible, &mut whole);
-                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), keys.head(0), values, visible, key_splits(s_len, dv), &mut split);
+                attend_reference(q.slice(s![0, 0, ..]).as_slice().unwrap(), kv, visible, &mut whole);
+                attend_split(q.slice(s![0, 0, ..]).as_slice().unwrap(), kv, visible, key_splits(s_len, dv), &mut split);
                 let err = whole.iter().zip(&split).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(err < 1e-5, "case {case}, {span:?}: max |Δ| vs attend_reference = {err}");
             }
@@ -543,19 +540,20 @@ mod tests {
         let (q, keys, values) = (f(heads, dqk, 0.31), f(s_len, dqk, 0.17), f(s_len, dv, 0.23));
         let values = HeadValues::of(values.as_slice().unwrap(), 0, 1, dv); // (S, dv)
         let keys = KeyBlocks::from_rows(keys.view().insert_axis(Axis(1))); // (S, 1, dqk)
+        let kv = KvHead { keys: keys.head(0), values };
         let visible = |j: usize| j % 7 != 3;
         let q_rows = |h: std::ops::Range<usize>| q.view().slice_move(s![h, ..]).to_slice().unwrap();
         for splits in [1, key_splits(s_len, dv)] {
             let mut together = vec![0.0; heads * dv];
             match splits {
-                1 => attend(q_rows(0..heads), keys.head(0), values, visible, &mut together),
-                _ => attend_split(q_rows(0..heads), keys.head(0), values, visible, splits, &mut together),
+                1 => attend(q_rows(0..heads), kv, visible, &mut together),
+                _ => attend_split(q_rows(0..heads), kv, visible, splits, &mut together),
             }
             for h in 0..heads {
                 let mut alone = vec![0.0; dv];
                 match splits {
-                    1 => attend(q_rows(h..h + 1), keys.head(0), values, visible, &mut alone),
-                    _ => attend_split(q_rows(h..h + 1), keys.head(0), values, visible, splits, &mut alone),
+                    1 => attend(q_rows(h..h + 1), kv, visible, &mut alone),
+                    _ => attend_split(q_rows(h..h + 1), kv, visible, splits, &mut alone),
                 }
                 assert_eq!(&together[h * dv..(h + 1) * dv], &alone[..], "head {h}, {splits} parts");
             }
