@@ -17,6 +17,23 @@
 //!
 //! [`plain`] is the exception: the whole forward pass in one plain, allocating file, the one to
 //! read first, and the truth the rest is tested against.
+//!
+//! ## How rows travel (the batching nouns, in the order a call meets them)
+//! - a [`Sequence`] is one text's state: its cache and its scratch buffers;
+//! - a [`Batch`] is sequences decoding together, one row each a step, joining and leaving at
+//!   any step;
+//! - a [`Segment`] is what one call feeds one sequence: its cache, its new ids, and which of
+//!   its final rows to [`Keep`] (the last, for the next token, or all of them);
+//! - `Planned` (in [`pass`]) is what the call works out for each segment before its first pass:
+//!   how many rows (the meta tokens first for an empty sequence), its RoPE base, where its kept
+//!   rows go;
+//! - a pass ([`segment::Pass`]) is at most [`pass::MAX_ROWS_PER_PASS`] rows sent through all the
+//!   layers at once, cut from the segments in order; each segment's share of it is a
+//!   [`segment::Part`];
+//! - [`Scratch`] is the buffers a call writes into, kept from call to call.
+//!
+//! A one-sequence prefill is one segment in one or more passes; a batched decode step is one
+//! pass of one-row parts, one per sequence.
 
 pub mod attention;
 pub mod batch;
