@@ -9,12 +9,8 @@
 set -euo pipefail
 out=${1:?usage: benches/serve_load.sh OUT_DIR [MODEL_1_5B_DIR]}
 model=${2:-../shared/hymba/hymba-1.5b}
-if [ -e "$out" ] && [ -n "$(ls -A "$out")" ]; then echo "error: $out holds files; give an empty or new directory" >&2; exit 2; fi
-bin=target/release/hymba-ref
-load=target/release/serve-load
-[ -x "$bin" ] && [ -x "$load" ] || { echo "error: build first: cargo build --release" >&2; exit 2; }
-mkdir -p "$out"
-{ date -u; uname -a; grep -m1 'model name' /proc/cpuinfo; nproc; uptime; git rev-parse HEAD; } > "$out/machine.txt"
+source "$(dirname "$0")/serve_common.sh"
+prepare_out "$out"
 
 "$bin" bench --configs 1.5b --contexts 128 --batch-sizes 16 --decode-tokens 64 --runs 1 --threads 2 --json > "$out/bench-1.5b-b16-context128.json"
 
@@ -22,8 +18,7 @@ serve_and_load() { # name, serve flags..., --, serve-load flags...
   local name=$1; shift
   local flags=(); while [ "$1" != -- ]; do flags+=("$1"); shift; done; shift
   "$bin" serve --port 0 "${flags[@]}" 2> "$out/$name-server.log" & local pid=$!
-  local addr=""
-  for _ in $(seq 600); do addr=$(grep -o 'http://127.0.0.1:[0-9]*' "$out/$name-server.log" | head -1 | sed 's|http://||') || true; [ -n "$addr" ] && break; sleep 0.5; done
+  local addr; addr=$(server_address "$out/$name-server.log" 600 0.5)
   [ -n "$addr" ] || { echo "error: the server did not start; see $out/$name-server.log" >&2; kill $pid; exit 1; }
   "$load" --addr "$addr" --server-pid $pid "$@" --out "$out/$name-requests.json" > "$out/$name-summary.json" || echo "serve-load reported failures" >&2
   kill -TERM $pid; wait $pid; echo "server exit status: $?" >> "$out/$name-server.log"

@@ -10,18 +10,13 @@
 set -euo pipefail
 out=${1:?usage: benches/serve_prefill_chunk.sh OUT_DIR [CHUNK...]}; shift
 chunks=("$@"); [ ${#chunks[@]} -gt 0 ] || chunks=(512 128 512 128)
-if [ -e "$out" ] && [ -n "$(ls -A "$out")" ]; then echo "error: $out holds files; give an empty or new directory" >&2; exit 2; fi
-bin=target/release/hymba-ref
-load=target/release/serve-load
-[ -x "$bin" ] && [ -x "$load" ] || { echo "error: build first: cargo build --release" >&2; exit 2; }
-mkdir -p "$out"
-{ date -u; uname -a; grep -m1 'model name' /proc/cpuinfo; nproc; uptime; git rev-parse HEAD; } > "$out/machine.txt"
+source "$(dirname "$0")/serve_common.sh"
+prepare_out "$out"
 run=0
 for chunk in "${chunks[@]}"; do
   run=$((run + 1)); name=run$run-chunk-$chunk
   "$bin" serve --port 0 --threads 2 --max-batch 16 --prefill-chunk "$chunk" 2> "$out/$name-server.log" & pid=$!
-  addr=""
-  for _ in $(seq 100); do addr=$(grep -o 'http://127.0.0.1:[0-9]*' "$out/$name-server.log" | head -1 | sed 's|http://||') || true; [ -n "$addr" ] && break; sleep 0.2; done
+  addr=$(server_address "$out/$name-server.log" 100 0.2)
   [ -n "$addr" ] || { echo "error: the server did not start; see $out/$name-server.log" >&2; kill $pid; exit 1; }
   "$load" --addr "$addr" --clients 8 --requests 8 --prompt-tokens 32 --max-tokens 600 --vocab 4000 \
     --out "$out/$name-streams-requests.json" > "$out/$name-streams-summary.json" & streams=$!
