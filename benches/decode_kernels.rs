@@ -52,6 +52,29 @@ fn median_and_fastest(mut f: impl FnMut()) -> (f64, f64) {
     (times[times.len() / 2], times[0])
 }
 
+/// A buffer larger than the CPU's caches: reading every line of it pushes out what they held, as
+/// a decode step's weights do between two visits of a layer. `lines_read` counts what was read,
+/// so that the reads cannot be optimised away.
+struct CacheFlush {
+    buffer: Vec<u8>,
+    lines_read: u64,
+}
+
+impl CacheFlush {
+    fn new() -> CacheFlush {
+        CacheFlush { buffer: vec![1u8; 64 << 20], lines_read: 0 }
+    }
+
+    fn flush(&mut self) {
+        self.lines_read += self.buffer.iter().step_by(64).map(|&b| b as u64).sum::<u64>(); // a read of every line
+    }
+
+    /// What to print after a measurement if the reads were not made.
+    fn warning(&self) -> &'static str {
+        if self.lines_read == 0 { " (flush not read)" } else { "" }
+    }
+}
+
 fn wave(shape: (usize, usize, usize), k: f32) -> Array3<f32> {
     Array3::from_shape_fn(shape, |(a, b, c)| ((a * 7 + b * 3 + c) as f32 * k).sin())
 }
@@ -153,10 +176,9 @@ fn decode_attention() {
         });
         println!("decode attention over {keys} keys: {:.1} µs per layer (fastest {:.1})", seconds * 1e6, fastest * 1e6);
         // As decoding meets it: the step's weights have pushed the cache out of the CPU's caches.
-        let flush = vec![1u8; 64 << 20]; // more than the CPU's caches
-        let (mut cold, mut sink) = (Vec::new(), 0u64);
+        let (mut flush, mut cold) = (CacheFlush::new(), Vec::new());
         for _ in 0..60 {
-            sink += flush.iter().step_by(64).map(|&b| b as u64).sum::<u64>(); // a read of every line
+            flush.flush();
             let (k, v, k_positions) = (cache.keys(), cache.values(), cache.positions());
             let start = Instant::now();
             attention_heads(q.view(), k, v, Mask::new(&q_positions, k_positions, span, meta), out.view_mut());
@@ -169,7 +191,7 @@ fn decode_attention() {
             cold[cold.len() / 2] * 1e6,
             cold[0] * 1e6,
             bytes / cold[cold.len() / 2] / 1e9,
-            if sink == 0 { " (flush not read)" } else { "" }
+            flush.warning()
         );
     }
     kv_upkeep(nkv, dqk, dv, meta);
@@ -185,12 +207,11 @@ fn kv_upkeep(nkv: usize, dqk: usize, dv: usize, meta: usize) {
     let positions: Vec<usize> = (0..rows).collect();
     cache.append(k.view(), v.view(), &positions);
     let (key, value) = (k.slice(ndarray::s![..1, ..]), v.slice(ndarray::s![..1, ..])); // (1, nkv·dqk), (1, nkv·dv)
-    let flush = vec![1u8; 64 << 20]; // more than the CPU's caches
+    let mut flush = CacheFlush::new();
     let mut next = rows;
     let (mut cold, mut evict, mut warm) = (Vec::new(), Vec::new(), Vec::new());
-    let mut sink = 0u64;
     for _ in 0..150 {
-        sink += flush.iter().step_by(64).map(|&b| b as u64).sum::<u64>(); // a read of every line
+        flush.flush();
         let start = Instant::now();
         cache.append(key, value, &[next]);
         let appended = Instant::now();
@@ -214,7 +235,7 @@ fn kv_upkeep(nkv: usize, dqk: usize, dv: usize, meta: usize) {
         median(cold),
         median(warm),
         median(evict),
-        if sink == 0 { " (flush not read)" } else { "" }
+        flush.warning()
     );
 }
 
