@@ -255,7 +255,7 @@ impl<T, C: FnMut(u32) -> Result<Flow>> Decoding<T, C> {
     /// One decode step of every member; each reads its row of the logits and feeds its next id,
     /// or leaves (returned, in batch order). A failed step (a non-finite logit) ends every member.
     pub(crate) fn step(&mut self, model: &Hymba) -> Vec<Left<T, C>> {
-        let step = self.batch.step(model, &self.next_ids).map(|logits| logits.to_owned()); // (B, V)
+        let step = self.batch.step(model, &self.next_ids); // (B, V), read in place
         let mut left = Vec::new();
         for (i, member) in self.members.iter_mut().enumerate() {
             let next = match &step {
@@ -268,16 +268,20 @@ impl<T, C: FnMut(u32) -> Result<Flow>> Decoding<T, C> {
                 Err(e) => left.push((i, Err(e))),
             }
         }
-        let mut gone: Vec<Left<T, C>> = left.into_iter().rev().map(|(i, outcome)| self.remove(i, outcome)).collect();
-        gone.reverse();
-        gone
+        self.remove_each(left)
     }
 
     /// The members whose owner `leaves` picks leave now, wherever they are in their reply (their
     /// outcome: stopped from outside, [`StopReason::Callback`]).
     pub(crate) fn remove_where(&mut self, leaves: impl Fn(&T) -> bool) -> Vec<Left<T, C>> {
         let picked: Vec<usize> = (0..self.members.len()).filter(|&i| leaves(&self.members[i].owner)).collect();
-        let mut gone: Vec<Left<T, C>> = picked.into_iter().rev().map(|i| self.remove(i, Ok(StopReason::Callback))).collect();
+        self.remove_each(picked.into_iter().map(|i| (i, Ok(StopReason::Callback))).collect())
+    }
+
+    /// The members at `leaving`'s indices (ascending) leave with their outcomes; returned in
+    /// batch order, the others keep theirs.
+    fn remove_each(&mut self, leaving: Vec<(usize, Result<StopReason>)>) -> Vec<Left<T, C>> {
+        let mut gone: Vec<Left<T, C>> = leaving.into_iter().rev().map(|(i, outcome)| self.remove(i, outcome)).collect();
         gone.reverse();
         gone
     }
