@@ -260,8 +260,9 @@ impl Listening {
         match self.server.recv_timeout(wait.min(self.wake_every)) {
             Ok(request) => Ok(request),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                let listener = self.listener.try_clone().map_err(|e| Error::new(ErrorKind::Io, format!("cannot accept connections: {e}")))?;
-                let server = Server::from_listener(listener, None).map_err(|e| Error::new(ErrorKind::Io, format!("cannot accept connections: {e}")))?;
+                let cannot = |e: &dyn std::fmt::Display| Error::new(ErrorKind::Io, format!("cannot accept connections: {e}"));
+                let listener = self.listener.try_clone().map_err(|e| cannot(&e))?;
+                let server = Server::from_listener(listener, None).map_err(|e| cannot(&e))?;
                 self.retired.push(std::mem::replace(&mut self.server, server));
                 eprintln!("accept timed out (no wake-up within --client-timeout): accepting on a fresh thread");
                 Ok(None)
