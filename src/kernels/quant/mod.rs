@@ -286,22 +286,29 @@ fn value_at(lane: usize, j: usize) -> usize {
 
 /// Write the tiles of one group: `values[i]` and `scales[i]` are row i's plain blocks (up to 8
 /// rows; missing rows are padded with zero scales and zero weights). tiles: (blocks, tile_bytes)
+///
+/// Each tile is written front to back: the 8 scales, then for each run of 4 bytes the 8 rows'
+/// (the order [`value_at`] gives), 4-byte copies from the rows' blocks. Loading a quantized
+/// checkpoint is mostly this loop, over every weight.
 fn pack_group(kind: QuantType, values: &[&[u8]], scales: &[&[f16]], tiles: &mut [u8]) {
     debug_assert!(values.len() <= GROUP && values.len() == scales.len());
     let (bytes, tile_bytes) = (kind.block_bytes(), Quantized::tile_bytes(kind));
     let zero_weights = match kind {
-        QuantType::Q8_0 => 0x00,
-        QuantType::Q4_0 => 0x88, // q = 8 in both nibbles: a weight of 0
+        QuantType::Q8_0 => [0x00; BLOCK],
+        QuantType::Q4_0 => [0x88; BLOCK], // q = 8 in both nibbles: a weight of 0
     };
     for (b, tile) in tiles.chunks_exact_mut(tile_bytes).enumerate() {
-        for lane in 0..GROUP {
-            let (d, block) = match (scales.get(lane), values.get(lane)) {
-                (Some(s), Some(v)) => (s[b], &v[b * bytes..(b + 1) * bytes]),
-                _ => (f16::ZERO, &[zero_weights; BLOCK][..bytes]), // a padding row
-            };
-            tile[2 * lane..2 * lane + 2].copy_from_slice(&d.to_le_bytes());
-            for (k, four) in block.chunks_exact(4).enumerate() {
-                tile[value_at(lane, 4 * k)..][..4].copy_from_slice(four);
+        let (tile_scales, runs) = tile.split_at_mut(TILE_SCALE_BYTES); // (8 · 2), (block_bytes / 4, 8, 4)
+        for (lane, d) in tile_scales.chunks_exact_mut(2).enumerate() {
+            d.copy_from_slice(&scales.get(lane).map_or(f16::ZERO, |s| s[b]).to_le_bytes()); // a padding row's is 0
+        }
+        let blocks: [&[u8]; GROUP] = std::array::from_fn(|lane| match values.get(lane) {
+            Some(v) => &v[b * bytes..(b + 1) * bytes],
+            None => &zero_weights[..bytes], // a padding row
+        });
+        for (k, run) in runs.chunks_exact_mut(4 * GROUP).enumerate() {
+            for (four, block) in run.chunks_exact_mut(4).zip(blocks) {
+                four.copy_from_slice(&block[4 * k..4 * k + 4]);
             }
         }
     }
@@ -485,6 +492,10 @@ mod tests {
             }
             let padding = &q.group(1)[..TILE_SCALE_BYTES]; // rows 8..16, block 0: rows 11.. padded
             assert!(padding[2 * 3..].iter().all(|&b| b == 0), "{kind}: padding rows have zero scales");
+            let zero_weight = if kind == QuantType::Q4_0 { 0x88 } else { 0 }; // q = 8, or q = 0
+            for (lane, j) in (3..GROUP).flat_map(|lane| (0..bytes).map(move |j| (lane, j))) {
+                assert_eq!(q.group(1)[value_at(lane, j)], zero_weight, "{kind}: padding row {lane}, byte {j}");
+            }
             assert_eq!(q.to_parts(), (values, scales), "{kind}");
         }
     }
