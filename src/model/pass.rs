@@ -315,6 +315,33 @@ mod tests {
         }
     }
 
+    /// A segment with no rows between two others (a sequence given no ids) gets no part and is
+    /// left as it was, while the others get what they get alone: in a decode step (one row each,
+    /// walked in parallel when no such gap is there) and in a chunk.
+    #[test]
+    fn a_segment_without_rows_between_two_others_is_left_as_it_was() {
+        let model = model("default");
+        let prompts: [Vec<u32>; 3] = [(0..9).map(|i| i * 7 % 50).collect(), (0..4).collect(), (0..6).map(|i| i * 3 % 50).collect()];
+        for next in [&[11u32][..], &[11, 4, 9][..]] {
+            let mut caches: Vec<HybridCache> = prompts.iter().map(|_| HybridCache::new(&model.0)).collect();
+            for (cache, prompt) in caches.iter_mut().zip(&prompts) {
+                feed(&model, cache, prompt, Keep::LastRow, usize::MAX);
+            }
+            let mut alone = [caches[0].clone(), caches[2].clone()];
+            let want: Vec<Array2<f32>> = alone.iter_mut().map(|c| feed(&model, c, next, Keep::AllRows, usize::MAX)).collect();
+            let untouched = caches[1].clone();
+            let [a, b, c] = &mut caches[..] else { unreachable!() };
+            let mut segments = [Segment::new(a, next, Keep::AllRows), Segment::new(b, &[], Keep::AllRows), Segment::new(c, next, Keep::AllRows)];
+            let mut scratch = Scratch::default();
+            run_in_passes(&model.0, &model.1, &mut segments, &mut scratch, None, usize::MAX);
+            let (kept, n) = (scratch.kept(), next.len()); // (2n, H): a's rows, then c's
+            assert_eq!(kept.nrows(), 2 * n);
+            assert_eq!(kept.slice(s![..n, ..]), want[0].view(), "{n} ids: the first sequence as alone");
+            assert_eq!(kept.slice(s![n.., ..]), want[1].view(), "{n} ids: the third sequence as alone");
+            assert_eq!((&caches[0], &caches[1], &caches[2]), (&alone[0], &untouched, &alone[1]));
+        }
+    }
+
     /// Two sequences at different lengths, run as one batch (in one pass, or in passes that split
     /// them), give each the final hidden rows it gets alone, and leave each cache as alone.
     #[test]

@@ -4,7 +4,7 @@
 use super::rope::RopeAngles;
 use crate::state::cache::{HybridCache, SsmState};
 use crate::kernels::matrix::RowKind;
-use ndarray::{ArrayViewMut, Axis, RemoveAxis, Slice};
+use ndarray::{ArrayViewMut, ArrayViewMut2, Axis, RemoveAxis, Slice};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -66,74 +66,48 @@ impl<'p, 'a> Pass<'p, 'a> {
         Pass { segments, parts, positions, rope, kind: row_kind(parts) }
     }
 
-    /// Each part of the pass, in row order, with the cache of its sequence.
-    pub fn parts_mut<'s>(&'s mut self) -> impl Iterator<Item = (&'s Part, &'s mut HybridCache)> + use<'s, 'p, 'a> {
-        let mut segments = self.segments.iter_mut().enumerate();
-        self.parts.iter().map(move |part| {
-            // Parts come in segment order, one per segment: walk forward to this one.
-            let (_, segment) = segments.find(|(i, _)| *i == part.segment).expect("parts in segment order");
-            (part, &mut *segment.cache)
-        })
+    /// The segments this pass has rows of, first to last: a pass takes the segments of its call
+    /// in order, so these are consecutive (a segment with no rows between two others is among
+    /// them, without a part). Segment `first + i` is item i of a walk ([`for_each_part`]).
+    fn own_segments(&mut self) -> &mut [Segment<'a>] {
+        let first = self.parts.first().map_or(0, |p| p.segment);
+        let end = self.parts.last().map_or(0, |p| p.segment + 1);
+        &mut self.segments[first..end]
     }
 
     /// `f(part, its sequence's cache, its rows of out)` for each part of the pass, `out` being
-    /// (T, ...) with the pass's rows: as [`for_each_part`] does it.
+    /// (T, ...) with the pass's rows: [`for_each_part`] over the pass's segments.
     pub fn for_each_part<D: RemoveAxis>(
         &mut self,
-        mut out: ArrayViewMut<f32, D>,
+        out: ArrayViewMut<f32, D>,
         f: impl Fn(&Part, &mut HybridCache, ArrayViewMut<f32, D>) + Sync + Send,
     ) {
         let (parts, kind) = (self.parts, self.kind);
-        match kind {
-            RowKind::OnePerSequence => {
-                let segments = self.one_segment_a_part();
-                for_each_part(parts, kind, segments, out, |part, segment, out| f(part, segment.cache, out));
-            }
-            RowKind::Chunk => {
-                for (part, cache) in self.parts_mut() {
-                    f(part, cache, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
-                }
-            }
-        }
+        for_each_part(parts, kind, self.own_segments(), out, |part, segment, out| f(part, segment.cache, out));
     }
 
-    /// `f(part, its sequence's cache)` for each part of the pass: in parallel across sequences
-    /// when every part is one row of its own sequence, as [`Pass::for_each_part`].
+    /// `f(part, its sequence's cache)` for each part of the pass: [`Pass::for_each_part`] with
+    /// no output rows.
     pub fn for_each_cache(&mut self, f: impl Fn(&Part, &mut HybridCache) + Sync + Send) {
-        let parts = self.parts;
-        match self.kind {
-            RowKind::OnePerSequence => {
-                let segments = self.one_segment_a_part();
-                segments.par_iter_mut().zip(parts.par_iter()).for_each(|(segment, part)| f(part, segment.cache));
-            }
-            RowKind::Chunk => self.parts_mut().for_each(|(part, cache)| f(part, cache)),
-        }
+        let no_columns = ArrayViewMut2::from_shape((self.positions.len(), 0), &mut []).expect("an empty (T, 0) view");
+        self.for_each_part(no_columns, |part, cache, _| f(part, cache));
     }
 
-    /// The segments of a pass whose every part is one row of its own sequence: part i is row i
-    /// and the only part of segment first + i (a pass takes whole segments in order).
-    fn one_segment_a_part(&mut self) -> &mut [Segment<'a>] {
-        let first = self.parts.first().map_or(0, |p| p.segment);
-        debug_assert!(self.parts.iter().enumerate().all(|(i, p)| p.segment == first + i && p.rows == (i..i + 1)));
-        &mut self.segments[first..first + self.parts.len()]
-    }
-
-    /// Move layer `layer`'s SSM state out of each part's sequence into `states`, in part order
-    /// (the caches keep empty ones), so that the layer's SSM heads can hold them while its
-    /// attention heads use the caches' K/V: the two branches then run side by side. A move, no
-    /// copy; [`Pass::put_back_ssm_states`] undoes it.
+    /// Move layer `layer`'s SSM state out of each of the pass's sequences into `states`, in
+    /// segment order (the caches keep empty ones): the items of a [`for_each_part`] walk. The
+    /// layer's SSM heads then hold them while its attention heads use the caches' K/V, so the
+    /// two branches run side by side. A move, no copy; [`Pass::put_back_ssm_states`] undoes it.
     pub fn take_ssm_states(&mut self, layer: usize, states: &mut Vec<SsmState>) {
         debug_assert!(states.is_empty());
-        for (_, cache) in self.parts_mut() {
-            states.push(std::mem::take(&mut cache.ssm[layer]));
-        }
+        states.extend(self.own_segments().iter_mut().map(|segment| std::mem::take(&mut segment.cache.ssm[layer])));
     }
 
     /// Return the states [`Pass::take_ssm_states`] took, leaving `states` empty.
     pub fn put_back_ssm_states(&mut self, layer: usize, states: &mut Vec<SsmState>) {
-        debug_assert_eq!(states.len(), self.parts.len());
-        for ((_, cache), state) in self.parts_mut().zip(states.drain(..)) {
-            cache.ssm[layer] = state;
+        let segments = self.own_segments();
+        debug_assert_eq!(states.len(), segments.len());
+        for (segment, state) in segments.iter_mut().zip(states.drain(..)) {
+            segment.cache.ssm[layer] = state;
         }
     }
 }
@@ -148,11 +122,13 @@ pub fn row_kind(parts: &[Part]) -> RowKind {
     }
 }
 
-/// `f(part, item, its rows of out)` for each part of a pass and its item (`items[i]` is part i's:
-/// its sequence's cache, or a state taken from it), `out` being (T, ...) with the pass's rows. In
-/// parallel across sequences when every part is one row of its own sequence (a batched decode
-/// step: one parallel region for the batch, not one per sequence); one part after another
-/// otherwise. Either way each part's work is the same.
+/// `f(part, its item, its rows of out)` for each part of a pass, `out` being (T, ...) with the
+/// pass's rows and `items` one per segment of the pass, first to last (part p's is item
+/// `p.segment − parts[0].segment`): its sequence's segment, or a state taken from it. The one
+/// way the layers walk a pass. In parallel across sequences when every part is one row of its
+/// own sequence (a batched decode step: one parallel region for the batch, not one per
+/// sequence) and the parts are all the items; one part after another otherwise. Either way
+/// each part's work is the same.
 pub fn for_each_part<T: Send, D: RemoveAxis>(
     parts: &[Part],
     kind: RowKind,
@@ -160,16 +136,19 @@ pub fn for_each_part<T: Send, D: RemoveAxis>(
     mut out: ArrayViewMut<f32, D>,
     f: impl Fn(&Part, &mut T, ArrayViewMut<f32, D>) + Sync + Send,
 ) {
-    debug_assert_eq!(parts.len(), items.len());
+    let first = parts.first().map_or(0, |p| p.segment);
+    debug_assert!(parts.iter().all(|p| p.segment - first < items.len()));
     match kind {
-        RowKind::OnePerSequence => {
+        // Part i is then row i and item i (no segment without rows between two of them).
+        RowKind::OnePerSequence if items.len() == parts.len() => {
+            debug_assert!(parts.iter().enumerate().all(|(i, p)| p.segment == first + i && p.rows == (i..i + 1)));
             (items.par_iter_mut().zip(parts.par_iter()))
                 .zip(out.axis_chunks_iter_mut(Axis(0), 1).into_par_iter())
                 .for_each(|((item, part), out)| f(part, item, out));
         }
-        RowKind::Chunk => {
-            for (part, item) in parts.iter().zip(items) {
-                f(part, item, out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
+        _ => {
+            for part in parts {
+                f(part, &mut items[part.segment - first], out.slice_axis_mut(Axis(0), Slice::from(part.rows.clone())));
             }
         }
     }

@@ -251,16 +251,18 @@ pub struct SsmBuffers {
     c: Array2<f32>,
     /// (T, D): Δ, after softplus
     pub(crate) delta: Array2<f32>,
-    /// This layer's SSM state of each part's sequence, while the SSM heads hold them (else empty)
+    /// This layer's SSM state of each of the pass's sequences, while the SSM heads hold them (else
+    /// empty)
     pub(crate) states: Vec<SsmState>,
     /// (T, D): the SSM heads' output, after the SiLU(z) gate
     pub(crate) y: Array2<f32>,
 }
 
 /// The SSM heads of `layer` over the rows of a pass: x, z (T, D) → y (T, D) in `buf.y`,
-/// advancing the layer's [`SsmState`] of each part's sequence (`buf.states[i]` is part i's). The
-/// conv and the scan run per sequence, on its rows and its state; the projections between them
-/// run over all rows at once, as the products of a pass of those parts ([`row_kind`]).
+/// advancing the layer's [`SsmState`] of each part's sequence (`buf.states`: one per segment of
+/// the pass, as [`for_each_part`] walks them). The conv and the scan run per sequence, on its
+/// rows and its state; the projections between them run over all rows at once, as the products
+/// of a pass of those parts ([`row_kind`]).
 pub fn ssm_heads<'o>(
     layer: Layer,
     x: ArrayView2<f32>,
