@@ -287,8 +287,11 @@ METHOD = """## What is counted
 - **Decode roofline**: a decode step reads every weight once: `in_proj`, `x_proj`, `dt_proj`,
   `out_proj`, the MLP, the per-layer vectors, and `lm_head` (the embedding, when tied, as in 1.5B);
   an untied embedding would count one row and the meta tokens count nothing. Bytes per token = those
-  parameters × B/param; roofline tok/s = read bandwidth ÷ bytes per token. K/V cache reads (~0.1 GB per
-  token for 1.5B at 4096 in f32) are not counted, so the roofline is slightly optimistic at long contexts.
+  parameters × B/param; roofline tok/s = read bandwidth ÷ bytes per token. This share (the
+  tables' "% of roofline") leaves out the cache a step reads; since 2026-12-06 `bench` also gives
+  `roofline_with_cache_fraction`, which adds it (each layer's K/V rows at the context, a shared
+  cache once per layer that reads it, and every layer's SSM and conv states: 149 MB a step for the
+  1.5B at context 1024, `cache_read_bytes_per_step`).
 - **The PyTorch reference** (`reference/hymba.py`) is used as it is: eager float32, attention as
   full masked (T × S) score matrices per head (sliding-window layers too), the selective scan as a
   Python loop over time steps (not over channels), and a cache that concatenates each step's K/V
