@@ -161,7 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .map_err(|e| Error::input(format!("cannot start {threads} worker threads: {e}")))?;
 
     if let Some(dir) = &args.child_load {
-        return print_stdout(&format!("{}\n", from_disk::child(dir, args.seed)?));
+        return from_disk::child(dir, args.seed);
     }
     if args.from_disk {
         let configs = from_disk::bench_configs(&specs, &args, threads, formats[0])?;
