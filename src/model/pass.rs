@@ -216,7 +216,7 @@ fn run_pass(
             let mut pass = Pass::new(&mut *segments, parts, positions, rope);
             hymba_layer(Layer { cfg, plan, w }, hidden, &mut pass, layer, profile);
             if let Some(observer) = observer.as_deref_mut() {
-                observer.layer(&LayerTrace::new(plan, parts, positions, segments, layer_input, layer, hidden));
+                observer.layer(&LayerTrace::new(plan, &pass, layer_input, layer, hidden));
             }
         }
     });

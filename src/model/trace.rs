@@ -5,7 +5,7 @@
 //! which the golden tests use, is one such observer ([`super::forward_trace`]).
 
 use super::layer::LayerBuffers;
-use super::segment::{Part, Segment};
+use super::segment::{Part, Pass};
 use crate::config::LayerPlan;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
@@ -54,15 +54,10 @@ pub struct LayerTrace<'a> {
 }
 
 impl<'a> LayerTrace<'a> {
-    pub(crate) fn new(
-        plan: &'a LayerPlan,
-        parts: &'a [Part],
-        positions: &'a [usize],
-        segments: &'a [Segment],
-        input: &'a Array2<f32>,
-        buf: &'a LayerBuffers,
-        output: &'a Array2<f32>,
-    ) -> LayerTrace<'a> {
+    /// The trace of layer `plan` after `pass` ran it: `input` (T, H) went in, `output` (T, H)
+    /// came out, `buf` holds what it computed on the way.
+    pub(crate) fn new(plan: &'a LayerPlan, pass: &'a Pass, input: &'a Array2<f32>, buf: &'a LayerBuffers, output: &'a Array2<f32>) -> LayerTrace<'a> {
+        let Pass { segments, parts, positions, .. } = pass;
         let kv = parts
             .iter()
             .map(|part| {
