@@ -279,9 +279,10 @@ fn attend_reference(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, out:
 /// block), then the online softmax (as in FlashAttention): whenever a block raises a head's
 /// running maximum m, what it summed so far is rescaled by exp(m_old − m_new).
 /// Leaves `out[h]` = Σ exp(sⱼ − m)·vⱼ and returns (m, Σ exp(sⱼ − m)) per head, without ever holding
-/// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `part` is visible. Heads go one after
-/// another within a block, so each block of keys and values is read from memory once for all of
-/// them. The exponentials are [`crate::kernels::simd::exp`]'s (a block's at once, vectorised); a block's
+/// all the scores; (−∞, 0) and `out[h]` = 0 when no key in `part` is visible. Within a block,
+/// first every head scores the block's keys (heads one after another over the same 16 KB), then
+/// the values are summed four keys at a time into every head's `out[h]`, so each block of keys
+/// and each value row is fetched once for all the heads. The exponentials are [`crate::kernels::simd::exp`]'s (a block's at once, vectorised); a block's
 /// maximum and sum go [`LANES`] keys at a time ([`block_max`], [`block_sum`]), not one long chain.
 #[inline(always)]
 fn attend_partial(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, part: Range<usize>, out: &mut [f32]) -> Stats {
@@ -308,7 +309,11 @@ fn attend_partial(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, part: 
         // loop of known length runs in registers) and then masked like any key not seen.
         let k_block = head_keys.block_slice(first / KEY_BLOCK); // (dqk, KEY_BLOCK)
         let k_row = |d: usize| -> &[f32; KEY_BLOCK] { k_block[d * KEY_BLOCK..(d + 1) * KEY_BLOCK].try_into().expect("a row") };
-        for ((q, out), (max, sum)) in q.chunks(dqk).zip(out.chunks_mut(dv)).zip(stats[..heads].iter_mut()) {
+        // 1. Each head's weights for the block's keys (the block, 16 KB for the 1.5B, stays in the
+        //    CPU's nearest cache while the heads take turns over it).
+        let mut probs = [[0f32; KEY_BLOCK]; MAX_HEADS]; // (heads, KEY_BLOCK), 0 where not seen
+        let mut adds = [false; MAX_HEADS]; // whether head h adds this block's values
+        for (h, (q, (max, sum))) in q.chunks(dqk).zip(stats[..heads].iter_mut()).enumerate() {
             let mut scores = [0f32; KEY_BLOCK]; // (KEY_BLOCK)
             let quads = dqk / 4 * 4;
             for d in (0..quads).step_by(4) {
@@ -328,21 +333,27 @@ fn attend_partial(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, part: 
             if block_max > *max {
                 let rescale = exp(*max - block_max); // 0 on the first visible block
                 *sum *= rescale;
-                out.iter_mut().for_each(|o| *o *= rescale);
+                out[h * dv..(h + 1) * dv].iter_mut().for_each(|o| *o *= rescale);
                 *max = block_max;
             }
-            let mut probs = [0f32; KEY_BLOCK]; // (KEY_BLOCK), 0 where not seen
-            for (p, &score) in probs.iter_mut().zip(&masked) {
+            for (p, &score) in probs[h].iter_mut().zip(&masked) {
                 *p = exp(score - *max); // the whole block at once
             }
-            *sum += block_sum(&probs);
-            // out += p_j · v_j over the seen keys in order, four keys a pass over out.
-            let mut fours = seen.chunks_exact(4);
-            for four in fours.by_ref() {
-                axpy4(array_of(|k| probs[four[k]]), array_of(|k| values.row(first + four[k])), out);
+            *sum += block_sum(&probs[h]);
+            adds[h] = true;
+        }
+        // 2. out[h] += p_hj · v_j over the seen keys in order, four keys a pass over out[h]: each
+        //    four value rows are fetched once, for all the heads in turn.
+        let mut fours = seen.chunks_exact(4);
+        for four in fours.by_ref() {
+            let rows = array_of(|k| values.row(first + four[k])); // 4 × (dv)
+            for (h, out) in out.chunks_mut(dv).enumerate().filter(|&(h, _)| adds[h]) {
+                axpy4(array_of(|k| probs[h][four[k]]), rows, out);
             }
-            for &i in fours.remainder() {
-                axpy(probs[i], values.row(first + i), out);
+        }
+        for &i in fours.remainder() {
+            for (h, out) in out.chunks_mut(dv).enumerate().filter(|&(h, _)| adds[h]) {
+                axpy(probs[h][i], values.row(first + i), out);
             }
         }
     }
