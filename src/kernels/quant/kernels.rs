@@ -77,13 +77,13 @@
 //! memory long before these kernels are. AVX-512 VNNI is used on 256-bit registers (AVX512VL).
 
 use super::{dots_reference, QuantType, Quantized, QuantizedRow, BLOCK, GROUP, TILE_SCALE_BYTES};
+use ndarray::ArrayViewMut2;
+use std::sync::OnceLock;
 
 /// How far ahead of the tile it computes the AVX2 kernel asks for the weights, in bytes (about 7
 /// q4_0 tiles, 4 q8_0 tiles). On Zen 2, per matrix on 2 threads, 1,024 was faster than 512,
 /// 2,048 and 4,096 (`cargo bench --bench decode_kernels -- quantized`).
 pub const PREFETCH_AVX2: usize = 1024;
-use ndarray::ArrayViewMut2;
-use std::sync::OnceLock;
 
 /// A way to compute the quantized products: the plain reference or a vector kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
