@@ -285,7 +285,7 @@ mod x86 {
                                 }
                             }
                             for i in 0..N {
-                                let isum = if Q4 { $q4_sum(acc[i][0], acc[i][1]) } else { _mm256_add_epi32(acc[i][0], acc[i][1]) }; // (8) Σ (q + c)·x
+                                let isum = if Q4 { $q4_sum(acc[i][0], acc[i][1]) } else { sum32(acc[i][0], acc[i][1]) }; // (8) Σ (q + c)·x
                                 let isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(offset * xs[i].sums[b])); // (8) Σ q·x
                                 sums[i] = add_block(sums[i], dw, xs[i].d[b], isum);
                             }
@@ -320,7 +320,7 @@ mod x86 {
         unsafe { _mm256_madd_epi16(_mm256_add_epi16(acc0, acc1), _mm256_set1_epi16(1)) }
     }
 
-    /// A block's sum from two chains of i32 sums.
+    /// A block's sum from two chains of i32 sums (q8_0 everywhere, q4_0 with `vpdpbusd`).
     #[inline(always)]
     unsafe fn sum32(acc0: __m256i, acc1: __m256i) -> __m256i {
         unsafe { _mm256_add_epi32(acc0, acc1) }
