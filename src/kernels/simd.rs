@@ -200,13 +200,20 @@ const PREFETCH_AHEAD: usize = 2048;
 
 /// Ask the CPU to start loading the cache line at `p` now, so it has arrived when the loop gets
 /// there (worth ~10–15 % of decode throughput here: the hardware prefetcher alone falls behind).
+///
+/// As a non-temporal line (`prefetchnta`): a weight is read once a step, and a step reads far
+/// more weights than the last-level cache holds, so keeping them there only pushes out what
+/// would be read again soon: the K/V cache a layer shares with the next one, the SSM states,
+/// the activations. On the Zen 2 (2026-12-06) this made decode at context 1024 4 % faster with
+/// bf16 weights (130.4 → 125.3 ms a step), and decode attention 16 % faster, since the layer
+/// that reuses its neighbour's keys and values now finds them in the L3 cache.
 #[inline(always)]
-fn prefetch(p: *const bf16) {
+pub(crate) fn prefetch(p: *const bf16) {
     // SAFETY: a prefetch is a hint; it never faults and never reads into the program, whatever
     // the address (here it may point past the end of the weights).
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_NTA }>(p.cast())
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

@@ -60,9 +60,14 @@
 //! prefetcher fetches ahead of it; but where the products are slow to compute (AVX2 on Zen 2:
 //! about 27 GB/s for q4_0 with the weights in cache, against 12–14 GB/s a thread from memory)
 //! the two did not overlap well: q4_0 streamed 17 GB/s on 2 threads where bf16 streams 25. The
-//! AVX2 kernel asks for each tile [`PREFETCH_AVX2`] bytes ahead (`prefetcht0`, every 64-byte
-//! line of it): q4_0's products then stream 22–27 GB/s, q8_0's 22–28 (from 21–27). The VNNI
-//! kernels do not prefetch: they were measured (on Zen 4) without it, and not yet with it.
+//! AVX2 kernel asks for each tile [`PREFETCH_AVX2`] bytes ahead (every 64-byte line of it):
+//! q4_0's products then stream 22–27 GB/s, q8_0's 22–28 (from 21–27). It asks for them as
+//! non-temporal lines (`prefetchnta`), as the bf16 products do (`simd::prefetch`): each weight
+//! is read once a step, and keeping it in the last-level cache would only push out what is read
+//! again soon, above all the keys and values a layer shares with the next one. On the Zen 2 that
+//! made a decode step at context 1024 6 % faster with q8_0 (72.3 → 67.9 ms) and 2 % with q4_0
+//! (46.1 → 45.0 ms), the time going out of decode attention. The VNNI kernels do not prefetch:
+//! they were measured (on Zen 4) without it, and not yet with it.
 //!
 //! **Batches.** For several input rows (sequences decoding together) a tile is taken against up
 //! to 4 inputs at a time (then 2, then 1): each 32-byte load of the weights (and for q4_0 its
@@ -256,7 +261,7 @@ mod x86 {
                             if $prefetch > 0 {
                                 // A hint: the address may lie past the weights (it is never read).
                                 for line in (0..Quantized::tile_bytes(kind)).step_by(64) {
-                                    _mm_prefetch::<_MM_HINT_T0>(tile.as_ptr().wrapping_add($prefetch + line).cast());
+                                    _mm_prefetch::<_MM_HINT_NTA>(tile.as_ptr().wrapping_add($prefetch + line).cast());
                                 }
                             }
                             let dw = _mm256_cvtph_ps(_mm_loadu_si128(tile.as_ptr().cast())); // (8) the rows' scales
