@@ -213,7 +213,7 @@ const PREFETCH_AHEAD: usize = 512;
 /// cache: q8_0 decode 5 % faster; bf16's own A/B stayed within its noise (4 % faster in a first
 /// pair of runs), until [`PREFETCH_AHEAD`] was shortened for these lines.
 #[inline(always)]
-pub(crate) fn prefetch(p: *const bf16) {
+fn prefetch(p: *const bf16) {
     // SAFETY: a prefetch is a hint; it never faults and never reads into the program, whatever
     // the address (here it may point past the end of the weights).
     #[cfg(target_arch = "x86_64")]

@@ -65,8 +65,9 @@
 //! non-temporal lines (`prefetchnta`), as the bf16 products do (`simd::prefetch`): each weight
 //! is read once a step, and keeping it in the last-level cache would only push out what is read
 //! again soon, above all the keys and values a layer shares with the next one. On the Zen 2 that
-//! made a decode step at context 1024 6 % faster with q8_0 (72.3 → 67.9 ms) and 2 % with q4_0
-//! (46.1 → 45.0 ms), the time going out of decode attention. The VNNI kernels do not prefetch:
+//! made a decode step at context 1024 about 5 % faster with q8_0 (72.6–74.6 → 68.5–70.7 ms over
+//! three alternating rounds) and with q4_0 (46.3–48.1 → 44.3–45.2 ms), the time going out of
+//! decode attention. The VNNI kernels do not prefetch:
 //! they were measured (on Zen 4) without it, and not yet with it.
 //!
 //! **Batches.** For several input rows (sequences decoding together) a tile is taken against up
