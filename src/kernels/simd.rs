@@ -212,8 +212,10 @@ const PREFETCH_AHEAD: usize = 512;
 /// less time, since a layer that reuses its neighbour's keys and values now finds them in the L3
 /// cache: q8_0 decode 5 % faster; bf16's own A/B stayed within its noise (4 % faster in a first
 /// pair of runs), until [`PREFETCH_AHEAD`] was shortened for these lines.
+/// The one place that chooses how weights are asked for: the bf16 products here and the AVX2
+/// quantized kernel (`quant::kernels`) both call it.
 #[inline(always)]
-fn prefetch(p: *const bf16) {
+pub(crate) fn prefetch<T>(p: *const T) {
     // SAFETY: a prefetch is a hint; it never faults and never reads into the program, whatever
     // the address (here it may point past the end of the weights).
     #[cfg(target_arch = "x86_64")]

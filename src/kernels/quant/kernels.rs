@@ -62,13 +62,13 @@
 //! the two did not overlap well: q4_0 streamed 17 GB/s on 2 threads where bf16 streams 25. The
 //! AVX2 kernel asks for each tile [`PREFETCH_AVX2`] bytes ahead (every 64-byte line of it):
 //! q4_0's products then stream 22–27 GB/s, q8_0's 22–28 (from 21–27). It asks for them as
-//! non-temporal lines (`prefetchnta`), as the bf16 products do (`simd::prefetch`): each weight
-//! is read once a step, and keeping it in the last-level cache would only push out what is read
-//! again soon, above all the keys and values a layer shares with the next one. On the Zen 2 that
+//! non-temporal lines (`prefetchnta`), through `simd::prefetch` as the bf16 products do: each
+//! weight is read once a step, and keeping it in the last-level cache would only push out what is
+//! read again soon, above all the keys and values a layer shares with the next one. On the Zen 2 that
 //! made a decode step at context 1024 about 5 % faster with q8_0 (72.6–74.6 → 68.5–70.7 ms over
 //! three alternating rounds) and with q4_0 (46.3–48.1 → 44.3–45.2 ms), the time going out of
-//! decode attention. The VNNI kernels do not prefetch:
-//! they were measured (on Zen 4) without it, and not yet with it.
+//! decode attention. The VNNI kernels do not prefetch: they were measured (on Zen 4) without
+//! it, and not yet with it.
 //!
 //! **Batches.** For several input rows (sequences decoding together) a tile is taken against up
 //! to 4 inputs at a time (then 2, then 1): each 32-byte load of the weights (and for q4_0 its
@@ -83,6 +83,7 @@
 //! memory long before these kernels are. AVX-512 VNNI is used on 256-bit registers (AVX512VL).
 
 use super::{dots_reference, QuantType, Quantized, QuantizedRow, BLOCK, GROUP, TILE_SCALE_BYTES};
+use crate::kernels::simd::prefetch;
 use ndarray::ArrayViewMut2;
 use std::sync::OnceLock;
 
@@ -262,7 +263,7 @@ mod x86 {
                             if $prefetch > 0 {
                                 // A hint: the address may lie past the weights (it is never read).
                                 for line in (0..Quantized::tile_bytes(kind)).step_by(64) {
-                                    _mm_prefetch::<_MM_HINT_NTA>(tile.as_ptr().wrapping_add($prefetch + line).cast());
+                                    prefetch(tile.as_ptr().wrapping_add($prefetch + line));
                                 }
                             }
                             let dw = _mm256_cvtph_ps(_mm_loadu_si128(tile.as_ptr().cast())); // (8) the rows' scales
