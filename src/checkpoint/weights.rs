@@ -15,6 +15,7 @@ use crate::kernels::matrix::{Matrix, RowKind};
 use crate::kernels::quant::QuantType;
 use ndarray::{Array1, Array2, ArrayView2, IxDyn};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// A linear map `y = x · Wᵀ (+ b)`, weight in PyTorch's `[out, in]` layout, kept in its stored
@@ -41,9 +42,26 @@ impl Linear {
         out: &'o mut Array2<f32>,
         f: impl Fn(&mut [f32]) + Sync + Send,
     ) -> ArrayView2<'o, f32> {
+        self.rows_forward_then(0..self.weight.rows(), x, kind, out, f)
+    }
+
+    /// The outputs `rows` of [`Linear::forward`] only, each with the same bits as there
+    /// ([`Matrix::rows_matmul_t_then`]): (T, in) → (T, rows.len())
+    pub fn rows_forward<'o>(&self, rows: Range<usize>, x: ArrayView2<f32>, kind: RowKind, out: &'o mut Array2<f32>) -> ArrayView2<'o, f32> {
+        self.rows_forward_then(rows, x, kind, out, |_| {})
+    }
+
+    fn rows_forward_then<'o>(
+        &self,
+        rows: Range<usize>,
+        x: ArrayView2<f32>,
+        kind: RowKind,
+        out: &'o mut Array2<f32>,
+        f: impl Fn(&mut [f32]) + Sync + Send,
+    ) -> ArrayView2<'o, f32> {
         debug_assert_eq!(x.ncols(), self.weight.cols());
         let bias = self.bias.as_ref().map(|b| b.as_slice().expect("a contiguous vector"));
-        self.weight.matmul_t_then(x, kind, out, |first, mut block| {
+        self.weight.rows_matmul_t_then(rows, x, kind, out, |first, mut block| {
             for mut row in block.rows_mut() {
                 let row = row.as_slice_mut().expect("a block of a row is contiguous"); // (block)
                 if let Some(bias) = bias {

@@ -51,6 +51,7 @@ use crate::base::tasks::items_per_task;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Tensor elements in their stored dtype, owned or read in place from a mapped checkpoint
@@ -208,21 +209,22 @@ impl Matrix {
         self.rows_f32(0, self.rows)
     }
 
-    /// How a product of x with `t` rows (as `kind` says) splits into tasks on `threads` threads,
-    /// for `matrices` products of this shape computed together ([`Matrix::pair_matmul_t_then`]).
-    fn split(&self, t: usize, kind: RowKind, matrices: usize, threads: usize) -> Split {
+    /// How a product of x with `t` rows (as `kind` says) and `rows` of the weight rows splits into
+    /// tasks on `threads` threads, for `matrices` products of this shape computed together
+    /// ([`Matrix::pair_matmul_t_then`]).
+    fn split(&self, rows: usize, t: usize, kind: RowKind, matrices: usize, threads: usize) -> Split {
         // One-row and row-wise tasks: at least MIN_TASK_BYTES of weights, in whole rounds, or,
         // where the weights are fewer than that a thread, a share for every thread (at least
         // MIN_SHARED_TASK_BYTES).
         let row_bytes = (matrices * self.data.bytes() / self.rows.max(1)).max(1);
-        let min_bytes = (self.rows * row_bytes / threads.max(1)).clamp(MIN_SHARED_TASK_BYTES, MIN_TASK_BYTES);
+        let min_bytes = (rows * row_bytes / threads.max(1)).clamp(MIN_SHARED_TASK_BYTES, MIN_TASK_BYTES);
         // Quantized weights in whole groups of 8 rows, the tiles their kernels compute.
         let whole = if self.quantized().is_some() { quant::GROUP } else { 1 };
-        let streamed = || items_per_task(self.rows, min_bytes.div_ceil(row_bytes), threads).next_multiple_of(whole);
+        let streamed = || items_per_task(rows, min_bytes.div_ceil(row_bytes), threads).next_multiple_of(whole);
         match (t, kind) {
             (1, _) => Split::OneRow { block: streamed() },
             (_, RowKind::OnePerSequence) => Split::RowWise { block: streamed() },
-            (_, RowKind::Chunk) => gemm_tiles(t, self.rows, threads),
+            (_, RowKind::Chunk) => gemm_tiles(t, rows, threads),
         }
     }
 
@@ -255,9 +257,24 @@ impl Matrix {
         out: &'o mut Array2<f32>,
         then: impl Fn(usize, ArrayViewMut2<f32>) + Sync + Send,
     ) -> ArrayView2<'o, f32> {
-        let out = shaped(out, (x.nrows(), self.rows)); // (T, rows)
+        self.rows_matmul_t_then(0..self.rows, x, kind, out, then)
+    }
+
+    /// [`Matrix::matmul_t_then`] with the weight rows `rows` only: the output's columns `rows`
+    /// of the whole product, each computed as the whole product computes it (the same bits);
+    /// `then(c, block)` gets the weight row c its block starts at. (T, cols) → (T, rows.len())
+    pub fn rows_matmul_t_then<'o>(
+        &self,
+        rows: Range<usize>,
+        x: ArrayView2<f32>,
+        kind: RowKind,
+        out: &'o mut Array2<f32>,
+        then: impl Fn(usize, ArrayViewMut2<f32>) + Sync + Send,
+    ) -> ArrayView2<'o, f32> {
+        debug_assert!(rows.end <= self.rows);
+        let out = shaped(out, (x.nrows(), rows.len())); // (T, rows)
         let one = out.view_mut().insert_axis(Axis(0)); // (1, T, rows)
-        products_then([self], x, kind, one, |first, block| then(first, block.index_axis_move(Axis(0), 0)));
+        products_then([self], rows, x, kind, one, |first, block| then(first, block.index_axis_move(Axis(0), 0)));
         out.view()
     }
 
@@ -274,7 +291,7 @@ impl Matrix {
         then: impl Fn(ArrayViewMut2<f32>, ArrayViewMut2<f32>) + Sync + Send,
     ) {
         let out = shaped(out, (2, x.nrows(), a.rows)); // (2, T, rows)
-        products_then([a, b], x, kind, out.view_mut(), |_, block| {
+        products_then([a, b], 0..a.rows, x, kind, out.view_mut(), |_, block| {
             let (a, b) = block.split_at(Axis(0), 1); // (1, T, block) each
             then(a.index_axis_move(Axis(0), 0), b.index_axis_move(Axis(0), 0));
         });
@@ -375,11 +392,12 @@ enum Split {
     Gemm { block: usize, x_rows: usize },
 }
 
-/// `out[i] = x · Wᵢᵀ` for `N` matrices of one shape (`out` already shaped (N, T, rows)): each
-/// task computes the same block of columns of every `out[i]`, then calls `then(first column,
-/// block)` with the (N, T or a chunk of T, block) it computed.
+/// `out[i] = x · Wᵢ[rows]ᵀ` for `N` matrices of one shape (`out` already shaped (N, T,
+/// rows.len())): each task computes the same block of columns of every `out[i]`, then calls
+/// `then(its first weight row, block)` with the (N, T or a chunk of T, block) it computed.
 fn products_then<const N: usize>(
     ws: [&Matrix; N],
+    rows: Range<usize>,
     x: ArrayView2<f32>,
     kind: RowKind,
     mut out: ArrayViewMut3<f32>,
@@ -387,11 +405,11 @@ fn products_then<const N: usize>(
 ) {
     let (t, w) = (x.nrows(), ws[0]);
     debug_assert!(ws.iter().all(|m| (m.rows, m.cols) == (w.rows, w.cols)) && x.ncols() == w.cols);
-    debug_assert_eq!(out.dim(), (N, t, w.rows));
-    if t == 0 {
+    debug_assert_eq!(out.dim(), (N, t, rows.len()));
+    if t == 0 || rows.is_empty() {
         return;
     }
-    let split = w.split(t, kind, N, rayon::current_num_threads());
+    let split = w.split(rows.len(), t, kind, N, rayon::current_num_threads());
     // Once for every task: a view unless x is strided (a column block of a wider array), as the
     // streamed kernels read x as one slice.
     let x = x.as_standard_layout(); // (T, cols)
@@ -407,7 +425,7 @@ fn products_then<const N: usize>(
         Split::OneRow { block } | Split::RowWise { block } | Split::Gemm { block, .. } => block,
     };
     out.axis_chunks_iter_mut(Axis(2), block).into_par_iter().enumerate().for_each(|(task, mut blocks)| {
-        let first = task * block; // (N, T, block)
+        let first = rows.start + task * block; // (N, T, block)
         match split {
             Split::Gemm { x_rows, .. } => {
                 let x_chunks = x.axis_chunks_iter(Axis(0), x_rows).into_par_iter();
@@ -751,7 +769,7 @@ mod tests {
             let w = Matrix::new(rows, cols, Elements::Bf16(vec![bf16::ZERO; rows * cols].into())).unwrap();
             for threads in [2, 3, 4, 8, 16, 32] {
                 for (t, kind) in [(1, RowKind::Chunk), (4, RowKind::OnePerSequence)] {
-                    let (Split::OneRow { block } | Split::RowWise { block }) = w.split(t, kind, matrices, threads) else {
+                    let (Split::OneRow { block } | Split::RowWise { block }) = w.split(rows, t, kind, matrices, threads) else {
                         panic!("{name}: a decode step's product is one-row or row-wise")
                     };
                     let (tasks, task_bytes) = (rows.div_ceil(block), block * cols * 2 * matrices);
@@ -796,6 +814,40 @@ mod tests {
                 w.matmul_t(x.view(), &mut got);
                 let err = (&got - &want).iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(err < 1e-4, "{kind} {rows}×{cols}, prefill: max |Δ| = {err}");
+            }
+        }
+    }
+
+    /// A product over some of the weight rows (a layer's in_proj, split between its attention
+    /// and SSM heads) is those columns of the whole product, bit for bit, in every dtype and for
+    /// one row, a batch and a prompt; ranges that start inside a quantized group of 8 rows too.
+    #[test]
+    fn a_product_over_some_rows_is_those_columns_of_the_whole() {
+        let (rows, cols) = (150, 100);
+        let w32 = sample(rows, cols, 0.3);
+        let as_bf16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let as_f16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut matrices = vec![
+            ("f32", Matrix::from_f32(w32.clone())),
+            ("bf16", Matrix::new(rows, cols, Elements::Bf16(as_bf16.into())).unwrap()),
+            ("f16", Matrix::new(rows, cols, Elements::F16(as_f16.into())).unwrap()),
+        ];
+        matrices.extend(QuantType::ALL.map(|kind| (kind.name(), Matrix::from_f32(w32.clone()).quantize(kind).unwrap())));
+        let bias = ndarray::Array1::from_shape_fn(rows, |i| i as f32 * 0.25 - 3.0);
+        for (dtype, w) in matrices {
+            let linear = crate::checkpoint::weights::Linear { weight: w, bias: Some(bias.clone()) };
+            for (t, kind) in [(1, RowKind::Chunk), (5, RowKind::OnePerSequence), (70, RowKind::Chunk)] {
+                let x = sample(t, cols, 1.1);
+                let mut whole = Array2::zeros((0, 0));
+                linear.forward(x.view(), kind, &mut whole);
+                for part in [0..40, 40..150, 13..101, 0..150, 149..150, 7..7] {
+                    let mut got = Array2::zeros((0, 0));
+                    let got = linear.rows_forward(part.clone(), x.view(), kind, &mut got); // (t, part)
+                    let want = whole.slice(s![.., part.clone()]);
+                    assert_eq!(got.dim(), want.dim());
+                    let same = got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{dtype}, {t} rows: weight rows {part:?} differ from the whole product's");
+                }
             }
         }
     }
