@@ -147,8 +147,9 @@ pub fn hymba_layer(layer: Layer, hidden: &mut Array2<f32>, pass: &mut Pass, buf:
     // in_proj. Where one sequence decodes a token, only the attention heads' rows here: the SSM
     // heads' rows stream from memory on the SSM branch below while the attention heads (one query:
     // little work to share between threads) compute (1.5B at context 1024 on the Zen 2: a step
-    // 2–5 % faster in every weight format). A prompt or a batch computes all of it here, on every
-    // thread (a batch of 16 decoded 2–3 % slower with the SSM rows beside attention).
+    // 3–4.5 % faster in q4_0 and bf16, q8_0 within its noise). A prompt or a batch computes all
+    // of it here, on every thread (a batch of 16 decoded 2–3 % slower with the SSM rows beside
+    // attention).
     let (attention_rows, ssm_rows) = split_in_proj(cfg, plan);
     let in_proj = &w.mamba.in_proj;
     let (qkv, ssm_inputs) = match t {
