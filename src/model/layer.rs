@@ -32,9 +32,9 @@ use std::ops::Range;
 /// heads: the attention heads' q `[H]`, then k `[nkv·dqk]` and v `[nkv·dv]` unless the layer
 /// reuses K/V; then the SSM heads' x `[D]` and gate z `[D]`. → (attention rows, SSM rows)
 pub fn split_in_proj(cfg: &HymbaConfig, plan: &LayerPlan) -> (Range<usize>, Range<usize>) {
-    let attention = cfg.hidden_size + if plan.owns_kv() { cfg.k_width() + cfg.v_width() } else { 0 };
-    debug_assert_eq!(attention + 2 * cfg.d_inner(), cfg.in_proj_rows(plan));
-    (0..attention, attention..attention + 2 * cfg.d_inner())
+    let rows = cfg.in_proj_rows(plan); // P
+    let attention = rows - 2 * cfg.d_inner(); // x and z come last
+    (0..attention, attention..rows)
 }
 
 /// The attention heads' columns of `in_proj`'s output. Each is (T, width).
