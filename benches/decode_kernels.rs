@@ -20,6 +20,10 @@
 //!
 //! Only the attention and the K/V upkeep: `cargo bench --bench decode_kernels -- attention`.
 //!
+//! - prefill's products (512 rows of x: GEMM over weights widened to f32 a slab at a time) in
+//!   bf16, q8_0 and q4_0 at two of the 1.5B's shapes, on every thread, the formats taken in turn
+//!   round after round: `cargo bench --bench decode_kernels -- prefill`.
+//!
 //! Medians of repeated calls on the current rayon pool (`RAYON_NUM_THREADS` sets its size).
 
 use half::bf16;
@@ -83,6 +87,10 @@ fn main() {
     println!("threads: {}", rayon::current_num_threads());
     if std::env::args().any(|a| a == "attention") {
         decode_attention();
+        return;
+    }
+    if std::env::args().any(|a| a == "prefill") {
+        prefill_products();
         return;
     }
     quantized_products();
@@ -248,6 +256,41 @@ fn read_bandwidth() -> (f64, f64) {
     let one = median_seconds(|| sink += words.iter().sum::<u64>());
     assert!(sink > 0);
     (bytes / all / 1e9, bytes / one / 1e9)
+}
+
+/// Prefill's product `x · Wᵀ` for x of 512 rows in bf16, q8_0 and q4_0 (each widened to f32 for
+/// the GEMM, a slab of columns at a time): seven rounds, each timing every format once, so that
+/// the machine's drift falls on all of them alike; the median and the fastest round per format.
+fn prefill_products() {
+    let t = 512;
+    for (name, rows, cols) in [("in_proj", 8000, 1600), ("down", 1600, 5504)] {
+        let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
+        let bf16_matrix = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");
+        let formats = [("bf16", bf16_matrix.clone()), ("q8_0", bf16_matrix.quantize(QuantType::Q8_0).expect("finite")), ("q4_0", bf16_matrix.quantize(QuantType::Q4_0).expect("finite"))];
+        let x = Array2::from_shape_fn((t, cols), |(r, c)| (c as f32 * 0.1 + r as f32).cos()); // (T, cols)
+        let mut out = Array2::zeros((0, 0));
+        let mut times = vec![Vec::new(); formats.len()];
+        for round in 0..8 {
+            for ((_, w), times) in formats.iter().zip(&mut times) {
+                let start = Instant::now();
+                w.matmul_t(x.view(), &mut out);
+                if round > 0 {
+                    times.push(start.elapsed().as_secs_f64()); // round 0 warms up
+                }
+            }
+        }
+        let bf16_median = median(&mut times[0]);
+        for ((label, _), times) in formats.iter().zip(&mut times) {
+            let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
+            let median = median(times);
+            println!("prefill {label:>5} {name} {rows}×{cols}, {t} rows: {:7.1} ms (fastest {:7.1}), {:4.2}× bf16's time", median * 1e3, fastest * 1e3, median / bf16_median);
+        }
+    }
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// bf16, q8_0 and q4_0 products at four of the 1.5B's shapes: through `Matrix` (one row, and 4

@@ -309,11 +309,22 @@ impl Matrix {
         for k in (0..cols).step_by(GEMM_SLAB) {
             let width = GEMM_SLAB.min(cols - k);
             let mut slab = slab.slice_mut(s![.., ..width]); // (n, width)
-            for (r, mut row) in slab.rows_mut().into_iter().enumerate() {
-                self.data.copy_to_f32((first + r) * cols + k, row.as_slice_mut().expect("a row of a slab"));
-            }
+            self.widen_into(first..first + n, k..k + width, slab.view_mut());
             let beta = if k == 0 { 0.0 } else { 1.0 }; // the first slab sets out, the others add
             general_mat_mul(1.0, &x.slice(s![.., k..k + width]), &slab.t(), beta, &mut out); // (m, n)
+        }
+    }
+
+    /// Weights `cols` of the rows `rows` in f32, into `out`: a quantized matrix tile by tile
+    /// ([`Quantized::dequantize_into`]), the others row by row. (rows.len(), cols.len())
+    fn widen_into(&self, rows: Range<usize>, cols: Range<usize>, mut out: ArrayViewMut2<f32>) {
+        match &*self.data {
+            Elements::Quantized(q) => q.dequantize_into(rows, cols, out),
+            data => {
+                for (r, mut row) in rows.zip(out.rows_mut()) {
+                    data.copy_to_f32(r * self.cols + cols.start, row.as_slice_mut().expect("a row of a slab"));
+                }
+            }
         }
     }
 
