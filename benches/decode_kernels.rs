@@ -266,7 +266,8 @@ fn prefill_products() {
     for (name, rows, cols) in [("in_proj", 8000, 1600), ("down", 1600, 5504)] {
         let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
         let bf16_matrix = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");
-        let formats = [("bf16", bf16_matrix.clone()), ("q8_0", bf16_matrix.quantize(QuantType::Q8_0).expect("finite")), ("q4_0", bf16_matrix.quantize(QuantType::Q4_0).expect("finite"))];
+        let quantized = |kind| bf16_matrix.quantize(kind).expect("finite weights");
+        let formats = [("bf16", bf16_matrix.clone()), ("q8_0", quantized(QuantType::Q8_0)), ("q4_0", quantized(QuantType::Q4_0))];
         let x = Array2::from_shape_fn((t, cols), |(r, c)| (c as f32 * 0.1 + r as f32).cos()); // (T, cols)
         let mut out = Array2::zeros((0, 0));
         let mut times = vec![Vec::new(); formats.len()];
@@ -279,16 +280,17 @@ fn prefill_products() {
                 }
             }
         }
-        let bf16_median = median(&mut times[0]);
+        let bf16_median = median_of(&mut times[0]);
         for ((label, _), times) in formats.iter().zip(&mut times) {
             let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
-            let median = median(times);
+            let median = median_of(times);
             println!("prefill {label:>5} {name} {rows}×{cols}, {t} rows: {:7.1} ms (fastest {:7.1}), {:4.2}× bf16's time", median * 1e3, fastest * 1e3, median / bf16_median);
         }
     }
 }
 
-fn median(times: &mut [f64]) -> f64 {
+/// The median of `times` (sorted in place).
+fn median_of(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
