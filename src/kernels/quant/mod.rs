@@ -238,7 +238,7 @@ impl Quantized {
     pub fn block(&self, r: usize, b: usize) -> ([u8; BLOCK], f16) {
         let (g, lane) = (r / GROUP, r % GROUP);
         let tile = &self.group(g)[b * Self::tile_bytes(self.kind)..][..Self::tile_bytes(self.kind)];
-        let d = f16::from_le_bytes([tile[2 * lane], tile[2 * lane + 1]]);
+        let d = scale_at(tile, lane);
         let mut bytes = [0u8; BLOCK];
         for (k, run) in bytes[..self.kind.block_bytes()].chunks_exact_mut(4).enumerate() {
             run.copy_from_slice(&tile[value_at(lane, 4 * k)..][..4]); // bytes 4k..4k + 4, side by side in the tile
@@ -327,26 +327,42 @@ best_simd! {
 /// q4_0 those in the low nibbles and 16 + 4k.. in the high ones.
 #[inline(always)]
 fn dequantize_tile_plain(kind: QuantType, tile: &[u8], out: &mut [[f32; BLOCK]; GROUP]) {
-    let d: [f32; GROUP] = array_of(|r| f16::from_le_bytes([tile[2 * r], tile[2 * r + 1]]).to_f32()); // (8)
-    let runs = tile[TILE_SCALE_BYTES..].chunks_exact(4 * GROUP); // (block_bytes / 4) × (8 rows, 4 bytes)
-    for (k, run) in runs.enumerate() {
+    let d: [f32; GROUP] = array_of(|r| scale_at(tile, r).to_f32()); // (8)
+    for k in 0..kind.block_bytes() / 4 {
         for (r, (out, &d)) in out.iter_mut().zip(&d).enumerate() {
-            let bytes: &[u8; 4] = run[4 * r..4 * r + 4].try_into().expect("4 bytes");
+            let bytes: &[u8; 4] = tile[value_at(r, 4 * k)..][..4].try_into().expect("4 bytes"); // bytes 4k..4k + 4 of row r
             match kind {
                 QuantType::Q8_0 => {
                     for (i, &q) in bytes.iter().enumerate() {
-                        out[4 * k + i] = d * (q as i8) as f32;
+                        out[4 * k + i] = q8_weight(d, q);
                     }
                 }
                 QuantType::Q4_0 => {
                     for (i, &q) in bytes.iter().enumerate() {
-                        out[4 * k + i] = d * ((q & 0x0F) as i32 - 8) as f32;
-                        out[BLOCK / 2 + 4 * k + i] = d * ((q >> 4) as i32 - 8) as f32;
+                        out[4 * k + i] = q4_weight(d, q & 0x0F);
+                        out[BLOCK / 2 + 4 * k + i] = q4_weight(d, q >> 4);
                     }
                 }
             }
         }
     }
+}
+
+/// Row `lane`'s scale in a tile: the tile's first 16 bytes are the 8 rows' f16 scales.
+fn scale_at(tile: &[u8], lane: usize) -> f16 {
+    f16::from_le_bytes([tile[2 * lane], tile[2 * lane + 1]])
+}
+
+/// A q8_0 value back to its weight, d · q: the one formula every dequantization uses.
+#[inline(always)]
+fn q8_weight(d: f32, q: u8) -> f32 {
+    d * (q as i8) as f32
+}
+
+/// A q4_0 nibble (0..=15) back to its weight, d · (q − 8).
+#[inline(always)]
+fn q4_weight(d: f32, nibble: u8) -> f32 {
+    d * (nibble as i32 - 8) as f32
 }
 
 /// Where in a tile byte j of row `lane`'s block sits: after the 8 scales, in runs of 4 bytes,
@@ -416,12 +432,12 @@ pub fn quantize_block_q4_0(w: &[f32; BLOCK], q: &mut [u8]) -> f16 {
 pub fn dequantize_block(kind: QuantType, q: &[u8], d: f16, out: &mut [f32; BLOCK]) {
     let d = d.to_f32();
     match kind {
-        QuantType::Q8_0 => out.iter_mut().zip(q).for_each(|(o, &q)| *o = d * (q as i8) as f32),
+        QuantType::Q8_0 => out.iter_mut().zip(q).for_each(|(o, &q)| *o = q8_weight(d, q)),
         QuantType::Q4_0 => {
             // the low nibbles, then the high ones: two plain loops, which the compiler vectorises
             let (low, high) = out.split_at_mut(BLOCK / 2);
-            low.iter_mut().zip(q).for_each(|(o, &q)| *o = d * ((q & 0x0F) as i32 - 8) as f32);
-            high.iter_mut().zip(q).for_each(|(o, &q)| *o = d * ((q >> 4) as i32 - 8) as f32);
+            low.iter_mut().zip(q).for_each(|(o, &q)| *o = q4_weight(d, q & 0x0F));
+            high.iter_mut().zip(q).for_each(|(o, &q)| *o = q4_weight(d, q >> 4));
         }
     }
 }
