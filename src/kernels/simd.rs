@@ -335,31 +335,6 @@ best_simd! {
     pub fn times_silu(y: &mut [f32], z: &[f32]) = each_times_silu
 }
 
-/// y += a·x
-#[inline(always)]
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), y.len());
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
-/// y += a₀·x₀ + a₁·x₁ + a₂·x₂ + a₃·x₃: four [`axpy`]s, added in the same order (the same bits),
-/// in one pass over y, so y is loaded and stored once rather than four times.
-#[inline(always)]
-pub fn axpy4(a: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
-    let n = y.len();
-    debug_assert!(x.iter().all(|x| x.len() == n));
-    // Each x cut to n by hand: `[T; N]::map`, like `std::array::from_fn`, may be left out of
-    // line, and then the compiler no longer knows x's lengths and leaves the last 16 elements
-    // to a scalar loop (it did in decode attention).
-    let [x0, x1, x2, x3] = x;
-    let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
-    for i in 0..n {
-        y[i] = (((y[i] + a[0] * x0[i]) + a[1] * x1[i]) + a[2] * x2[i]) + a[3] * x3[i];
-    }
-}
-
 best_simd! {
     /// [`dot_reference`] on the best vector unit of this CPU.
     pub fn dot(a: &[f32], b: &[f32]) -> f32 = dot_reference
@@ -376,7 +351,7 @@ mod tests {
 
     #[inline(always)]
     fn dot_and_axpy(a: &[f32], b: &[bf16], y: &mut [f32]) -> (f32, f32) {
-        axpy(0.5, a, y);
+        y.iter_mut().zip(a).for_each(|(y, a)| *y += 0.5 * a);
         (dot_reference(a, y), dot_bf16_reference(a, b))
     }
     best_simd! { fn dot_and_axpy_fast(a: &[f32], b: &[bf16], y: &mut [f32]) -> (f32, f32) = dot_and_axpy }
@@ -456,29 +431,6 @@ mod tests {
         for v in sweep(-87.3, 20.0, 4099) {
             let (got, want) = (softplus(v), (v as f64).exp().ln_1p());
             assert!(ulps(got, want) <= 2.0, "softplus({v}) = {got}, want {want}");
-        }
-    }
-
-    #[inline(always)]
-    fn axpy4_plain(a: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) {
-        axpy4(a, x, y)
-    }
-    best_simd! { fn axpy4_fast(a: [f32; 4], x: [&[f32]; 4], y: &mut [f32]) = axpy4_plain }
-
-    #[test]
-    fn axpy4_is_four_axpys_bit_for_bit() {
-        for n in [0, 1, 7, 8, 33, 128] {
-            let x: Vec<Vec<f32>> = (0..4).map(|i| (0..n).map(|j| ((i * 37 + j) as f32 * 0.71).sin() * 1e3).collect()).collect();
-            let a = [0.3f32, -1.7, 2.9e-3, 11.0];
-            let mut want: Vec<f32> = (0..n).map(|j| (j as f32 * 0.13).cos()).collect();
-            let (mut got, mut got_fast) = (want.clone(), want.clone());
-            for i in 0..4 {
-                axpy(a[i], &x[i], &mut want);
-            }
-            axpy4(a, std::array::from_fn(|i| &x[i][..]), &mut got);
-            axpy4_fast(a, std::array::from_fn(|i| &x[i][..]), &mut got_fast);
-            assert_eq!(got, want, "n = {n}");
-            assert_eq!(got_fast, want, "n = {n}, vector build");
         }
     }
 
