@@ -376,8 +376,9 @@ const TILE_KEYS: usize = 16;
 /// summed in the same order as one pass per key would (the same bits), but a tile at a time:
 /// [`VALUE_TILE`] components of up to [`TILE_HEADS`] heads over [`TILE_KEYS`] keys, whose sums
 /// stay in registers while each value row's components are loaded once for all the tile's heads
-/// ([`add_values_tile`]). The kernel bench, warm, one thread: 1,152 keys 8 % faster than four
-/// keys a pass over every head's whole out[h] (loaded and stored each pass).
+/// ([`add_values_tile`]), where four keys a pass loaded and stored every head's whole out[h].
+/// With [`block_scores`], the decode kernel runs 8 % faster (1,152 keys, warm, one thread, on the
+/// Zen 2; docs/bench/quantized-speed-2026-12-06-zen2/value-tiles/).
 #[inline(always)]
 fn add_values<'v>(probs: &[[f32; KEY_BLOCK]; MAX_HEADS], heads: &[usize], seen: &[usize], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
     let (Some(&j), false) = (seen.first(), heads.is_empty()) else { return };
