@@ -18,7 +18,7 @@ impl SplitMix64 {
     }
 
     /// The generator as it will be `draws` draws from now, in one step: a draw only adds
-    /// [`GAMMA`] to the state, so any part of the stream can be drawn without the draws before it.
+    /// `GAMMA` to the state, so any part of the stream can be drawn without the draws before it.
     pub fn skipped(&self, draws: u64) -> SplitMix64 {
         SplitMix64(self.0.wrapping_add(GAMMA.wrapping_mul(draws)))
     }

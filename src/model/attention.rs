@@ -251,7 +251,7 @@ type Stats = [(f32, f32); MAX_HEADS];
 
 best_simd! {
     /// Query heads that share a K/V head against it: for each head h, `out[h]` = Σⱼ
-    /// softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ over the visible keys j. q: (heads, dqk), out: (heads, dv);
+    /// `softmax(q[h]·kⱼ / √dqk)ⱼ · vⱼ` over the visible keys j. q: (heads, dqk), out: (heads, dv);
     /// rows contiguous.
     fn attend(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, out: &mut [f32]) = attend_reference
 }
@@ -341,7 +341,7 @@ fn attend_partial(q: &[f32], kv: KvHead, visible: impl Fn(usize) -> bool, part: 
     stats
 }
 
-/// The scores of one query head against a block of keys, before scaling: Σ_d q[d]·K[d, j] for
+/// The scores of one query head against a block of keys, before scaling: `Σ_d q[d]·K[d, j]` for
 /// the [`KEY_BLOCK`] slots j of `k_block` (dqk, KEY_BLOCK), summed in the order of d. The
 /// block's sums stay in registers for the whole loop (8 AVX2 registers, 4 AVX-512); adding four
 /// dimensions a pass into an array in memory made the decode kernel 3–5 % slower (the Zen 2's
@@ -365,18 +365,18 @@ const VALUE_TILE: usize = 16;
 const TILE_HEADS: usize = 5;
 /// The keys a tile sums before its sums go back to `out`. The 1.5B decoding at context 1,024 on
 /// the Zen 2 (q4_0, ms a step, five rounds): 4 keys 3 % slower than before the tiles (four keys a
-/// pass over each head's whole out[h]), 64 (a block) 6 % slower, 16 keys 1.6 % faster. Most
+/// pass over each head's whole `out[h]`), 64 (a block) 6 % slower, 16 keys 1.6 % faster. Most
 /// layers read their values from memory or the L3 cache, and a tile reads one 64-byte line of
 /// each of its keys' value rows: 16 keys reads 16 rows whole in 8 tiles in a row, which the CPU's
 /// prefetchers follow; 64 keys' tiles cross 64 rows 8 times.
 const TILE_KEYS: usize = 16;
 
-/// out[h] += Σⱼ probs[h][j] · v_j, over the `seen` keys j of a block in their order, for each
+/// `out[h] += Σⱼ probs[h][j] · v_j`, over the `seen` keys j of a block in their order, for each
 /// head h of `heads` (`value(j)`: key j's value row, (dv); out: (heads, dv)). Each out[h, c] is
 /// summed in the same order as one pass per key would (the same bits), but a tile at a time:
 /// [`VALUE_TILE`] components of up to [`TILE_HEADS`] heads over [`TILE_KEYS`] keys, whose sums
 /// stay in registers while each value row's components are loaded once for all the tile's heads
-/// ([`add_values_tile`]), where four keys a pass loaded and stored every head's whole out[h].
+/// ([`add_values_tile`]), where four keys a pass loaded and stored every head's whole `out[h]`.
 /// With [`block_scores`], the decode kernel runs 8 % faster (1,152 keys, warm, one thread, on the
 /// Zen 2; docs/bench/quantized-speed-2026-12-06-zen2/value-tiles/).
 #[inline(always)]

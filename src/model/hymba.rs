@@ -43,7 +43,7 @@ impl Hymba {
     }
 
     /// A model whose state after the meta tokens is already known (e.g. read back from a
-    /// [`crate::state::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
+    /// [`crate::features::prefix_cache::PrefixCache`]): `prefix` must be what [`Hymba::new`] computes for
     /// these weights.
     pub fn with_meta_prefix(config: HymbaConfig, weights: HymbaWeights, prefix: HybridCache) -> Hymba {
         debug_assert_eq!(prefix.next_position, config.num_memory_tokens);

@@ -16,7 +16,7 @@
 //! [`generate_batch`] (and [`text::generate_text_batch`]) run several prompts together in one
 //! [`Batch`] (continuous batching: each prompt joins after its own prefill and leaves when it
 //! stops), each with its own cache and sampler: a prompt's result is exactly what [`generate`]
-//! gives for it alone. Its decode step ([`Decoding`]: one step of every member, each sampling
+//! gives for it alone. Its decode step (`Decoding`: one step of every member, each sampling
 //! from its row and feeding its next id or leaving) is the server's too ([`crate::features::serve`]).
 
 pub mod conversation;

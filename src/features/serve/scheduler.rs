@@ -14,8 +14,8 @@
 //! By default a prompt is cut into chunks exactly where one call over the whole prompt would cut
 //! its passes ([`rows_per_pass`]), so the prefill gives the logits `generate` gets, bit for bit;
 //! a smaller [`SchedulerLimits::prefill_chunk`] gives them within rounding. Each member keeps
-//! `generate`'s own per-sequence state ([`Decoder`]: sampler, EOS, max tokens) and text layer
-//! ([`TextSink`]: streaming decode, stop strings), so its tokens and text are what `generate`
+//! `generate`'s own per-sequence state (`Decoder`: sampler, EOS, max tokens) and text layer
+//! (`TextSink`: streaming decode, stop strings), so its tokens and text are what `generate`
 //! gives for the same prompt and options.
 
 use crate::state::cache_plan::{CachePlan, ScalarType};
