@@ -24,6 +24,10 @@
 //!   bf16, q8_0 and q4_0 at two of the 1.5B's shapes, on every thread, the formats taken in turn
 //!   round after round: `cargo bench --bench decode_kernels -- prefill`.
 //!
+//! - quantizing bf16 weights to q8_0 and q4_0, as `--weights` does at load, at two of the 1.5B's
+//!   shapes, on every thread: millions of weights a second, and the seconds the 1.5B's matrices
+//!   would take at that rate: `cargo bench --bench decode_kernels -- quantize`.
+//!
 //! Medians of repeated calls on the current rayon pool (`RAYON_NUM_THREADS` sets its size).
 
 use half::bf16;
@@ -91,6 +95,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "prefill") {
         prefill_products();
+        return;
+    }
+    if std::env::args().any(|a| a == "quantize") {
+        quantize_weights();
         return;
     }
     quantized_products();
@@ -379,6 +387,31 @@ fn quantized_products() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Quantizing bf16 matrices of two 1.5B shapes to each format (`Matrix::quantize`, every thread),
+/// as `--weights` does for each matrix at load.
+fn quantize_weights() {
+    // The 1.5B's matrix weights: in_proj 435.7 M, out_proj 163.8 M, x_proj 13.5 M, dt_proj
+    // 10.2 M, the MLP 845.4 M, the embedding (tied to lm_head) 51.2 M.
+    const WEIGHTS_1_5B: f64 = 1.5198e9;
+    for (name, rows, cols) in [("in_proj", 8960, 1600), ("down", 1600, 5504)] {
+        let w: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(((i % 977) as f32 * 0.01).sin())).collect();
+        let w = Matrix::new(rows, cols, Elements::Bf16(w.into())).expect("rows · cols");
+        for kind in QuantType::ALL {
+            let (median, fastest) = median_and_fastest(|| {
+                std::hint::black_box(w.quantize(kind).expect("finite weights"));
+            });
+            let rate = (rows * cols) as f64 / median;
+            println!(
+                "quantize {kind} {name} {rows}×{cols}: {:7.2} ms (fastest {:7.2}), {:6.0} M weights/s: the 1.5B's weights in {:.2} s",
+                median * 1e3,
+                fastest * 1e3,
+                rate / 1e6,
+                WEIGHTS_1_5B / rate
+            );
         }
     }
 }
