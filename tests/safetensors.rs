@@ -8,9 +8,10 @@ use common::TempDir;
 use std::path::PathBuf;
 
 use hymba_ref::checkpoint::{
-    check_finite, parse_index, write_f32, write_tensors, Checkpoint, Dtype, SafetensorsFile,
-    TensorData,
+    check_elements_finite, check_finite, parse_index, write_f32, write_tensors, Checkpoint, Dtype,
+    SafetensorsFile, TensorData,
 };
+use hymba_ref::kernels::matrix::Elements;
 use hymba_ref::{Error, ErrorKind, Result};
 use proptest::prelude::*;
 
@@ -393,6 +394,41 @@ fn write_replaces_an_existing_file() {
 // ---------------------------------------------------------------------------------------------
 // check_finite
 // ---------------------------------------------------------------------------------------------
+
+/// The whole-tensor check in each stored dtype (chunks of 65,536 tested whole, on the vector
+/// unit): finite extremes pass; one NaN or infinity is found wherever it lies (the first value, a
+/// chunk's last, past the last whole vector of the last chunk) and reported at its index.
+#[test]
+fn check_elements_finite_finds_one_bad_value_anywhere() {
+    let len = 3 * 65_536 + 13;
+    let finite = |i: usize| match i % 4 {
+        0 => 0.0,
+        1 => -0.0,
+        2 => 1e-40, // subnormal in f32 (0 in f16)
+        _ => 65_000.0 * if i % 8 == 3 { -1.0 } else { 1.0 },
+    };
+    let elements = |values: &[f32]| {
+        [
+            Elements::F32(values.to_vec().into()),
+            Elements::Bf16(values.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>().into()),
+            Elements::F16(values.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>().into()),
+        ]
+    };
+    let good: Vec<f32> = (0..len).map(finite).collect();
+    for e in elements(&good) {
+        check_elements_finite("w", &e).unwrap();
+    }
+    for at in [0, 65_535, 65_536 + 4_097, len - 1] {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut values = good.clone();
+            values[at] = bad;
+            for e in elements(&values) {
+                let err = check_elements_finite("w", &e).expect_err("a bad value");
+                assert_error(&err, ErrorKind::NonFiniteWeight, &["'w'", &format!("index {at}"), "1 non-finite"]);
+            }
+        }
+    }
+}
 
 #[test]
 fn check_finite_names_the_first_bad_value() {

@@ -40,13 +40,15 @@ pub fn check_finite(name: &str, values: &[f32]) -> Result<()> {
 
 /// [`check_finite`] for tensor elements in their stored dtype. The common case, all finite, is
 /// one parallel pass over the bits (a float is finite unless its exponent bits are all ones);
-/// only a tensor that fails is widened to find and report its first bad value.
+/// only a tensor that fails is widened to find and report its first bad value. Each chunk is
+/// tested whole, without stopping at the first bad value, so that the test runs on the vector
+/// unit (stopping early made it one value at a time: 0.45 s of `quantize`'s 7.2 s for the 1.5B).
 pub fn check_elements_finite(name: &str, values: &Elements) -> Result<()> {
     const CHUNK: usize = 1 << 16;
     let all_finite = match values {
-        Elements::F32(v) => v.par_chunks(CHUNK).all(|c| c.iter().all(|x| x.is_finite())),
-        Elements::Bf16(v) => v.par_chunks(CHUNK).all(|c| c.iter().all(|x| x.to_bits() & 0x7F80 != 0x7F80)),
-        Elements::F16(v) => v.par_chunks(CHUNK).all(|c| c.iter().all(|x| x.to_bits() & 0x7C00 != 0x7C00)),
+        Elements::F32(v) => v.par_chunks(CHUNK).all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite())),
+        Elements::Bf16(v) => v.par_chunks(CHUNK).all(|c| c.iter().fold(true, |ok, x| ok & (x.to_bits() & 0x7F80 != 0x7F80))),
+        Elements::F16(v) => v.par_chunks(CHUNK).all(|c| c.iter().fold(true, |ok, x| ok & (x.to_bits() & 0x7C00 != 0x7C00))),
         Elements::Quantized(_) => true, // its scales were checked when it was made; its values are integers
     };
     if all_finite {
