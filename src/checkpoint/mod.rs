@@ -42,7 +42,8 @@ pub fn check_finite(name: &str, values: &[f32]) -> Result<()> {
 /// one parallel pass over the bits (a float is finite unless its exponent bits are all ones);
 /// only a tensor that fails is widened to find and report its first bad value. Each chunk is
 /// tested whole, without stopping at the first bad value, so that the test runs on the vector
-/// unit (stopping early made it one value at a time: 0.45 s of `quantize`'s 7.2 s for the 1.5B).
+/// unit (stopping early made it one value at a time, most of a bf16 load: the 1.5B's first token
+/// from disk took 0.58 s with it, 0.31 s without, on the Zen 2).
 pub fn check_elements_finite(name: &str, values: &Elements) -> Result<()> {
     const CHUNK: usize = 1 << 16;
     let all_finite = match values {
