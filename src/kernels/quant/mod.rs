@@ -150,7 +150,10 @@ impl Quantized {
         if values.len() != bytes {
             return Err(format!("{kind} [{rows}, {cols}] needs {bytes} bytes of values ({blocks} blocks), found {}", values.len()));
         }
-        if let Some(i) = scales.iter().position(|d| !d.is_finite()) {
+        // All scales tested first without stopping early, on the vector unit (as
+        // `checkpoint::check_elements_finite`), then the first bad one found for the message.
+        if !scales.iter().fold(true, |ok, d| ok & d.is_finite()) {
+            let i = scales.iter().position(|d| !d.is_finite()).expect("a scale is not finite");
             return Err(format!("scale {i} (row {}, block {}) is {}, not a finite number", i / per_row, i % per_row, scales[i]));
         }
         let row_bytes = per_row * kind.block_bytes();
