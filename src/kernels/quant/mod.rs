@@ -400,6 +400,9 @@ best_simd! {
     /// [`quantize_blocks_reference`] compiled for the best vector unit of this CPU: the same
     /// operations, but `round` (half away from zero) becomes a few vector instructions where the
     /// baseline x86-64 build calls libm's `roundf` for every weight. The same bits (tested).
+    /// With the blocks' steps written for it ([`max_abs`], [`round_to_i8`],
+    /// [`truncate_to_level`]), q8_0 quantizes 2.6–2.8× and q4_0 1.8× as fast as llama.cpp's
+    /// loops did here (Zen 2, `cargo bench --bench decode_kernels -- quantize`).
     fn quantize_blocks(kind: QuantType, row: &[f32], values: &mut [u8], scales: &mut [f16]) = quantize_blocks_reference
 }
 
