@@ -406,9 +406,10 @@ fn gemm_tiles(t: usize, rows: usize, threads: usize) -> Split {
 enum Split {
     /// One row of x (decoding one sequence): a dot product per weight row.
     OneRow { block: usize },
-    /// One row per sequence (a batch decoding together), or a short chunk of one (at most
-    /// [`MAX_ROWWISE_CHUNK`] rows, weights not quantized): [`matvecs_bf16`] for bf16 weights and [`quant::dots`] for
-    /// quantized ones, which give each row exactly its one-row product; a dot per pair otherwise.
+    /// One row per sequence (a batch decoding together), or a short chunk of one with float
+    /// weights (at most [`MAX_ROWWISE_CHUNK`] rows): [`matvecs_bf16`] for bf16 weights and
+    /// [`quant::dots`] for quantized ones (batches only), which give each row exactly its one-row
+    /// product; a dot per pair otherwise.
     RowWise { block: usize },
     /// More rows of one sequence (prefill): tiles of `x_rows` rows of x by `block` weight rows
     /// ([`gemm_tiles`]), each a GEMM ([`Matrix::gemm_tile`]).
